@@ -1,0 +1,26 @@
+# Every target sets up .venv itself (scripts/install.sh is idempotent).
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install quickstart tune test test-fast mlflow-ui clean
+
+install:
+	scripts/install.sh
+
+quickstart: install  ## the main job: the whole DED loop on a local Ray cluster (CPU, minutes)
+	$(BIN)/ray-distill run jobs/quickstart.yaml
+
+tune: install  ## data-budget search on the quickstart's stored generations
+	$(BIN)/ray-distill tune jobs/quickstart_tune.yaml
+
+test: install  ## the whole suite on CPU (unit + real Ray/vLLM/MLflow end-to-end)
+	$(BIN)/python -m pytest -q
+
+test-fast: install  ## unit tests only
+	$(BIN)/python -m pytest -q -m "not slow"
+
+mlflow-ui: install  ## browse the runs at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf outputs

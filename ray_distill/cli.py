@@ -1,0 +1,151 @@
+"""The ``ray-distill`` command line.
+
+    ray-distill run jobs/quickstart.yaml train.epochs=2      # the whole DED job
+    ray-distill tune jobs/quickstart_tune.yaml               # data-budget search with Ray Tune
+    ray-distill validate jobs/quickstart.yaml                # load + validate a job file only
+
+Bad job files and bad overrides end with a one-line error naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from ray_distill.config import ConfigError, JobConfig, load_config, to_flat_dict
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Data-efficient reasoning distillation on Ray.")
+console = Console(stderr=True)
+out = Console()
+
+JobFile = Annotated[str, typer.Argument(help="YAML job file (any fsspec URL).")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.epochs=2 selection.keep_per_question=2.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs (Ray, vLLM, MLflow).")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    for noisy in ("ray", "vllm", "mlflow", "alembic", "urllib3", "filelock", "httpx", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def _load(job: str, overrides: list[str] | None) -> JobConfig:
+    try:
+        return load_config(job, overrides or [])
+    except ConfigError as err:
+        console.print(f"[bold red]config error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(job: JobFile, overrides: Overrides = None) -> None:
+    """Load and validate a job file (with overrides) and print the resolved configuration."""
+    cfg = _load(job, overrides)
+    out.print_json(cfg.model_dump_json())
+
+
+@app.command()
+def run(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) -> None:
+    """Run a whole DED job: generation, curation, smoke test, compression, selection, SFT, evaluation."""
+    cfg = _load(job, overrides)
+    _setup_logging(verbose)
+    from ray_distill.pipeline import run_job
+    from ray_distill.progress import StageRunner
+    from ray_distill.tracking import start_tracker
+
+    tracker = start_tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.storage,
+                            run_name=cfg.name, tags={"ray_distill.job": job, "ray_distill.kind": "run"})
+    tracker.log_params(to_flat_dict(cfg))
+    start = time.perf_counter()
+    try:
+        result = run_job(cfg, tracker, StageRunner(tracker, console))
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.log_metrics({"wall_s": time.perf_counter() - start})
+    tracker.end()
+    print_summary(result, time.perf_counter() - start, tracker)
+
+
+@app.command()
+def tune(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) -> None:
+    """Search data budgets with Ray Tune on stored generations; each trial = select → train → evaluate."""
+    cfg = _load(job, overrides)
+    _setup_logging(verbose)
+    from ray_distill.progress import StageRunner
+    from ray_distill.tracking import start_tracker
+    from ray_distill.tuning.search import run_search
+
+    tracker = start_tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.storage,
+                            run_name=f"{cfg.name}-tune", tags={"ray_distill.job": job, "ray_distill.kind": "tune"})
+    tracker.log_params(to_flat_dict(cfg))
+    try:
+        result = run_search(cfg, tracker, StageRunner(tracker, console))
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+    table = Table(title="Ray Tune trials (data budgets)")
+    for col in result.trials.columns:
+        table.add_column(str(col))
+    for row in result.trials.itertuples(index=False):
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    out.print(table)
+    out.print(f"[bold]best trial:[/] {result.best_config}  score={result.best_score:.3f}")
+    out.print(f"best job written to {result.best_job_path}")
+
+
+def print_summary(result, wall: float, tracker) -> None:
+    ranking = Table(title="Teacher smoke test (the best student wins)")
+    for col in ("rank", "teacher", "student_score", "teacher_accuracy", "mean_length", "entropy"):
+        ranking.add_column(col)
+    for r in result.ranking:
+        ranking.add_row(str(r.get("rank")), r["teacher"], *[f"{r.get(c, float('nan')):.3f}" for c in
+                                                           ("student_score", "teacher_accuracy", "mean_length", "entropy")])
+    rows = Table(title="Rows kept at each stage")
+    rows.add_column("stage")
+    rows.add_column("rows", justify="right")
+    for name, n in result.rows.items():
+        rows.add_row(name, f"{n:,}")
+    scores = Table(title="Student avg@k (95% CI)")
+    for col in ("suite", "before", "after"):
+        scores.add_column(col)
+    for suite, after in result.scores_after.items():
+        before = result.scores_before.get(suite, {})
+        scores.add_row(suite, _fmt_score(before), _fmt_score(after))
+    times = Table(title="Wall time per stage")
+    times.add_column("stage")
+    times.add_column("seconds", justify="right")
+    for name, sec in result.stage_seconds.items():
+        times.add_row(name, f"{sec:.1f}")
+    times.add_row("[bold]total[/]", f"{wall:.1f}")
+    for t in (ranking, rows, scores, times):
+        out.print(t)
+    out.print(f"winner: [bold]{result.winner}[/]   corpus: {result.corpus_dir}   student: {result.model_path}")
+    if tracker.run_id:
+        out.print(f"MLflow run {tracker.run_id} at {getattr(tracker, 'tracking_uri', '')}")
+
+
+def _fmt_score(m: dict) -> str:
+    if not m:
+        return "–"
+    return f"{m['avg_at_k']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def main() -> None:  # pragma: no cover - entry point
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,38 @@
+"""Column names shared by every stage. Stages name what they need and produce with these constants."""
+
+# questions
+QUESTION_ID = "question_id"
+QUESTION = "question"  # the user-facing problem text
+ANSWER = "answer"  # reference final answer (string)
+FAMILY = "family"  # task family / source name
+DIFFICULTY = "difficulty"  # integer difficulty knob (synthetic world) or -1
+
+# generations
+TEACHER = "teacher"
+SAMPLE_INDEX = "sample_index"
+SEED = "seed"
+COMPLETION = "completion"  # generated assistant text
+NUM_TOKENS = "num_tokens"  # completion tokens as counted by the engine
+FINISH_REASON = "finish_reason"
+ERROR = "error"  # empty string when the request succeeded
+
+# verdicts
+FORMAT_OK = "format_ok"
+CORRECT = "correct"
+REASON = "reason"  # why a row was rejected ("" when kept)
+PREDICTED = "predicted"  # extracted final answer
+
+# curation
+PASS_RATE = "pass_rate"
+SELECTION_DISTANCE = "selection_distance"  # min distance to the other selected trajectories
+NUM_SAMPLES = "n"  # student samples graded for a question (pass-rate table)
+NUM_CORRECT = "n_correct"  # of which correct
+
+# rejects (every rejects file row carries both)
+STAGE = "stage"  # the pipeline stage that rejected the row; REASON says why
+
+# corpus
+MESSAGES = "messages"
+
+QUESTION_COLUMNS = [QUESTION_ID, QUESTION, ANSWER, FAMILY, DIFFICULTY]
+GENERATION_COLUMNS = [*QUESTION_COLUMNS, TEACHER, SAMPLE_INDEX, SEED, COMPLETION, NUM_TOKENS, FINISH_REASON, ERROR]

@@ -1,0 +1,98 @@
+"""Thin Ray Data adapters over the pure curation functions.
+
+    graded = ds.map_batches(GradeBatch, fn_constructor_args=(512, True, student_path),
+                            batch_format="pandas", concurrency=2)
+    selected = select_dataset(graded, p=4, seed=0, tokenizer_path=student_path)
+
+Tokens are counted / compared with the student tokenizer loaded from ``tokenizer_path`` (a local
+``save_pretrained`` dir or hub id); with ``None``, characters are used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+
+from ray_distill import columns as C
+from ray_distill.curation.graders import grade
+from ray_distill.curation.selection import char_tokenize, select_diverse
+
+logger = logging.getLogger(__name__)
+
+
+def load_tokenize(tokenizer_path: str | None) -> Callable[[str], Sequence[int]]:
+    """``text -> token ids`` for the tokenizer at ``tokenizer_path`` (code points when ``None``)."""
+    if tokenizer_path is None:
+        return char_tokenize
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class GradeBatch:
+    """``map_batches`` stage: grade each completion against its reference answer.
+
+    Needs ``completion`` and ``answer``; adds ``format_ok``, ``correct``, ``predicted``, ``reason``.
+    Emits exactly the rows it receives.
+    """
+
+    INPUTS = (C.COMPLETION, C.ANSWER)
+    OUTPUTS = (C.FORMAT_OK, C.CORRECT, C.PREDICTED, C.REASON)
+
+    def __init__(self, max_tokens: int | None, require_think: bool = True, tokenizer_path: str | None = None):
+        self.max_tokens = max_tokens
+        self.require_think = require_think
+        tokenize = load_tokenize(tokenizer_path) if tokenizer_path else None
+        self.count_tokens = (lambda text: len(tokenize(text))) if tokenize else None
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.INPUTS if c not in batch.columns]
+        if missing:
+            raise ValueError(f"GradeBatch: missing columns {missing} (has {list(batch.columns)})")
+        verdicts = [
+            grade(str(text), str(ref), self.max_tokens, self.count_tokens, self.require_think)
+            for text, ref in zip(batch[C.COMPLETION].fillna(""), batch[C.ANSWER])
+        ]
+        out = batch.assign(
+            **{
+                C.FORMAT_OK: [v.format_ok for v in verdicts],
+                C.CORRECT: [v.correct for v in verdicts],
+                C.PREDICTED: [v.predicted for v in verdicts],
+                C.REASON: [v.reason for v in verdicts],
+            }
+        )
+        if len(out) != len(batch):
+            raise RuntimeError(f"GradeBatch: {len(batch)} rows in, {len(out)} out")
+        return out
+
+
+class SelectGroup:
+    """``map_groups`` stage: farthest-P correct trajectories of one question (see ``select_diverse``)."""
+
+    INPUTS = (C.QUESTION_ID, C.COMPLETION, C.CORRECT, C.FORMAT_OK, C.TEACHER, C.SAMPLE_INDEX)
+    OUTPUTS = (C.SELECTION_DISTANCE,)
+
+    def __init__(self, p: int, seed: int, tokenizer_path: str | None = None):
+        self.p, self.seed = p, seed
+        self.tokenize = load_tokenize(tokenizer_path)
+
+    def __call__(self, group: pd.DataFrame) -> pd.DataFrame:
+        if group[C.QUESTION_ID].nunique() > 1:
+            raise RuntimeError(f"SelectGroup: one group holds {group[C.QUESTION_ID].nunique()} questions")
+        return select_diverse(group, self.p, self.seed, self.tokenize)
+
+
+def select_dataset(ds, p: int, seed: int, tokenizer_path: str | None = None, concurrency: int = 1):
+    """Group ``ds`` by question and keep the ``p`` farthest-apart correct trajectories of each.
+
+    Returns a ``ray.data.Dataset`` with the input columns plus ``selection_distance``.
+    """
+    return ds.groupby(C.QUESTION_ID).map_groups(
+        SelectGroup,
+        fn_constructor_args=(p, seed, tokenizer_path),
+        batch_format="pandas",
+        concurrency=concurrency,
+    )

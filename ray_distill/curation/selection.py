@@ -1,0 +1,110 @@
+"""Diverse trajectory selection (pure): per question, keep the P correct trajectories that are farthest
+apart by token-level Levenshtein distance (greedy max-min / farthest-point selection).
+
+    picked = farthest_point(token_seqs, p=4, seed=0)      # indices into token_seqs
+    selected = select_diverse(group_df, p=4, seed=0, tokenize=lambda t: tok(t)["input_ids"])
+
+Distances come from ``rapidfuzz.distance.Levenshtein.distance`` on token-id lists (bit-parallel,
+C++). Greedy selection needs about ``n * (p - 1)`` distances per question, not all ``n^2 / 2`` pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from rapidfuzz.distance import Levenshtein
+
+from ray_distill import columns as C
+
+logger = logging.getLogger(__name__)
+
+Tokenize = Callable[[str], Sequence[int]]
+STAGE = "selection"
+R_NOT_SELECTED = "not_selected"  # correct, but closer to the kept trajectories than those kept
+REQUIRED_COLUMNS = [C.COMPLETION, C.CORRECT, C.FORMAT_OK, C.TEACHER, C.SAMPLE_INDEX]
+
+
+def distance(a: Sequence[int], b: Sequence[int]) -> int:
+    """Token-level Levenshtein (edit) distance."""
+    return Levenshtein.distance(a, b)
+
+
+def farthest_point(seqs: Sequence[Sequence[int]], p: int, seed: int) -> list[int]:
+    """Indices of ``p`` sequences chosen greedily: a seeded random start, then repeatedly the sequence
+    whose distance to the nearest chosen one is largest (ties: lowest index). Returned in selection
+    order; with ``len(seqs) <= p`` all indices are returned in order."""
+    if p < 1:
+        raise ValueError(f"p must be >= 1, got {p}")
+    n = len(seqs)
+    if n <= p:
+        return list(range(n))
+    chosen = [random.Random(seed).randrange(n)]
+    nearest = [float("inf")] * n  # distance of each sequence to its nearest chosen one
+    while len(chosen) < p:
+        last = chosen[-1]
+        for i in range(n):
+            if i not in chosen:
+                nearest[i] = min(nearest[i], distance(seqs[last], seqs[i]))
+        candidates = [i for i in range(n) if i not in chosen]
+        chosen.append(max(candidates, key=lambda i: (nearest[i], -i)))
+    return chosen
+
+
+def min_distances(seqs: Sequence[Sequence[int]]) -> list[float]:
+    """For each sequence, the distance to the nearest other one (NaN when there is only one)."""
+    out = [float("inf")] * len(seqs)
+    for i, j in combinations(range(len(seqs)), 2):
+        d = distance(seqs[i], seqs[j])
+        out[i], out[j] = min(out[i], d), min(out[j], d)
+    return [float("nan") if np.isinf(d) else float(d) for d in out]
+
+
+def mean_pairwise_distance(seqs: Sequence[Sequence[int]]) -> float:
+    """Mean Levenshtein distance over all pairs (NaN for fewer than two sequences)."""
+    pairs = [distance(a, b) for a, b in combinations(seqs, 2)]
+    return float(np.mean(pairs)) if pairs else float("nan")
+
+
+def select_diverse(group: pd.DataFrame, p: int, seed: int, tokenize: Tokenize) -> pd.DataFrame:
+    """Among the rows of one question that are ``correct`` and ``format_ok``, keep the ``p`` farthest
+    apart; add ``selection_distance`` (min distance to the other selected rows, NaN if alone).
+
+    Rows are ordered by (teacher, sample_index) first, so the result does not depend on the order
+    in which a shuffle delivered them. Duplicated (teacher, sample_index) rows are refused.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in group.columns]
+    if missing:
+        raise ValueError(f"select_diverse: missing columns {missing} (has {list(group.columns)})")
+    if group.duplicated([C.TEACHER, C.SAMPLE_INDEX]).any():
+        raise ValueError("select_diverse: duplicated (teacher, sample_index) rows in one group")
+    good = group[group[C.CORRECT].astype(bool) & group[C.FORMAT_OK].astype(bool)]
+    good = good.sort_values([C.TEACHER, C.SAMPLE_INDEX], kind="stable").reset_index(drop=True)
+    seqs = [list(tokenize(text)) for text in good[C.COMPLETION]]
+    picked = farthest_point(seqs, p, seed) if seqs else []
+    out = good.iloc[picked].copy()
+    out[C.SELECTION_DISTANCE] = min_distances([seqs[i] for i in picked]) if picked else pd.Series(dtype=float)
+    return out.reset_index(drop=True)
+
+
+def selection_rejects(group: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``group`` that ``select_diverse`` did not keep, with ``stage="selection"`` and a
+    ``reason``: the grader's reason for rejected rows, ``"not_selected"`` for correct ones left out."""
+    keys = [C.TEACHER, C.SAMPLE_INDEX]
+    kept = set(map(tuple, selected[keys].itertuples(index=False, name=None)))
+    mask = [k not in kept for k in group[keys].itertuples(index=False, name=None)]
+    out = group[mask].copy()
+    graded_ok = out[C.CORRECT].astype(bool) & out[C.FORMAT_OK].astype(bool)
+    grader_reason = out[C.REASON].astype(str) if C.REASON in out.columns else pd.Series("", index=out.index)
+    out[C.REASON] = np.where(graded_ok, R_NOT_SELECTED, grader_reason.where(grader_reason != "", "rejected_by_grader"))
+    out[C.STAGE] = STAGE
+    return out.reset_index(drop=True)
+
+
+def char_tokenize(text: str) -> list[int]:
+    """Fallback tokenizer: Unicode code points (character-level distance)."""
+    return [ord(ch) for ch in text]

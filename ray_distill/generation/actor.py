@@ -1,0 +1,109 @@
+"""Ray Data adapter for the generation engines: an actor pool of :class:`GenerateBatch`.
+
+    out = generate_dataset(ray.data.from_items(question_rows), teacher_cfg)   # rows = questions x n
+
+Needs ``columns.QUESTION_COLUMNS``; produces ``columns.GENERATION_COLUMNS`` (other input columns are
+carried through unchanged). Each question row becomes ``sampling.n`` rows, or exactly one row when
+the input already has a ``sample_index`` column (the generation store asks for missing samples
+that way). The seed of a sample depends only on (base seed, question id, sample index), so results
+do not depend on batching or on which actor ran the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+import ray.data
+
+from ray_distill import columns as C
+from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
+from ray_distill.generation.engines import build_engine, question_messages
+
+logger = logging.getLogger(__name__)
+
+# vLLM's CPU backend inside Ray actors: small KV cache (several engines may share the machine) and
+# no OpenMP thread pinning (Ray already places the actor), and the engine core in the actor's own
+# process: a spawned engine-core process re-imports vLLM and costs ~15 s per engine start on CPU.
+VLLM_CPU_ENV_DEFAULTS = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+}
+
+
+def sample_seed(base_seed: int, question_id: str, sample_index: int) -> int:
+    """The seed of sample ``sample_index`` of a question, a 31-bit int independent of batching."""
+    digest = hashlib.sha256(f"{base_seed}:{question_id}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+class GenerateBatch:
+    """Callable class for ``map_batches``: the engine is built once per actor, in the constructor."""
+
+    def __init__(self, teacher_name: str, engine: dict, sampling: dict):
+        self.teacher = teacher_name
+        self.sampling = SamplingConfig.model_validate(sampling)
+        self.engine = build_engine(EngineConfig.model_validate(engine))
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in C.QUESTION_COLUMNS if c not in batch.columns]
+        if missing:
+            raise ValueError(f"generation needs columns {missing}; batch has {list(batch.columns)}")
+        if C.SAMPLE_INDEX in batch.columns:
+            indices = [[int(i)] for i in batch[C.SAMPLE_INDEX]]
+        else:
+            indices = [list(range(self.sampling.n))] * len(batch)
+        seeds = [
+            [sample_seed(self.sampling.seed, str(qid), i) for i in idx]
+            for qid, idx in zip(batch[C.QUESTION_ID], indices)
+        ]
+        messages = [question_messages(q) for q in batch[C.QUESTION]]
+        completions = self.engine.generate(messages, self.sampling, seeds)
+        if [len(c) for c in completions] != [len(s) for s in seeds]:
+            raise RuntimeError(f"engine returned {[len(c) for c in completions]} completions for {len(seeds)} prompts")
+
+        flat = [c for per_prompt in completions for c in per_prompt]
+        out = batch.iloc[np.repeat(np.arange(len(batch)), [len(s) for s in seeds])].reset_index(drop=True)
+        out[C.TEACHER] = self.teacher
+        out[C.SAMPLE_INDEX] = [i for idx in indices for i in idx]
+        out[C.SEED] = [s for per_prompt in seeds for s in per_prompt]
+        out[C.COMPLETION] = [c["text"] for c in flat]
+        out[C.NUM_TOKENS] = [c["num_tokens"] for c in flat]
+        out[C.FINISH_REASON] = [c["finish_reason"] for c in flat]
+        out[C.ERROR] = [c["error"] for c in flat]
+        failed = int((out[C.ERROR] != "").sum())
+        if failed:
+            logger.warning("%s: %d of %d requests failed, e.g. %s", self.teacher, failed, len(out),
+                           out.loc[out[C.ERROR] != "", C.ERROR].iloc[0])
+        extras = [c for c in batch.columns if c not in C.GENERATION_COLUMNS]
+        return out[[*C.GENERATION_COLUMNS, *extras]]
+
+
+def engine_runtime_env(teacher: TeacherConfig) -> dict | None:
+    """Environment for the engine actors: vLLM-on-CPU settings when the actor has no GPU."""
+    if teacher.engine.kind != "vllm" or teacher.resources.num_gpus > 0:
+        return None
+    return {"env_vars": {k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV_DEFAULTS.items()}}
+
+
+def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig) -> ray.data.Dataset:
+    """Lazily map question rows to generation rows through an actor pool of ``teacher``'s engine."""
+    res = teacher.resources
+    return questions.map_batches(
+        GenerateBatch,
+        fn_constructor_kwargs={
+            "teacher_name": teacher.name,
+            "engine": teacher.engine.model_dump(),
+            "sampling": teacher.sampling.model_dump(),
+        },
+        concurrency=res.num_actors,
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus,
+        batch_size=res.batch_size,
+        batch_format="pandas",
+        runtime_env=engine_runtime_env(teacher),
+    )

@@ -1,0 +1,182 @@
+"""Generation engines behind one contract, built from config through a plain dict registry.
+
+    engine = build_engine(EngineConfig(kind="scripted", persona="concise"))
+    completions = engine.generate([[{"role": "user", "content": "9+0-9"}]], SamplingConfig(n=2), [[11, 12]])
+    completions[0][1]["text"]   # the sample drawn with seed 12
+
+Contract: ``generate(messages, sampling, seeds)`` returns, per prompt ``i``, one :class:`Completion`
+per seed in ``seeds[i]`` (normally ``sampling.n`` of them; the generation store may ask for fewer),
+in seed order. Each seed is one request, so the same seed gives the same text. A request that
+fails comes back with ``finish_reason == "error"`` and the message in ``error``; it never fails the
+batch. Engines ignore ``sampling.n`` and ``sampling.seed``: the caller derives per-sample seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Protocol, TypedDict
+
+from ray_distill.config import EngineConfig, SamplingConfig
+from ray_distill.synthetic.teachers import PERSONAS, write_solution
+
+logger = logging.getLogger(__name__)
+
+FINISH_STOP, FINISH_LENGTH, FINISH_ERROR = "stop", "length", "error"
+
+# How a question row becomes chat messages. Part of every generation-store key: change the version
+# when the prompt construction changes.
+PROMPT_TEMPLATE = "user:{question}"
+PROMPT_TEMPLATE_HASH = hashlib.sha256(PROMPT_TEMPLATE.encode()).hexdigest()[:16]
+
+
+class Completion(TypedDict):
+    text: str
+    num_tokens: int
+    finish_reason: str  # "stop" | "length" | "error"
+    error: str  # "" unless finish_reason == "error"
+
+
+class Engine(Protocol):
+    def generate(
+        self, messages: list[list[dict]], sampling: SamplingConfig, seeds: list[list[int]]
+    ) -> list[list[Completion]]: ...
+
+
+def question_messages(question: str) -> list[dict]:
+    """The chat messages for one question (see :data:`PROMPT_TEMPLATE`)."""
+    return [{"role": "user", "content": question}]
+
+
+def error_completion(err: BaseException) -> Completion:
+    return Completion(text="", num_tokens=0, finish_reason=FINISH_ERROR, error=f"{type(err).__name__}: {err}")
+
+
+def last_user_content(messages: list[dict]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return m["content"]
+    raise ValueError("no user message in the conversation")
+
+
+class ScriptedEngine:
+    """A scripted teacher persona (``ray_distill.synthetic.teachers``); tokens are characters.
+
+    Temperature and top_p do not apply; ``max_tokens`` truncates like a real engine would.
+    """
+
+    def __init__(self, persona: str):
+        if persona not in PERSONAS:
+            raise ValueError(f"unknown teacher persona {persona!r}; known: {sorted(PERSONAS)}")
+        self.persona = persona
+
+    def generate(
+        self, messages: list[list[dict]], sampling: SamplingConfig, seeds: list[list[int]]
+    ) -> list[list[Completion]]:
+        _check_lengths(messages, seeds)
+        return [[self._one(conv, sampling, s) for s in prompt_seeds] for conv, prompt_seeds in zip(messages, seeds)]
+
+    def _one(self, conv: list[dict], sampling: SamplingConfig, seed: int) -> Completion:
+        try:
+            text = write_solution(self.persona, last_user_content(conv), seed)
+        except Exception as err:  # one bad request must not fail the batch
+            return error_completion(err)
+        if len(text) > sampling.max_tokens:
+            return Completion(text=text[: sampling.max_tokens], num_tokens=sampling.max_tokens,
+                              finish_reason=FINISH_LENGTH, error="")
+        return Completion(text=text, num_tokens=len(text), finish_reason=FINISH_STOP, error="")
+
+
+class VLLMEngine:
+    """``vllm.LLM`` with the model's own chat template; one request per sample (``n=1``, own seed)."""
+
+    def __init__(self, cfg: EngineConfig):
+        from vllm import LLM  # imported here: vLLM is heavy and only needed inside engine actors
+
+        start = time.perf_counter()
+        self.llm = LLM(
+            model=cfg.model,
+            revision=None if os.path.isdir(cfg.model) else cfg.revision,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            enforce_eager=cfg.enforce_eager,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.start_seconds = time.perf_counter() - start
+        logger.info("vLLM engine for %s ready in %.1f s", cfg.model, self.start_seconds)
+
+    def generate(
+        self, messages: list[list[dict]], sampling: SamplingConfig, seeds: list[list[int]]
+    ) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        _check_lengths(messages, seeds)
+        out: list[list[Completion]] = [[error_completion(RuntimeError("not run"))] * len(s) for s in seeds]
+        pending: dict[str, tuple[int, int]] = {}  # request id -> (prompt index, sample position)
+        for i, (conv, prompt_seeds) in enumerate(zip(messages, seeds)):
+            try:
+                token_ids = self._render(conv)
+            except Exception as err:
+                out[i] = [error_completion(err)] * len(prompt_seeds)
+                continue
+            for j, seed in enumerate(prompt_seeds):
+                params = SamplingParams(n=1, seed=seed, temperature=sampling.temperature, top_p=sampling.top_p,
+                                        max_tokens=sampling.max_tokens)
+                try:  # vLLM validates at enqueue (e.g. prompt longer than max_model_len)
+                    (request_id,) = self.llm.enqueue({"prompt_token_ids": token_ids}, params, use_tqdm=False)
+                except Exception as err:
+                    out[i][j] = error_completion(err)
+                    continue
+                pending[_external_id(request_id)] = (i, j)
+        if pending:
+            start = time.perf_counter()
+            results = self.llm.wait_for_completion(use_tqdm=False)
+            num_tokens = 0
+            for res in results:
+                i, j = pending.pop(_external_id(res.request_id))
+                out[i][j] = _to_completion(res.outputs[0])
+                num_tokens += out[i][j]["num_tokens"]
+            logger.info("vLLM generated %d samples, %d tokens in %.1f s", len(results), num_tokens,
+                        time.perf_counter() - start)
+        for i, j in pending.values():
+            out[i][j] = error_completion(RuntimeError("request finished without output"))
+        return out
+
+    def _render(self, conv: list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+def _external_id(request_id: str) -> str:
+    """``LLM.enqueue`` returns vLLM's internal id ``<counter>-<8 random chars>`` while outputs carry the
+    external ``<counter>``; both map to the counter."""
+    return request_id.split("-", 1)[0]
+
+
+def _to_completion(output) -> Completion:
+    """vLLM's ``CompletionOutput`` -> :class:`Completion` (an aborted request is an error)."""
+    if output.finish_reason not in (None, FINISH_STOP, FINISH_LENGTH):
+        return error_completion(RuntimeError(f"request finished with {output.finish_reason!r}"))
+    return Completion(text=output.text, num_tokens=len(output.token_ids),
+                      finish_reason=output.finish_reason or FINISH_STOP, error="")
+
+
+def _check_lengths(messages: list[list[dict]], seeds: list[list[int]]) -> None:
+    if len(messages) != len(seeds):
+        raise ValueError(f"{len(messages)} prompts but {len(seeds)} seed lists")
+
+
+ENGINES: dict[str, Callable[[EngineConfig], Engine]] = {
+    "scripted": lambda cfg: ScriptedEngine(cfg.persona),
+    "vllm": VLLMEngine,
+}
+
+
+def build_engine(cfg: EngineConfig) -> Engine:
+    if cfg.kind not in ENGINES:
+        raise ValueError(f"unknown engine kind {cfg.kind!r}; known: {sorted(ENGINES)}")
+    return ENGINES[cfg.kind](cfg)

@@ -1,0 +1,168 @@
+"""Content-addressed generation store on any fsspec URL: generate once, curate many times.
+
+    store = GenerationStore("s3://bucket/generations")          # or a local path, memory://, ...
+    df, counters = store.get_or_generate(question_rows, teacher_cfg, n=8)  # generates only what is missing
+    counters   # {'requested': 16, 'cached': 8, 'generated': 8, 'failed': 0}
+
+Every sample is stored under a key: sha256 of (question text hash, teacher name, engine kind, model,
+persona, revision, sampling params except ``n``, prompt-template hash, sample index). A larger ``n``,
+a rerun or a crash restart therefore only generates what is missing.
+
+Layout: ``<root>/<teacher>/part-<uuid>.parquet`` (successes, ``GENERATION_COLUMNS`` + ``generation_key``)
+and ``<root>/<teacher>/rejects/part-<uuid>.parquet`` (failed requests, kept for inspection and
+retried on the next call). Part files are written under a ``_tmp-`` name and then moved, and
+readers only read ``part-*.parquet``, so a crash never leaves a half-written part visible. Parts
+are flushed every ``flush_rows`` rows, so a crashed run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import ray.data
+
+from ray_distill import columns as C
+from ray_distill.config import TeacherConfig
+from ray_distill.generation.actor import generate_dataset
+from ray_distill.generation.engines import PROMPT_TEMPLATE_HASH
+
+logger = logging.getLogger(__name__)
+
+KEY = "generation_key"  # content key of one stored sample
+PART_PREFIX, TMP_PREFIX, REJECTS_DIR = "part-", "_tmp-", "rejects"
+STORED_COLUMNS = [*C.GENERATION_COLUMNS, KEY]
+
+
+def teacher_fingerprint(teacher: TeacherConfig) -> dict:
+    """Everything about a teacher that changes its samples (``n`` does not: it only adds samples)."""
+    e = teacher.engine
+    return {
+        "teacher": teacher.name,
+        "kind": e.kind,
+        "model": e.model,
+        "persona": e.persona,
+        "revision": e.revision,
+        "sampling": teacher.sampling.model_dump(exclude={"n"}),
+        "prompt_template": PROMPT_TEMPLATE_HASH,
+    }
+
+
+def generation_key(question: str, fingerprint: dict, sample_index: int) -> str:
+    payload = {**fingerprint, "question": hashlib.sha256(question.encode()).hexdigest(), "sample_index": sample_index}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class GenerationStore:
+    def __init__(self, root: str, flush_rows: int = 4096):
+        self.root = root.rstrip("/")
+        self.fs, self.root_path = fsspec.core.url_to_fs(self.root)
+        self.flush_rows = flush_rows
+
+    def teacher_dir(self, teacher_name: str) -> str:
+        if not teacher_name or "/" in teacher_name or teacher_name.startswith((".", "_")):
+            raise ValueError(f"teacher name {teacher_name!r} cannot be a store directory")
+        return f"{self.root_path}/{teacher_name}"
+
+    def part_files(self, teacher_name: str, rejects: bool = False) -> list[str]:
+        """Complete part files (temp names are never listed)."""
+        d = self.teacher_dir(teacher_name) + (f"/{REJECTS_DIR}" if rejects else "")
+        if not self.fs.isdir(d):
+            return []
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(d, detail=False)]
+        return sorted(f"{d}/{n}" for n in names if n.startswith(PART_PREFIX) and n.endswith(".parquet"))
+
+    def load(self, teacher_name: str, keys: set[str] | None = None, rejects: bool = False) -> pd.DataFrame:
+        """Stored rows of a teacher (only ``keys`` when given), one row per key."""
+        if keys is not None and not keys:
+            return pd.DataFrame(columns=STORED_COLUMNS)
+        frames = []
+        for path in self.part_files(teacher_name, rejects):
+            filters = [(KEY, "in", sorted(keys))] if keys is not None else None
+            try:
+                frames.append(pq.read_table(path, filesystem=self.fs, filters=filters).to_pandas())
+            except Exception as err:
+                raise RuntimeError(f"generation store part {path} is unreadable: {err}") from err
+        if not frames:
+            return pd.DataFrame(columns=STORED_COLUMNS)
+        return pd.concat(frames, ignore_index=True).drop_duplicates(KEY, ignore_index=True)
+
+    def write_part(self, teacher_name: str, df: pd.DataFrame, rejects: bool = False) -> str:
+        """Write ``df`` as a new part file atomically (temp name, then move); returns its path."""
+        d = self.teacher_dir(teacher_name) + (f"/{REJECTS_DIR}" if rejects else "")
+        self.fs.makedirs(d, exist_ok=True)
+        name = uuid.uuid4().hex
+        tmp, final = f"{d}/{TMP_PREFIX}{name}.parquet", f"{d}/{PART_PREFIX}{name}.parquet"
+        with self.fs.open(tmp, "wb") as f:
+            df[STORED_COLUMNS].to_parquet(f, index=False)
+        self.fs.mv(tmp, final)
+        return final
+
+    def get_or_generate(
+        self, questions: list[dict], teacher: TeacherConfig, n: int | None = None
+    ) -> tuple[pd.DataFrame, dict[str, int]]:
+        """Samples ``0..n-1`` (default ``teacher.sampling.n``) of every question, generating only the
+        missing ones. Returns one row per requested (question, sample index), in request order, with
+        ``STORED_COLUMNS``; rows whose request failed this time carry a non-empty ``error``. The
+        counters are row counts: requested = cached + generated + failed."""
+        n = n or teacher.sampling.n
+        requests = _request_frame(questions, teacher, n)
+        cached = self.load(teacher.name, set(requests[KEY]))
+        todo = requests[~requests[KEY].isin(cached[KEY])].drop_duplicates(KEY)
+        new_ok, new_bad = self._generate(todo, teacher)
+
+        found = pd.concat([cached, new_ok, new_bad], ignore_index=True)[STORED_COLUMNS]
+        sample_cols = [KEY, C.TEACHER, C.SEED, C.COMPLETION, C.NUM_TOKENS, C.FINISH_REASON, C.ERROR]
+        # Question columns come from the request: a cached sample may have been generated for the
+        # same text under another question id.
+        out = requests.merge(found[sample_cols], on=KEY, how="left", validate="many_to_one")
+        if out[C.COMPLETION].isna().any():
+            raise RuntimeError(f"{int(out[C.COMPLETION].isna().sum())} requested samples are missing after generation")
+        counters = {
+            "requested": len(requests),
+            "cached": int(requests[KEY].isin(cached[KEY]).sum()),
+            "generated": int(requests[KEY].isin(new_ok[KEY]).sum()),
+            "failed": int(requests[KEY].isin(new_bad[KEY]).sum()),
+        }
+        logger.info("generation store %s/%s: %s", self.root, teacher.name, counters)
+        return out[STORED_COLUMNS].astype({C.SEED: "int64", C.NUM_TOKENS: "int64"}), counters
+
+    def _generate(self, todo: pd.DataFrame, teacher: TeacherConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Generate ``todo`` (one row per missing sample) and persist it in parts as it streams in."""
+        empty = pd.DataFrame(columns=STORED_COLUMNS)
+        if todo.empty:
+            return empty, empty
+        logger.info("generating %d missing samples for teacher %s", len(todo), teacher.name)
+        ok, bad = [empty], [empty]
+        ds = generate_dataset(ray.data.from_pandas(todo), teacher)
+        for batch in ds.iter_batches(batch_size=self.flush_rows, batch_format="pandas"):
+            failed = batch[C.ERROR] != ""
+            if (~failed).any():
+                self.write_part(teacher.name, batch[~failed])
+                ok.append(batch.loc[~failed, STORED_COLUMNS])
+            if failed.any():
+                self.write_part(teacher.name, batch[failed], rejects=True)
+                bad.append(batch.loc[failed, STORED_COLUMNS])
+        new_ok, new_bad = pd.concat(ok, ignore_index=True), pd.concat(bad, ignore_index=True)
+        if len(new_ok) + len(new_bad) != len(todo):
+            raise RuntimeError(f"generation returned {len(new_ok) + len(new_bad)} rows for {len(todo)} requests")
+        return new_ok, new_bad
+
+
+def _request_frame(questions: list[dict], teacher: TeacherConfig, n: int) -> pd.DataFrame:
+    """One row per (question, sample index < n) with its content key."""
+    qdf = pd.DataFrame(questions)
+    missing = [c for c in C.QUESTION_COLUMNS if c not in qdf.columns]
+    if missing:
+        raise ValueError(f"questions need columns {missing}; got {list(qdf.columns)}")
+    req = qdf[C.QUESTION_COLUMNS].iloc[np.repeat(np.arange(len(qdf)), n)].reset_index(drop=True)
+    req[C.SAMPLE_INDEX] = np.tile(np.arange(n), len(qdf))
+    fp = teacher_fingerprint(teacher)
+    req[KEY] = [generation_key(q, fp, int(i)) for q, i in zip(req[C.QUESTION], req[C.SAMPLE_INDEX])]
+    return req

@@ -1,0 +1,276 @@
+"""The one linear builder of a DED job; reading :func:`run_job` shows the whole flow in data-flow order:
+
+    student → questions (+decontamination) → probe generation (every candidate teacher) → verify
+    → teacher smoke test → question compression (student pass rate, vLLM) → M-sample generation of
+    the winner on the kept questions → verify → diverse selection (farthest-P by Levenshtein)
+    → corpus → SFT (Ray Train) → evaluation before/after (vLLM, avg@k)
+
+    ray-distill run jobs/quickstart.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pandas as pd
+import ray
+
+from ray_distill import columns as C
+from ray_distill.config import JobConfig, TeacherConfig
+from ray_distill.curation.adapters import GradeBatch, select_dataset
+from ray_distill.curation.compression import compress, histogram, pass_rates
+from ray_distill.curation.smoke_test import rank_teachers, winner
+from ray_distill.curation.stats import token_entropy_under_model
+from ray_distill.data.corpus import to_chat_row, write_corpus, write_rejects
+from ray_distill.data.fs import join
+from ray_distill.data.sources import decontaminate, load_source
+from ray_distill.evaluation.evaluate import evaluate_suites, grade_samples, sample_student
+from ray_distill.generation.store import GenerationStore
+from ray_distill.progress import StageRunner
+from ray_distill.runtime import init_ray
+from ray_distill.students import prepare_student
+from ray_distill.tracking import Tracker
+from ray_distill.training.sft import train_sft
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JobResult:
+    run_dir: str
+    winner: str
+    ranking: list[dict]
+    rows: dict[str, int]  # rows kept after each stage, in order
+    scores_before: dict[str, dict]
+    scores_after: dict[str, dict]
+    stage_seconds: dict[str, float]
+    corpus_dir: str
+    model_path: str
+    extra: dict = field(default_factory=dict)
+
+
+def run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner | None = None) -> JobResult:
+    init_ray(cfg)
+    runner = runner or StageRunner(tracker)
+    store = GenerationStore(join(cfg.storage, "generations"))
+    rows: dict[str, int] = {}
+
+    with runner.stage("student") as (t, rec):
+        base = prepare_student(cfg, t)
+    with runner.stage("questions") as (t, rec):
+        pool, suites = load_questions(cfg, t)
+        rec.rows_out = rows["questions"] = len(pool)
+    with runner.stage("generate_probe") as (t, rec):
+        probe = pool[: cfg.smoke_test.probe_questions]
+        probe_gen = {tc.name: generate(store, probe, _single(tc), t) for tc in cfg.teachers}
+        rec.rows_in, rec.rows_out = len(probe), sum(len(df) for df in probe_gen.values())
+    with runner.stage("verify_probe", rows_in=rec.rows_out) as (t, rec):
+        graded_all = verify(cfg, pd.concat(list(probe_gen.values()), ignore_index=True), base)
+        probe_graded = {name: graded_all[graded_all[C.TEACHER] == name] for name in probe_gen}
+        rec.rows_out = sum(int(_ok(df).sum()) for df in probe_graded.values())
+    with runner.stage("smoke_test") as (t, rec):
+        ranking = smoke_test(cfg, probe_graded, suites, base, t)
+        best = winner(ranking) if len(ranking) > 1 or cfg.smoke_test.enabled else cfg.teachers[0].name
+        rec.notes["winner"] = best
+    with runner.stage("compress", rows_in=len(pool)) as (t, rec):
+        kept, too_easy = compress_questions(cfg, pool, base, t)
+        rec.rows_out = rows["compressed"] = len(kept)
+    with runner.stage("generate", rows_in=len(kept)) as (t, rec):
+        teacher = next(tc for tc in cfg.teachers if tc.name == best)
+        gen = generate(store, kept, _with_n(teacher, cfg.selection.samples_per_question), t)
+        rec.rows_out = rows["generated"] = len(gen)
+    with runner.stage("verify", rows_in=len(gen)) as (t, rec):
+        graded = verify(cfg, gen, base)
+        rec.rows_out = rows["correct"] = int(_ok(graded).sum())
+        _log_verdicts(t, graded)
+    with runner.stage("select", rows_in=rec.rows_out) as (t, rec):
+        selected = select(cfg, graded, base)
+        rec.rows_out = rows["diverse"] = len(selected)
+        rec.notes["questions"] = int(selected[C.QUESTION_ID].nunique()) if len(selected) else 0
+    with runner.stage("corpus", rows_in=len(selected)) as (t, rec):
+        corpus_dir = join(cfg.run_dir, "corpus")
+        corpus = write_job_corpus(cfg, selected, graded, too_easy, corpus_dir, t)
+        rec.rows_out = len(corpus)
+    with runner.stage("train", rows_in=len(corpus)) as (t, rec):
+        result = train_sft(corpus, base, join(cfg.run_dir, "student"), cfg.train,
+                           storage_path=join(cfg.run_dir, "ray_train"), run_name="sft", tracker_handle=t.handle())
+        rec.notes.update({k: v for k, v in result.metrics.items() if k in ("train_loss", "tokens_per_s")})
+    with runner.stage("evaluate") as (t, rec):
+        before = evaluate(cfg, base, suites, t, prefix="before")
+        after = evaluate(cfg, result.model_path, suites, t, prefix="after")
+    tracker.log_metrics({f"rows/{k}": v for k, v in rows.items()})
+    return JobResult(
+        run_dir=cfg.run_dir, winner=best, ranking=ranking, rows=rows, scores_before=before, scores_after=after,
+        stage_seconds={r.name: r.seconds for r in runner.records}, corpus_dir=corpus_dir,
+        model_path=result.model_path,
+    )
+
+
+# ----------------------------------------------------------------------------- stages (thin glue)
+
+
+def load_questions(cfg: JobConfig, t: Tracker) -> tuple[list[dict], dict[str, list[dict]]]:
+    suites: dict[str, list[dict]] = {}
+    for suite in cfg.eval.suites:
+        suite_rows, suite_rejects = load_source(suite)
+        _write_rejects(cfg, suite_rejects, f"suite_{suite.name}")
+        suites[suite.name] = suite_rows
+    eval_texts = {r[C.QUESTION] for rs in suites.values() for r in rs}
+    pool, rejects = load_source(cfg.questions, exclude=eval_texts)
+    pool, contaminated, counts = decontaminate(pool, suites)
+    _write_rejects(cfg, rejects, "questions")
+    _write_rejects(cfg, contaminated, "decontamination")
+    t.log_metrics({"questions": len(pool), "rejected": len(rejects),
+                   **{f"contaminated/{k}": v for k, v in counts.items()}})
+    return pool, suites
+
+
+def generate(store: GenerationStore, questions: list[dict], teacher: TeacherConfig, t: Tracker) -> pd.DataFrame:
+    df, counters = store.get_or_generate(questions, teacher)
+    t.log_metrics({f"{teacher.name}/{k}": v for k, v in counters.items() if isinstance(v, (int, float))})
+    return df
+
+
+def verify(cfg: JobConfig, gen: pd.DataFrame, base: str) -> pd.DataFrame:
+    """Grade every generated row (format + math-verify) on a Ray Data actor pool; rows in = rows out."""
+    ds = ray.data.from_pandas(gen).map_batches(
+        GradeBatch, fn_constructor_kwargs={"max_tokens": cfg.format.max_tokens,
+                                           "require_think": cfg.format.require_think, "tokenizer_path": base},
+        batch_format="pandas", batch_size=256, concurrency=1, num_cpus=1)
+    graded = ds.to_pandas()
+    if len(graded) != len(gen):
+        raise RuntimeError(f"verify lost rows: {len(gen)} in, {len(graded)} out")
+    return graded
+
+
+def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], suites: dict[str, list[dict]], base: str,
+               t: Tracker) -> list[dict]:
+    """Per candidate teacher: short SFT of the student on its verified probe corpus, then evaluation."""
+    results = []
+    in_domain = {s.name: suites[s.name] for s in cfg.eval.suites if s.domain == "in_domain"}
+    for name, graded in probe.items():
+        with t.child(f"teacher/{name}", tags={"ray_distill.teacher": name}) as tt:
+            ok = graded[_ok(graded)]
+            corpus = [to_chat_row(r) for r in ok.to_dict("records")]
+            texts = ok[C.COMPLETION].tolist()
+            res = {"teacher": name, "teacher_accuracy": float(graded[C.CORRECT].mean()),
+                   "mean_length": float(graded[C.NUM_TOKENS].mean()), "corpus_rows": len(corpus),
+                   "entropy": token_entropy_under_model(base, texts, ok[C.QUESTION].tolist()) if texts else float("nan")}
+            if cfg.smoke_test.enabled and corpus:
+                train_cfg = cfg.train.model_copy(update={"epochs": cfg.smoke_test.epochs, "lr": cfg.smoke_test.lr})
+                trained = train_sft(corpus, base, join(cfg.run_dir, "smoke", name), train_cfg,
+                                    storage_path=join(cfg.run_dir, "ray_train"), run_name=f"smoke-{name}",
+                                    tracker_handle=tt.handle())
+                scores = evaluate(cfg, trained.model_path, in_domain, tt, prefix="smoke")
+                res["student_score"] = _mean_score(scores)
+            else:
+                res["student_score"] = res["teacher_accuracy"]
+            tt.log_metrics({k: v for k, v in res.items() if isinstance(v, float | int)})
+            results.append(res)
+    ranking = rank_teachers(results)
+    table = pd.DataFrame(ranking)
+    t.log_table(table, "teacher_ranking.json")
+    t.log_figure(_bar_chart(table, "teacher", "student_score", "student score after smoke-test SFT"), "teacher_ranking.png")
+    return ranking
+
+
+def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker) -> tuple[list[dict], list[dict]]:
+    """The student samples k answers per question with vLLM; questions it already solves are dropped."""
+    if not cfg.compression.enabled:
+        return pool, []
+    c = cfg.compression
+    samples = grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed))
+    rates = pass_rates(samples)
+    kept, dropped = compress(pool, rates, c.max_pass_rate)
+    if cfg.selection.max_questions is not None:
+        kept = kept[: cfg.selection.max_questions]
+    t.log_metrics({"kept": len(kept), "dropped": len(dropped), "mean_pass_rate": float(rates[C.PASS_RATE].mean())})
+    hist = histogram(rates)
+    t.log_figure(_bar_chart(hist, "bin", "count", "student pass rate per question"), "pass_rate_histogram.png")
+    _write_rejects(cfg, dropped, "compress")
+    return kept, dropped
+
+
+def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
+    ok = graded[_ok(graded)]
+    if ok.empty:
+        raise RuntimeError("no verified-correct teacher samples to select from; check the teacher and the grader")
+    s = cfg.selection
+    return select_dataset(ray.data.from_pandas(ok), s.keep_per_question, s.seed, base).to_pandas()
+
+
+def write_job_corpus(cfg: JobConfig, selected: pd.DataFrame, graded: pd.DataFrame, too_easy: list[dict],
+                     out_dir: str, t: Tracker) -> list[dict]:
+    corpus = [to_chat_row(r) for r in selected.sort_values([C.QUESTION_ID, C.SAMPLE_INDEX]).to_dict("records")]
+    paths = write_corpus(corpus, out_dir)
+    rejected = graded[~_ok(graded)].assign(stage="verify")
+    not_selected = graded[_ok(graded)].merge(selected[[C.QUESTION_ID, C.SAMPLE_INDEX]], how="left", indicator=True)
+    not_selected = not_selected[not_selected["_merge"] == "left_only"].drop(columns="_merge")
+    not_selected = not_selected.assign(stage="select", **{C.REASON: "not_among_farthest_P"})
+    write_rejects(pd.concat([rejected, not_selected]).to_dict("records"), join(cfg.run_dir, "rejects", "generations.jsonl"))
+    t.log_dataset(pd.DataFrame(corpus), name="curated_corpus", source=paths["parquet"])
+    for p in paths.values():
+        if "://" not in p:
+            t.log_artifact(p, "corpus")
+    t.log_metrics({"corpus_rows": len(corpus), "corpus_questions": int(selected[C.QUESTION_ID].nunique())})
+    return corpus
+
+
+def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Tracker, prefix: str) -> dict[str, dict]:
+    e = cfg.eval
+    scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed)
+    t.log_metrics({f"{prefix}/{suite}/{k}": v for suite, m in scores.items() for k, v in m.items()
+                   if isinstance(v, (int, float))})
+    return scores
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def in_domain_score(cfg: JobConfig, scores: dict[str, dict]) -> float:
+    names = [s.name for s in cfg.eval.suites if s.domain == "in_domain"]
+    return _mean_score({n: scores[n] for n in names if n in scores})
+
+
+def _mean_score(scores: dict[str, dict]) -> float:
+    vals = [m["avg_at_k"] for m in scores.values()]
+    return float(sum(vals) / len(vals)) if vals else float("nan")
+
+
+def _ok(df: pd.DataFrame) -> pd.Series:
+    return df[C.FORMAT_OK].astype(bool) & df[C.CORRECT].astype(bool)
+
+
+def _single(teacher: TeacherConfig) -> TeacherConfig:
+    return _with_n(teacher, 1)
+
+
+def _with_n(teacher: TeacherConfig, n: int) -> TeacherConfig:
+    return teacher.model_copy(update={"sampling": teacher.sampling.model_copy(update={"n": n})})
+
+
+def _log_verdicts(t: Tracker, graded: pd.DataFrame) -> None:
+    reasons = graded[C.REASON].replace("", "kept").value_counts().to_dict()
+    t.log_metrics({f"verdict/{k}": int(v) for k, v in reasons.items()})
+
+
+def _write_rejects(cfg: JobConfig, rows: list[dict], stage: str) -> None:
+    if rows:
+        write_rejects([{**r, "stage": stage} for r in rows], join(cfg.run_dir, "rejects", f"{stage}.jsonl"))
+
+
+def _bar_chart(df: pd.DataFrame, x: str, y: str, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(df[x].astype(str), df[y].astype(float))
+    ax.set_title(title)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

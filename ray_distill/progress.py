@@ -1,0 +1,77 @@
+"""Stage bookkeeping for long jobs: every stage is timed, gets a nested MLflow run, and reports its
+rows in/out and rate on the console while the job runs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from rich.console import Console
+
+from ray_distill.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageRecord:
+    name: str
+    seconds: float = 0.0
+    rows_in: int | None = None
+    rows_out: int | None = None
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float | None:
+        rows = self.rows_in if self.rows_in is not None else self.rows_out
+        return rows / self.seconds if rows and self.seconds > 0 else None
+
+
+class StageRunner:
+    """``with runner.stage("verify", rows_in=n) as (tracker, rec): ... rec.rows_out = m``"""
+
+    def __init__(self, tracker: Tracker, console: Console | None = None):
+        self.tracker = tracker
+        self.console = console or Console(stderr=True)
+        self.records: list[StageRecord] = []
+
+    @contextlib.contextmanager
+    def stage(self, name: str, rows_in: int | None = None, parent: Tracker | None = None) -> Iterator[tuple[Tracker, StageRecord]]:
+        rec = StageRecord(name, rows_in=rows_in)
+        self.console.print(f"[bold cyan]▶ {name}[/]" + (f"  ({rows_in} rows in)" if rows_in is not None else ""))
+        start = time.perf_counter()
+        with (parent or self.tracker).child(name, tags={"ray_distill.stage": name}) as child:
+            try:
+                yield child, rec
+            finally:
+                rec.seconds = time.perf_counter() - start
+                metrics = {"wall_s": rec.seconds}
+                if rec.rows_in is not None:
+                    metrics["rows_in"] = rec.rows_in
+                if rec.rows_out is not None:
+                    metrics["rows_out"] = rec.rows_out
+                metrics.update({k: v for k, v in rec.notes.items() if isinstance(v, (int, float))})
+                child.log_metrics(metrics)
+        self.records.append(rec)
+        self.console.print(f"[green]✔ {name}[/]  {_describe(rec)}")
+
+    def seconds(self, name: str) -> float:
+        return sum(r.seconds for r in self.records if r.name == name)
+
+
+def _describe(rec: StageRecord) -> str:
+    parts = []
+    if rec.rows_in is not None or rec.rows_out is not None:
+        parts.append(f"{_n(rec.rows_in)} → {_n(rec.rows_out)} rows")
+    if rec.rate:
+        parts.append(f"{rec.rate:,.1f} rows/s")
+    parts.append(f"{rec.seconds:.1f} s")
+    parts += [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.notes.items()]
+    return ", ".join(parts)
+
+
+def _n(v: int | None) -> str:
+    return "–" if v is None else f"{v:,}"

@@ -1,0 +1,43 @@
+"""Ray start-up for jobs: join a cluster when an address is given, else start a local one with the
+environment vLLM's CPU build needs inside actors."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ray_distill.config import JobConfig
+
+logger = logging.getLogger(__name__)
+
+# Environment every Ray worker gets (vLLM on CPU: small KV cache, no thread pinning in actors).
+WORKER_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
+    "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def init_ray(cfg: JobConfig) -> None:
+    import ray
+
+    for k, v in WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"runtime_env": {"env_vars": WORKER_ENV}, "log_to_driver": True, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+        logger.info("joined Ray cluster at %s", address)
+        return
+    # Logical CPUs: at least one more than the training workers ask for, so a driver-side task or a
+    # Tune trial can hold a slot while its Train workers run (a 2-core laptop still works).
+    need = int(cfg.train.num_workers * cfg.train.cpus_per_worker) + 1
+    num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, need)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    # Processes started by this job (Ray Train's helpers, subprocesses) join this cluster, not another
+    # one that happens to run on the same machine.
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    logger.info("started a local Ray cluster with %d CPUs", num_cpus)

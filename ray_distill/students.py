@@ -1,0 +1,62 @@
+"""The base student of a job: a real Hugging Face model (``student.model``), or a built-in preset whose
+synthetic "pretraining" (single-step facts of every task family) runs once with Ray Train and is
+cached under ``<storage>/cache/students/<key>`` for every later job and test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+
+from ray_distill.config import JobConfig
+from ray_distill.data.fs import exists, join, local_dir, write_text
+from ray_distill.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+BASE_ROWS = 8000
+_READY = "READY"
+
+
+def prepare_student(cfg: JobConfig, tracker: Tracker) -> str:
+    """A local directory with the base student (weights, config, tokenizer, chat template)."""
+    s = cfg.student
+    if s.model:
+        tracker.log_params({"student": s.model})
+        # A URL or an existing directory is made local for vLLM; anything else is a hub id.
+        return local_dir(s.model) if "://" in s.model or os.path.isdir(s.model) else s.model
+    spec = {"preset": s.preset, "rows": BASE_ROWS, "epochs": s.base_epochs, "lr": s.base_lr, "seed": cfg.seed,
+            "batch_size": cfg.train.batch_size, "workers": cfg.train.num_workers, "version": 1}
+    key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    url = join(cfg.storage, "cache", "students", f"{s.preset}-{key}")
+    tracker.log_params({f"student.base.{k}": v for k, v in spec.items()} | {"student.base.path": url})
+    if exists(join(url, _READY)):
+        logger.info("base student %s found in cache: %s", s.preset, url)
+        tracker.set_tags({"student.cached": "true"})
+        return local_dir(url)
+    _pretrain(cfg, url, tracker)
+    write_text(join(url, _READY), json.dumps(spec))
+    return local_dir(url)
+
+
+def _pretrain(cfg: JobConfig, url: str, tracker: Tracker) -> None:
+    from ray_distill.synthetic.student import save_random_student
+    from ray_distill.synthetic.tasks import base_corpus
+    from ray_distill.training.sft import train_sft
+
+    s = cfg.student
+    with tempfile.TemporaryDirectory(prefix="ray-distill-student-") as tmp:
+        init = save_random_student(s.preset, tmp, seed=cfg.seed)
+        if s.base_epochs == 0:
+            from ray_distill.data.fs import upload_dir
+
+            upload_dir(init, url)
+            return
+        train_cfg = cfg.train.model_copy(update={"epochs": s.base_epochs, "lr": s.base_lr})
+        logger.info("pretraining base student %s on %d single-step facts (cached afterwards)", s.preset, BASE_ROWS)
+        result = train_sft(base_corpus(BASE_ROWS, seed=cfg.seed), init, url, train_cfg,
+                           storage_path=join(cfg.storage, "cache", "ray_train"), run_name=f"base-{url.rsplit('/', 1)[-1]}",
+                           tracker_handle=tracker.handle())
+        tracker.log_metrics({f"base/{k}": v for k, v in result.metrics.items() if isinstance(v, (int, float))})

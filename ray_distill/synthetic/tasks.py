@@ -1,0 +1,172 @@
+"""Built-in verifiable task families, emitted in the same question schema as real data.
+
+Families (difficulty = number of steps):
+- ``arith`` (in-domain "math"): mod-10 chains such as ``9+0-9``; exact answer ``0``.
+- ``max`` (out-of-domain, a different kind of reasoning): ``max(3,7,2)``; answer ``7``.
+
+Each family also knows its own *local* chain of thought (one short step per operation, each step
+restating its operands right before its result), which the scripted teachers build on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ray_distill import columns as C
+
+_ARITH_RE = re.compile(r"^\d([+-]\d)+$")
+_MAX_RE = re.compile(r"^max\((\d(?:,\d)+)\)$")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One reasoning step: ``left op right = result`` (op is '+', '-' or 'max')."""
+
+    left: int
+    op: str
+    right: int
+    result: int
+
+
+def arith_question(rng: random.Random, steps: int) -> str:
+    digits = [rng.randrange(10) for _ in range(steps + 1)]
+    ops = [rng.choice("+-") for _ in range(steps)]
+    return str(digits[0]) + "".join(f"{o}{d}" for o, d in zip(ops, digits[1:]))
+
+
+def arith_steps(question: str) -> list[Step]:
+    if not _ARITH_RE.match(question):
+        raise ValueError(f"not an arith question: {question!r}")
+    acc, steps = int(question[0]), []
+    for i in range(1, len(question), 2):
+        op, right = question[i], int(question[i + 1])
+        result = (acc + right) % 10 if op == "+" else (acc - right) % 10
+        steps.append(Step(acc, op, right, result))
+        acc = result
+    return steps
+
+
+def max_question(rng: random.Random, steps: int) -> str:
+    return "max(" + ",".join(str(rng.randrange(10)) for _ in range(steps + 1)) + ")"
+
+
+def max_steps(question: str) -> list[Step]:
+    m = _MAX_RE.match(question)
+    if not m:
+        raise ValueError(f"not a max question: {question!r}")
+    items = [int(x) for x in m.group(1).split(",")]
+    acc, steps = items[0], []
+    for right in items[1:]:
+        result = max(acc, right)
+        steps.append(Step(acc, "max", right, result))
+        acc = result
+    return steps
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    make: Callable[[random.Random, int], str]
+    steps: Callable[[str], list[Step]]
+
+
+FAMILIES: dict[str, Family] = {
+    "arith": Family("arith", arith_question, arith_steps),
+    "max": Family("max", max_question, max_steps),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown task family {name!r}; known: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_of(question: str) -> Family:
+    """The family that can parse ``question`` (scripted teachers only see the text)."""
+    if _ARITH_RE.match(question):
+        return FAMILIES["arith"]
+    if _MAX_RE.match(question):
+        return FAMILIES["max"]
+    raise ValueError(f"question {question!r} belongs to no synthetic family")
+
+
+def solve_steps(question: str) -> list[Step]:
+    return family_of(question).steps(question)
+
+
+def answer_of(question: str) -> str:
+    return str(solve_steps(question)[-1].result)
+
+
+def step_text(step: Step) -> str:
+    """The local form of one step: ``9+0=9`` or ``max(3,7)=7``."""
+    if step.op == "max":
+        return f"max({step.left},{step.right})={step.result}"
+    return f"{step.left}{step.op}{step.right}={step.result}"
+
+
+def question_id(family: str, question: str) -> str:
+    return hashlib.sha1(f"{family}:{question}".encode()).hexdigest()[:16]
+
+
+def make_questions(
+    family: str, num: int, min_difficulty: int, max_difficulty: int, seed: int, exclude: set[str] | None = None
+) -> list[dict]:
+    """``num`` distinct questions with difficulties spread evenly over ``[min, max]``.
+
+    Rows follow the question schema (``ray_distill.columns.QUESTION_COLUMNS``). ``exclude`` holds
+    question texts that must not appear (e.g. evaluation questions when building a training pool).
+    """
+    fam = get_family(family)
+    rng = random.Random(f"{family}:{seed}")
+    exclude = exclude or set()
+    seen: set[str] = set()
+    rows: list[dict] = []
+    levels = list(range(min_difficulty, max_difficulty + 1))
+    attempts = 0
+    while len(rows) < num:
+        attempts += 1
+        if attempts > num * 200:
+            raise ValueError(
+                f"cannot draw {num} distinct {family} questions at difficulty {min_difficulty}..{max_difficulty}"
+            )
+        level = levels[len(rows) % len(levels)]
+        q = fam.make(rng, level)
+        if q in seen or q in exclude:
+            continue
+        seen.add(q)
+        rows.append(
+            {
+                C.QUESTION_ID: question_id(family, q),
+                C.QUESTION: q,
+                C.ANSWER: str(fam.steps(q)[-1].result),
+                C.FAMILY: family,
+                C.DIFFICULTY: level,
+            }
+        )
+    return rows
+
+
+def base_corpus(num: int, seed: int = 0) -> list[dict]:
+    """The synthetic "pretraining" data of the base student: single-step facts of every family,
+    written in the local chain-of-thought form, as chat ``messages`` rows."""
+    rng = random.Random(f"base:{seed}")
+    rows = []
+    for _ in range(num):
+        fam = FAMILIES[rng.choice(sorted(FAMILIES))]
+        q = fam.make(rng, 1)
+        (step,) = fam.steps(q)
+        rows.append(
+            {
+                C.MESSAGES: [
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": f"<think>{step_text(step)}</think>\\boxed{{{step.result}}}"},
+                ]
+            }
+        )
+    return rows

@@ -1,0 +1,12 @@
+"""SFT with Ray Train: ``train_sft(rows, base_model, output_path, cfg, storage_path, run_name)``.
+
+- :mod:`ray_distill.training.data` — encoding with assistant-only labels, length-bucketed batch
+  plans, collation, preflight (pure functions).
+- :mod:`ray_distill.training.loop` — the Ray Train worker loop (DDP, checkpoints, resume, export).
+- :mod:`ray_distill.training.sft` — the driver: :func:`train_sft` and :class:`TrainResult`.
+"""
+
+from ray_distill.training.data import encode_example, preflight
+from ray_distill.training.sft import TrainResult, train_sft
+
+__all__ = ["TrainResult", "encode_example", "preflight", "train_sft"]

@@ -1,0 +1,131 @@
+"""Supervised fine-tuning of a Hugging Face causal LM on chat ``messages`` rows with Ray Train.
+
+    result = train_sft(rows, base_model="/models/student", output_path="s3://bucket/run/student",
+                       cfg=job.train, storage_path="s3://bucket/ray-train", run_name="sft-teacher-a")
+
+The driver encodes every row (``data.encode_example``), runs the preflight, puts the encoded
+examples in the object store and launches a ``TorchTrainer`` (DDP, gloo on CPU). The workers
+(``loop.train_loop_per_worker``) checkpoint every epoch under ``<storage_path>/<run_name>`` and
+resume from there when the same ``(storage_path, run_name)`` is run again; rank 0 exports the final
+model with ``save_pretrained`` to ``output_path``. Ray must already be initialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import ray
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ray_distill.columns import MESSAGES
+from ray_distill.config import TrainConfig
+from ray_distill.training.data import encode_example, preflight, supervised_count
+from ray_distill.training.loop import local_copy, train_loop_per_worker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model_path: str  # where the final student was saved (save_pretrained layout)
+    checkpoint_path: str | None  # Ray Train's latest checkpoint (a loadable model dir + optimizer)
+    metrics: dict  # train_loss, initial_loss, tokens_per_s, supervised_tokens, steps, epochs, wall_s, ...
+
+
+def train_sft(
+    rows: list[dict],
+    base_model: str,
+    output_path: str,
+    cfg: TrainConfig,
+    storage_path: str,
+    run_name: str,
+    tracker_handle=None,
+) -> TrainResult:
+    """Fine-tune ``base_model`` (a save_pretrained dir, any fsspec URL) on ``rows`` and save the
+    student to ``output_path``; see the module docstring."""
+    from ray_distill.tracking import tracker_from_handle
+
+    tracker = tracker_from_handle(tracker_handle)
+    examples, figures = encode_rows(rows, base_model, cfg.max_seq_len)
+    tracker.log_metrics({f"train/{k}": v for k, v in figures.items()})
+    t0 = time.time()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(),
+            "examples": ray.put(examples),
+            "base_model": base_model,
+            "output_path": output_path,
+            "tracker_handle": tracker_handle,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=absolute_storage(storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    metrics = final_metrics(result.metrics, figures, t0)
+    logger.info(
+        "trained %s: loss %.4f (initial %.4f), %d steps, %.0f tokens/s, startup %.1fs, %.1fs total",
+        run_name, metrics["train_loss"], metrics["initial_loss"], metrics["steps"], metrics["tokens_per_s"],
+        metrics["startup_s"], metrics["wall_s"],
+    )
+    return TrainResult(model_path=output_path, checkpoint_path=checkpoint_uri(result, storage_path), metrics=metrics)
+
+
+def encode_rows(rows: list[dict], base_model: str, max_seq_len: int) -> tuple[list[dict], dict]:
+    """Encode every row with the base model's tokenizer; return the examples and the preflight and
+    corpus figures (logged here, returned for tracking)."""
+    from transformers import AutoTokenizer
+
+    with local_copy(base_model) as path:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    check = preflight(tokenizer, rows, max_seq_len)
+    logger.info(
+        "preflight: %.1f%% of tokens supervised, %.1f%% truncated; example %r -> loss on %r",
+        100 * check["supervised_fraction"], 100 * check["truncation_rate"], check["example"],
+        check["example_supervised"],
+    )
+    examples = [encode_example(tokenizer, r[MESSAGES], max_seq_len) for r in rows]
+    unsupervised = sum(1 for e in examples if supervised_count(e) == 0)
+    if unsupervised:
+        logger.warning("%d of %d rows have no supervised token (they add no loss)", unsupervised, len(rows))
+    figures = {
+        "preflight_supervised_fraction": check["supervised_fraction"],
+        "preflight_truncation_rate": check["truncation_rate"],
+        "rows": len(examples),
+        "truncated_rows": sum(e["truncated"] for e in examples),
+        "unsupervised_rows": unsupervised,
+    }
+    return [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], figures
+
+
+def final_metrics(reported: dict, figures: dict, t0: float) -> dict:
+    """Rank 0's last report plus driver-side timings: ``wall_s`` (fit, including startup and
+    export) and ``startup_s`` (seconds from launching the trainer to the first step)."""
+    metrics = {**figures, **reported, "wall_s": time.time() - t0}
+    first = metrics.pop("first_step_unix", None)
+    metrics["startup_s"] = first - t0 if first else float("nan")
+    return metrics
+
+
+def absolute_storage(storage_path: str) -> str:
+    """Ray Train wants an absolute local path or a URL."""
+    return storage_path if "://" in storage_path else os.path.abspath(storage_path)
+
+
+def checkpoint_uri(result, storage_path: str) -> str | None:
+    if result.checkpoint is None:
+        return None
+    path = result.checkpoint.path
+    if "://" in storage_path and "://" not in path:
+        return f"{storage_path.split('://', 1)[0]}://{path}"
+    return path

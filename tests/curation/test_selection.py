@@ -1,0 +1,97 @@
+"""Farthest-point selection on hand-made sequences whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from ray_distill import columns as C
+from ray_distill.curation.selection import (
+    farthest_point,
+    mean_pairwise_distance,
+    min_distances,
+    select_diverse,
+    selection_rejects,
+)
+
+SAME = [1, 2, 3, 4, 5, 6]
+FAR = [9, 9, 9, 9, 9, 9, 9, 9]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_far_one_is_picked(seed):
+    seqs = [SAME, SAME, FAR, SAME]
+    assert 2 in farthest_point(seqs, p=2, seed=seed)
+
+
+def test_greedy_max_min_order():
+    # points on a line (lengths of a repeated token): start 0, then the farthest (20), then the middle.
+    seqs = [[7] * n for n in (0, 1, 2, 10, 11, 20)]
+    for seed in range(10):
+        picked = farthest_point(seqs, p=3, seed=seed)
+        assert len(set(picked)) == 3
+        if picked[0] == 0:
+            assert picked == [0, 5, 3]  # 10 and 11 both 10/9 away; max-min picks 10 (distance 10)
+
+
+def test_deterministic_and_seed_dependent():
+    seqs = [[i % 7, i % 3, i] * (i + 1) for i in range(12)]
+    runs = {tuple(farthest_point(seqs, p=4, seed=s)) for s in range(5)}
+    assert all(farthest_point(seqs, 4, s) == farthest_point(seqs, 4, s) for s in range(5))
+    assert len({r[0] for r in runs}) > 1  # the seed picks the start
+
+
+def test_ties_go_to_lowest_index():
+    seqs = [[1], [1], [1], [1]]
+    for seed in range(5):
+        picked = farthest_point(seqs, p=3, seed=seed)
+        assert picked[1:] == [i for i in range(4) if i != picked[0]][:2]
+
+
+def test_p_at_least_n_returns_all():
+    assert farthest_point([[1], [2]], p=2, seed=0) == [0, 1]
+    assert farthest_point([[1], [2]], p=5, seed=0) == [0, 1]
+    assert farthest_point([], p=3, seed=0) == []
+    with pytest.raises(ValueError):
+        farthest_point([[1]], p=0, seed=0)
+
+
+def test_distances():
+    assert mean_pairwise_distance([[1, 2], [1, 3], [4, 5]]) == pytest.approx((1 + 2 + 2) / 3)
+    assert math.isnan(mean_pairwise_distance([[1]]))
+    assert min_distances([[1, 2], [1, 3], [4, 5, 6]]) == [1.0, 1.0, 3.0]
+
+
+def _group(completions: list[str], correct: list[bool]) -> pd.DataFrame:
+    n = len(completions)
+    return pd.DataFrame({
+        C.QUESTION_ID: ["q"] * n, C.TEACHER: ["t"] * n, C.SAMPLE_INDEX: list(range(n)),
+        C.COMPLETION: completions, C.CORRECT: correct, C.FORMAT_OK: [True] * n,
+        C.REASON: ["" if c else "wrong_answer" for c in correct],
+    })
+
+
+def test_select_diverse_keeps_correct_only_and_is_order_independent():
+    group = _group(["aaaa", "aaab", "zzzzzzzz", "qqqqqqqqqqqqqqq", "aaaa"], [True, True, True, False, True])
+    tokenize = lambda t: [ord(c) for c in t]  # noqa: E731
+    out = select_diverse(group, p=2, seed=0, tokenize=tokenize)
+    assert len(out) == 2 and out[C.CORRECT].all() and 2 in out[C.SAMPLE_INDEX].tolist()
+    assert (out[C.SELECTION_DISTANCE] > 0).all()
+    shuffled = select_diverse(group.sample(frac=1.0, random_state=1), p=2, seed=0, tokenize=tokenize)
+    assert shuffled[C.SAMPLE_INDEX].tolist() == out[C.SAMPLE_INDEX].tolist()
+    rejects = selection_rejects(group, out)
+    assert len(rejects) + len(out) == len(group)
+    assert dict(zip(rejects[C.SAMPLE_INDEX], rejects[C.REASON]))[3] == "wrong_answer"
+    assert set(rejects[C.REASON]) <= {"wrong_answer", "not_selected"} and (rejects[C.STAGE] == "selection").all()
+
+
+def test_select_diverse_edge_cases():
+    tokenize = lambda t: [ord(c) for c in t]  # noqa: E731
+    none = select_diverse(_group(["a", "b"], [False, False]), p=2, seed=0, tokenize=tokenize)
+    assert none.empty and C.SELECTION_DISTANCE in none.columns
+    one = select_diverse(_group(["a", "b"], [True, False]), p=2, seed=0, tokenize=tokenize)
+    assert len(one) == 1 and math.isnan(one[C.SELECTION_DISTANCE].iloc[0])
+    with pytest.raises(ValueError, match="duplicated"):
+        select_diverse(pd.concat([_group(["a"], [True])] * 2), p=1, seed=0, tokenize=tokenize)

@@ -1,0 +1,25 @@
+"""Length statistics and entropy under a tiny saved student."""
+
+from __future__ import annotations
+
+import math
+
+from ray_distill.curation.stats import length_stats, token_entropy_under_model
+from ray_distill.synthetic.student import build_tokenizer
+
+
+def test_length_stats():
+    tok = build_tokenizer()
+    stats = length_stats(["<think>ab</think>", "abcd"], tokenize=lambda t: tok(t)["input_ids"])
+    assert stats["count"] == 2 and stats["min"] == 4 and stats["max"] == 4 and stats["mean"] == 4
+    assert math.isnan(length_stats([], tokenize=len)["mean"])
+
+
+def test_entropy_under_random_student(tiny_student_path):
+    texts = ["<think>1+2=3</think>\\boxed{3}", "<think>max(1,9)=9</think>\\boxed{9}", "x" * 600]
+    prompts = ["1+2", "max(1,9)", "long"]
+    bits = token_entropy_under_model(tiny_student_path, texts, prompts, max_rows=256)
+    vocab = len(build_tokenizer())
+    assert math.isfinite(bits) and 0.0 < bits <= math.log2(vocab) + 1e-6
+    # a subset and the full set agree on a uniform-ish random model to within a bit
+    assert abs(token_entropy_under_model(tiny_student_path, texts[:1], prompts[:1], max_rows=1) - bits) < 1.0

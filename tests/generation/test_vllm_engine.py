@@ -1,0 +1,36 @@
+"""VLLMEngine (real vLLM, CPU) on a random micro student through the Ray Data adapter."""
+
+from __future__ import annotations
+
+from ray_distill import columns as C
+from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
+from ray_distill.generation.actor import generate_dataset, sample_seed
+from ray_distill.synthetic.tasks import make_questions
+
+
+def test_vllm_keeps_every_sample_and_is_seeded(ray_local, tiny_student_path):
+    questions = make_questions("arith", 6, 1, 3, seed=0)
+    too_long = {**questions[1], C.QUESTION_ID: "too-long", C.QUESTION: "1+" * 100 + "1"}
+    rows = [*questions, dict(questions[0]), too_long]  # a duplicate row gets the same seeds
+    teacher = TeacherConfig(
+        name="micro",
+        engine=EngineConfig(kind="vllm", model=tiny_student_path, dtype="float32", max_model_len=128),
+        sampling=SamplingConfig(n=2, temperature=1.0, max_tokens=24, seed=3),
+    )
+    df = generate_dataset(ray_local.data.from_items(rows), teacher).to_pandas()
+
+    assert len(df) == len(rows) * 2 and list(df.columns) == C.GENERATION_COLUMNS
+    ok = df[df[C.QUESTION_ID] != "too-long"]
+    assert (ok[C.ERROR] == "").all() and ok[C.FINISH_REASON].isin(["stop", "length"]).all()
+    assert (ok[C.NUM_TOKENS] > 0).all() and (ok[C.NUM_TOKENS] <= 24).all()
+    assert all(r.seed == sample_seed(3, r.question_id, r.sample_index) for r in df.itertuples())
+
+    # same seed -> same text (the duplicated question), different sample index -> different text
+    dup = ok[ok[C.QUESTION_ID] == questions[0][C.QUESTION_ID]]
+    assert len(dup) == 4 and (dup.groupby(C.SAMPLE_INDEX)[C.COMPLETION].nunique() == 1).all()
+    per_q = ok.drop_duplicates([C.QUESTION_ID, C.SAMPLE_INDEX]).groupby(C.QUESTION_ID)[C.COMPLETION].nunique()
+    assert (per_q == 2).sum() >= 5
+
+    # one failing request does not fail the batch
+    bad = df[df[C.QUESTION_ID] == "too-long"]
+    assert len(bad) == 2 and (bad[C.FINISH_REASON] == "error").all() and bad[C.ERROR].str.contains("128").all()

@@ -1,0 +1,85 @@
+"""Config loading: YAML + dotted overrides, one-line errors naming the file and the key."""
+
+from pathlib import Path
+
+import pytest
+
+from ray_distill.config import ConfigError, JobConfig, load_config, parse_override, to_flat_dict
+
+JOBS = sorted(Path(__file__).resolve().parents[1].joinpath("jobs").glob("*.yaml"))
+MINIMAL = """
+questions: {synthetic: {family: arith, num_questions: 10}}
+teachers: [{name: t, engine: {kind: scripted, persona: concise}}]
+"""
+
+
+def _write(tmp_path, text: str) -> Path:
+    p = tmp_path / "job.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("job", JOBS, ids=lambda p: p.name)
+def test_every_shipped_job_loads(job):
+    cfg = load_config(job)
+    assert isinstance(cfg, JobConfig)
+    assert cfg.teachers
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    cfg = load_config(_write(tmp_path, MINIMAL), ["train.epochs=7", "train.lr=1e-4", "teachers.0.sampling.n=3",
+                                                   "eval.suites=[]", "tracking.enabled=false"])
+    assert cfg.train.epochs == 7 and cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.teachers[0].sampling.n == 3
+    assert cfg.tracking.enabled is False
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    path = _write(tmp_path, MINIMAL + "train: {epoch: 3}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "train.epoch: unknown key" in msg and "\n" not in msg
+
+
+def test_unknown_override_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"selection\.keep: unknown key"):
+        load_config(_write(tmp_path, MINIMAL), ["selection.keep=2"])
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.epochs: .*integer.*'abc'"):
+        load_config(_write(tmp_path, MINIMAL), ["train.epochs=abc"])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match=r"nope\.yaml: job file not found"):
+        load_config("nope.yaml")
+
+
+def test_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(_write(tmp_path, "questions: [unclosed\n"))
+
+
+def test_missing_required_section(tmp_path):
+    with pytest.raises(ConfigError, match="questions: required key is missing"):
+        load_config(_write(tmp_path, "teachers: []\n"))
+
+
+def test_cross_field_validation(tmp_path):
+    bad = MINIMAL.replace("persona: concise", "model: null")
+    with pytest.raises(ConfigError, match="needs 'persona'"):
+        load_config(_write(tmp_path, bad))
+
+
+def test_override_syntax():
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("train.epochs")
+
+
+def test_flat_dict_for_mlflow(tmp_path):
+    flat = to_flat_dict(load_config(_write(tmp_path, MINIMAL)))
+    assert flat["train.epochs"] == 3
+    assert flat["teachers.0.engine.persona"] == "concise"

@@ -1,0 +1,97 @@
+"""Encoding, masking, batch plans and preflight on the tiny student's char tokenizer (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ray_distill.synthetic.student import build_tokenizer
+from ray_distill.synthetic.tasks import base_corpus
+from ray_distill.training.data import (
+    IGNORE,
+    collate,
+    encode_example,
+    has_generation_markers,
+    non_pad_fraction,
+    plan_batches,
+    preflight,
+    shard_of,
+)
+
+CONV = [{"role": "user", "content": "3+4"}, {"role": "assistant", "content": "<think>3+4=7</think>\\boxed{7}"}]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def supervised_text(tok, ex) -> str:
+    return tok.decode([t for t in ex["labels"] if t != IGNORE])
+
+
+def test_labels_mask_exactly_the_prompt(tok):
+    assert has_generation_markers(tok)
+    ex = encode_example(tok, CONV, max_seq_len=256)
+    prompt = tok.apply_chat_template(CONV[:1], tokenize=True, return_dict=True)["input_ids"]
+    assert tok.decode(prompt) == "3+4="
+    assert ex["labels"][: len(prompt)] == [IGNORE] * len(prompt)
+    assert ex["labels"][len(prompt) :] == ex["input_ids"][len(prompt) :]  # no -100 after the prompt
+    assert supervised_text(tok, ex) == "<think>3+4=7</think>\\boxed{7}<eos>"
+    assert ex["input_ids"][-1] == tok.eos_token_id and not ex["truncated"]
+
+
+def test_truncation_flag(tok):
+    full = encode_example(tok, CONV, max_seq_len=256)
+    cut = encode_example(tok, CONV, max_seq_len=8)
+    assert cut["truncated"] and len(cut["input_ids"]) == len(cut["labels"]) == 8
+    assert cut["input_ids"] == full["input_ids"][:8]
+    assert not encode_example(tok, CONV, max_seq_len=len(full["input_ids"]))["truncated"]
+
+
+def test_prefix_fallback_without_generation_markers():
+    tok = build_tokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}={% else %}"
+        "{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+    )
+    assert not has_generation_markers(tok)
+    ex = encode_example(tok, CONV, max_seq_len=256)
+    assert ex["labels"][:4] == [IGNORE] * 4
+    assert supervised_text(tok, ex) == "<think>3+4=7</think>\\boxed{7}<eos>"
+    assert ex == encode_example(build_tokenizer(), CONV, max_seq_len=256)  # same as the marker path
+
+
+def test_preflight_reports_and_raises(tok):
+    rows = base_corpus(20)
+    check = preflight(tok, rows, max_seq_len=256)
+    assert 0.5 < check["supervised_fraction"] < 1.0 and check["truncation_rate"] == 0.0
+    assert check["example"].endswith("<eos>") and check["example_supervised"].startswith("<think>")
+    with pytest.raises(ValueError, match="no supervised token"):
+        preflight(tok, [{"messages": CONV[:1]}], max_seq_len=256)
+    with pytest.raises(ValueError, match="no supervised token"):
+        preflight(tok, [{"messages": CONV}], max_seq_len=3)  # cut before the answer
+
+
+def test_plan_covers_every_example_once_and_buckets_by_length():
+    lengths = [5 + (i * 7) % 40 for i in range(203)]
+    plan = plan_batches(lengths, batch_size=16, world_size=2, seed=1, window=4)
+    flat = sorted(i for b in plan for i in b)
+    assert flat == list(range(203))
+    assert all(len(b) >= 2 for b in plan)
+    micro = [shard_of(b, r, 2) for b in plan for r in range(2)]
+    assert sorted(i for mb in micro for i in mb) == list(range(203))
+    random_plan = [list(range(i, min(i + 8, 203))) for i in range(0, 203, 8)]
+    assert non_pad_fraction(lengths, micro) > non_pad_fraction(lengths, random_plan) + 0.2
+    assert plan != plan_batches(lengths, batch_size=16, world_size=2, seed=2, window=4)
+    with pytest.raises(ValueError):
+        plan_batches([3], batch_size=4, world_size=2, seed=0)
+
+
+def test_collate_pads_right_and_ignores_padding():
+    a = {"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}
+    b = {"input_ids": [8], "labels": [8]}
+    out = collate([a, b], pad_id=0)
+    assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert out["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
+    assert out["attention_mask"].sum().item() == 4 and out["input_ids"].dtype == torch.long
