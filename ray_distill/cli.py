@@ -9,6 +9,7 @@ Bad job files and bad overrides end with a one-line error naming the file and th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -48,6 +49,24 @@ def _load(job: str, overrides: list[str] | None) -> JobConfig:
         raise typer.Exit(2) from None
 
 
+@contextlib.contextmanager
+def _failing(tracker, verbose: bool):
+    """Mark the MLflow run FAILED on any error; data errors end with one line (--verbose: traceback)."""
+    from ray_distill.data.questions import DataError
+
+    try:
+        yield
+    except (ConfigError, DataError) as err:
+        tracker.end("FAILED")
+        if verbose:
+            raise
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+
+
 @app.command()
 def validate(job: JobFile, overrides: Overrides = None) -> None:
     """Load and validate a job file (with overrides) and print the resolved configuration."""
@@ -68,11 +87,8 @@ def run(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) -> 
                             run_name=cfg.name, tags={"ray_distill.job": job, "ray_distill.kind": "run"})
     tracker.log_params(to_flat_dict(cfg))
     start = time.perf_counter()
-    try:
+    with _failing(tracker, verbose):
         result = run_job(cfg, tracker, StageRunner(tracker, console))
-    except BaseException:
-        tracker.end("FAILED")
-        raise
     tracker.log_metrics({"wall_s": time.perf_counter() - start})
     tracker.end()
     print_summary(result, time.perf_counter() - start, tracker)
@@ -90,11 +106,8 @@ def tune(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) ->
     tracker = start_tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.storage,
                             run_name=f"{cfg.name}-tune", tags={"ray_distill.job": job, "ray_distill.kind": "tune"})
     tracker.log_params(to_flat_dict(cfg))
-    try:
+    with _failing(tracker, verbose):
         result = run_search(cfg, tracker, StageRunner(tracker, console))
-    except BaseException:
-        tracker.end("FAILED")
-        raise
     tracker.end()
     table = Table(title="Ray Tune trials (data budgets)")
     for col in result.trials.columns:

@@ -107,7 +107,8 @@ class TeacherConfig(_Strict):
 class StudentConfig(_Strict):
     preset: str | None = Field("tiny", description="Built-in student preset (synthetic world).")
     model: str | None = Field(None, description="HF id or path of a real student (overrides preset).")
-    base_epochs: int = Field(4, ge=0, description="Epochs of the synthetic base pretraining (preset only).")
+    base_rows: int = Field(8000, ge=1, description="Single-step facts in the synthetic base pretraining (preset only).")
+    base_epochs: int = Field(6, ge=0, description="Epochs of the synthetic base pretraining (preset only).")
     base_lr: float = 2e-3
 
 
@@ -133,8 +134,9 @@ class SelectionConfig(_Strict):
 
 class SmokeTestConfig(_Strict):
     enabled: bool = True
-    probe_questions: int = Field(200, ge=1)
-    epochs: int = Field(10, ge=1)
+    probe_questions: int = Field(400, ge=1, description="Questions each candidate teacher answers once.")
+    epochs: int = Field(12, ge=1, description="Epochs of each short SFT (the rest of the recipe is train.*).")
+    batch_size: int = Field(16, ge=1, description="Global batch size of the short SFT (small: more updates).")
     lr: float = 2e-3
 
 

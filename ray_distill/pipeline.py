@@ -158,7 +158,8 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], suites: dict[str,
                    "mean_length": float(graded[C.NUM_TOKENS].mean()), "corpus_rows": len(corpus),
                    "entropy": token_entropy_under_model(base, texts, ok[C.QUESTION].tolist()) if texts else float("nan")}
             if cfg.smoke_test.enabled and corpus:
-                train_cfg = cfg.train.model_copy(update={"epochs": cfg.smoke_test.epochs, "lr": cfg.smoke_test.lr})
+                train_cfg = cfg.train.model_copy(update={"epochs": cfg.smoke_test.epochs, "lr": cfg.smoke_test.lr,
+                                                         "batch_size": cfg.smoke_test.batch_size})
                 trained = train_sft(corpus, base, join(cfg.run_dir, "smoke", name), train_cfg,
                                     storage_path=join(cfg.run_dir, "ray_train"), run_name=f"smoke-{name}",
                                     tracker_handle=tt.handle())

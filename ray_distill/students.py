@@ -16,7 +16,6 @@ from ray_distill.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
-BASE_ROWS = 8000
 _READY = "READY"
 
 
@@ -27,7 +26,7 @@ def prepare_student(cfg: JobConfig, tracker: Tracker) -> str:
         tracker.log_params({"student": s.model})
         # A URL or an existing directory is made local for vLLM; anything else is a hub id.
         return local_dir(s.model) if "://" in s.model or os.path.isdir(s.model) else s.model
-    spec = {"preset": s.preset, "rows": BASE_ROWS, "epochs": s.base_epochs, "lr": s.base_lr, "seed": cfg.seed,
+    spec = {"preset": s.preset, "rows": s.base_rows, "epochs": s.base_epochs, "lr": s.base_lr, "seed": cfg.seed,
             "batch_size": cfg.train.batch_size, "workers": cfg.train.num_workers, "version": 1}
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     url = join(cfg.storage, "cache", "students", f"{s.preset}-{key}")
@@ -55,8 +54,8 @@ def _pretrain(cfg: JobConfig, url: str, tracker: Tracker) -> None:
             upload_dir(init, url)
             return
         train_cfg = cfg.train.model_copy(update={"epochs": s.base_epochs, "lr": s.base_lr})
-        logger.info("pretraining base student %s on %d single-step facts (cached afterwards)", s.preset, BASE_ROWS)
-        result = train_sft(base_corpus(BASE_ROWS, seed=cfg.seed), init, url, train_cfg,
+        logger.info("pretraining base student %s on %d single-step facts (cached afterwards)", s.preset, s.base_rows)
+        result = train_sft(base_corpus(s.base_rows, seed=cfg.seed), init, url, train_cfg,
                            storage_path=join(cfg.storage, "cache", "ray_train"), run_name=f"base-{url.rsplit('/', 1)[-1]}",
                            tracker_handle=tracker.handle())
         tracker.log_metrics({f"base/{k}": v for k, v in result.metrics.items() if isinstance(v, (int, float))})

@@ -75,7 +75,8 @@ def select_diverse(group: pd.DataFrame, p: int, seed: int, tokenize: Tokenize) -
     apart; add ``selection_distance`` (min distance to the other selected rows, NaN if alone).
 
     Rows are ordered by (teacher, sample_index) first, so the result does not depend on the order
-    in which a shuffle delivered them. Duplicated (teacher, sample_index) rows are refused.
+    in which a shuffle delivered them. Duplicated (teacher, sample_index) rows are refused; exact
+    duplicate texts count once (so fewer than ``p`` rows come back when fewer distinct ones exist).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in group.columns]
     if missing:
@@ -83,7 +84,9 @@ def select_diverse(group: pd.DataFrame, p: int, seed: int, tokenize: Tokenize) -
     if group.duplicated([C.TEACHER, C.SAMPLE_INDEX]).any():
         raise ValueError("select_diverse: duplicated (teacher, sample_index) rows in one group")
     good = group[group[C.CORRECT].astype(bool) & group[C.FORMAT_OK].astype(bool)]
-    good = good.sort_values([C.TEACHER, C.SAMPLE_INDEX], kind="stable").reset_index(drop=True)
+    good = good.sort_values([C.TEACHER, C.SAMPLE_INDEX], kind="stable")
+    # Identical trajectories add no diversity: keep the first of each text before selecting.
+    good = good.drop_duplicates(subset=[C.COMPLETION], keep="first").reset_index(drop=True)
     seqs = [list(tokenize(text)) for text in good[C.COMPLETION]]
     picked = farthest_point(seqs, p, seed) if seqs else []
     out = good.iloc[picked].copy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ray_distill import columns as C
-from ray_distill.config import QuestionsConfig, SuiteConfig
+from ray_distill.config import ConfigError, QuestionsConfig, SuiteConfig
 
 logger = logging.getLogger(__name__)
 
@@ -16,11 +16,18 @@ def load_source(source: QuestionsConfig | SuiteConfig, exclude: set[str] | None 
         from ray_distill.synthetic.tasks import make_questions
 
         s = source.synthetic
-        rows = make_questions(s.family, s.num_questions, s.min_difficulty, s.max_difficulty, s.seed, exclude=exclude)
+        try:
+            rows = make_questions(s.family, s.num_questions, s.min_difficulty, s.max_difficulty, s.seed, exclude=exclude)
+        except ValueError as err:  # an impossible request is a configuration error, not a crash
+            raise ConfigError(f"{_where(source)}.synthetic: {err}") from None
         return rows, []
     from ray_distill.data.questions import read_questions
 
     return read_questions(source.path)
+
+
+def _where(source: QuestionsConfig | SuiteConfig) -> str:
+    return f"eval.suites[{source.name}]" if isinstance(source, SuiteConfig) else "questions"
 
 
 def decontaminate(pool: list[dict], suites: dict[str, list[dict]]) -> tuple[list[dict], list[dict], dict[str, int]]:

@@ -117,7 +117,9 @@ def question_id(family: str, question: str) -> str:
 def make_questions(
     family: str, num: int, min_difficulty: int, max_difficulty: int, seed: int, exclude: set[str] | None = None
 ) -> list[dict]:
-    """``num`` distinct questions with difficulties spread evenly over ``[min, max]``.
+    """``num`` distinct questions with difficulties spread evenly over ``[min, max]`` (a level with
+    fewer distinct questions, such as single-step arith with 200, gives what it has; the rest go to
+    the other levels).
 
     Rows follow the question schema (``ray_distill.columns.QUESTION_COLUMNS``). ``exclude`` holds
     question texts that must not appear (e.g. evaluation questions when building a training pool).
@@ -128,17 +130,21 @@ def make_questions(
     seen: set[str] = set()
     rows: list[dict] = []
     levels = list(range(min_difficulty, max_difficulty + 1))
-    attempts = 0
+    misses = {level: 0 for level in levels}  # consecutive duplicate draws: a level with few questions runs dry
+    i = 0
     while len(rows) < num:
-        attempts += 1
-        if attempts > num * 200:
+        live = [lv for lv in levels if misses[lv] < 200]
+        if not live:
             raise ValueError(
                 f"cannot draw {num} distinct {family} questions at difficulty {min_difficulty}..{max_difficulty}"
             )
-        level = levels[len(rows) % len(levels)]
+        level = live[i % len(live)]
         q = fam.make(rng, level)
         if q in seen or q in exclude:
+            misses[level] += 1
             continue
+        i += 1
+        misses[level] = 0
         seen.add(q)
         rows.append(
             {

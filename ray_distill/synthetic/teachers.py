@@ -9,8 +9,9 @@ selection have something real to decide.
   samples carry an arithmetic slip, so its own accuracy is not the best.
 - ``verbose``: always correct but inconsistent: each sample in one of four forms (local, rewrite,
   wordy, results-only). Highest own accuracy, hardest for a tiny student to learn from.
-- ``sloppy``: concise-like with frequent slips (~30% wrong final answers) and an occasionally
-  missing ``</think>``.
+- ``sloppy``: concise-like with frequent slips (~30% wrong final answers), flawed chains that still
+  reach the right answer (~40% of the rest: the grader keeps them, the student learns wrong steps from
+  them; only the smoke test sees it) and an occasionally missing ``</think>``.
 
 The same ``(persona, question, seed)`` always gives the same text (string-seeded ``random.Random``).
 """
@@ -26,6 +27,7 @@ from ray_distill.synthetic.tasks import Step, solve_steps, step_text
 CONCISE_ERROR_RATE = 0.05
 SLOPPY_ERROR_RATE = 0.30
 SLOPPY_UNCLOSED_RATE = 0.10
+SLOPPY_FLAWED_RATE = 0.40  # of the samples with a right answer: a wrong intermediate step
 
 _OPS: dict[str, Callable[[int, int], int]] = {
     "+": lambda a, b: (a + b) % 10,
@@ -113,12 +115,25 @@ def verbose(question: str, rng: random.Random) -> str:
     return _finish(body, steps[-1].result)
 
 
+def _flawed(steps: list[Step], rng: random.Random) -> list[Step]:
+    """Right answer, wrong reasoning: one step's written result is wrong while the chain goes on from
+    the true value, so the final answer still passes the grader (which checks only the answer)."""
+    i = rng.randrange(len(steps))
+    out = list(steps)
+    out[i] = replace(steps[i], result=(steps[i].result + rng.randrange(1, 10)) % 10)
+    return out
+
+
 def sloppy(question: str, rng: random.Random) -> str:
     steps = solve_steps(question)
+    truth = steps[-1].result
     if rng.random() < SLOPPY_ERROR_RATE:
         steps = _slip(steps, rng)
+        truth = steps[-1].result
+    elif rng.random() < SLOPPY_FLAWED_RATE:
+        steps = _flawed(steps, rng)
     close = rng.random() >= SLOPPY_UNCLOSED_RATE
-    return _finish(_local_chain(steps, rng), steps[-1].result, close=close)
+    return _finish(_local_chain(steps, rng), truth, close=close)
 
 
 PERSONAS: dict[str, Callable[[str, random.Random], str]] = {

@@ -142,7 +142,9 @@ def save_checkpoint(path: str, model, tokenizer, optimizer, scheduler, state: Lo
 
 def load_state(path: str) -> LoopState:
     with open(os.path.join(path, STATE_FILE)) as f:
-        return LoopState(**json.load(f))
+        state = LoopState(**json.load(f))
+    state.first_step_unix = None  # startup is timed per launch
+    return state
 
 
 # ---------------------------------------------------------------- the loop

@@ -6,12 +6,15 @@
 The driver encodes every row (``data.encode_example``), runs the preflight, puts the encoded
 examples in the object store and launches a ``TorchTrainer`` (DDP, gloo on CPU). The workers
 (``loop.train_loop_per_worker``) checkpoint every epoch under ``<storage_path>/<run_name>`` and
-resume from there when the same ``(storage_path, run_name)`` is run again; rank 0 exports the final
+resume from there when the same ``(storage_path, run_name)`` is run again on the same inputs (the
+run name gets a fingerprint of examples, recipe and base model, so a changed corpus starts fresh); rank 0 exports the final
 model with ``save_pretrained`` to ``output_path``. Ray must already be initialised.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -52,6 +55,8 @@ def train_sft(
     tracker = tracker_from_handle(tracker_handle)
     examples, figures = encode_rows(rows, base_model, cfg.max_seq_len)
     tracker.log_metrics({f"train/{k}": v for k, v in figures.items()})
+    # Resume only what is the same training: a changed corpus, recipe or base starts a new run.
+    run_name = f"{run_name}-{fingerprint(examples, cfg, base_model)}"
     t0 = time.time()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -106,6 +111,17 @@ def encode_rows(rows: list[dict], base_model: str, max_seq_len: int) -> tuple[li
         "unsupervised_rows": unsupervised,
     }
     return [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], figures
+
+
+def fingerprint(examples: list[dict], cfg: TrainConfig, base_model: str) -> str:
+    """Short content hash of the training inputs (examples, recipe, base model). ``epochs`` is left
+    out on purpose: rerunning with more epochs continues the same run."""
+    recipe = cfg.model_dump(mode="json", exclude={"epochs"})
+    h = hashlib.sha1(json.dumps([recipe, base_model], sort_keys=True).encode())
+    for e in examples:
+        h.update(bytes(str(e["input_ids"]), "ascii"))
+        h.update(bytes(str(e["labels"]), "ascii"))
+    return h.hexdigest()[:10]
 
 
 def final_metrics(reported: dict, figures: dict, t0: float) -> dict:

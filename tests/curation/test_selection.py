@@ -95,3 +95,10 @@ def test_select_diverse_edge_cases():
     assert len(one) == 1 and math.isnan(one[C.SELECTION_DISTANCE].iloc[0])
     with pytest.raises(ValueError, match="duplicated"):
         select_diverse(pd.concat([_group(["a"], [True])] * 2), p=1, seed=0, tokenize=tokenize)
+
+
+def test_select_diverse_counts_identical_texts_once():
+    group = _group(["abc", "abc", "abc", "abd"], [True] * 4)
+    out = select_diverse(group, p=3, seed=0, tokenize=lambda t: [ord(c) for c in t])
+    assert sorted(out[C.COMPLETION]) == ["abc", "abd"]
+    assert out[C.SAMPLE_INDEX].tolist().count(0) + out[C.SAMPLE_INDEX].tolist().count(3) == 2
