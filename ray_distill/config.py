@@ -121,6 +121,10 @@ class CompressionConfig(_Strict):
     enabled: bool = True
     k: int = Field(4, ge=1, description="Student samples per question.")
     max_pass_rate: float = Field(0.5, ge=0.0, le=1.0, description="Drop questions the student solves above this.")
+    min_pass_rate: float | None = Field(None, ge=0.0, le=1.0, description="Drop questions the student solves below this.")
+    replay_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of too-easy questions kept anyway (rehearsal; the paper uses 0)."
+    )
     temperature: float = Field(0.7, ge=0.0)
     max_tokens: int = Field(128, ge=1)
 
@@ -138,6 +142,9 @@ class SmokeTestConfig(_Strict):
     epochs: int = Field(12, ge=1, description="Epochs of each short SFT (the rest of the recipe is train.*).")
     batch_size: int = Field(16, ge=1, description="Global batch size of the short SFT (small: more updates).")
     lr: float = 2e-3
+    suite: SuiteConfig | None = Field(
+        None, description="Questions the smoke-test students are scored on; default: the in-domain eval suites."
+    )
 
 
 class TrainConfig(_Strict):
@@ -184,6 +191,9 @@ class TuneConfig(_Strict):
         description="Dotted config key -> list of choices, e.g. {'selection.keep_per_question': [1, 2, 4]}.",
     )
     search: Literal["grid", "optuna"] = "grid"
+
+
+SmokeTestConfig.model_rebuild()
 
 
 class JobConfig(_Strict):

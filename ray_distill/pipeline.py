@@ -116,9 +116,12 @@ def load_questions(cfg: JobConfig, t: Tracker) -> tuple[list[dict], dict[str, li
         suite_rows, suite_rejects = load_source(suite)
         _write_rejects(cfg, suite_rejects, f"suite_{suite.name}")
         suites[suite.name] = suite_rows
-    eval_texts = {r[C.QUESTION] for rs in suites.values() for r in rs}
+    held_out = dict(suites)
+    if cfg.smoke_test.suite is not None:  # the smoke-test probe evaluation is held out too
+        held_out[cfg.smoke_test.suite.name] = load_source(cfg.smoke_test.suite)[0]
+    eval_texts = {r[C.QUESTION] for rs in held_out.values() for r in rs}
     pool, rejects = load_source(cfg.questions, exclude=eval_texts)
-    pool, contaminated, counts = decontaminate(pool, suites)
+    pool, contaminated, counts = decontaminate(pool, held_out)
     _write_rejects(cfg, rejects, "questions")
     _write_rejects(cfg, contaminated, "decontamination")
     t.log_metrics({"questions": len(pool), "rejected": len(rejects),
@@ -148,7 +151,10 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], suites: dict[str,
                t: Tracker) -> list[dict]:
     """Per candidate teacher: short SFT of the student on its verified probe corpus, then evaluation."""
     results = []
-    in_domain = {s.name: suites[s.name] for s in cfg.eval.suites if s.domain == "in_domain"}
+    if cfg.smoke_test.suite is not None:
+        probe_suite = {cfg.smoke_test.suite.name: load_source(cfg.smoke_test.suite)[0]}
+    else:
+        probe_suite = {s.name: suites[s.name] for s in cfg.eval.suites if s.domain == "in_domain"}
     for name, graded in probe.items():
         with t.child(f"teacher/{name}", tags={"ray_distill.teacher": name}) as tt:
             ok = graded[_ok(graded)]
@@ -163,7 +169,7 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], suites: dict[str,
                 trained = train_sft(corpus, base, join(cfg.run_dir, "smoke", name), train_cfg,
                                     storage_path=join(cfg.run_dir, "ray_train"), run_name=f"smoke-{name}",
                                     tracker_handle=tt.handle())
-                scores = evaluate(cfg, trained.model_path, in_domain, tt, prefix="smoke")
+                scores = evaluate(cfg, trained.model_path, probe_suite, tt, prefix="smoke")
                 res["student_score"] = _mean_score(scores)
             else:
                 res["student_score"] = res["teacher_accuracy"]
@@ -183,7 +189,7 @@ def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker) 
     c = cfg.compression
     samples = grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed))
     rates = pass_rates(samples)
-    kept, dropped = compress(pool, rates, c.max_pass_rate)
+    kept, dropped = compress(pool, rates, c.max_pass_rate, c.min_pass_rate, c.replay_fraction, seed=cfg.seed)
     if cfg.selection.max_questions is not None:
         kept = kept[: cfg.selection.max_questions]
     t.log_metrics({"kept": len(kept), "dropped": len(dropped), "mean_pass_rate": float(rates[C.PASS_RATE].mean())})

@@ -14,6 +14,7 @@ whose generation failed (non-empty ``error`` column, when present) are not count
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 
@@ -52,11 +53,16 @@ def compress(
     rates: pd.DataFrame,
     max_pass_rate: float,
     min_pass_rate: float | None = None,
+    replay_fraction: float = 0.0,
+    seed: int = 0,
 ) -> tuple[list[dict], list[dict]]:
     """Split questions into ``(kept, rejected)`` by the pass-rate band.
 
     Kept rows gain ``pass_rate``; rejected rows also gain ``stage="compression"`` and
     ``reason`` (``"too_easy"`` or ``"too_hard"``). Order of ``questions`` is preserved.
+    ``replay_fraction`` keeps that share of the too-easy questions anyway (chosen by a hash of the
+    question id and ``seed``), so the student rehearses what it knows instead of forgetting it;
+    the paper's setting is 0.
     """
     _check_band(max_pass_rate, min_pass_rate)
     _require(rates, [C.QUESTION_ID, C.PASS_RATE], "compress")
@@ -73,6 +79,8 @@ def compress(
     for q, qid in zip(questions, ids):
         rate = rate_of[qid]
         reason = band_reason(rate, max_pass_rate, min_pass_rate)
+        if reason == R_TOO_EASY and _replay(qid, seed) < replay_fraction:
+            reason = ""
         row = {**q, C.PASS_RATE: rate}
         if reason:
             rejected.append({**row, C.STAGE: STAGE, C.REASON: reason})
@@ -80,6 +88,12 @@ def compress(
             kept.append(row)
     logger.info("compress: kept %d of %d questions (band %s..%s)", len(kept), len(questions), min_pass_rate, max_pass_rate)
     return kept, rejected
+
+
+def _replay(question_id: str, seed: int) -> float:
+    """A stable uniform number in [0, 1) per question (replay choice independent of order)."""
+    digest = hashlib.sha256(f"{seed}:{question_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def band_reason(rate: float, max_pass_rate: float, min_pass_rate: float | None = None) -> str:

@@ -5,7 +5,7 @@ selection have something real to decide.
     text = write_solution("concise", "9+0-9", seed=3)   # '<think>9+0=9;9-9=0</think>\\boxed{0}'
 
 - ``concise``: a consistent *local* chain of thought (each step restates its operands right before its
-  result); seeds vary the surface (separator, an optional recap) but never the structure; ~5% of the
+  result); seeds vary the surface (an optional recap) but never the structure; ~5% of the
   samples carry an arithmetic slip, so its own accuracy is not the best.
 - ``verbose``: always correct but inconsistent: each sample in one of four forms (local, rewrite,
   wordy, results-only). Highest own accuracy, hardest for a tiny student to learn from.
@@ -58,11 +58,11 @@ def _slip(steps: list[Step], rng: random.Random) -> list[Step]:
 
 
 def _local_chain(steps: list[Step], rng: random.Random) -> str:
-    """Local steps joined by ';' or ',', with an optional closing recap of the result."""
-    sep = rng.choice([";", ","])
-    body = sep.join(step_text(s) for s in steps)
+    """Local steps joined by ';', with an optional closing recap of the result (the one surface
+    variation: samples of a question differ, the procedure never does)."""
+    body = ";".join(step_text(s) for s in steps)
     if rng.random() < 0.5:
-        body += f"{sep}so {steps[-1].result}"
+        body += f";so {steps[-1].result}"
     return body
 
 

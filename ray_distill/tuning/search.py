@@ -148,7 +148,9 @@ def trial(config: dict, job: dict, base: str, inputs: dict, handle: TrackerHandl
         graded = pd.read_parquet(inputs[f"graded/{teacher}"])
         with open(inputs["suites"]) as f:
             suites = yaml.safe_load(f)
-        kept, _ = compress(pool, rates, cfg.compression.max_pass_rate) if cfg.compression.enabled else (pool, [])
+        c = cfg.compression
+        kept = compress(pool, rates, c.max_pass_rate, c.min_pass_rate, c.replay_fraction, seed=cfg.seed)[0] \
+            if c.enabled else pool
         kept = kept[: cfg.selection.max_questions] if cfg.selection.max_questions else kept
         ids = {q[C.QUESTION_ID] for q in kept}
         m = cfg.selection.samples_per_question

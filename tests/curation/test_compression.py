@@ -67,3 +67,18 @@ def test_histogram():
     assert hist["count"].tolist() == [1, 1, 1, 2]
     assert hist["lo"].iloc[0] == 0.0 and hist["hi"].iloc[-1] == 1.0
     assert hist["bin"].tolist() == ["0-0.25", "0.25-0.5", "0.5-0.75", "0.75-1"]
+
+
+def test_replay_keeps_a_stable_share_of_easy_questions():
+    import pandas as pd
+
+    from ray_distill import columns as C
+    from ray_distill.curation.compression import compress
+
+    qs = [{C.QUESTION_ID: f"q{i}"} for i in range(400)]
+    rates = pd.DataFrame({C.QUESTION_ID: [q[C.QUESTION_ID] for q in qs], C.PASS_RATE: [1.0] * 400})
+    kept, rejected = compress(qs, rates, max_pass_rate=0.5, replay_fraction=0.25, seed=3)
+    assert 70 <= len(kept) <= 130 and len(kept) + len(rejected) == 400
+    again, _ = compress(list(reversed(qs)), rates, max_pass_rate=0.5, replay_fraction=0.25, seed=3)
+    assert {q[C.QUESTION_ID] for q in again} == {q[C.QUESTION_ID] for q in kept}  # order-independent
+    assert compress(qs, rates, max_pass_rate=0.5)[0] == []  # the paper's setting: no replay

@@ -14,11 +14,11 @@ SEEDS = range(40)
 
 
 def test_concise_is_local_and_varies_on_the_surface():
-    pattern = re.compile(r"<think>9\+0=9([;,])9-9=0(\1so 0)?</think>\\boxed\{0\}")
+    pattern = re.compile(r"<think>9\+0=9;9-9=0(;so 0)?</think>\\boxed\{0\}")
     texts = {write_solution("concise", "9+0-9", s) for s in SEEDS}
     correct = [t for t in texts if t.endswith("\\boxed{0}")]
     assert correct and all(pattern.fullmatch(t) for t in correct), correct
-    assert len(correct) >= 3  # separator x recap variations
+    assert len(correct) == 2  # with and without the recap
     assert {write_solution("concise", "max(3,7,2)", s) for s in SEEDS} >= {
         "<think>max(3,7)=7;max(7,2)=7</think>\\boxed{7}"
     }
