@@ -3,6 +3,7 @@
     ray-distill run jobs/quickstart.yaml train.epochs=2      # the whole DED job
     ray-distill tune jobs/quickstart_tune.yaml               # data-budget search with Ray Tune
     ray-distill validate jobs/quickstart.yaml                # load + validate a job file only
+    ray-distill submit jobs/quickstart.yaml --address http://HEAD:8265 --env HF_TOKEN   # on a cluster
 
 Bad job files and bad overrides end with a one-line error naming the file and the key.
 """
@@ -119,25 +120,60 @@ def tune(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) ->
     out.print(f"best job written to {result.best_job_path}")
 
 
+@app.command()
+def submit(
+    job: JobFile,
+    overrides: Overrides = None,
+    address: Annotated[str | None, typer.Option("--address", "-a", envvar="RAY_ADDRESS",
+                                                help="Ray dashboard / Jobs API URL, e.g. http://HEAD:8265.")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Environment variable to pass to the job BY NAME "
+                                                  "(value read here, never printed). Repeatable.")] = None,
+    working_dir: Annotated[str, typer.Option("--working-dir", help="Directory shipped to the cluster.")] = ".",
+    install: Annotated[str, typer.Option("--install", help="none (nodes have ray-distill) | pip | uv (install it "
+                                         "into the job's runtime env).")] = "none",
+    extra: Annotated[str, typer.Option("--extra", help="Package extra installed with --install: cpu | gpu.")] = "cpu",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Stream logs and exit with the job's status.")] = True,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Stop the job after this many seconds.")] = None,
+) -> None:
+    """Submit a job to a Ray cluster (Ray Jobs API): validate locally, ship the working dir, run it there."""
+    from ray.exceptions import AuthenticationError
+
+    from ray_distill.submit import SubmitError, submit_job
+
+    if not address:
+        console.print("[bold red]error:[/] --address (or RAY_ADDRESS) is required, e.g. http://HEAD:8265")
+        raise typer.Exit(2)
+    try:
+        code = submit_job(job, overrides or [], address=address, env_names=env or [], working_dir=working_dir,
+                          extra=extra, wait=wait, install=install, timeout_s=timeout)  # type: ignore[arg-type]
+    except ConfigError as err:
+        console.print(f"[bold red]config error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (SubmitError, ConnectionError, AuthenticationError) as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
 def print_summary(result, wall: float, tracker) -> None:
-    ranking = Table(title="Teacher smoke test (the best student wins)")
+    ranking = Table(title="Teacher smoke test (the best student wins)", min_width=60)
     for col in ("rank", "teacher", "student_score", "teacher_accuracy", "mean_length", "entropy"):
         ranking.add_column(col)
     for r in result.ranking:
         ranking.add_row(str(r.get("rank")), r["teacher"], *[f"{r.get(c, float('nan')):.3f}" for c in
                                                            ("student_score", "teacher_accuracy", "mean_length", "entropy")])
-    rows = Table(title="Rows kept at each stage")
+    rows = Table(title="Rows kept at each stage", min_width=40)
     rows.add_column("stage")
     rows.add_column("rows", justify="right")
     for name, n in result.rows.items():
         rows.add_row(name, f"{n:,}")
-    scores = Table(title="Student avg@k (95% CI)")
+    scores = Table(title="Student avg@k (95% CI)", min_width=40)
     for col in ("suite", "before", "after"):
         scores.add_column(col)
     for suite, after in result.scores_after.items():
         before = result.scores_before.get(suite, {})
         scores.add_row(suite, _fmt_score(before), _fmt_score(after))
-    times = Table(title="Wall time per stage")
+    times = Table(title="Wall time per stage", min_width=40)
     times.add_column("stage")
     times.add_column("seconds", justify="right")
     for name, sec in result.stage_seconds.items():

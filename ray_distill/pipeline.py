@@ -204,7 +204,7 @@ def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
     if ok.empty:
         raise RuntimeError("no verified-correct teacher samples to select from; check the teacher and the grader")
     s = cfg.selection
-    return select_dataset(ray.data.from_pandas(ok), s.keep_per_question, s.seed, base).to_pandas()
+    return select_dataset(ok, s.keep_per_question, s.seed, base).to_pandas()
 
 
 def write_job_corpus(cfg: JobConfig, selected: pd.DataFrame, graded: pd.DataFrame, too_easy: list[dict],
@@ -226,6 +226,9 @@ def write_job_corpus(cfg: JobConfig, selected: pd.DataFrame, graded: pd.DataFram
 
 def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Tracker, prefix: str) -> dict[str, dict]:
     e = cfg.eval
+    if not suites:
+        logger.warning("no evaluation suites configured: %s evaluation skipped", prefix)
+        return {}
     scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed)
     t.log_metrics({f"{prefix}/{suite}/{k}": v for suite, m in scores.items() for k, v in m.items()
                    if isinstance(v, (int, float))})

@@ -3,6 +3,7 @@ environment vLLM's CPU build needs inside actors."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -27,7 +28,12 @@ def init_ray(cfg: JobConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"runtime_env": {"env_vars": WORKER_ENV}, "log_to_driver": True, "configure_logging": False}
+    env = dict(WORKER_ENV)
+    job_cfg = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job_cfg:  # inside a Ray job: the job's env_vars win (Ray refuses the same key twice)
+        job_env = (json.loads(job_cfg).get("runtime_env") or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in job_env}
+    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True, "configure_logging": False}
     if address:
         ray.init(address=address, **kwargs)
         logger.info("joined Ray cluster at %s", address)

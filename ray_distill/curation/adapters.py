@@ -69,8 +69,9 @@ class GradeBatch:
         return out
 
 
-class SelectGroup:
-    """``map_groups`` stage: farthest-P correct trajectories of one question (see ``select_diverse``)."""
+class SelectBatch:
+    """``map_batches`` stage over blocks that each hold whole questions: the farthest-P correct
+    trajectories of every question in the block (see ``select_diverse``)."""
 
     INPUTS = (C.QUESTION_ID, C.COMPLETION, C.CORRECT, C.FORMAT_OK, C.TEACHER, C.SAMPLE_INDEX)
     OUTPUTS = (C.SELECTION_DISTANCE,)
@@ -79,20 +80,34 @@ class SelectGroup:
         self.p, self.seed = p, seed
         self.tokenize = load_tokenize(tokenizer_path)
 
-    def __call__(self, group: pd.DataFrame) -> pd.DataFrame:
-        if group[C.QUESTION_ID].nunique() > 1:
-            raise RuntimeError(f"SelectGroup: one group holds {group[C.QUESTION_ID].nunique()} questions")
-        return select_diverse(group, self.p, self.seed, self.tokenize)
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        parts = [select_diverse(g, self.p, self.seed, self.tokenize) for _, g in batch.groupby(C.QUESTION_ID, sort=True)]
+        if not parts:
+            return batch.head(0).assign(**{C.SELECTION_DISTANCE: pd.Series(dtype=float)})
+        return pd.concat(parts, ignore_index=True)
 
 
-def select_dataset(ds, p: int, seed: int, tokenizer_path: str | None = None, concurrency: int = 1):
-    """Group ``ds`` by question and keep the ``p`` farthest-apart correct trajectories of each.
+def select_dataset(df: pd.DataFrame, p: int, seed: int, tokenizer_path: str | None = None, concurrency: int = 1,
+                   questions_per_block: int = 512):
+    """Keep the ``p`` farthest-apart correct trajectories of each question.
 
-    Returns a ``ray.data.Dataset`` with the input columns plus ``selection_distance``.
+    The rows are cut into blocks of whole questions here (they are already in memory after
+    verification), so the Ray Data stage needs no ``groupby`` shuffle: a hash shuffle on a small
+    cluster can wait forever for CPUs held by the stage's own actors. Returns a ``ray.data.Dataset``
+    with the input columns plus ``selection_distance``.
     """
-    return ds.groupby(C.QUESTION_ID).map_groups(
-        SelectGroup,
+    import ray.data
+
+    missing = [c for c in SelectBatch.INPUTS if c not in df.columns]
+    if missing:
+        raise ValueError(f"select_dataset: missing columns {missing}")
+    ids = sorted(df[C.QUESTION_ID].astype(str).unique())
+    blocks = [df[df[C.QUESTION_ID].astype(str).isin(set(ids[i : i + questions_per_block]))]
+              for i in range(0, len(ids), questions_per_block)]
+    return ray.data.from_pandas(blocks or [df]).map_batches(
+        SelectBatch,
         fn_constructor_args=(p, seed, tokenizer_path),
+        batch_size=None,  # one block = whole questions
         batch_format="pandas",
         concurrency=concurrency,
     )

@@ -42,7 +42,7 @@ def test_grade_and_select_on_ray(ray_local, tiny_student_path):
         (q, i) for q in ("q1", "q2", "q3") for i in range(5)
     )
     # characters as tokens here (tokenizer_path=None): the student tokenizer is char-level anyway
-    selected = select_dataset(ray_local.data.from_pandas(graded_df), p=2, seed=0, tokenizer_path=None)
+    selected = select_dataset(graded_df, p=2, seed=0, tokenizer_path=None, questions_per_block=2)
     sel = selected.to_pandas()
     counts = sel.groupby(C.QUESTION_ID).size()
     assert counts.to_dict() == {"q1": 2, "q2": 2, "q3": 2}

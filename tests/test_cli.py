@@ -1,0 +1,46 @@
+"""The CLI's contract: --help everywhere, one-line errors (no traceback) for bad job files and overrides."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ray_distill.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "jobs" / "quickstart.yaml")
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["tune"], ["validate"], ["submit"]])
+def test_help_on_every_command(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output
+
+
+@pytest.mark.parametrize("command", ["run", "tune", "validate"])
+def test_bad_override_is_one_line(command):
+    result = runner.invoke(app, [command, QUICKSTART, "train.epoch=3"])
+    assert result.exit_code == 2
+    assert "jobs/quickstart.yaml: train.epoch: unknown key" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_wrong_type_and_missing_file():
+    result = runner.invoke(app, ["run", QUICKSTART, "train.epochs=many"])
+    assert result.exit_code == 2 and "train.epochs" in result.output and "'many'" in result.output
+    result = runner.invoke(app, ["run", "jobs/does-not-exist.yaml"])
+    assert result.exit_code == 2 and "does-not-exist.yaml: job file not found" in result.output
+
+
+def test_submit_rejects_a_bad_config_before_contacting_the_cluster():
+    # Nothing listens on port 1: the config error must come first.
+    result = runner.invoke(app, ["submit", QUICKSTART, "selection.keep=2", "--address", "http://127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert "selection.keep: unknown key" in result.output
+
+
+def test_validate_prints_the_resolved_config():
+    result = runner.invoke(app, ["validate", QUICKSTART, "train.epochs=2"])
+    assert result.exit_code == 0 and '"epochs": 2' in result.output

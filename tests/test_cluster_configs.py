@@ -1,0 +1,112 @@
+"""The cluster configs under cluster/ parse and carry what a real cluster needs: KubeRay manifests
+(ray.io/v1, a head, a GPU worker group for generation and one for training, an entrypoint for the
+RayJob, token auth on), the cluster-launcher YAML (cluster name, provider, head node type, node types),
+and the local two-node script. Fast: parsing only, no cluster."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ray_distill.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+YAMLS = sorted(CLUSTER.rglob("*.yaml")) + sorted(CLUSTER.rglob("*.yml"))
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def _kuberay() -> dict[str, dict]:
+    found = {}
+    for path in YAMLS:
+        for doc in _docs(path):
+            if str(doc.get("apiVersion", "")).startswith("ray.io/"):
+                found[f"{path.relative_to(ROOT)}:{doc['kind']}"] = doc
+    return found
+
+
+def test_every_yaml_under_cluster_parses():
+    assert YAMLS, "no YAML under cluster/"
+    for path in YAMLS:
+        docs = _docs(path)
+        assert docs and all(isinstance(d, dict) for d in docs), path
+
+
+def test_kuberay_manifests_have_head_gpu_groups_and_auth():
+    manifests = _kuberay()
+    assert {k.rsplit(":", 1)[1] for k in manifests} >= {"RayCluster", "RayJob"}
+    for name, doc in manifests.items():
+        assert doc["apiVersion"] == "ray.io/v1", name
+        assert doc["metadata"]["name"], name
+        spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+        assert spec["rayVersion"].startswith("2.6"), name
+        head = spec["headGroupSpec"]
+        assert head["template"]["spec"]["containers"][0]["image"], name
+        groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+        assert {"gen-gpu", "train-gpu"} <= set(groups), name
+        for group in ("gen-gpu", "train-gpu"):
+            (container,) = groups[group]["template"]["spec"]["containers"]
+            gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
+            assert gpus >= 1 and int(groups[group]["rayStartParams"]["num-gpus"]) == gpus, (name, group)
+        _assert_token_auth(name, spec)
+        if doc["kind"] == "RayJob":
+            assert "ray-distill run" in doc["spec"]["entrypoint"], name
+            assert doc["spec"]["shutdownAfterJobFinishes"] is True, name
+            yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
+
+
+def _assert_token_auth(name: str, spec: dict) -> None:
+    """Token auth on: authOptions.mode token, or RAY_AUTH_MODE=token on every Ray container; never disabled."""
+    text = yaml.safe_dump(spec)
+    assert "disabled" not in text.lower(), f"{name}: something disables auth"
+    if spec.get("authOptions", {}).get("mode") == "token":
+        return
+    pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
+    for pod in pods:
+        for c in pod["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in c.get("env", [])}
+            assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", (name, c["name"])
+            assert "secretKeyRef" in env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}), (name, c["name"])
+
+
+def test_cluster_launcher_yaml_has_required_fields():
+    launchers = [p for p in YAMLS if "provider" in _docs(p)[0]]
+    assert launchers, "no Ray cluster-launcher YAML under cluster/"
+    for path in launchers:
+        cfg = _docs(path)[0]
+        for key in ("cluster_name", "provider", "head_node_type", "available_node_types", "max_workers"):
+            assert key in cfg, (path, key)
+        assert cfg["provider"]["type"] in {"aws", "gcp", "azure"} and cfg["provider"].get("region"), path
+        types = cfg["available_node_types"]
+        assert cfg["head_node_type"] in types, path
+        for name, node in types.items():
+            assert "node_config" in node and "resources" in node, (path, name)
+        assert len(types) >= 3, path  # head + generation + training
+        starts = " ".join(cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"])
+        assert starts.count("RAY_AUTH_MODE=token") == 2 and "disabled" not in starts, path
+
+
+def test_local_cluster_script_is_valid_bash_with_usage():
+    script = CLUSTER / "local_cluster.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "start|stop" in proc.stderr
+    text = script.read_text()
+    code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert "export RAY_AUTH_MODE=token" in [line.strip() for line in code]
+    assert not [line for line in code if "ray stop" in line or "RAY_AUTH_MODE=disabled" in line]
+
+
+@pytest.mark.parametrize("job", sorted(p.name for p in (ROOT / "jobs").glob("paper_*.yaml")))
+def test_paper_jobs_validate(job):
+    cfg = load_config(ROOT / "jobs" / job)
+    assert cfg.train.use_gpu and cfg.train.max_seq_len == 16384 and cfg.eval.k == 16
+    assert all(t.engine.kind == "vllm" and t.resources.num_gpus == t.engine.tensor_parallel_size
+               for t in cfg.teachers)
+    assert cfg.tracking.tracking_uri.startswith("http")
