@@ -9,12 +9,13 @@ with a one-line message naming the file and the dotted key.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import fsspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -212,6 +213,14 @@ class JobConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tune: TuneConfig = TuneConfig()
+
+    @field_validator("storage")
+    @classmethod
+    def _absolute_storage(cls, v: str) -> str:
+        """A local storage path is made absolute here: Ray workers do not share the driver's cwd."""
+        if "://" in v and not v.startswith("file://"):
+            return v.rstrip("/")
+        return os.path.abspath(v.removeprefix("file://"))
 
     @model_validator(mode="after")
     def _unique_teachers(self) -> JobConfig:

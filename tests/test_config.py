@@ -83,3 +83,12 @@ def test_flat_dict_for_mlflow(tmp_path):
     flat = to_flat_dict(load_config(_write(tmp_path, MINIMAL)))
     assert flat["train.epochs"] == 3
     assert flat["teachers.0.engine.persona"] == "concise"
+
+
+def test_local_storage_becomes_absolute(tmp_path, monkeypatch):
+    # Ray Train workers and Ray Data actors do not run in the driver's cwd: a relative storage path
+    # would scatter outputs into their session directories.
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(_write(tmp_path, MINIMAL), ["storage=outputs"])
+    assert cfg.storage == str(tmp_path / "outputs")
+    assert load_config(_write(tmp_path, MINIMAL), ["storage=s3://bucket/x/"]).storage == "s3://bucket/x"
