@@ -158,13 +158,12 @@ def job_client(address: str) -> Any:
 
 
 def auth_headers() -> dict[str, str]:
-    """``{"Authorization": "Bearer <token>"}`` when ``RAY_AUTH_MODE=token`` is set but Ray, imported earlier,
-    did not pick it up; ``{}`` otherwise (Ray then adds the header itself, or auth is off)."""
-    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-        return {}
-    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    """``{"Authorization": "Bearer <token>"}`` when ``RAY_AUTH_MODE=token`` is set; ``{}`` otherwise.
 
-    if is_token_auth_enabled():
+    The token is re-read from the current environment (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
+    ``~/.ray/auth_token``): a process that imported Ray earlier, or already talked to another cluster,
+    would otherwise send no token ("401") or that other cluster's cached token ("403")."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         return {}
     from ray._raylet import AuthenticationTokenLoader  # the loader `ray get-auth-token` uses
 
