@@ -160,18 +160,18 @@ def job_client(address: str) -> Any:
 def auth_headers() -> dict[str, str]:
     """``{"Authorization": "Bearer <token>"}`` when ``RAY_AUTH_MODE=token`` is set; ``{}`` otherwise.
 
-    The token is re-read from the current environment (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
-    ``~/.ray/auth_token``): a process that imported Ray earlier, or already talked to another cluster,
-    would otherwise send no token ("401") or that other cluster's cached token ("403")."""
+    The token is read from the current environment, in Ray's order (``RAY_AUTH_TOKEN``, the file at
+    ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``), without touching Ray's process-wide token cache:
+    a process that imported Ray earlier would otherwise send no token ("401"), and one that is also
+    connected to another cluster would send that cluster's token ("403") or, by resetting the cache,
+    break its own connection."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         return {}
-    from ray._raylet import AuthenticationTokenLoader  # the loader `ray get-auth-token` uses
-
-    loader = AuthenticationTokenLoader.instance()
-    loader.reset_cache()
-    if not loader.has_token(ignore_auth_mode=True):
-        return {}  # Ray's own error ("no authentication token was found") follows on the first request
-    return {"Authorization": f"Bearer {loader.get_raw_token(ignore_auth_mode=True)}"}
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+        token = path.read_text().strip() if path.is_file() else ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def wait_for_job(client: Any, job_id: str, log: TextIO, poll_s: float = 1.0, timeout_s: float | None = None) -> str:
