@@ -187,8 +187,7 @@ def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker) 
     if not cfg.compression.enabled:
         return pool, []
     c = cfg.compression
-    samples = grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed))
-    rates = pass_rates(samples)
+    rates = student_pass_rates(cfg, pool, base)
     kept, dropped = compress(pool, rates, c.max_pass_rate, c.min_pass_rate, c.replay_fraction, seed=cfg.seed)
     if cfg.selection.max_questions is not None:
         kept = kept[: cfg.selection.max_questions]
@@ -197,6 +196,12 @@ def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker) 
     t.log_figure(_bar_chart(hist, "bin", "count", "student pass rate per question"), "pass_rate_histogram.png")
     _write_rejects(cfg, dropped, "compress")
     return kept, dropped
+
+
+def student_pass_rates(cfg: JobConfig, pool: list[dict], base: str) -> pd.DataFrame:
+    """Per question: the base student's pass rate over k vLLM samples (same grader as everywhere)."""
+    c = cfg.compression
+    return pass_rates(grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed)))
 
 
 def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:

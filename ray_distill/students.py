@@ -49,9 +49,9 @@ def _pretrain(cfg: JobConfig, url: str, tracker: Tracker) -> None:
     with tempfile.TemporaryDirectory(prefix="ray-distill-student-") as tmp:
         init = save_random_student(s.preset, tmp, seed=cfg.seed)
         if s.base_epochs == 0:
-            from ray_distill.data.fs import upload_dir
+            from ray_distill.data.fs import put_dir
 
-            upload_dir(init, url)
+            put_dir(init, url)
             return
         train_cfg = cfg.train.model_copy(update={"epochs": s.base_epochs, "lr": s.base_lr})
         logger.info("pretraining base student %s on %d single-step facts (cached afterwards)", s.preset, s.base_rows)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 
 def join(url: str, *parts: str) -> str:
@@ -14,7 +17,7 @@ def join(url: str, *parts: str) -> str:
 
 
 def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
+    return isinstance(fsspec.core.url_to_fs(url)[0], LocalFileSystem)
 
 
 def absolute(url: str) -> str:
@@ -48,10 +51,23 @@ def local_dir(url: str) -> str:
     return cache
 
 
-def upload_dir(local: str, url: str) -> None:
-    """Copy a local directory to ``url`` (a no-op when it is the same local path)."""
-    if is_local(url) and absolute(url) == os.path.abspath(local):
+@contextmanager
+def local_copy(url: str):
+    """Yield a local directory holding the contents of ``url`` (a temp copy when remote)."""
+    if is_local(url):
+        yield fsspec.core.url_to_fs(url)[1]
         return
     fs, path = fsspec.core.url_to_fs(url)
+    with tempfile.TemporaryDirectory(prefix="ray-distill-model-") as tmp:
+        fs.get(path.rstrip("/") + "/", tmp, recursive=True)
+        yield tmp
+
+
+def put_dir(local_dir: str, url: str) -> None:
+    """Copy the contents of ``local_dir`` to the directory ``url`` (any fsspec URL)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        shutil.copytree(local_dir, path, dirs_exist_ok=True)
+        return
     fs.makedirs(path, exist_ok=True)
-    fs.put(local.rstrip("/") + "/", path, recursive=True)
+    fs.put(local_dir.rstrip("/") + "/", path, recursive=True)

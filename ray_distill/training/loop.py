@@ -13,10 +13,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +24,9 @@ import ray.train
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from fsspec.implementations.local import LocalFileSystem
 
 from ray_distill.config import TrainConfig
+from ray_distill.data.fs import is_local, local_copy, put_dir
 from ray_distill.training.data import IGNORE, collate, non_pad_fraction, plan_batches, shard_of, supervised_count
 
 logger = logging.getLogger(__name__)
@@ -37,33 +35,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "train_state.json"
 
 
-# ---------------------------------------------------------------- paths (fsspec)
-def is_local(url: str) -> bool:
-    return isinstance(fsspec.core.url_to_fs(url)[0], LocalFileSystem)
-
-
-@contextmanager
-def local_copy(url: str):
-    """Yield a local directory holding the contents of ``url`` (a temp copy when remote)."""
-    if is_local(url):
-        yield fsspec.core.url_to_fs(url)[1]
-        return
-    fs, path = fsspec.core.url_to_fs(url)
-    with tempfile.TemporaryDirectory(prefix="ray-distill-model-") as tmp:
-        fs.get(path.rstrip("/") + "/", tmp, recursive=True)
-        yield tmp
-
-
-def put_dir(local_dir: str, url: str) -> None:
-    """Copy the contents of ``local_dir`` to the directory ``url`` (any fsspec URL)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if isinstance(fs, LocalFileSystem):
-        shutil.copytree(local_dir, path, dirs_exist_ok=True)
-        return
-    fs.makedirs(path, exist_ok=True)
-    fs.put(local_dir.rstrip("/") + "/", path, recursive=True)
-
-
+# ---------------------------------------------------------------- export
 def save_model(model, tokenizer, url: str) -> None:
     """``save_pretrained`` of weights, config and tokenizer (chat template included) to any URL."""
     if is_local(url):

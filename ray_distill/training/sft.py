@@ -27,7 +27,8 @@ from ray.train.torch import TorchTrainer
 from ray_distill.columns import MESSAGES
 from ray_distill.config import TrainConfig
 from ray_distill.training.data import encode_example, preflight, supervised_count
-from ray_distill.training.loop import local_copy, train_loop_per_worker
+from ray_distill.data.fs import absolute, local_copy
+from ray_distill.training.loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def train_sft(
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=absolute_storage(storage_path),
+            storage_path=absolute(storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
@@ -131,11 +132,6 @@ def final_metrics(reported: dict, figures: dict, t0: float) -> dict:
     first = metrics.pop("first_step_unix", None)
     metrics["startup_s"] = first - t0 if first else float("nan")
     return metrics
-
-
-def absolute_storage(storage_path: str) -> str:
-    """Ray Train wants an absolute local path or a URL."""
-    return storage_path if "://" in storage_path else os.path.abspath(storage_path)
 
 
 def checkpoint_uri(result, storage_path: str) -> str | None:

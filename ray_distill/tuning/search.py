@@ -55,7 +55,7 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
         pool, suites = P.load_questions(cfg, t)
         rec.rows_out = len(pool)
     with runner.stage("pass_rates", rows_in=len(pool)) as (t, rec):
-        rates = student_pass_rates(cfg, pool, base)
+        rates = P.student_pass_rates(cfg, pool, base)
         rec.notes["mean_pass_rate"] = float(rates[C.PASS_RATE].mean())
     graded = {}
     for teacher in teachers:
@@ -69,14 +69,6 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
         trials = run_tuner(cfg, base, inputs, t.handle(), work)
         rec.rows_out = len(trials)
     return summarise(cfg, trials, tracker, work)
-
-
-def student_pass_rates(cfg: JobConfig, pool: list[dict], base: str) -> pd.DataFrame:
-    from ray_distill.curation.compression import pass_rates
-    from ray_distill.evaluation.evaluate import grade_samples, sample_student
-
-    c = cfg.compression
-    return pass_rates(grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed)))
 
 
 def save_inputs(work: str, pool, rates, graded, suites) -> dict[str, str]:

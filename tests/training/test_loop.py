@@ -7,7 +7,8 @@ import os
 import fsspec
 import pytest
 
-from ray_distill.training.loop import is_local, local_copy, lr_factor, put_dir
+from ray_distill.data.fs import is_local, local_copy, put_dir
+from ray_distill.training.loop import lr_factor
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor():
