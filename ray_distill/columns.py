@@ -6,6 +6,7 @@ QUESTION = "question"  # the user-facing problem text
 ANSWER = "answer"  # reference final answer (string)
 FAMILY = "family"  # task family / source name
 DIFFICULTY = "difficulty"  # integer difficulty knob (synthetic world) or -1
+TESTS = "tests"  # canonical JSON test suite of a code question ("" for math: graded by answer)
 
 # generations
 TEACHER = "teacher"
@@ -13,6 +14,7 @@ SAMPLE_INDEX = "sample_index"
 SEED = "seed"
 COMPLETION = "completion"  # generated assistant text
 NUM_TOKENS = "num_tokens"  # completion tokens as counted by the engine
+PROMPT_TOKENS = "prompt_tokens"  # prompt tokens of the request as counted by the engine (-1: unknown)
 FINISH_REASON = "finish_reason"
 ERROR = "error"  # empty string when the request succeeded
 
@@ -34,5 +36,6 @@ STAGE = "stage"  # the pipeline stage that rejected the row; REASON says why
 # corpus
 MESSAGES = "messages"
 
-QUESTION_COLUMNS = [QUESTION_ID, QUESTION, ANSWER, FAMILY, DIFFICULTY]
-GENERATION_COLUMNS = [*QUESTION_COLUMNS, TEACHER, SAMPLE_INDEX, SEED, COMPLETION, NUM_TOKENS, FINISH_REASON, ERROR]
+QUESTION_COLUMNS = [QUESTION_ID, QUESTION, ANSWER, FAMILY, DIFFICULTY, TESTS]
+GENERATION_COLUMNS = [*QUESTION_COLUMNS, TEACHER, SAMPLE_INDEX, SEED, COMPLETION, NUM_TOKENS, FINISH_REASON, ERROR,
+                      PROMPT_TOKENS]

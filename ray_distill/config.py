@@ -53,9 +53,20 @@ class SyntheticQuestions(_Strict):
         return self
 
 
+class DecontaminationConfig(_Strict):
+    """Training questions that overlap an evaluation question are removed (see data.sources.decontaminate)."""
+
+    enabled: bool = Field(True, description="Remove training questions that overlap any evaluation suite.")
+    ngram: int = Field(
+        13, ge=1, description="Word n-gram size (punctuation marks count as words); an evaluation question "
+        "shorter than this is matched as a whole. Exact normalised matches are always removed.")
+
+
 class QuestionsConfig(_Strict):
     path: str | None = Field(None, description="jsonl/parquet question file (any fsspec URL).")
     synthetic: SyntheticQuestions | None = Field(None, description="Built-in synthetic questions.")
+    decontamination: DecontaminationConfig = Field(
+        DecontaminationConfig(), description="Overlap check against the evaluation suites.")
 
     @model_validator(mode="after")
     def _one_source(self) -> QuestionsConfig:
@@ -76,26 +87,65 @@ class ResourcesConfig(_Strict):
     num_actors: int = Field(1, ge=1, description="Engine actors in the pool.")
     num_cpus: float = Field(1.0, ge=0.0, description="CPUs per actor.")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per actor.")
-    batch_size: int = Field(64, ge=1, description="Rows per map_batches call.")
+    batch_size: int = Field(
+        256, ge=1,
+        description="Rows per map_batches call, one engine wave (a store row is one request). vLLM idles in each "
+        "wave's tail: small waves lose throughput (benchmarks/generation.py, CPU: 64 -> 0.55-0.78 of bare vLLM, "
+        "256 -> 0.75-0.97).",
+    )
 
 
 class EngineConfig(_Strict):
-    kind: Literal["scripted", "vllm"] = "scripted"
+    # inputs stay out of error texts: a key pasted into api_key_env must not reach a log
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
+    kind: Literal["scripted", "vllm", "openai", "hf"] = Field(
+        "scripted", description="scripted persona, vLLM in the actor, an OpenAI-compatible endpoint, or transformers."
+    )
     persona: str | None = Field(None, description="Scripted persona name (engine 'scripted').")
-    model: str | None = Field(None, description="HF id or local path (engine 'vllm').")
+    model: str | None = Field(
+        None, description="HF id or local path (engines 'vllm', 'hf'); the served model name (engine 'openai')."
+    )
     revision: str = "main"
-    dtype: str = "auto"
+    dtype: str = Field("auto", description="Weights dtype (engines 'vllm', 'hf'), e.g. float32, bfloat16.")
     max_model_len: int | None = None
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = True
+    base_url: str | None = Field(None, description="Endpoint, e.g. http://host:8000/v1 (engine 'openai').")
+    api_key_env: str | None = Field(
+        None, description="NAME of the environment variable that holds the API key (engine 'openai'); None: no key."
+    )
+    api: Literal["chat", "completions"] = Field(
+        "chat", description="'chat' sends the messages; 'completions' sends the question text as a raw prompt."
+    )
+    max_concurrency: int = Field(16, ge=1, description="Requests in flight per engine actor (engine 'openai').")
+    request_timeout_s: float = Field(600.0, gt=0, description="Timeout of one request (engine 'openai').")
+    max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/connection errors (engine 'openai').")
+    retry_backoff_s: float = Field(
+        1.0, gt=0, description="First retry delay; doubles per retry, with jitter, at most 60 s (engine 'openai')."
+    )
 
     @model_validator(mode="after")
     def _needs(self) -> EngineConfig:
         if self.kind == "scripted" and not self.persona:
             raise ValueError("engine 'scripted' needs 'persona'")
-        if self.kind == "vllm" and not self.model:
-            raise ValueError("engine 'vllm' needs 'model'")
+        if self.kind in ("vllm", "hf", "openai") and not self.model:
+            raise ValueError(f"engine '{self.kind}' needs 'model'")
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("engine 'openai' needs 'base_url'")
+        if self.api_key_env is not None and not self.api_key_env.isidentifier():
+            raise ValueError("api_key_env must be the name of an environment variable (letters, digits, _), not a key")
         return self
+
+
+class CostConfig(_Strict):
+    """What a teacher's tokens cost, for dry-run estimates and accounting (0 = free)."""
+
+    per_million_tokens: float = Field(0.0, ge=0.0, description="Price per million completion tokens (hosted APIs).")
+    per_gpu_hour: float = Field(0.0, ge=0.0, description="Price of one GPU-hour (self-hosted vLLM).")
+    tokens_per_s_per_actor: float | None = Field(
+        None, gt=0.0, description="Measured completion tokens/s of one engine actor (turns tokens into GPU-hours)."
+    )
 
 
 class TeacherConfig(_Strict):
@@ -103,6 +153,16 @@ class TeacherConfig(_Strict):
     engine: EngineConfig
     sampling: SamplingConfig = SamplingConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    cost: CostConfig = CostConfig()
+
+
+class StudentServingConfig(_Strict):
+    """The student's vLLM engine and actors (compression, smoke-test and final evaluation sampling)."""
+
+    resources: ResourcesConfig = Field(
+        ResourcesConfig(), description="Engine actors; on GPU clusters num_gpus = tensor_parallel_size.")
+    tensor_parallel_size: int = Field(1, ge=1, description="Tensor parallelism of the student's vLLM engine.")
+    max_model_len: int | None = Field(None, ge=1, description="Context of the student's vLLM engine (default: the model's).")
 
 
 class StudentConfig(_Strict):
@@ -111,15 +171,38 @@ class StudentConfig(_Strict):
     base_rows: int = Field(8000, ge=1, description="Single-step facts in the synthetic base pretraining (preset only).")
     base_epochs: int = Field(6, ge=0, description="Epochs of the synthetic base pretraining (preset only).")
     base_lr: float = 2e-3
+    serving: StudentServingConfig = Field(
+        default_factory=lambda: StudentServingConfig(),
+        description="How the student is served by vLLM whenever it is sampled (compression, smoke test, evaluation).")
+
+
+class CodeGraderConfig(_Strict):
+    """Limits of the sandbox that runs code answers against their tests (see curation.sandbox)."""
+
+    timeout_s: float = Field(5.0, gt=0, description="Wall-clock seconds per test (CPU seconds: this + 1).")
+    memory_mb: int = Field(1024, ge=64, description="Address-space cap of the program, in MiB.")
+    max_processes: int = Field(16, ge=1, description="Processes and threads the program may run at once.")
+    max_output_bytes: int = Field(1 << 20, ge=1024, description="Cap on stdout, stderr and any file written.")
+    max_open_files: int = Field(64, ge=16, description="Open file descriptors.")
+    backend: Literal["auto", "bwrap", "unshare"] = Field(
+        "auto", description="Namespace tool: bwrap (read-only root, preferred), unshare (network/pid only).")
+    python: str | None = Field(None, description="Interpreter inside the sandbox; default: this one or python3.")
 
 
 class FormatConfig(_Strict):
     require_think: bool = True
     max_tokens: int = Field(512, ge=1, description="Length cap in student tokens.")
+    code: CodeGraderConfig = Field(CodeGraderConfig(), description="Sandbox limits for questions with tests.")
 
 
 class CompressionConfig(_Strict):
     enabled: bool = True
+    order: Literal["compress_first", "paper"] = Field(
+        "compress_first",
+        description="compress_first: the student's pass rates filter questions before the teacher samples M "
+        "solutions (no teacher tokens on questions that are dropped); paper: sample M for every question, "
+        "then compress (the paper's order, for comparison).",
+    )
     k: int = Field(4, ge=1, description="Student samples per question.")
     max_pass_rate: float = Field(0.5, ge=0.0, le=1.0, description="Drop questions the student solves above this.")
     min_pass_rate: float | None = Field(None, ge=0.0, le=1.0, description="Drop questions the student solves below this.")
@@ -130,11 +213,43 @@ class CompressionConfig(_Strict):
     max_tokens: int = Field(128, ge=1)
 
 
+class AdaptiveConfig(_Strict):
+    """Sample each kept question in rounds and stop it early (see ray_distill.curation.adaptive)."""
+
+    enabled: bool = Field(False, description="Sample in rounds; False samples all M at once.")
+    round_size: int | None = Field(
+        None, ge=1, description="Samples added per question per round; default: P in round 1, then what the "
+        "question still misses (P minus its distinct correct trajectories).")
+    hopeless_after_rounds: int | None = Field(
+        2, ge=1, description="Stop a question with no correct sample after this many rounds (None: never).")
+    stop_when_saturated: bool = Field(
+        True, description="Stop a question when a round adds no new distinct correct trajectory.")
+
+
 class SelectionConfig(_Strict):
-    samples_per_question: int = Field(8, ge=1, description="M: teacher samples per kept question.")
+    samples_per_question: int = Field(8, ge=1, description="M: teacher samples per kept question (at most, when adaptive).")
     keep_per_question: int = Field(4, ge=1, description="P: farthest-apart correct trajectories kept.")
     max_questions: int | None = Field(None, ge=1, description="Cap on questions in the corpus (data budget).")
     seed: int = 0
+    adaptive: AdaptiveConfig = AdaptiveConfig()
+
+
+class AblationConfig(_Strict):
+    """``ray-distill ablate``: the paper's ablation at an equal training budget (see ray_distill.ablation)."""
+
+    budget_rows: int | None = Field(
+        None, ge=1, description="Training rows of every arm (default: the size of the full DED corpus).")
+
+
+class BudgetConfig(_Strict):
+    """Caps on teacher tokens; checked before spending (dry-run estimates) and while sampling."""
+
+    max_teacher_tokens: int | None = Field(
+        None, ge=1, description="Teacher completion tokens the whole job may spend (probe + M-sample generation); "
+        "checked before each generation call on its expected spend, so the actual spend may pass it by the "
+        "estimate's error.")
+    max_teacher_tokens_per_question: int | None = Field(
+        None, ge=1, description="Teacher completion tokens one question may take in the M-sample generation.")
 
 
 class SmokeTestConfig(_Strict):
@@ -149,18 +264,46 @@ class SmokeTestConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    num_workers: int = Field(2, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks).")
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL); False trains on CPUs (gloo).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker (also its torch threads).")
     epochs: int = Field(3, ge=1)
-    batch_size: int = Field(32, ge=1, description="Global batch size in sequences.")
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = 0.01
-    warmup_ratio: float = Field(0.05, ge=0.0, le=1.0)
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    grad_clip: float = 1.0
-    max_seq_len: int = Field(256, ge=8)
+    schedule_epochs: int | None = Field(
+        None, ge=1, description="Epochs the learning-rate schedule spans (default: epochs). A Tune trial trains in "
+        "rungs of growing epochs on one run; it sets this to its maximum so the rungs continue one schedule.")
+    batch_size: int = Field(32, ge=1, description="Global batch size in sequences (examples per optimiser step).")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="Micro-steps per optimiser step; each worker's share of a batch is split this many ways."
+    )
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.01, description="AdamW weight decay (matrices only).")
+    warmup_ratio: float = Field(0.05, ge=0.0, le=1.0, description="Share of steps of linear warmup.")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine decay ends at this share of the peak lr.")
+    grad_clip: float = Field(1.0, description="Gradient-norm clipping threshold.")
+    max_seq_len: int = Field(256, ge=8, description="Tokens per example (longer ones are cut) and per packed row.")
+    packing: bool = Field(
+        False,
+        description="Pack several examples into rows of max_seq_len (attention kept per example); "
+        "False pads length-bucketed batches.",
+    )
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data parallelism: DDP, or FSDP2 (sharded).")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (fp32 weights) or plain fp32.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept under the run's storage path.")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Also checkpoint every K optimiser steps (a crash mid-epoch loses < K steps)."
+    )
+    max_failures: int = Field(1, ge=0, description="Worker-group restarts (from the last checkpoint) before failing.")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _micro_batches(self) -> TrainConfig:
+        if self.batch_size < self.num_workers * self.grad_accum_steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} < num_workers x grad_accum_steps "
+                f"({self.num_workers} x {self.grad_accum_steps}): some micro-batch would be empty"
+            )
+        return self
 
 
 class SuiteConfig(_Strict):
@@ -189,9 +332,37 @@ class TuneConfig(_Strict):
     metric: str = Field("score", description="Trial metric to maximise (in-domain avg@k).")
     search_space: dict[str, list[Any]] = Field(
         default_factory=dict,
-        description="Dotted config key -> list of choices, e.g. {'selection.keep_per_question': [1, 2, 4]}.",
+        description="Dotted config key -> list of choices, e.g. {'selection.keep_per_question': [1, 2, 4]}; "
+        "'teacher' chooses a job teacher by name, or a mix of several joined by '+' (e.g. 'concise+verbose').",
     )
-    search: Literal["grid", "optuna"] = "grid"
+    search: Literal["grid", "optuna"] = Field("grid", description="grid: every combination; optuna: TPE sampling.")
+    points_to_evaluate: list[dict[str, Any]] = Field(
+        default_factory=list, description="Optuna only: configurations (search-space keys) tried first."
+    )
+    scheduler: Literal["none", "asha"] = Field(
+        "none", description="asha: trials train in rungs of epochs and the worse ones stop early; none: train.epochs."
+    )
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs every trial trains before it can be stopped.")
+    reduction_factor: int = Field(2, ge=2, description="ASHA: rungs at grace_period * reduction_factor^i epochs.")
+    top_up: bool = Field(
+        False, description="Generate teacher samples the store lacks (spends teacher tokens); "
+        "false: each question uses at most the samples the store holds."
+    )
+    trial_resources: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1.0},
+        description="Resources of each trial's own process (its Train workers and vLLM actors ask for theirs).",
+    )
+    max_failures: int = Field(0, ge=0, description="Retries of a failing trial; a trial that still fails is recorded.")
+
+    @model_validator(mode="after")
+    def _points_need_optuna(self) -> TuneConfig:
+        if self.points_to_evaluate and self.search != "optuna":
+            raise ValueError("points_to_evaluate needs search: optuna")
+        for point in self.points_to_evaluate:
+            for key, value in point.items():
+                if key not in self.search_space or value not in self.search_space[key]:
+                    raise ValueError(f"points_to_evaluate: {key}={value!r} is not a choice of search_space")
+        return self
 
 
 SmokeTestConfig.model_rebuild()
@@ -213,6 +384,8 @@ class JobConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tune: TuneConfig = TuneConfig()
+    budget: BudgetConfig = BudgetConfig()
+    ablation: AblationConfig = AblationConfig()
 
     @field_validator("storage")
     @classmethod
