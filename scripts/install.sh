@@ -16,6 +16,19 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 
 "$PYTHON" -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "ray-distill needs Python 3.11 or 3.12"'
+
+# The code grader runs untrusted programs under bubblewrap (fallback: util-linux unshare); it refuses
+# to run code without one of them.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    apt-get install -y -q bubblewrap >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } \
+      || echo "notice: 'apt-get install bubblewrap' failed; code grading will fall back to 'unshare'" >&2
+  else
+    echo "notice: bubblewrap (bwrap) is not installed; code grading will fall back to 'unshare' or refuse to run" \
+         "(install the 'bubblewrap' package as root)" >&2
+  fi
+fi
 [ -d "$VENV" ] || "$PYTHON" -m venv "$VENV"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from ray_distill import columns as C
-from ray_distill.curation.graders import grade
+from ray_distill.curation.graders import grade_row, sandbox_from_config
 from ray_distill.curation.selection import char_tokenize, select_diverse
 
 logger = logging.getLogger(__name__)
@@ -33,28 +33,42 @@ def load_tokenize(tokenizer_path: str | None) -> Callable[[str], Sequence[int]]:
 
 
 class GradeBatch:
-    """``map_batches`` stage: grade each completion against its reference answer.
+    """``map_batches`` stage: grade each completion against its question (``graders.grade_row``):
+    code when the row's ``tests`` is non-empty (run in the sandbox, inside this actor), else math
+    against ``answer``.
 
-    Needs ``completion`` and ``answer``; adds ``format_ok``, ``correct``, ``predicted``, ``reason``.
-    Emits exactly the rows it receives.
+    Needs ``completion`` and ``answer``, and ``tests`` whenever the batch may hold code questions (a
+    batch without the column is all math); adds ``format_ok``, ``correct``, ``predicted``, ``reason``.
+    Emits exactly the rows it receives. ``code`` is a ``CodeGraderConfig`` dump (sandbox limits).
     """
 
     INPUTS = (C.COMPLETION, C.ANSWER)
+    OPTIONAL_INPUTS = (C.TESTS,)
     OUTPUTS = (C.FORMAT_OK, C.CORRECT, C.PREDICTED, C.REASON)
 
-    def __init__(self, max_tokens: int | None, require_think: bool = True, tokenizer_path: str | None = None):
+    def __init__(self, max_tokens: int | None, require_think: bool = True, tokenizer_path: str | None = None,
+                 code: dict | None = None):
         self.max_tokens = max_tokens
         self.require_think = require_think
         tokenize = load_tokenize(tokenizer_path) if tokenizer_path else None
         self.count_tokens = (lambda text: len(tokenize(text))) if tokenize else None
+        self.code = code
+        self._sandbox = None  # built on the first code row: math-only jobs need no sandbox
+
+    def sandbox(self):
+        if self._sandbox is None:
+            self._sandbox = sandbox_from_config(self.code)
+        return self._sandbox
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in self.INPUTS if c not in batch.columns]
         if missing:
             raise ValueError(f"GradeBatch: missing columns {missing} (has {list(batch.columns)})")
+        tests = batch[C.TESTS].fillna("") if C.TESTS in batch.columns else [""] * len(batch)
         verdicts = [
-            grade(str(text), str(ref), self.max_tokens, self.count_tokens, self.require_think)
-            for text, ref in zip(batch[C.COMPLETION].fillna(""), batch[C.ANSWER])
+            grade_row(str(text), str(ref), str(t), self.max_tokens, self.count_tokens, self.require_think,
+                      self.sandbox() if t else None)
+            for text, ref, t in zip(batch[C.COMPLETION].fillna(""), batch[C.ANSWER], tests)
         ]
         out = batch.assign(
             **{

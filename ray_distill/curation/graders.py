@@ -6,16 +6,25 @@
 - format: a strict ``<think>…</think>`` pair at the start of the response, and a length cap in
   student tokens;
 - math: the final answer (the text after ``</think>``; ``\\boxed{}`` preferred) checked against the
-  reference with math-verify, so LaTeX/number/fraction equivalence comes from the library.
+  reference with math-verify, so LaTeX/number/fraction equivalence comes from the library;
+- code: the last fenced ```python block after ``</think>`` run against the question's tests in the
+  sandbox (``curation.sandbox``); correct iff every test passes.
+
+:func:`grade_row` dispatches on the question: non-empty ``tests`` -> code, otherwise math.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from math_verify import parse, verify
+
+from ray_distill.curation import sandbox as S
+from ray_distill.data.questions import parse_tests
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -27,6 +36,18 @@ R_NESTED = "multiple_think_blocks"
 R_TOO_LONG = "over_length_cap"
 R_NO_ANSWER = "no_final_answer"
 R_WRONG = "wrong_answer"
+R_NO_CODE = "no_code_block"
+R_CODE_WRONG = "code_wrong_output"
+R_CODE_TIMEOUT = "code_timeout"
+R_CODE_ERROR = "code_runtime_error"
+R_CODE_MEMORY = "code_memory_limit"
+R_CODE_OUTPUT = "code_output_limit"
+R_CODE_SANDBOX = "code_sandbox_error"
+_CODE_REASONS = {S.WRONG_OUTPUT: R_CODE_WRONG, S.TIMEOUT: R_CODE_TIMEOUT, S.RUNTIME_ERROR: R_CODE_ERROR,
+                 S.MEMORY_LIMIT: R_CODE_MEMORY, S.OUTPUT_LIMIT: R_CODE_OUTPUT, S.SANDBOX_ERROR: R_CODE_SANDBOX}
+# Reasons about the answer itself: the format is fine.
+ANSWER_REASONS = frozenset({"", R_WRONG, R_NO_ANSWER, R_NO_CODE, *_CODE_REASONS.values()})
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -93,12 +114,83 @@ def grade(
     ``correct`` reports answer correctness even when the format fails (evaluation counts a right
     answer without think tags as right; curation keeps only ``format_ok and correct``).
     """
+    reason = _format_reason(text, max_tokens, count_tokens, require_think)
+    correct, predicted = answers_match(reference, text) if text.strip() else (False, "")
+    if not reason and not correct:
+        reason = R_WRONG if predicted else R_NO_ANSWER
+    return Verdict(format_ok=reason in ANSWER_REASONS, correct=correct, predicted=predicted, reason=reason)
+
+
+def _format_reason(text: str, max_tokens: int | None, count_tokens: Callable[[str], int] | None,
+                   require_think: bool) -> str:
     reason = check_format(text, require_think)
     if not reason and max_tokens is not None:
         n = count_tokens(text) if count_tokens else len(text)
         if n > max_tokens:
             reason = R_TOO_LONG
-    correct, predicted = answers_match(reference, text) if text.strip() else (False, "")
-    if not reason and not correct:
-        reason = R_WRONG if predicted else R_NO_ANSWER
-    return Verdict(format_ok=reason in ("", R_WRONG, R_NO_ANSWER), correct=correct, predicted=predicted, reason=reason)
+    return reason
+
+
+def extract_program(text: str) -> str:
+    """The last fenced ```python (or ```py) block after ``</think>`` ("" when there is none)."""
+    blocks = _FENCE.findall(final_answer_region(text))
+    return blocks[-1].strip("\n") if blocks else ""
+
+
+def grade_code(
+    text: str,
+    tests: dict,
+    sandbox: S.Sandbox,
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+    require_think: bool = True,
+) -> Verdict:
+    """Grade one code response: the same format rules as math, then the program against ``tests``
+    (canonical dict) in ``sandbox``, stopping at the first failing test. ``predicted`` summarises the
+    run ("passed 3/3", "test 2/3: wrong_output: ...")."""
+    reason = _format_reason(text, max_tokens, count_tokens, require_think)
+    program = extract_program(text)
+    if not program:
+        return Verdict(format_ok=reason in ANSWER_REASONS, correct=False, predicted="", reason=reason or R_NO_CODE)
+    results = sandbox.run_tests(program, tests, stop_on_failure=True)
+    n = len(tests["cases"])
+    failed = next((r for r in results if not r.passed), None)
+    correct = failed is None
+    if correct:
+        predicted = f"passed {n}/{n}"
+    else:
+        predicted = f"test {len(results)}/{n}: {failed.reason}: {failed.detail}"
+        reason = reason or _CODE_REASONS[failed.reason]
+    return Verdict(format_ok=reason in ANSWER_REASONS, correct=correct, predicted=predicted, reason=reason)
+
+
+def grade_row(
+    text: str,
+    reference: str,
+    tests: str = "",
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+    require_think: bool = True,
+    sandbox: S.Sandbox | None = None,
+) -> Verdict:
+    """Grade one response to one question: as code when the question has ``tests`` (the canonical
+    JSON string of the ``tests`` column), else as math against ``reference``. Without ``sandbox``,
+    a default one (:func:`default_sandbox`) runs the code."""
+    if not tests:
+        return grade(text, reference, max_tokens, count_tokens, require_think)
+    return grade_code(text, parse_tests(tests), sandbox or default_sandbox(), max_tokens, count_tokens, require_think)
+
+
+def sandbox_from_config(code: dict | None = None) -> S.Sandbox:
+    """A sandbox from ``format.code`` (a ``CodeGraderConfig`` dump; None: the defaults)."""
+    from ray_distill.config import CodeGraderConfig
+
+    c = CodeGraderConfig.model_validate(code or {})
+    limits = S.Limits(c.timeout_s, c.memory_mb, c.max_processes, c.max_output_bytes, c.max_open_files)
+    return S.Sandbox(limits, backend=c.backend, python=c.python)
+
+
+@functools.lru_cache(maxsize=None)
+def default_sandbox() -> S.Sandbox:
+    """A sandbox with default limits, built on first use (so math-only runs never need one)."""
+    return sandbox_from_config(None)

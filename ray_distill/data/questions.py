@@ -3,9 +3,22 @@
     rows, rejects = read_questions("s3://bucket/math.jsonl")
     write_rows(rejects, "outputs/job/rejects/questions.jsonl")
 
-Schema (``ray_distill.columns.QUESTION_COLUMNS``): ``question`` and ``answer`` are required
-(non-empty strings; numbers are coerced to strings); ``question_id`` defaults to a stable hash of the
-question text, ``family`` to the file stem, ``difficulty`` to -1. Other fields are ignored (logged).
+Schema (``ray_distill.columns.QUESTION_COLUMNS``): ``question`` is required, and ``answer`` or
+``tests`` (or both): ``answer`` is a non-empty string (numbers are coerced; "" in code rows without
+one), ``tests`` the test cases of a code question, normalised by :func:`normalize_tests` to one
+canonical JSON string ("" in math rows). ``question_id`` defaults to a stable hash of the question
+text, ``family`` to the file stem, ``difficulty`` to -1. Other fields are ignored (logged).
+
+Accepted ``tests`` shapes (a JSON string holding one of them is accepted too, as parquet/hub data
+sets often store them):
+
+- stdin/stdout: ``[{"input": "1 2\\n", "output": "3\\n"}, ...]`` (``testtype: "stdin"`` is allowed);
+- APPS/TACO: ``{"inputs": [...], "outputs": [...], "fn_name": optional}``: without ``fn_name`` each
+  input/output is a string (or a list of lines); with it, each input is the argument list;
+- function call: ``{"fn_name": "f", "cases": [{"args": [...], "expected": ...}, ...]}``.
+
+The canonical form is ``{"type": "stdio", "cases": [{"input", "output"}]}`` or
+``{"type": "call", "fn_name", "cases": [{"args", "expected"}]}`` (see ``curation.sandbox``).
 
 A bad row is not fatal: it goes to the rejects list as ``{"file", "line", "reason", "raw"}`` (``line``
 is 1-based: the line of a JSON-lines file, the row of a parquet file; ``reason`` is
@@ -42,6 +55,7 @@ R_MISSING = "missing_field"
 R_EMPTY = "empty_field"
 R_TYPE = "wrong_type"
 R_DUPLICATE = "duplicate_id"
+R_TESTS = "invalid_tests"
 
 
 class DataError(ValueError):
@@ -123,14 +137,102 @@ def normalize_row(obj: Any, default_family: str) -> dict:
     if not isinstance(obj, dict):
         raise RowError(f"{R_NOT_OBJECT}: got {type(obj).__name__}")
     question = _text(obj, C.QUESTION, required=True)
-    answer = _text(obj, C.ANSWER, required=True)
+    tests = "" if _is_missing(obj.get(C.TESTS)) else normalize_tests(obj[C.TESTS])
+    answer = _text(obj, C.ANSWER, required=not tests) or ""
     return {
         C.QUESTION_ID: _text(obj, C.QUESTION_ID, required=False) or question_hash(question),
         C.QUESTION: question,
         C.ANSWER: answer,
         C.FAMILY: _text(obj, C.FAMILY, required=False) or default_family,
         C.DIFFICULTY: _difficulty(obj),
+        C.TESTS: tests,
     }
+
+
+def normalize_tests(value: Any) -> str:
+    """Any accepted ``tests`` shape -> the canonical JSON string, or :class:`RowError` naming the problem."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise RowError(f"{R_TESTS}: 'tests' is a string but not JSON ({err.msg})") from None
+    if isinstance(value, list):
+        canonical = {"type": "stdio", "cases": [_stdio_case(c, i) for i, c in enumerate(value)]}
+    elif isinstance(value, dict) and value.get("type") in ("stdio", "call"):  # already canonical
+        canonical = _canonical_again(value)
+    elif isinstance(value, dict) and "inputs" in value:
+        canonical = _apps_tests(value)
+    elif isinstance(value, dict) and "cases" in value:
+        canonical = {"type": "call", "fn_name": _fn_name(value), "cases": [_call_case(c, i) for i, c in
+                                                                           enumerate(_list(value, "cases"))]}
+    else:
+        raise RowError(f"{R_TESTS}: expected a list of {{input, output}}, {{inputs, outputs[, fn_name]}} or "
+                       f"{{fn_name, cases}}, got {type(value).__name__}")
+    if not canonical["cases"]:
+        raise RowError(f"{R_EMPTY}: 'tests' has no test case")
+    return json.dumps(canonical, ensure_ascii=False, sort_keys=True)
+
+
+def parse_tests(text: str) -> dict:
+    """The canonical ``tests`` string of a row -> its dict (as :func:`normalize_tests` wrote it)."""
+    return json.loads(text)
+
+
+def _canonical_again(value: dict) -> dict:
+    cases = _list(value, "cases")
+    if value["type"] == "stdio":
+        return {"type": "stdio", "cases": [_stdio_case(c, i) for i, c in enumerate(cases)]}
+    return {"type": "call", "fn_name": _fn_name(value), "cases": [_call_case(c, i) for i, c in enumerate(cases)]}
+
+
+def _apps_tests(value: dict) -> dict:
+    inputs, outputs = _list(value, "inputs"), _list(value, "outputs")
+    if len(inputs) != len(outputs):
+        raise RowError(f"{R_TESTS}: 'tests' has {len(inputs)} inputs but {len(outputs)} outputs")
+    if _is_missing(value.get("fn_name")) or value.get("fn_name") == "":
+        return {"type": "stdio", "cases": [_stdio_case({"input": i, "output": o}, n)
+                                           for n, (i, o) in enumerate(zip(inputs, outputs))]}
+    return {"type": "call", "fn_name": _fn_name(value),
+            "cases": [_call_case({"args": i, "expected": o}, n) for n, (i, o) in enumerate(zip(inputs, outputs))]}
+
+
+def _stdio_case(case: Any, i: int) -> dict:
+    if not isinstance(case, dict) or "input" not in case or "output" not in case:
+        raise RowError(f"{R_TESTS}: tests[{i}] must be an object with 'input' and 'output'")
+    if case.get("testtype", "stdin") != "stdin":
+        raise RowError(f"{R_TESTS}: tests[{i}] has testtype {case['testtype']!r}; use {{fn_name, cases}} for calls")
+    return {"input": _lines(case["input"], i, "input"), "output": _lines(case["output"], i, "output")}
+
+
+def _call_case(case: Any, i: int) -> dict:
+    if not isinstance(case, dict) or "args" not in case or "expected" not in case:
+        raise RowError(f"{R_TESTS}: tests case {i} must be an object with 'args' and 'expected'")
+    if not isinstance(case["args"], list):
+        raise RowError(f"{R_TESTS}: tests case {i}: 'args' must be a list of arguments, got {type(case['args']).__name__}")
+    return {"args": case["args"], "expected": case["expected"]}
+
+
+def _lines(value: Any, i: int, key: str) -> str:
+    """A stdin/stdout text: a string, or a list of lines joined with newlines."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    raise RowError(f"{R_TESTS}: tests case {i}: {key!r} must be a string or a list of lines, got {type(value).__name__}")
+
+
+def _list(value: dict, key: str) -> list:
+    items = value.get(key)
+    if not isinstance(items, list):
+        raise RowError(f"{R_TESTS}: 'tests.{key}' must be a list, got {type(items).__name__}")
+    return items
+
+
+def _fn_name(value: dict) -> str:
+    name = value.get("fn_name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise RowError(f"{R_TESTS}: 'tests.fn_name' must be a Python identifier, got {name!r}")
+    return name
 
 
 def _is_missing(value: Any) -> bool:

@@ -153,6 +153,7 @@ def make_questions(
                 C.ANSWER: str(fam.steps(q)[-1].result),
                 C.FAMILY: family,
                 C.DIFFICULTY: level,
+                C.TESTS: "",
             }
         )
     return rows

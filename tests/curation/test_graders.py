@@ -37,3 +37,118 @@ def test_length_cap_in_student_tokens():
 
 def test_format_check_can_be_relaxed():
     assert G.grade("\\boxed{3}", "3", require_think=False).reason == ""
+
+
+# ----------------------------------------------------------------------------- code
+
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from ray_distill import columns as C  # noqa: E402
+from ray_distill.curation import sandbox as S  # noqa: E402
+from ray_distill.curation.adapters import GradeBatch  # noqa: E402
+from ray_distill.data.questions import parse_tests, read_questions  # noqa: E402
+
+CODE_FILE = Path(__file__).resolve().parents[2] / "jobs" / "data" / "code_questions.jsonl"
+needs_sandbox = pytest.mark.skipif(not (shutil.which("bwrap") or shutil.which("unshare")), reason="no sandbox tool")
+SUM_TESTS = json.dumps({"type": "stdio", "cases": [{"input": "1 2\n", "output": "3\n"}, {"input": "4 5", "output": "9"}]})
+
+
+def _answer(program: str, think: str = "add them") -> str:
+    return f"<think>{think}</think>Here it is:\n```python\n{program}```\n"
+
+
+def test_extract_program_takes_the_last_python_block_after_think():
+    text = "<think>```python\nprint(0)\n```</think>draft:\n```py\nprint(1)\n```\nfinal:\n```python\nprint(2)\n```"
+    assert G.extract_program(text) == "print(2)"
+    assert G.extract_program("<think>```python\nprint(0)\n```</think>no code") == ""
+    assert G.extract_program("<think>x</think>```\nprint(3)\n```") == ""  # an unlabelled block is not Python
+
+
+@needs_sandbox
+def test_grade_code_verdicts():
+    box = G.default_sandbox()
+    tests = parse_tests(SUM_TESTS)
+    ok = G.grade_code(_answer("a, b = map(int, input().split())\nprint(a + b)\n"), tests, box)
+    assert (ok.correct, ok.format_ok, ok.reason, ok.predicted) == (True, True, "", "passed 2/2")
+    wrong = G.grade_code(_answer("print(3)\n"), tests, box)
+    assert (wrong.correct, wrong.format_ok, wrong.reason) == (False, True, G.R_CODE_WRONG)
+    assert wrong.predicted.startswith("test 2/2: wrong_output")
+    crash = G.grade_code(_answer("raise SystemExit(input() + 1)\n"), tests, box)
+    assert crash.reason == G.R_CODE_ERROR and "TypeError" in crash.predicted
+    assert G.grade_code("<think>x</think>no code here", tests, box).reason == G.R_NO_CODE
+    no_think = G.grade_code("```python\na, b = map(int, input().split())\nprint(a + b)\n```", tests, box)
+    assert (no_think.correct, no_think.format_ok, no_think.reason) == (True, False, G.R_NO_THINK)
+    long = G.grade_code(_answer("print(3)\n", think="x" * 100), tests, box, max_tokens=50, count_tokens=len)
+    assert (long.format_ok, long.reason) == (False, G.R_TOO_LONG)
+
+
+@needs_sandbox
+def test_grade_row_dispatches_on_tests():
+    math = G.grade_row("<think>1+2=3</think>\\boxed{3}", "3", "")
+    assert math.correct and math.predicted == "3"
+    code = G.grade_row(_answer("a, b = map(int, input().split())\nprint(a + b)\n"), "", SUM_TESTS)
+    assert code.correct and code.predicted == "passed 2/2"
+    assert G.grade_row("<think>1+2=3</think>\\boxed{3}", "3", SUM_TESTS).reason == G.R_NO_CODE
+
+
+@needs_sandbox
+def test_reference_solutions_of_the_example_file_pass_and_mutants_fail():
+    rows, rejects = read_questions(str(CODE_FILE))
+    assert rejects == [] and len(rows) == 6
+    styles = {parse_tests(r[C.TESTS])["type"] for r in rows}
+    assert styles == {"stdio", "call"}
+    solutions = {json.loads(line)["question_id"]: json.loads(line)["solution"] for line in CODE_FILE.open()}
+    for row in rows:
+        good = G.grade_row(_answer(solutions[row[C.QUESTION_ID]]), row[C.ANSWER], row[C.TESTS])
+        assert good.correct and good.reason == "", (row[C.QUESTION_ID], good)
+        mutant = solutions[row[C.QUESTION_ID]].replace("print(", "print(0, ").replace("return ", "return None if 1 else ")
+        bad = G.grade_row(_answer(mutant), row[C.ANSWER], row[C.TESTS])
+        assert (bad.correct, bad.reason) == (False, G.R_CODE_WRONG), row[C.QUESTION_ID]
+
+
+@needs_sandbox
+def test_grade_batch_mixes_math_and_code_rows():
+    batch = pd.DataFrame({
+        C.COMPLETION: ["<think>x</think>\\boxed{3}", _answer("print(sum(map(int, input().split())))\n"),
+                       _answer("while True:\n    pass\n")],
+        C.ANSWER: ["3", "", ""],
+        C.TESTS: ["", SUM_TESTS, SUM_TESTS],
+    })
+    out = GradeBatch(max_tokens=None, code={"timeout_s": 1.0})(batch)
+    assert out[C.CORRECT].tolist() == [True, True, False]
+    assert out[C.REASON].tolist() == ["", "", G.R_CODE_TIMEOUT]
+    assert len(out) == 3
+
+
+def test_math_only_batches_build_no_sandbox():
+    out = GradeBatch(max_tokens=None, code={"backend": "bwrap"})(
+        pd.DataFrame({C.COMPLETION: ["<think>x</think>\\boxed{3}"], C.ANSWER: ["3"], C.TESTS: [""]}))
+    assert out[C.CORRECT].tolist() == [True]
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_grade_batch_runs_the_sandbox_inside_a_ray_actor(ray_local):
+    df = pd.DataFrame({
+        C.COMPLETION: [_answer("a, b = map(int, input().split())\nprint(a + b)\n"), _answer("print(0)\n")] * 3,
+        C.ANSWER: [""] * 6,
+        C.TESTS: [SUM_TESTS] * 6,
+    })
+    graded = ray_local.data.from_pandas(df).map_batches(
+        GradeBatch, fn_constructor_kwargs={"max_tokens": None, "code": {"timeout_s": 2.0}},
+        batch_format="pandas", batch_size=2, concurrency=1).to_pandas()
+    assert len(graded) == 6
+    assert graded[C.CORRECT].tolist() == [True, False] * 3
+    assert set(graded[C.REASON]) == {"", G.R_CODE_WRONG}
+
+
+def test_sandbox_unavailable_is_an_error_not_a_pass(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    box = G.sandbox_from_config({"backend": "bwrap"})
+    with pytest.raises(S.SandboxUnavailable):
+        S.detect_backend.__wrapped__(box.backend, box.python)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ray_distill import columns as C
-from ray_distill.data.questions import DataError, question_hash, read_questions, write_rows
+from ray_distill.data.questions import DataError, normalize_tests, question_hash, read_questions, write_rows
 
 
 def _write_lines(path, lines: list[str]) -> str:
@@ -27,8 +27,9 @@ def test_jsonl_defaults_and_coercion(tmp_path):
     )
     rows, rejects = read_questions(path)
     assert rejects == []
-    assert rows[0] == {C.QUESTION_ID: question_hash("1+1"), C.QUESTION: "1+1", C.ANSWER: "2", C.FAMILY: "gsm", C.DIFFICULTY: -1}
-    assert rows[1] == {C.QUESTION_ID: "7", C.QUESTION: "2+2", C.ANSWER: "4", C.FAMILY: "f", C.DIFFICULTY: 3}
+    assert rows[0] == {C.QUESTION_ID: question_hash("1+1"), C.QUESTION: "1+1", C.ANSWER: "2", C.FAMILY: "gsm",
+                       C.DIFFICULTY: -1, C.TESTS: ""}
+    assert rows[1] == {C.QUESTION_ID: "7", C.QUESTION: "2+2", C.ANSWER: "4", C.FAMILY: "f", C.DIFFICULTY: 3, C.TESTS: ""}
 
 
 def test_bad_rows_are_rejected_with_line_and_reason(tmp_path):
@@ -105,3 +106,74 @@ def test_write_rows_jsonl_on_memory_fs():
     path = write_rows(rows, "memory://ray-distill-test/deep/dir/q.jsonl")
     back, rejects = read_questions(path)
     assert [r[C.ANSWER] for r in back] == ["1", "2.5"] and rejects == []
+
+
+# ----------------------------------------------------------------------------- code questions
+
+STDIO = {"type": "stdio", "cases": [{"input": "1 2\n", "output": "3\n"}]}
+
+
+@pytest.mark.parametrize(
+    "tests, canonical",
+    [
+        ([{"input": "1 2\n", "output": "3\n"}], STDIO),
+        ([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}], STDIO),  # LiveCodeBench public tests
+        ({"inputs": ["1 2\n"], "outputs": ["3\n"]}, STDIO),  # APPS/TACO standard input
+        ({"inputs": ["1 2\n"], "outputs": ["3\n"], "fn_name": ""}, STDIO),
+        ({"inputs": [["1 2"]], "outputs": [["3"]]}, {"type": "stdio", "cases": [{"input": "1 2", "output": "3"}]}),
+        (json.dumps({"inputs": ["1 2\n"], "outputs": ["3\n"]}), STDIO),  # stored as a JSON string
+        ({"inputs": [[1, 2], [[3], 4]], "outputs": [[3], [7]], "fn_name": "add"},  # APPS call-based
+         {"type": "call", "fn_name": "add", "cases": [{"args": [1, 2], "expected": [3]},
+                                                     {"args": [[3], 4], "expected": [7]}]}),
+        ({"fn_name": "add", "cases": [{"args": [1, 2], "expected": 3}]},
+         {"type": "call", "fn_name": "add", "cases": [{"args": [1, 2], "expected": 3}]}),
+        (STDIO, STDIO),  # canonical in, canonical out
+    ],
+)
+def test_tests_shapes_normalise_to_one_canonical_form(tests, canonical):
+    text = normalize_tests(tests)
+    assert json.loads(text) == canonical
+    assert normalize_tests(text) == text  # idempotent
+
+
+def test_code_rows_read_back_and_bad_tests_are_rejected(tmp_path):
+    path = _write_lines(
+        tmp_path / "code.jsonl",
+        [
+            json.dumps({"question": "sum", "tests": [{"input": "1 2", "output": "3"}]}),
+            json.dumps({"question": "both", "answer": "3", "tests": {"fn_name": "f", "cases": [{"args": [], "expected": 3}]}}),
+            json.dumps({"question": "b1", "tests": {"inputs": ["1"], "outputs": []}}),
+            json.dumps({"question": "b2", "tests": [{"input": "1"}]}),
+            json.dumps({"question": "b3", "tests": {"fn_name": "not valid", "cases": [{"args": [], "expected": 1}]}}),
+            json.dumps({"question": "b4", "tests": {"fn_name": "f", "cases": [{"args": 1, "expected": 1}]}}),
+            json.dumps({"question": "b5", "tests": "{not json"}),
+            json.dumps({"question": "b6", "tests": []}),
+            json.dumps({"question": "b7", "tests": 5}),
+            json.dumps({"question": "b8", "tests": [{"input": "x", "output": "y", "testtype": "functional"}]}),
+            json.dumps({"question": "b9"}),  # neither answer nor tests
+        ],
+    )
+    rows, rejects = read_questions(path)
+    assert [(r[C.QUESTION], r[C.ANSWER]) for r in rows] == [("sum", ""), ("both", "3")]
+    assert json.loads(rows[0][C.TESTS])["type"] == "stdio" and json.loads(rows[1][C.TESTS])["type"] == "call"
+    reasons = {r["line"]: r["reason"] for r in rejects}
+    assert reasons == {
+        3: "invalid_tests: 'tests' has 1 inputs but 0 outputs",
+        4: "invalid_tests: tests[0] must be an object with 'input' and 'output'",
+        5: "invalid_tests: 'tests.fn_name' must be a Python identifier, got 'not valid'",
+        6: "invalid_tests: tests case 0: 'args' must be a list of arguments, got int",
+        7: "invalid_tests: 'tests' is a string but not JSON (Expecting property name enclosed in double quotes)",
+        8: "empty_field: 'tests' has no test case",
+        9: "invalid_tests: expected a list of {input, output}, {inputs, outputs[, fn_name]} or {fn_name, cases}, got int",
+        10: "invalid_tests: tests[0] has testtype 'functional'; use {fn_name, cases} for calls",
+        11: "missing_field: 'answer'",
+    }
+    assert all(r["file"] == path for r in rejects)
+
+
+def test_code_questions_in_parquet(tmp_path):
+    path = str(tmp_path / "code.parquet")
+    write_rows([{"question": "sum", "tests": json.dumps({"inputs": ["1 2"], "outputs": ["3"]})},
+                {"question": "add", "tests": json.dumps({"inputs": [[1, 2]], "outputs": [3], "fn_name": "add"})}], path)
+    rows, rejects = read_questions(path)
+    assert rejects == [] and [json.loads(r[C.TESTS])["type"] for r in rows] == ["stdio", "call"]

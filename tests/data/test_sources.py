@@ -2,7 +2,7 @@ import pytest
 
 from ray_distill import columns as C
 from ray_distill.config import ConfigError, QuestionsConfig, SuiteConfig
-from ray_distill.data.sources import decontaminate, load_source
+from ray_distill.data.sources import MATCHED_NGRAMS, decontaminate, load_source, word_grams
 
 
 def test_synthetic_source_and_exclusion():
@@ -28,3 +28,42 @@ def test_decontamination_removes_and_counts_per_suite():
     assert [r[C.QUESTION] for r in kept] == ["1+2", "5+6"]
     assert counts == {"a": 1, "b": 1}
     assert rejected[0][C.REASON] == "contaminated:a,b"
+
+
+def test_synthetic_rows_carry_every_question_column():
+    rows, _ = load_source(QuestionsConfig(synthetic={"family": "arith", "num_questions": 3}))
+    assert all(set(C.QUESTION_COLUMNS) <= set(r) and r[C.TESTS] == "" for r in rows)
+
+
+LONG = "Let ABC be a triangle with AB = 13, BC = 14 and CA = 15. Find the area of the triangle ABC."
+
+
+def test_ngram_overlap_is_removed_with_its_suite_and_ngram():
+    pool = [
+        {C.QUESTION: "Warm-up. " + LONG.replace("Find", "Compute") + " Give an integer."},  # shares a 13-gram
+        {C.QUESTION: "Let ABC be a triangle with AB = 5, BC = 12 and CA = 13. Find its perimeter."},
+        {C.QUESTION: "An unrelated question about prime numbers below one hundred and their sum."},
+    ]
+    kept, rejected, counts = decontaminate(pool, {"geo": [{C.QUESTION: LONG}], "other": [{C.QUESTION: "x y z"}]})
+    assert [r[C.QUESTION][:10] for r in kept] == [pool[1][C.QUESTION][:10], pool[2][C.QUESTION][:10]]
+    assert counts == {"geo": 1, "other": 0}
+    assert rejected[0][C.REASON] == "contaminated:geo"
+    gram = rejected[0][MATCHED_NGRAMS]["geo"]
+    assert len(gram.split()) == 13 and gram in " ".join(w for w in LONG.lower().replace(".", " .").replace(",", " ,").split())
+    # exact-only mode keeps the paraphrase
+    assert len(decontaminate(pool, {"geo": [{C.QUESTION: LONG}]}, ngram=None)[0]) == 3
+
+
+def test_short_questions_match_whole_not_inside_longer_ones():
+    suite = {"s": [{C.QUESTION: "4-2"}, {C.QUESTION: "max(1,2)"}]}
+    pool = [{C.QUESTION: "4 - 2"}, {C.QUESTION: "6-9+4-2"}, {C.QUESTION: "MAX(1, 2)"}, {C.QUESTION: "max(1,2,3)"}]
+    kept, rejected, counts = decontaminate(pool, suite)
+    assert [r[C.QUESTION] for r in kept] == ["6-9+4-2", "max(1,2,3)"]
+    assert [r[MATCHED_NGRAMS] for r in rejected] == [{"s": "4 - 2"}, {"s": "max ( 1 , 2 )"}]
+    assert counts == {"s": 2}
+
+
+def test_word_grams():
+    assert word_grams("9+0-9", 13) == [("9", "+", "0", "-", "9")]
+    assert word_grams("a b c d", 2) == [("a", "b"), ("b", "c"), ("c", "d")]
+    assert word_grams("  ", 13) == []
