@@ -18,12 +18,16 @@ import os
 import numpy as np
 import pandas as pd
 import ray.data
+from pydantic import SecretStr
 
 from ray_distill import columns as C
 from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
-from ray_distill.generation.engines import build_engine, question_messages
+from ray_distill.generation.engines import build_engine, question_messages, resolve_api_key
 
 logger = logging.getLogger(__name__)
+
+# Question columns a row may lack, with their default (math questions carry no code tests).
+OPTIONAL_QUESTION_COLUMNS = {C.TESTS: ""}
 
 # vLLM's CPU backend inside Ray actors: small KV cache (several engines may share the machine) and
 # no OpenMP thread pinning (Ray already places the actor), and the engine core in the actor's own
@@ -35,6 +39,16 @@ VLLM_CPU_ENV_DEFAULTS = {
 }
 
 
+def with_question_defaults(df: pd.DataFrame, what: str) -> pd.DataFrame:
+    """``df`` with every question column: optional ones (:data:`OPTIONAL_QUESTION_COLUMNS`) are filled
+    with their default, a missing required one is an error."""
+    missing = [c for c in C.QUESTION_COLUMNS if c not in df.columns and c not in OPTIONAL_QUESTION_COLUMNS]
+    if missing:
+        raise ValueError(f"{what} needs columns {missing}; got {list(df.columns)}")
+    absent = {c: v for c, v in OPTIONAL_QUESTION_COLUMNS.items() if c not in df.columns}
+    return df.assign(**absent) if absent else df
+
+
 def sample_seed(base_seed: int, question_id: str, sample_index: int) -> int:
     """The seed of sample ``sample_index`` of a question, a 31-bit int independent of batching."""
     digest = hashlib.sha256(f"{base_seed}:{question_id}:{sample_index}".encode()).digest()
@@ -44,15 +58,13 @@ def sample_seed(base_seed: int, question_id: str, sample_index: int) -> int:
 class GenerateBatch:
     """Callable class for ``map_batches``: the engine is built once per actor, in the constructor."""
 
-    def __init__(self, teacher_name: str, engine: dict, sampling: dict):
+    def __init__(self, teacher_name: str, engine: dict, sampling: dict, api_key: SecretStr | None = None):
         self.teacher = teacher_name
         self.sampling = SamplingConfig.model_validate(sampling)
-        self.engine = build_engine(EngineConfig.model_validate(engine))
+        self.engine = build_engine(EngineConfig.model_validate(engine), api_key)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        missing = [c for c in C.QUESTION_COLUMNS if c not in batch.columns]
-        if missing:
-            raise ValueError(f"generation needs columns {missing}; batch has {list(batch.columns)}")
+        batch = with_question_defaults(batch, "generation")
         if C.SAMPLE_INDEX in batch.columns:
             indices = [[int(i)] for i in batch[C.SAMPLE_INDEX]]
         else:
@@ -75,6 +87,7 @@ class GenerateBatch:
         out[C.NUM_TOKENS] = [c["num_tokens"] for c in flat]
         out[C.FINISH_REASON] = [c["finish_reason"] for c in flat]
         out[C.ERROR] = [c["error"] for c in flat]
+        out[C.PROMPT_TOKENS] = [c["prompt_tokens"] for c in flat]
         failed = int((out[C.ERROR] != "").sum())
         if failed:
             logger.warning("%s: %d of %d requests failed, e.g. %s", self.teacher, failed, len(out),
@@ -91,14 +104,18 @@ def engine_runtime_env(teacher: TeacherConfig) -> dict | None:
 
 
 def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig) -> ray.data.Dataset:
-    """Lazily map question rows to generation rows through an actor pool of ``teacher``'s engine."""
+    """Lazily map question rows to generation rows through an actor pool of ``teacher``'s engine.
+    An API key is read here, in the driver (a missing variable fails before any actor starts), and
+    handed to the actors as a SecretStr."""
     res = teacher.resources
+    api_key = resolve_api_key(teacher.engine) if teacher.engine.kind == "openai" else None
     return questions.map_batches(
         GenerateBatch,
         fn_constructor_kwargs={
             "teacher_name": teacher.name,
             "engine": teacher.engine.model_dump(),
             "sampling": teacher.sampling.model_dump(),
+            "api_key": api_key,
         },
         concurrency=res.num_actors,
         num_cpus=res.num_cpus,

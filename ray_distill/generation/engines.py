@@ -9,6 +9,9 @@ per seed in ``seeds[i]`` (normally ``sampling.n`` of them; the generation store 
 in seed order. Each seed is one request, so the same seed gives the same text. A request that
 fails comes back with ``finish_reason == "error"`` and the message in ``error``; it never fails the
 batch. Engines ignore ``sampling.n`` and ``sampling.seed``: the caller derives per-sample seeds.
+
+Engines: ``scripted`` (synthetic personas), ``vllm`` (``vllm.LLM`` in the actor), ``openai`` (any
+OpenAI-compatible endpoint, :mod:`.openai_engine`), ``hf`` (transformers ``generate``, :mod:`.hf_engine`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import os
 import time
 from collections.abc import Callable
 from typing import Protocol, TypedDict
+
+from pydantic import SecretStr
 
 from ray_distill.config import EngineConfig, SamplingConfig
 from ray_distill.synthetic.teachers import PERSONAS, write_solution
@@ -38,6 +43,7 @@ class Completion(TypedDict):
     num_tokens: int
     finish_reason: str  # "stop" | "length" | "error"
     error: str  # "" unless finish_reason == "error"
+    prompt_tokens: int  # tokens of the prompt as the engine counted them (-1: unknown)
 
 
 class Engine(Protocol):
@@ -51,8 +57,26 @@ def question_messages(question: str) -> list[dict]:
     return [{"role": "user", "content": question}]
 
 
-def error_completion(err: BaseException) -> Completion:
-    return Completion(text="", num_tokens=0, finish_reason=FINISH_ERROR, error=f"{type(err).__name__}: {err}")
+def error_completion(err: BaseException | str) -> Completion:
+    error = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    return Completion(text="", num_tokens=0, finish_reason=FINISH_ERROR, error=error, prompt_tokens=0)
+
+
+def resolve_api_key(cfg: EngineConfig) -> SecretStr | None:
+    """The key from the environment variable named by ``cfg.api_key_env`` (None when not configured)."""
+    if cfg.api_key_env is None:
+        return None
+    value = os.environ.get(cfg.api_key_env, "")
+    if not value:
+        raise ValueError(f"engine 'openai' ({cfg.model} at {cfg.base_url}): environment variable "
+                         f"{cfg.api_key_env} named by api_key_env is not set")
+    return SecretStr(value)
+
+
+def render_prompt(tokenizer, conv: list[dict]) -> list[int]:
+    """Token ids of a conversation through the model's own chat template, ready for the assistant turn."""
+    text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    return tokenizer.encode(text, add_special_tokens=False)
 
 
 def last_user_content(messages: list[dict]) -> str:
@@ -76,18 +100,20 @@ class ScriptedEngine:
     def generate(
         self, messages: list[list[dict]], sampling: SamplingConfig, seeds: list[list[int]]
     ) -> list[list[Completion]]:
-        _check_lengths(messages, seeds)
+        check_lengths(messages, seeds)
         return [[self._one(conv, sampling, s) for s in prompt_seeds] for conv, prompt_seeds in zip(messages, seeds)]
 
     def _one(self, conv: list[dict], sampling: SamplingConfig, seed: int) -> Completion:
         try:
-            text = write_solution(self.persona, last_user_content(conv), seed)
+            question = last_user_content(conv)
+            text = write_solution(self.persona, question, seed)
         except Exception as err:  # one bad request must not fail the batch
             return error_completion(err)
         if len(text) > sampling.max_tokens:
             return Completion(text=text[: sampling.max_tokens], num_tokens=sampling.max_tokens,
-                              finish_reason=FINISH_LENGTH, error="")
-        return Completion(text=text, num_tokens=len(text), finish_reason=FINISH_STOP, error="")
+                              finish_reason=FINISH_LENGTH, error="", prompt_tokens=len(question))
+        return Completion(text=text, num_tokens=len(text), finish_reason=FINISH_STOP, error="",
+                          prompt_tokens=len(question))
 
 
 class VLLMEngine:
@@ -114,12 +140,12 @@ class VLLMEngine:
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
-        _check_lengths(messages, seeds)
+        check_lengths(messages, seeds)
         out: list[list[Completion]] = [[error_completion(RuntimeError("not run"))] * len(s) for s in seeds]
         pending: dict[str, tuple[int, int]] = {}  # request id -> (prompt index, sample position)
         for i, (conv, prompt_seeds) in enumerate(zip(messages, seeds)):
             try:
-                token_ids = self._render(conv)
+                token_ids = render_prompt(self.tokenizer, conv)
             except Exception as err:
                 out[i] = [error_completion(err)] * len(prompt_seeds)
                 continue
@@ -138,17 +164,13 @@ class VLLMEngine:
             num_tokens = 0
             for res in results:
                 i, j = pending.pop(_external_id(res.request_id))
-                out[i][j] = _to_completion(res.outputs[0])
+                out[i][j] = _to_completion(res.outputs[0], len(res.prompt_token_ids))
                 num_tokens += out[i][j]["num_tokens"]
             logger.info("vLLM generated %d samples, %d tokens in %.1f s", len(results), num_tokens,
                         time.perf_counter() - start)
         for i, j in pending.values():
             out[i][j] = error_completion(RuntimeError("request finished without output"))
         return out
-
-    def _render(self, conv: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer.encode(text, add_special_tokens=False)
 
 
 def _external_id(request_id: str) -> str:
@@ -157,26 +179,42 @@ def _external_id(request_id: str) -> str:
     return request_id.split("-", 1)[0]
 
 
-def _to_completion(output) -> Completion:
+def _to_completion(output, prompt_tokens: int) -> Completion:
     """vLLM's ``CompletionOutput`` -> :class:`Completion` (an aborted request is an error)."""
     if output.finish_reason not in (None, FINISH_STOP, FINISH_LENGTH):
         return error_completion(RuntimeError(f"request finished with {output.finish_reason!r}"))
     return Completion(text=output.text, num_tokens=len(output.token_ids),
-                      finish_reason=output.finish_reason or FINISH_STOP, error="")
+                      finish_reason=output.finish_reason or FINISH_STOP, error="", prompt_tokens=prompt_tokens)
 
 
-def _check_lengths(messages: list[list[dict]], seeds: list[list[int]]) -> None:
+def check_lengths(messages: list[list[dict]], seeds: list[list[int]]) -> None:
     if len(messages) != len(seeds):
         raise ValueError(f"{len(messages)} prompts but {len(seeds)} seed lists")
 
 
-ENGINES: dict[str, Callable[[EngineConfig], Engine]] = {
-    "scripted": lambda cfg: ScriptedEngine(cfg.persona),
-    "vllm": VLLMEngine,
+def _openai_engine(cfg: EngineConfig, api_key: SecretStr | None) -> Engine:
+    from ray_distill.generation.openai_engine import OpenAIEngine
+
+    return OpenAIEngine(cfg, api_key if api_key is not None else resolve_api_key(cfg))
+
+
+def _hf_engine(cfg: EngineConfig, api_key: SecretStr | None) -> Engine:
+    from ray_distill.generation.hf_engine import HFEngine
+
+    return HFEngine(cfg)
+
+
+# kind -> builder(config, API key). The key is resolved by the driver (:func:`resolve_api_key`)
+# and handed over as a SecretStr, so engine actors need not inherit the driver's environment.
+ENGINES: dict[str, Callable[[EngineConfig, SecretStr | None], Engine]] = {
+    "scripted": lambda cfg, api_key: ScriptedEngine(cfg.persona),
+    "vllm": lambda cfg, api_key: VLLMEngine(cfg),
+    "openai": _openai_engine,
+    "hf": _hf_engine,
 }
 
 
-def build_engine(cfg: EngineConfig) -> Engine:
+def build_engine(cfg: EngineConfig, api_key: SecretStr | None = None) -> Engine:
     if cfg.kind not in ENGINES:
         raise ValueError(f"unknown engine kind {cfg.kind!r}; known: {sorted(ENGINES)}")
-    return ENGINES[cfg.kind](cfg)
+    return ENGINES[cfg.kind](cfg, api_key)

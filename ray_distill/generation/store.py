@@ -2,17 +2,18 @@
 
     store = GenerationStore("s3://bucket/generations")          # or a local path, memory://, ...
     df, counters = store.get_or_generate(question_rows, teacher_cfg, n=8)  # generates only what is missing
-    counters   # {'requested': 16, 'cached': 8, 'generated': 8, 'failed': 0}
+    counters   # {'requested': 16, 'cached': 8, 'generated': 8, 'failed': 0, 'completion_tokens': 1903, ...}
 
 Every sample is stored under a key: sha256 of (question text hash, teacher name, engine kind, model,
-persona, revision, sampling params except ``n``, prompt-template hash, sample index). A larger ``n``,
-a rerun or a crash restart therefore only generates what is missing.
+persona, revision, sampling params except ``n``, prompt-template hash, sample index; the API mode for
+``openai``). A larger ``n``, a rerun or a crash restart therefore only generates what is missing.
 
 Layout: ``<root>/<teacher>/part-<uuid>.parquet`` (successes, ``GENERATION_COLUMNS`` + ``generation_key``)
 and ``<root>/<teacher>/rejects/part-<uuid>.parquet`` (failed requests, kept for inspection and
 retried on the next call). Part files are written under a ``_tmp-`` name and then moved, and
 readers only read ``part-*.parquet``, so a crash never leaves a half-written part visible. Parts
-are flushed every ``flush_rows`` rows, so a crashed run keeps what it finished.
+are flushed every ``flush_rows`` rows, so a crashed run keeps what it finished. Parts written before
+a column was added read back with that column's default (:data:`STORED_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
 
 import fsspec
@@ -38,12 +40,16 @@ logger = logging.getLogger(__name__)
 KEY = "generation_key"  # content key of one stored sample
 PART_PREFIX, TMP_PREFIX, REJECTS_DIR = "part-", "_tmp-", "rejects"
 STORED_COLUMNS = [*C.GENERATION_COLUMNS, KEY]
+STORED_DEFAULTS = {C.PROMPT_TOKENS: -1}  # for parts written before the column existed (others: None)
 
 
 def teacher_fingerprint(teacher: TeacherConfig) -> dict:
-    """Everything about a teacher that changes its samples (``n`` does not: it only adds samples)."""
+    """Everything about a teacher that changes its samples. Not in it: ``n`` (it only adds samples),
+    ``base_url`` (where a model is served, not which model: a moved server keeps its samples; the
+    teacher name and model tell models apart), the API key and the transport settings (concurrency,
+    timeout, retries)."""
     e = teacher.engine
-    return {
+    fp = {
         "teacher": teacher.name,
         "kind": e.kind,
         "model": e.model,
@@ -52,6 +58,9 @@ def teacher_fingerprint(teacher: TeacherConfig) -> dict:
         "sampling": teacher.sampling.model_dump(exclude={"n"}),
         "prompt_template": PROMPT_TEMPLATE_HASH,
     }
+    if e.kind == "openai":  # chat messages vs a raw prompt are different requests
+        fp["api"] = e.api
+    return fp
 
 
 def generation_key(question: str, fingerprint: dict, sample_index: int) -> str:
@@ -86,7 +95,8 @@ class GenerationStore:
         for path in self.part_files(teacher_name, rejects):
             filters = [(KEY, "in", sorted(keys))] if keys is not None else None
             try:
-                frames.append(pq.read_table(path, filesystem=self.fs, filters=filters).to_pandas())
+                table = pq.read_table(path, filesystem=self.fs, filters=filters)
+                frames.append(_with_stored_columns(table.to_pandas()))
             except Exception as err:
                 raise RuntimeError(f"generation store part {path} is unreadable: {err}") from err
         if not frames:
@@ -109,29 +119,41 @@ class GenerationStore:
     ) -> tuple[pd.DataFrame, dict[str, int]]:
         """Samples ``0..n-1`` (default ``teacher.sampling.n``) of every question, generating only the
         missing ones. Returns one row per requested (question, sample index), in request order, with
-        ``STORED_COLUMNS``; rows whose request failed this time carry a non-empty ``error``. The
-        counters are row counts: requested = cached + generated + failed."""
+        ``STORED_COLUMNS``; rows whose request failed this time carry a non-empty ``error``. Counters
+        (:func:`generation_counters`): row counts (requested = cached + generated + failed) and the
+        prompts, tokens and wall time spent by this call, plus the tokens of the cached samples."""
         n = n or teacher.sampling.n
         requests = _request_frame(questions, teacher, n)
         cached = self.load(teacher.name, set(requests[KEY]))
         todo = requests[~requests[KEY].isin(cached[KEY])].drop_duplicates(KEY)
+        start = time.perf_counter()
         new_ok, new_bad = self._generate(todo, teacher)
+        wall_s = time.perf_counter() - start
 
         found = pd.concat([cached, new_ok, new_bad], ignore_index=True)[STORED_COLUMNS]
-        sample_cols = [KEY, C.TEACHER, C.SEED, C.COMPLETION, C.NUM_TOKENS, C.FINISH_REASON, C.ERROR]
+        sample_cols = [KEY, C.TEACHER, C.SEED, C.COMPLETION, C.NUM_TOKENS, C.FINISH_REASON, C.ERROR, C.PROMPT_TOKENS]
         # Question columns come from the request: a cached sample may have been generated for the
         # same text under another question id.
         out = requests.merge(found[sample_cols], on=KEY, how="left", validate="many_to_one")
         if out[C.COMPLETION].isna().any():
             raise RuntimeError(f"{int(out[C.COMPLETION].isna().sum())} requested samples are missing after generation")
-        counters = {
-            "requested": len(requests),
-            "cached": int(requests[KEY].isin(cached[KEY]).sum()),
-            "generated": int(requests[KEY].isin(new_ok[KEY]).sum()),
-            "failed": int(requests[KEY].isin(new_bad[KEY]).sum()),
-        }
+        counters = generation_counters(requests, cached, todo, new_ok, new_bad, wall_s)
         logger.info("generation store %s/%s: %s", self.root, teacher.name, counters)
-        return out[STORED_COLUMNS].astype({C.SEED: "int64", C.NUM_TOKENS: "int64"}), counters
+        return out[STORED_COLUMNS].astype({C.SEED: "int64", C.NUM_TOKENS: "int64", C.PROMPT_TOKENS: "int64"}), counters
+
+    def count_cached(self, questions: list[dict], teacher: TeacherConfig, n: int | None = None) -> int:
+        """How many of the samples ``get_or_generate(questions, teacher, n)`` asks for are stored (free)."""
+        requests = _request_frame(questions, teacher, n or teacher.sampling.n)
+        return int(requests[KEY].isin(self.load(teacher.name, set(requests[KEY]))[KEY]).sum())
+
+    def mean_completion_tokens(self, teacher: TeacherConfig) -> float | None:
+        """Mean completion length of the samples stored under this teacher's name (None when empty):
+        the length a dry run expects of new samples."""
+        total = count = 0
+        for path in self.part_files(teacher.name):
+            tokens = pq.read_table(path, filesystem=self.fs, columns=[C.NUM_TOKENS]).column(0).to_numpy()
+            total, count = total + int(tokens.sum()), count + len(tokens)
+        return total / count if count else None
 
     def _generate(self, todo: pd.DataFrame, teacher: TeacherConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Generate ``todo`` (one row per missing sample) and persist it in parts as it streams in."""
@@ -140,7 +162,11 @@ class GenerationStore:
             return empty, empty
         logger.info("generating %d missing samples for teacher %s", len(todo), teacher.name)
         ok, bad = [empty], [empty]
-        ds = generate_dataset(ray.data.from_pandas(todo), teacher)
+        # One block per engine batch: a block's output only streams out when the whole block is done, so
+        # a single big block would persist nothing before the end and keep every actor but one idle.
+        size = teacher.resources.batch_size
+        blocks = [todo.iloc[i: i + size] for i in range(0, len(todo), size)]
+        ds = generate_dataset(ray.data.from_pandas(blocks), teacher)
         for batch in ds.iter_batches(batch_size=self.flush_rows, batch_format="pandas"):
             failed = batch[C.ERROR] != ""
             if (~failed).any():
@@ -155,9 +181,45 @@ class GenerationStore:
         return new_ok, new_bad
 
 
+def generation_counters(requests: pd.DataFrame, cached: pd.DataFrame, todo: pd.DataFrame, new_ok: pd.DataFrame,
+                        new_bad: pd.DataFrame, wall_s: float) -> dict[str, int | float]:
+    """Per-teacher counters of one ``get_or_generate`` call. Row counts are per requested row; the
+    token counts are per stored sample (unknown counts, -1, are left out of the sums)."""
+    new = pd.concat([new_ok, new_bad], ignore_index=True)
+    completion_tokens = _known_sum(new[C.NUM_TOKENS])
+    return {
+        "requested": len(requests),
+        "cached": int(requests[KEY].isin(cached[KEY]).sum()),
+        "generated": int(requests[KEY].isin(new_ok[KEY]).sum()),
+        "failed": int(requests[KEY].isin(new_bad[KEY]).sum()),
+        "prompts": int(todo[C.QUESTION].nunique()),  # distinct prompts sent (each once per missing sample)
+        "prompt_tokens": _known_sum(new[C.PROMPT_TOKENS]),
+        "completion_tokens": completion_tokens,
+        "wall_s": round(wall_s, 3),
+        "completion_tokens_per_s": round(completion_tokens / wall_s, 1) if wall_s > 0 and len(new) else 0.0,
+        "cached_prompt_tokens": _known_sum(cached[C.PROMPT_TOKENS]),
+        "cached_completion_tokens": _known_sum(cached[C.NUM_TOKENS]),
+    }
+
+
+def _known_sum(tokens: pd.Series) -> int:
+    values = pd.to_numeric(tokens, errors="coerce")
+    return int(values[values >= 0].sum())
+
+
+def _with_stored_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every stored column; a column an older part lacks gets its default."""
+    for col in STORED_COLUMNS:
+        if col not in df.columns:
+            df[col] = STORED_DEFAULTS.get(col)
+    return df
+
+
 def _request_frame(questions: list[dict], teacher: TeacherConfig, n: int) -> pd.DataFrame:
     """One row per (question, sample index < n) with its content key."""
     qdf = pd.DataFrame(questions)
+    if C.TESTS not in qdf.columns:  # question rows without tests are math rows
+        qdf[C.TESTS] = ""
     missing = [c for c in C.QUESTION_COLUMNS if c not in qdf.columns]
     if missing:
         raise ValueError(f"questions need columns {missing}; got {list(qdf.columns)}")

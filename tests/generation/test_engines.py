@@ -17,7 +17,7 @@ def test_scripted_engine_one_completion_per_seed():
     assert [len(c) for c in out] == [2, 2]
     assert out[0][1]["text"] == write_solution("concise", "9+0-9", 2)
     assert out[1][0] == {"text": write_solution("concise", "max(1,5)", 3), "num_tokens": len(out[1][0]["text"]),
-                         "finish_reason": "stop", "error": ""}
+                         "finish_reason": "stop", "error": "", "prompt_tokens": len("max(1,5)")}
 
 
 def test_scripted_engine_bad_request_does_not_fail_batch():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ray_distill import columns as C
 from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
@@ -16,6 +17,10 @@ from ray_distill.synthetic.teachers import write_solution
 def _teacher(n: int = 2, **sampling) -> TeacherConfig:
     return TeacherConfig(name="concise", engine=EngineConfig(kind="scripted", persona="concise"),
                          sampling=SamplingConfig(n=n, **sampling))
+
+
+def _rows(counters: dict) -> dict:
+    return {k: counters[k] for k in ("requested", "cached", "generated", "failed")}
 
 
 def test_keys_ignore_n_but_not_sampling_or_teacher():
@@ -48,16 +53,22 @@ def test_second_call_is_cached_and_larger_n_generates_only_the_extra(ray_local, 
     questions = make_questions("arith", 6, 1, 3, seed=2)
 
     first, c1 = store.get_or_generate(questions, _teacher(n=2))
-    assert c1 == {"requested": 12, "cached": 0, "generated": 12, "failed": 0}
+    assert _rows(c1) == {"requested": 12, "cached": 0, "generated": 12, "failed": 0}
+    assert c1["prompts"] == 6 and c1["completion_tokens"] == first[C.NUM_TOKENS].sum() > 0
+    assert c1["prompt_tokens"] == sum(len(q[C.QUESTION]) * 2 for q in questions)  # scripted: a token per char
+    assert c1["wall_s"] > 0 and c1["cached_completion_tokens"] == 0
     assert list(first.columns) == STORED_COLUMNS and len(first) == 12
     assert all(r.completion == write_solution("concise", r.question, r.seed) for r in first.itertuples())
 
     again, c2 = store.get_or_generate(questions, _teacher(n=2))
-    assert c2 == {"requested": 12, "cached": 12, "generated": 0, "failed": 0}
+    assert _rows(c2) == {"requested": 12, "cached": 12, "generated": 0, "failed": 0}
+    assert c2["completion_tokens"] == c2["prompt_tokens"] == c2["prompts"] == 0
+    assert c2["cached_completion_tokens"] == c1["completion_tokens"]
+    assert c2["cached_prompt_tokens"] == c1["prompt_tokens"]
     pd.testing.assert_frame_equal(first, again)
 
     more, c3 = store.get_or_generate(questions, _teacher(n=2), n=4)
-    assert c3 == {"requested": 24, "cached": 12, "generated": 12, "failed": 0}
+    assert _rows(c3) == {"requested": 24, "cached": 12, "generated": 12, "failed": 0}
     assert set(more.groupby(C.QUESTION_ID)[C.SAMPLE_INDEX].apply(lambda s: tuple(sorted(s)))) == {(0, 1, 2, 3)}
     pd.testing.assert_frame_equal(more[more[C.SAMPLE_INDEX] < 2].reset_index(drop=True), first)
     assert not any(p.name.startswith("_tmp-") for p in (tmp_path / "gens" / "concise").iterdir())
@@ -69,9 +80,36 @@ def test_failed_requests_go_to_rejects_and_are_retried(ray_local, tmp_path):
     bad = {**good[0], C.QUESTION_ID: "bad", C.QUESTION: "what is love"}
 
     df, counters = store.get_or_generate([*good, bad], _teacher(n=1))
-    assert counters == {"requested": 3, "cached": 0, "generated": 2, "failed": 1}
+    assert _rows(counters) == {"requested": 3, "cached": 0, "generated": 2, "failed": 1}
     assert df[C.ERROR].ne("").tolist() == [False, False, True]
     assert store.load("concise", rejects=True)[C.QUESTION].tolist() == ["what is love"]
 
     _, again = store.get_or_generate([*good, bad], _teacher(n=1))
-    assert again == {"requested": 3, "cached": 2, "generated": 0, "failed": 1}
+    assert _rows(again) == {"requested": 3, "cached": 2, "generated": 0, "failed": 1}
+
+
+def _openai_teacher(**engine) -> TeacherConfig:
+    return TeacherConfig(name="api", engine=EngineConfig(**{"kind": "openai", "model": "m", "base_url": "http://a:1/v1",
+                                                            **engine}))
+
+
+def test_key_has_model_and_api_mode_but_not_endpoint_transport_or_key_name():
+    key = generation_key("1+2", teacher_fingerprint(_openai_teacher()), 0)
+    same = [dict(base_url="http://b:2/v1"), dict(api_key_env="OTHER_KEY"), dict(max_concurrency=2),
+            dict(request_timeout_s=5), dict(max_retries=0), dict(retry_backoff_s=3)]
+    assert {generation_key("1+2", teacher_fingerprint(_openai_teacher(**e)), 0) for e in same} == {key}
+    for changed in (dict(model="m2"), dict(api="completions"), dict(revision="v2")):
+        assert generation_key("1+2", teacher_fingerprint(_openai_teacher(**changed)), 0) != key
+
+
+def test_parts_without_a_newer_column_read_back_with_its_default(ray_local, tmp_path):
+    store = GenerationStore(str(tmp_path / "gens"))
+    questions = make_questions("arith", 3, 1, 2, seed=4)
+    first, _ = store.get_or_generate(questions, _teacher(n=1))
+    (part,) = store.part_files("concise")
+    pq.write_table(pq.read_table(part).drop_columns([C.PROMPT_TOKENS]), part)  # a part from before the column
+
+    again, counters = store.get_or_generate(questions, _teacher(n=1))
+    assert _rows(counters) == {"requested": 3, "cached": 3, "generated": 0, "failed": 0}
+    assert (again[C.PROMPT_TOKENS] == -1).all() and counters["cached_prompt_tokens"] == 0
+    pd.testing.assert_frame_equal(again.drop(columns=C.PROMPT_TOKENS), first.drop(columns=C.PROMPT_TOKENS))

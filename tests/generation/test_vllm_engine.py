@@ -23,6 +23,7 @@ def test_vllm_keeps_every_sample_and_is_seeded(ray_local, tiny_student_path):
     ok = df[df[C.QUESTION_ID] != "too-long"]
     assert (ok[C.ERROR] == "").all() and ok[C.FINISH_REASON].isin(["stop", "length"]).all()
     assert (ok[C.NUM_TOKENS] > 0).all() and (ok[C.NUM_TOKENS] <= 24).all()
+    assert (ok[C.PROMPT_TOKENS] == ok[C.QUESTION].str.len() + 1).all()  # "<question>=", a token per character
     assert all(r.seed == sample_seed(3, r.question_id, r.sample_index) for r in df.itertuples())
 
     # same seed -> same text (the duplicated question), different sample index -> different text
