@@ -1,8 +1,10 @@
 """SFT with Ray Train: ``train_sft(rows, base_model, output_path, cfg, storage_path, run_name)``.
 
-- :mod:`ray_distill.training.data` — encoding with assistant-only labels, length-bucketed batch
-  plans, collation, preflight (pure functions).
-- :mod:`ray_distill.training.loop` — the Ray Train worker loop (DDP, checkpoints, resume, export).
+- :mod:`ray_distill.training.data` — encoding with assistant-only labels, batch plans (length-bucketed
+  or shuffled), packing into rows, collation, preflight (pure functions).
+- :mod:`ray_distill.training.loop` — the Ray Train worker loop (DDP/FSDP, bf16, gradient accumulation
+  and checkpointing, step/epoch checkpoints, exact resume).
+- :mod:`ray_distill.training.checkpoint` — full-state checkpoints and ``save_pretrained`` export.
 - :mod:`ray_distill.training.sft` — the driver: :func:`train_sft` and :class:`TrainResult`.
 """
 

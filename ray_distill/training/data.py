@@ -1,9 +1,11 @@
 """SFT data preparation, pure functions (no Ray): encode chat rows into ``input_ids``/``labels``,
-plan length-bucketed batches shared by every data-parallel worker, collate, preflight.
+plan batches shared by every data-parallel worker, pack or pad them into rows, collate, preflight.
 
     ex = encode_example(tokenizer, row["messages"], max_seq_len=256)
-    plan = plan_batches([len(e["input_ids"]) for e in examples], batch_size=32, world_size=2, seed=0)
-    mine = [shard_of(batch, rank, world_size) for batch in plan]      # this worker's micro-batches
+    plan = plan_batches(lengths, batch_size=32, min_size=2, seed=0)            # one batch per optimiser step
+    for micro in micro_batches(plan[0], rank=0, world_size=2, accum_steps=1):  # this worker's share
+        rows = layout(lengths, micro, packing=True, capacity=256)             # several examples per row
+        inputs = collate([[examples[i] for i in row] for row in rows], pad_id=0)
 
 Labels are ``-100`` on every token that is not written by the assistant, so the loss covers the
 assistant's tokens and the end-of-turn token only.
@@ -11,6 +13,7 @@ assistant's tokens and the end-of-turn token only.
 
 from __future__ import annotations
 
+import heapq
 import random
 import re
 
@@ -66,57 +69,100 @@ def _render_with_prefix(tokenizer, messages: list[dict]) -> tuple[list[int], lis
 
 
 def plan_batches(
-    lengths: list[int], batch_size: int, world_size: int, seed: int, window: int = 50
+    lengths: list[int], batch_size: int, min_size: int, seed: int, window: int = 50, bucket: bool = True
 ) -> list[list[int]]:
-    """Global batches of example indices, grouped by length so that little padding is needed.
+    """Global batches of example indices (one optimiser step each), shuffled with ``seed``.
 
-    Indices are shuffled, sorted by length inside windows of ``window`` batches, cut into batches of
-    ``batch_size`` and the batch order shuffled again. Every index appears exactly once. A short
-    last batch with fewer than ``world_size`` examples is merged into the one before it, so every
-    worker gets at least one example per step.
+    With ``bucket``, indices are sorted by length inside windows of ``window`` batches before they are
+    cut into batches (little padding without packing); the batch order is shuffled again. Every index
+    appears exactly once. A short last batch with fewer than ``min_size`` examples (workers x
+    accumulation steps) is merged into another, so every micro-step of every worker gets an example.
     """
-    if len(lengths) < world_size:
-        raise ValueError(f"{len(lengths)} training examples cannot feed {world_size} workers")
+    if len(lengths) < min_size:
+        raise ValueError(f"{len(lengths)} training examples cannot feed {min_size} micro-batches (workers x grad_accum_steps)")
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    span = batch_size * window
+    span = batch_size * window if bucket else len(order)
     batches: list[list[int]] = []
     for start in range(0, len(order), span):
-        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        chunk = order[start : start + span]
+        if bucket:
+            chunk = sorted(chunk, key=lambda i: lengths[i])
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    short = [b for b in batches if len(b) < world_size]
-    batches = [b for b in batches if len(b) >= world_size]
+    short = [b for b in batches if len(b) < min_size]
+    batches = [b for b in batches if len(b) >= min_size]
     for b in short:  # at most one short batch per window; fold it into a full one
         batches[-1] = batches[-1] + b if batches else b
     rng.shuffle(batches)
     return batches
 
 
-def shard_of(batch: list[int], rank: int, world_size: int) -> list[int]:
-    """This worker's micro-batch of a global batch (strided, so lengths stay balanced)."""
-    return batch[rank::world_size]
+def micro_batches(batch: list[int], rank: int, world_size: int, accum_steps: int) -> list[list[int]]:
+    """This worker's ``accum_steps`` micro-batches of a global batch (strided, so lengths stay balanced)."""
+    mine = batch[rank::world_size]
+    return [mine[j::accum_steps] for j in range(accum_steps)]
 
 
-def non_pad_fraction(lengths: list[int], micro_batches: list[list[int]]) -> float:
-    """Real tokens / padded tokens when each micro-batch is padded to its longest sequence."""
-    real = sum(lengths[i] for mb in micro_batches for i in mb)
-    padded = sum(max(lengths[i] for i in mb) * len(mb) for mb in micro_batches if mb)
+def pack_rows(lengths: list[int], items: list[int], capacity: int) -> list[list[int]]:
+    """Split ``items`` (example indices) into the fewest rows of at most ``capacity`` tokens, with
+    near-equal row lengths (longest example first onto the shortest row), so a batch of rows padded to
+    its longest row is almost all real tokens."""
+    if any(lengths[i] > capacity for i in items):
+        raise ValueError(f"an example is longer than the packing capacity {capacity}")
+    order = sorted(items, key=lambda i: -lengths[i])
+    n = max(1, -(-sum(lengths[i] for i in items) // capacity))
+    while True:
+        heap = [(0, r) for r in range(n)]
+        rows: list[list[int]] = [[] for _ in range(n)]
+        for i in order:
+            load, r = heapq.heappop(heap)
+            rows[r].append(i)
+            heapq.heappush(heap, (load + lengths[i], r))
+        if max(load for load, _ in heap) <= capacity:
+            return [r for r in rows if r]
+        n += 1
+
+
+def layout(lengths: list[int], items: list[int], packing: bool, capacity: int) -> list[list[int]]:
+    """Rows of a micro-batch: packed (several examples per row) or one example per row."""
+    return pack_rows(lengths, items, capacity) if packing else [[i] for i in items]
+
+
+def padded_size(lengths: list[int], rows: list[list[int]]) -> int:
+    """Tokens of a batch of ``rows`` padded to its longest row."""
+    return len(rows) * max(sum(lengths[i] for i in row) for row in rows) if rows else 0
+
+
+def non_pad_fraction(lengths: list[int], batches_of_rows: list[list[list[int]]]) -> float:
+    """Real tokens / computed tokens when each batch of rows is padded to its longest row."""
+    real = sum(lengths[i] for rows in batches_of_rows for row in rows for i in row)
+    padded = sum(padded_size(lengths, rows) for rows in batches_of_rows)
     return real / padded if padded else 1.0
 
 
-def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch to its longest sequence; padded labels are ``-100``."""
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    attn = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[row, :n] = torch.tensor(e["input_ids"])
-        labels[row, :n] = torch.tensor(e["labels"])
-        attn[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+def collate(rows: list[list[dict]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Concatenate the examples of each row and right-pad the rows to the longest one.
+
+    ``position_ids`` restart at 0 for every example (and for the padding), which is how Hugging Face
+    models recognise packed sequences: attention stays inside each example (a block-diagonal causal
+    mask, or varlen flash attention). The first label of every example is ``-100`` (it would be
+    predicted from the previous example's last token); padding carries ``-100`` too.
+    """
+    width = max(sum(len(e["input_ids"]) for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for e in row:
+            n = len(e["input_ids"])
+            ids[r, at : at + n] = torch.tensor(e["input_ids"])
+            labels[r, at + 1 : at + n] = torch.tensor(e["labels"][1:])
+            positions[r, at : at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(width - at)  # the padding is a sequence of its own
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
 def supervised_count(example: dict) -> int:

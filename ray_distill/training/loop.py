@@ -1,24 +1,26 @@
-"""The Ray Train worker loop of SFT: DDP over the workers, length-bucketed batches sliced by rank,
-AdamW + warmup/cosine, per-epoch checkpoint and resume, rank-0 tracking and export.
+"""The Ray Train worker loop of SFT: DDP or FSDP over the workers, batches sliced by rank and split
+into gradient-accumulation micro-batches, packed (or length-bucketed) rows, AdamW + warmup/cosine,
+fp32 or bf16 autocast, checkpoints every epoch (and every K steps) with exact resume, rank-0 tracking
+and export.
 
 Every worker holds the full list of encoded examples and computes the same batch plan, then takes
-its slice of each global batch (``data.shard_of``). The loss is the mean cross-entropy over the
-supervised tokens of the whole *global* batch: each worker divides its token-loss sum by the global
-count and multiplies by the world size, and DDP's gradient averaging does the rest.
+its share of each global batch (``data.micro_batches``). The loss is the mean cross-entropy over the
+supervised tokens of the whole *global* batch: each worker divides every micro-batch's token-loss sum
+by the global count and multiplies by the world size; gradients add up over the accumulation steps
+and DDP/FSDP average them over the workers, which gives exactly that mean.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
-import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import ray
 import ray.train
 import torch
@@ -26,27 +28,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ray_distill.config import TrainConfig
-from ray_distill.data.fs import is_local, local_copy, put_dir
-from ray_distill.training.data import IGNORE, collate, non_pad_fraction, plan_batches, shard_of, supervised_count
+from ray_distill.data.fs import local_copy
+from ray_distill.training.checkpoint import LoopState, load_optimizer, load_state, save_checkpoint, save_model
+from ray_distill.training.data import IGNORE, collate, layout, micro_batches, padded_size, plan_batches, supervised_count
 
 logger = logging.getLogger(__name__)
-
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "train_state.json"
-
-
-# ---------------------------------------------------------------- export
-def save_model(model, tokenizer, url: str) -> None:
-    """``save_pretrained`` of weights, config and tokenizer (chat template included) to any URL."""
-    if is_local(url):
-        path = fsspec.core.url_to_fs(url)[1]
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="ray-distill-export-") as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        put_dir(tmp, url)
 
 
 # ---------------------------------------------------------------- optimisation
@@ -75,7 +61,8 @@ def build_optimizer(model, cfg: TrainConfig, total_steps: int):
 
 def token_loss_sum(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy over the supervised positions of a micro-batch."""
-    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    # use_cache=False: with a KV cache, Hugging Face models ignore the packed-sequence position_ids mask.
+    logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
     targets = inputs["labels"][:, 1:]
     return F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
@@ -90,84 +77,114 @@ def global_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-# ---------------------------------------------------------------- loop state
-@dataclass
-class LoopState:
-    epoch: int = 0  # epochs completed
-    global_step: int = 0
-    train_s: float = 0.0  # seconds spent in steps (excludes startup, checkpoints)
-    tokens: int = 0  # non-pad tokens seen, all workers
-    supervised_tokens: int = 0
-    initial_loss: float | None = None
-    first_step_unix: float | None = None
-    history: list[dict] = field(default_factory=list)
+def epoch_plan(lengths: list[int], cfg: TrainConfig, world: int, epoch: int) -> list[list[int]]:
+    """The global batches of one epoch, identical on every worker (and on every resume)."""
+    return plan_batches(lengths, cfg.batch_size, world * cfg.grad_accum_steps, seed=cfg.seed + epoch,
+                        bucket=not cfg.packing)
 
 
-def save_checkpoint(path: str, model, tokenizer, optimizer, scheduler, state: LoopState) -> None:
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    opt_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    torch.save(opt_state, os.path.join(path, OPTIMIZER_FILE))
-    with open(os.path.join(path, STATE_FILE), "w") as f:
-        json.dump(state.__dict__, f)
+# ---------------------------------------------------------------- parallelism
+def parallelize(model, cfg: TrainConfig, world: int):
+    """Gradient checkpointing, then DDP (Ray's ``prepare_model``) or FSDP2 ``fully_shard`` of every
+    decoder layer and the root; returns the wrapped model and its device."""
+    device = ray.train.torch.get_device()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.strategy == "ddp":
+        return ray.train.torch.prepare_model(model, parallel_strategy="ddp"), device
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model.to(device)
+    mesh = init_device_mesh(device.type, (world,))
+    for module in model.modules():
+        if type(module).__name__ in (model._no_split_modules or []):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model, device
 
 
-def load_state(path: str) -> LoopState:
-    with open(os.path.join(path, STATE_FILE)) as f:
-        state = LoopState(**json.load(f))
-    state.first_step_unix = None  # startup is timed per launch
-    return state
+@contextlib.contextmanager
+def gradient_sync(model, sync: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on all but the last accumulation micro-step."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync:
+        yield
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 # ---------------------------------------------------------------- the loop
 def train_loop_per_worker(config: dict) -> None:
     """Entry point run by every Ray Train worker; ``config`` is built by ``sft.train_sft``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from ray_distill.tracking import tracker_from_handle
 
     cfg = TrainConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    torch.manual_seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)
     examples = ray.get(config["examples"])
     lengths = [len(e["input_ids"]) for e in examples]
-    total_steps = len(plan_batches(lengths, cfg.batch_size, world, seed=cfg.seed)) * cfg.epochs
-    model, tokenizer, optimizer, scheduler, state = restore(config["base_model"], cfg, total_steps)
-    if state.epoch:
-        logger.info("rank %d resumed after epoch %d (step %d)", rank, state.epoch, state.global_step)
+    total_steps = len(epoch_plan(lengths, cfg, world, 0)) * (cfg.schedule_epochs or cfg.epochs)
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else local_copy(config["base_model"]) as model_dir:
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model, device = parallelize(base, cfg, world)
+        optimizer, scheduler = build_optimizer(model, cfg, total_steps)
+        state = LoopState()
+        if checkpoint:
+            load_optimizer(model_dir, model, optimizer, scheduler)
+            state = load_state(model_dir)
+            logger.info("rank %d resumed at epoch %d step %d", rank, state.epoch, state.global_step)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     tracker = tracker_from_handle(config["tracker_handle"] if rank == 0 else None)
-    run = EpochRunner(ray.train.torch.prepare_model(model), optimizer, scheduler, cfg, examples, rank, world,
-                      pad_id or 0, tracker, config.get("log_every", 10))
+    run = EpochRunner(model, optimizer, scheduler, cfg, examples, rank, world, pad_id or 0, tracker,
+                      device, config.get("log_every", 10))
+
+    def report(metrics: dict, name: str) -> None:
+        """Every worker reports (a barrier); rank 0 attaches the checkpoint ``name``."""
+        run.sync(state)
+        metrics = {**summary(state, metrics), **work_by_node(run.local_tokens)}
+        with tempfile.TemporaryDirectory(prefix="ray-distill-ckpt-") as tmp:
+            save_checkpoint(tmp, model, base, tokenizer, optimizer, scheduler, state, rank)
+            ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+
     if state.epoch >= cfg.epochs:  # resumed a finished run: nothing to train, report its figures again
-        ray.train.report(summary(state, {}))
+        ray.train.report({**summary(state, {}), **work_by_node(0)})
+    every = cfg.checkpoint_every_steps
     for epoch in range(state.epoch, cfg.epochs):
-        epoch_metrics = run.epoch(plan_batches(lengths, cfg.batch_size, world, seed=cfg.seed + epoch), state)
-        state.epoch = epoch + 1
+        plan = epoch_plan(lengths, cfg, world, epoch)
+        for _ in run.steps(plan[state.epoch_step :], state):
+            if every and state.global_step % every == 0 and state.epoch_step < len(plan):
+                report({}, f"step_{state.global_step:07d}")
+        run.sync(state)
+        epoch_metrics = {"train_loss": state.epoch_loss_sum / max(1, state.epoch_supervised),
+                         "non_pad_fraction": state.epoch_real / max(1, state.epoch_padded)}
         state.history.append(epoch_metrics)
-        report(state, epoch_metrics, model, tokenizer, optimizer, scheduler, rank)
+        state.epoch, state.epoch_step = epoch + 1, 0
+        state.epoch_loss_sum, state.epoch_supervised, state.epoch_real, state.epoch_padded = 0.0, 0, 0, 0
+        tracker.log_metrics({"train/epoch_loss": epoch_metrics["train_loss"],
+                             "train/non_pad_fraction": epoch_metrics["non_pad_fraction"]}, step=state.global_step)
+        report(epoch_metrics, f"epoch_{state.epoch:04d}")
+    save_model(model, base, tokenizer, config["output_path"], rank)
     if rank == 0:
-        save_model(model, tokenizer, config["output_path"])
         logger.info("exported student to %s", config["output_path"])
-
-
-def restore(base_model: str, cfg: TrainConfig, total_steps: int):
-    """Model, tokenizer, optimizer, scheduler and loop state: from Ray Train's latest checkpoint
-    when there is one (resume), else from the base model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    checkpoint = ray.train.get_checkpoint()
-    source = checkpoint.as_directory() if checkpoint else local_copy(base_model)
-    with source as model_dir:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        optimizer, scheduler = build_optimizer(model, cfg, total_steps)
-        if not checkpoint:
-            return model, tokenizer, optimizer, scheduler, LoopState()
-        opt = torch.load(os.path.join(model_dir, OPTIMIZER_FILE), weights_only=False)
-        optimizer.load_state_dict(opt["optimizer"])
-        scheduler.load_state_dict(opt["scheduler"])
-        return model, tokenizer, optimizer, scheduler, load_state(model_dir)
 
 
 def summary(state: LoopState, epoch_metrics: dict) -> dict:
@@ -181,26 +198,30 @@ def summary(state: LoopState, epoch_metrics: dict) -> dict:
         "tokens_per_s": state.tokens / state.train_s if state.train_s else 0.0,
         "train_s": state.train_s,
         "initial_loss": state.initial_loss,
+        "restarts": state.restarts,
+        "resumed_from_step": state.resumed_from_step,
         "first_step_unix": state.first_step_unix,
     }
 
 
-def report(state: LoopState, epoch_metrics: dict, model, tokenizer, optimizer, scheduler, rank: int) -> None:
-    """End of epoch: every worker reports; rank 0 attaches the checkpoint (``epoch_NNNN``)."""
-    metrics = summary(state, epoch_metrics)
-    with tempfile.TemporaryDirectory(prefix="ray-distill-ckpt-") as tmp:
-        checkpoint = None
-        if rank == 0:
-            save_checkpoint(tmp, model, tokenizer, optimizer, scheduler, state)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{state.epoch:04d}")
+def work_by_node(local_tokens: int) -> dict:
+    """Non-pad tokens each node's workers trained on in this launch (``{node_id: tokens}``)."""
+    mine = (ray.get_runtime_context().get_node_id(), local_tokens)
+    everyone = [mine]
+    if dist.is_available() and dist.is_initialized():
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+    work: dict[str, int] = {}
+    for node, tokens in everyone:
+        work[node] = work.get(node, 0) + tokens
+    return {"work_by_node": work, "num_nodes": len(work)}
 
 
 @dataclass
 class EpochRunner:
-    """Runs one epoch of steps over a batch plan; every rank computes identical global figures."""
+    """Runs optimiser steps over global batches; every rank computes identical global figures."""
 
-    model: torch.nn.Module  # DDP-wrapped when world > 1
+    model: torch.nn.Module  # DDP- or FSDP-wrapped when world > 1
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     cfg: TrainConfig
@@ -209,27 +230,31 @@ class EpochRunner:
     world: int
     pad_id: int
     tracker: Any  # ray_distill.tracking.Tracker
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     log_every: int = 10
+    local_tokens: int = 0  # non-pad tokens this worker trained on (this launch)
 
     def __post_init__(self) -> None:
         self.lengths = [len(e["input_ids"]) for e in self.examples]
         self.supervised = [supervised_count(e) for e in self.examples]
+        self._pending = [0.0, 0, 0]  # this rank's loss sum, real and padded tokens not yet in the state
 
-    def epoch(self, plan: list[list[int]], state: LoopState) -> dict:
+    def steps(self, batches: list[list[int]], state: LoopState) -> Iterator[None]:
+        """One optimiser step per global batch, updating ``state``; yields after each step."""
         self.model.train()
-        epoch_sum, epoch_sup, window_sum, window_sup = 0.0, 0, 0.0, 0
-        window_tokens, window_t = 0, 0.0
-        for batch in plan:
+        window_sum, window_sup, window_tokens, window_t = 0.0, 0, 0, 0.0
+        for batch in batches:
             t0 = time.perf_counter()
             if state.first_step_unix is None:
                 state.first_step_unix = time.time()
             loss_sum, sup, tokens = self.step(batch)
             dt = time.perf_counter() - t0
             state.global_step += 1
+            state.epoch_step += 1
             state.train_s += dt
             state.tokens += tokens
             state.supervised_tokens += sup
-            epoch_sum, epoch_sup = epoch_sum + loss_sum, epoch_sup + sup
+            state.epoch_supervised += sup
             window_sum, window_sup = window_sum + loss_sum, window_sup + sup
             window_tokens, window_t = window_tokens + tokens, window_t + dt
             if state.global_step == 1 or state.global_step % self.log_every == 0:
@@ -239,25 +264,41 @@ class EpochRunner:
                     state.initial_loss = loss
                 self.log_step(state.global_step, loss, window_tokens / window_t, state.supervised_tokens)
                 window_sum, window_sup, window_tokens, window_t = 0.0, 0, 0, 0.0
-        (total,) = global_sum([epoch_sum])
-        micro = [shard_of(b, r, self.world) for b in plan for r in range(self.world)]
-        return {"train_loss": total / max(1, epoch_sup), "non_pad_fraction": non_pad_fraction(self.lengths, micro)}
+            yield
 
     def step(self, batch: list[int]) -> tuple[float, int, int]:
-        """One optimiser step on a global batch; returns this rank's loss sum and the global
-        supervised and non-pad token counts of the batch."""
+        """One optimiser step on a global batch (``grad_accum_steps`` micro-steps per worker); returns
+        this rank's loss sum and the global supervised and non-pad token counts of the batch."""
         global_sup = sum(self.supervised[i] for i in batch)
-        global_tokens = sum(self.lengths[i] for i in batch)
-        mine = [self.examples[i] for i in shard_of(batch, self.rank, self.world)]
-        inputs = collate(mine, pad_id=self.pad_id)
-        loss_sum = token_loss_sum(self.model, inputs)
-        loss = loss_sum * self.world / max(1, global_sup)
+        scale = self.world / max(1, global_sup)
+        micros = micro_batches(batch, self.rank, self.world, self.cfg.grad_accum_steps)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = 0.0
+        for j, micro in enumerate(micros):
+            rows = layout(self.lengths, micro, self.cfg.packing, self.cfg.max_seq_len)
+            inputs = collate([[self.examples[i] for i in row] for row in rows], pad_id=self.pad_id)
+            with gradient_sync(self.model, sync=j == len(micros) - 1):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                    micro_loss = token_loss_sum(self.model, {k: v.to(self.device) for k, v in inputs.items()})
+                (micro_loss * scale).backward()
+            loss_sum += micro_loss.item()
+            real = sum(self.lengths[i] for i in micro)
+            self.local_tokens += real
+            self._pending[1] += real
+            self._pending[2] += padded_size(self.lengths, rows)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return loss_sum.item(), global_sup, global_tokens
+        self._pending[0] += loss_sum
+        return loss_sum, global_sup, sum(self.lengths[i] for i in batch)
+
+    def sync(self, state: LoopState) -> None:
+        """Add every rank's pending loss and token sums to the (rank-identical) state."""
+        loss_sum, real, padded = global_sum(self._pending)
+        state.epoch_loss_sum += loss_sum
+        state.epoch_real += int(real)
+        state.epoch_padded += int(padded)
+        self._pending = [0.0, 0, 0]
 
     def log_step(self, step: int, loss: float, tokens_per_s: float, supervised: int) -> None:
         lr = self.scheduler.get_last_lr()[0]

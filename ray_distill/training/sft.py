@@ -4,11 +4,13 @@
                        cfg=job.train, storage_path="s3://bucket/ray-train", run_name="sft-teacher-a")
 
 The driver encodes every row (``data.encode_example``), runs the preflight, puts the encoded
-examples in the object store and launches a ``TorchTrainer`` (DDP, gloo on CPU). The workers
-(``loop.train_loop_per_worker``) checkpoint every epoch under ``<storage_path>/<run_name>`` and
-resume from there when the same ``(storage_path, run_name)`` is run again on the same inputs (the
-run name gets a fingerprint of examples, recipe and base model, so a changed corpus starts fresh); rank 0 exports the final
-model with ``save_pretrained`` to ``output_path``. Ray must already be initialised.
+examples in the object store and launches a ``TorchTrainer`` (DDP or FSDP; gloo on CPU, NCCL on
+GPU). The workers (``loop.train_loop_per_worker``) checkpoint every epoch (and every
+``checkpoint_every_steps``) under ``<storage_path>/<run_name>``, keeping ``keep_checkpoints``; a failed
+worker group is restarted from the latest checkpoint up to ``max_failures`` times, and rerunning the
+same ``(storage_path, run_name)`` on the same inputs resumes too (the run name gets a fingerprint of
+examples, recipe and base model, so a changed corpus starts fresh). Rank 0 exports the final model with
+``save_pretrained`` to ``output_path``; the driver logs it to MLflow. Ray must already be initialised.
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ import time
 from dataclasses import dataclass
 
 import ray
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ray_distill.columns import MESSAGES
 from ray_distill.config import TrainConfig
 from ray_distill.training.data import encode_example, preflight, supervised_count
-from ray_distill.data.fs import absolute, local_copy
+from ray_distill.data.fs import absolute, is_local, local_copy
 from ray_distill.training.loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
+
+# Settings that change how a run is kept, not what it computes: changing them resumes the same run.
+OPERATIONAL = {"keep_checkpoints", "max_failures", "checkpoint_every_steps"}
 
 
 @dataclass
@@ -74,11 +79,13 @@ def train_sft(
         run_config=RunConfig(
             name=run_name,
             storage_path=absolute(storage_path),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
         ),
     )
     result = trainer.fit()
     metrics = final_metrics(result.metrics, figures, t0)
+    log_student(tracker, output_path)
     logger.info(
         "trained %s: loss %.4f (initial %.4f), %d steps, %.0f tokens/s, startup %.1fs, %.1fs total",
         run_name, metrics["train_loss"], metrics["initial_loss"], metrics["steps"], metrics["tokens_per_s"],
@@ -115,14 +122,22 @@ def encode_rows(rows: list[dict], base_model: str, max_seq_len: int) -> tuple[li
 
 
 def fingerprint(examples: list[dict], cfg: TrainConfig, base_model: str) -> str:
-    """Short content hash of the training inputs (examples, recipe, base model). ``epochs`` is left
-    out on purpose: rerunning with more epochs continues the same run."""
-    recipe = cfg.model_dump(mode="json", exclude={"epochs"})
+    """Short content hash of the training inputs (examples, recipe, base model). ``epochs`` and the
+    ``OPERATIONAL`` settings are left out on purpose: rerunning with more epochs continues the same run."""
+    recipe = cfg.model_dump(mode="json", exclude={"epochs", *OPERATIONAL})
     h = hashlib.sha1(json.dumps([recipe, base_model], sort_keys=True).encode())
     for e in examples:
         h.update(bytes(str(e["input_ids"]), "ascii"))
         h.update(bytes(str(e["labels"]), "ascii"))
     return h.hexdigest()[:10]
+
+
+def log_student(tracker, output_path: str) -> None:
+    """The final student as an MLflow artifact (``student/``); a non-local one by its URL only."""
+    if is_local(output_path):
+        tracker.log_artifact(absolute(output_path), "student")
+    else:
+        tracker.set_tags({"student_uri": output_path})
 
 
 def final_metrics(reported: dict, figures: dict, t0: float) -> dict:

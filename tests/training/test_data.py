@@ -12,10 +12,12 @@ from ray_distill.training.data import (
     collate,
     encode_example,
     has_generation_markers,
+    layout,
+    micro_batches,
     non_pad_fraction,
+    pack_rows,
     plan_batches,
     preflight,
-    shard_of,
 )
 
 CONV = [{"role": "user", "content": "3+4"}, {"role": "assistant", "content": "<think>3+4=7</think>\\boxed{7}"}]
@@ -75,23 +77,57 @@ def test_preflight_reports_and_raises(tok):
 
 def test_plan_covers_every_example_once_and_buckets_by_length():
     lengths = [5 + (i * 7) % 40 for i in range(203)]
-    plan = plan_batches(lengths, batch_size=16, world_size=2, seed=1, window=4)
+    plan = plan_batches(lengths, batch_size=16, min_size=2, seed=1, window=4)
     flat = sorted(i for b in plan for i in b)
     assert flat == list(range(203))
     assert all(len(b) >= 2 for b in plan)
-    micro = [shard_of(b, r, 2) for b in plan for r in range(2)]
+    micro = [mb for b in plan for r in range(2) for mb in micro_batches(b, r, 2, accum_steps=1)]
     assert sorted(i for mb in micro for i in mb) == list(range(203))
-    random_plan = [list(range(i, min(i + 8, 203))) for i in range(0, 203, 8)]
-    assert non_pad_fraction(lengths, micro) > non_pad_fraction(lengths, random_plan) + 0.2
-    assert plan != plan_batches(lengths, batch_size=16, world_size=2, seed=2, window=4)
-    with pytest.raises(ValueError):
-        plan_batches([3], batch_size=4, world_size=2, seed=0)
+    padded = [layout(lengths, mb, packing=False, capacity=64) for mb in micro]
+    random_plan = [[[j] for j in range(i, min(i + 8, 203))] for i in range(0, 203, 8)]
+    assert non_pad_fraction(lengths, padded) > non_pad_fraction(lengths, random_plan) + 0.2
+    assert plan != plan_batches(lengths, batch_size=16, min_size=2, seed=2, window=4)
+    with pytest.raises(ValueError, match="cannot feed 2 micro-batches"):
+        plan_batches([3], batch_size=4, min_size=2, seed=0)
+
+
+def test_plan_without_bucketing_and_micro_batches_for_accumulation():
+    lengths = [5 + (i * 7) % 40 for i in range(101)]
+    plan = plan_batches(lengths, batch_size=16, min_size=4, seed=1, bucket=False)
+    assert sorted(i for b in plan for i in b) == list(range(101)) and all(len(b) >= 4 for b in plan)
+    batch = plan[0]
+    parts = [micro_batches(batch, r, 2, accum_steps=2) for r in range(2)]
+    assert all(len(p) == 2 and all(p) for p in parts)  # every rank, every micro-step has examples
+    assert sorted(i for p in parts for mb in p for i in mb) == sorted(batch)
+
+
+def test_pack_rows_fills_rows_without_overflow():
+    lengths = [5 + (i * 7) % 40 for i in range(64)]
+    rows = pack_rows(lengths, list(range(64)), capacity=128)
+    assert sorted(i for r in rows for i in r) == list(range(64))
+    loads = [sum(lengths[i] for i in r) for r in rows]
+    assert max(loads) <= 128 and len(rows) == -(-sum(lengths) // 128)  # the fewest rows possible here
+    assert non_pad_fraction(lengths, [rows]) > 0.97
+    assert pack_rows(lengths, [3], capacity=128) == [[3]]
+    with pytest.raises(ValueError, match="longer than the packing capacity"):
+        pack_rows([200], [0], capacity=128)
 
 
 def test_collate_pads_right_and_ignores_padding():
     a = {"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}
     b = {"input_ids": [8], "labels": [8]}
-    out = collate([a, b], pad_id=0)
+    out = collate([[a], [b]], pad_id=0)
     assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert out["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
-    assert out["attention_mask"].sum().item() == 4 and out["input_ids"].dtype == torch.long
+    assert out["labels"].tolist() == [[IGNORE, 6, 7], [IGNORE, IGNORE, IGNORE]]
+    assert out["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]  # the padding restarts its own positions
+    assert out["input_ids"].dtype == torch.long
+
+
+def test_collate_packs_examples_with_restarting_positions():
+    a = {"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}
+    b = {"input_ids": [8, 9], "labels": [8, 9]}
+    out = collate([[a, b], [b]], pad_id=0)
+    assert out["input_ids"].tolist() == [[5, 6, 7, 8, 9], [8, 9, 0, 0, 0]]
+    # b's first label would be predicted from a's last token: masked, as in an unpacked row
+    assert out["labels"].tolist() == [[IGNORE, 6, 7, IGNORE, 9], [IGNORE, 9, IGNORE, IGNORE, IGNORE]]
+    assert out["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]

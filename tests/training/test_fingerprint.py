@@ -21,3 +21,10 @@ def test_changed_corpus_recipe_or_base_starts_fresh():
     assert fingerprint([{"input_ids": [1, 2, 3], "labels": [-100, -100, 3]}], TrainConfig(), "/m") != base
     assert fingerprint(EX, TrainConfig(lr=1e-4), "/m") != base
     assert fingerprint(EX, TrainConfig(), "/other") != base
+
+
+def test_operational_settings_continue_the_same_run():
+    base = fingerprint(EX, TrainConfig(), "/m")
+    changed = TrainConfig(keep_checkpoints=5, max_failures=3, checkpoint_every_steps=50)
+    assert fingerprint(EX, changed, "/m") == base
+    assert fingerprint(EX, TrainConfig(packing=True), "/m") != base  # a different batch composition

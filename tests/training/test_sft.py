@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from ray_distill.config import TrainConfig
 from ray_distill.synthetic.tasks import base_corpus
 from ray_distill.training import train_sft
+
+
+VLLM_GENERATE = """
+import json, sys
+from vllm import LLM, SamplingParams
+llm = LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=128, seed=0)
+prompt = llm.get_tokenizer().apply_chat_template([{"role": "user", "content": "3+4"}], tokenize=False)
+out = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=24))[0].outputs[0]
+print(json.dumps({"prompt": prompt, "text": out.text, "tokens": len(out.token_ids)}))
+"""
 
 
 def epoch_dirs(root) -> list[str]:
@@ -21,7 +34,7 @@ def trained(ray_local, tiny_student_path, tmp_path_factory):
     from ray_distill.tracking import MLflowTracker
 
     root = tmp_path_factory.mktemp("sft")
-    tracker = MLflowTracker.create(f"sqlite:///{root}/mlflow.db", "test-sft", "sft")
+    tracker = MLflowTracker.create(f"sqlite:///{root}/mlflow.db", "test-sft", "sft", artifact_location=str(root / "mlartifacts"))
     cfg = TrainConfig(num_workers=2, epochs=2, batch_size=16, lr=3e-3, max_seq_len=64)
     result = train_sft(
         base_corpus(200, seed=1), tiny_student_path, str(root / "student"), cfg,
@@ -63,6 +76,22 @@ def test_checkpoint_under_storage_and_tracked_metrics(trained):
     losses = tracker.client.get_metric_history(tracker.run_id, "train/loss")
     assert [x.step for x in losses][:2] == [1, 10] and losses[0].value > losses[-1].value
     assert tracker.client.get_run(tracker.run_id).data.metrics["train/preflight_supervised_fraction"] > 0.5
+    assert [x.step for x in tracker.client.get_metric_history(tracker.run_id, "train/non_pad_fraction")] == [13, 26]
+    logged = {os.path.basename(a.path) for a in tracker.client.list_artifacts(tracker.run_id, "student")}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= logged
+
+
+@pytest.mark.slow
+def test_export_generates_with_vllm_on_cpu(trained):
+    """The exported directory is all vLLM needs: weights, config, tokenizer and chat template."""
+    result, _, _, _ = trained
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    proc = subprocess.run([sys.executable, "-c", VLLM_GENERATE, result.model_path], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["prompt"] == "3+4=" and out["tokens"] > 0 and out["text"]
 
 
 def test_rerun_resumes_from_the_last_checkpoint(trained, tiny_student_path):
