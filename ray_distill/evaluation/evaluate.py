@@ -1,14 +1,21 @@
-"""avg@k evaluation of a student served by vLLM, with confidence intervals, over several suites.
+"""Evaluation of a student served by vLLM over several suites: avg@k, pass@1, pass@k (unbiased
+estimator), a 95% CI, mean response length.
 
     scores = evaluate_suites("/ckpt/student", {"arith": arith_rows, "max": max_rows}, k=4,
                              temperature=0.7, max_tokens=128)
-    scores["arith"]["avg_at_k"], scores["arith"]["ci_low"], scores["arith"]["ci_high"]
+    scores["arith"]["avg_at_k"], scores["arith"]["pass_at_k"], scores["arith"]["mean_length"]
 
 - :func:`sample_student`: k samples per question through the same Ray Data actor adapter as the
   teachers (``generation.actor.generate_dataset``), one pass and one engine start for all questions.
-- :func:`grade_samples`: the one grader (``curation.graders.grade``) on every sample.
-- :func:`avg_at_k`: pure; pass@1 averaged over k samples, pass@k, a 95% CI over questions.
+- :func:`grade_samples`: the one grading entry point (``curation.graders.grade_row``: math by
+  reference answer, code by running the question's ``tests`` in the sandbox) on every sample; a failed
+  generation (non-empty ``error``) is graded incorrect, never dropped.
+- :func:`avg_at_k`: pure; avg@k, pass@1 and pass@k (Chen et al. 2021), a 95% CI over questions.
 - :func:`evaluate_suites`: all suites in one engine pass, then split by suite.
+
+Suites are question rows from any source (``SuiteConfig``: a jsonl/parquet file on any fsspec URL or
+a synthetic family); extra columns (e.g. a code question's tests) travel with every sample to the
+grader.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ import logging
 import math
 import time
 
+import numpy as np
 import pandas as pd
 import ray.data
 
 from ray_distill import columns as C
-from ray_distill.config import EngineConfig, ResourcesConfig, SamplingConfig, TeacherConfig
-from ray_distill.curation.graders import grade
+from ray_distill.config import EngineConfig, SamplingConfig, StudentServingConfig, TeacherConfig
+from ray_distill.curation.graders import grade_row
 from ray_distill.generation.actor import generate_dataset
 
 logger = logging.getLogger(__name__)
@@ -32,10 +40,11 @@ R_GENERATION_ERROR = "generation_error"
 Z_95 = 1.959963984540054
 
 
-def student_engine_config(model_path: str, resources: ResourcesConfig) -> EngineConfig:
+def student_engine_config(model_path: str, serving: StudentServingConfig) -> EngineConfig:
     """The student as a vLLM 'teacher' (float32 on CPU actors, the checkpoint's dtype on GPUs)."""
-    dtype = "float32" if resources.num_gpus == 0 else "auto"
-    return EngineConfig(kind="vllm", model=model_path, dtype=dtype, enforce_eager=True)
+    gpu = serving.resources.num_gpus > 0
+    return EngineConfig(kind="vllm", model=model_path, dtype="auto" if gpu else "float32", enforce_eager=not gpu,
+                        tensor_parallel_size=serving.tensor_parallel_size, max_model_len=serving.max_model_len)
 
 
 def sample_student(
@@ -45,17 +54,17 @@ def sample_student(
     temperature: float,
     max_tokens: int,
     seed: int = 0,
-    resources: ResourcesConfig | None = None,
+    serving: StudentServingConfig | None = None,
 ) -> pd.DataFrame:
     """``k`` samples per question (``GENERATION_COLUMNS`` + any extra question columns)."""
     if not questions:
         raise ValueError("sample_student needs at least one question")
-    resources = resources or ResourcesConfig()
+    serving = serving or StudentServingConfig()
     student = TeacherConfig(
         name="student",
-        engine=student_engine_config(model_path, resources),
+        engine=student_engine_config(model_path, serving),
         sampling=SamplingConfig(n=k, temperature=temperature, max_tokens=max_tokens, seed=seed),
-        resources=resources,
+        resources=serving.resources,
     )
     start = time.perf_counter()
     df = generate_dataset(ray.data.from_pandas(pd.DataFrame(questions)), student).to_pandas()
@@ -68,39 +77,76 @@ def sample_student(
 
 
 def grade_samples(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``df`` with CORRECT / FORMAT_OK / PREDICTED / REASON from ``graders.grade``."""
-    verdicts = [grade(str(text), str(ref)) for text, ref in zip(df[C.COMPLETION], df[C.ANSWER])]
+    """A copy of ``df`` with CORRECT / FORMAT_OK / PREDICTED / REASON from ``graders.grade_row``.
+
+    A row whose generation failed (non-empty ``error``) is incorrect with reason
+    ``generation_error``: it stays in the table and counts against the student."""
+    failed = _failed(df)
+    tests = df[C.TESTS].fillna("") if C.TESTS in df.columns else [""] * len(df)  # code questions carry tests
+    verdicts = [None if err else grade_row(str(text), str(ref), str(t))
+                for text, ref, t, err in zip(df[C.COMPLETION].fillna(""), df[C.ANSWER].fillna(""), tests, failed)]
     out = df.copy()
-    out[C.CORRECT] = [v.correct for v in verdicts]
-    out[C.FORMAT_OK] = [v.format_ok for v in verdicts]
-    out[C.PREDICTED] = [v.predicted for v in verdicts]
-    out[C.REASON] = [R_GENERATION_ERROR if err else v.reason for v, err in zip(verdicts, df[C.ERROR])]
+    out[C.CORRECT] = [bool(v and v.correct) for v in verdicts]
+    out[C.FORMAT_OK] = [bool(v and v.format_ok) for v in verdicts]
+    out[C.PREDICTED] = [v.predicted if v else "" for v in verdicts]
+    out[C.REASON] = [v.reason if v else R_GENERATION_ERROR for v in verdicts]
     return out
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one question with ``c`` correct among ``n`` samples (Chen et al. 2021):
+    ``1 - C(n-c, k) / C(n, k)``, the chance that k samples drawn without replacement hold a correct one."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
 def avg_at_k(df: pd.DataFrame) -> dict:
-    """avg@k (pass@1 averaged over the k samples of each question, then over questions), pass@k,
-    and a 95% normal-approximation CI of the mean of per-question pass rates (zero width for a
-    single question or identical rates). Every question must have the same number of samples."""
+    """Scores of graded samples (k per question; failed generations count as incorrect):
+
+    - ``avg_at_k``: pass@1 averaged over the k samples of each question, then over questions, with a
+      95% normal-approximation CI (``ci_low``/``ci_high``) of that mean (zero width for one question);
+    - ``pass_at_1`` (equal to ``avg_at_k``) and ``pass_at_k`` (k = samples per question), each the
+      mean over questions of the unbiased per-question estimator :func:`pass_at_k`;
+    - ``mean_length``: mean completion tokens of the successful generations, ``tokens`` their sum;
+      ``n_errors``: the failed ones.
+
+    Every question must have the same number of samples (rows lost or duplicated are refused)."""
     if df.empty:
         raise ValueError("avg_at_k needs at least one graded sample")
-    per_q = df.groupby(C.QUESTION_ID)[C.CORRECT].agg(["mean", "max", "size"])
+    if df[C.CORRECT].isna().any():
+        raise ValueError(f"avg_at_k: {int(df[C.CORRECT].isna().sum())} samples have no '{C.CORRECT}' verdict")
+    failed = _failed(df)
+    correct = df[C.CORRECT].astype(bool) & ~failed
+    per_q = correct.groupby(df[C.QUESTION_ID]).agg(["sum", "size"])
     sizes = sorted(per_q["size"].unique())
     if len(sizes) != 1:
         raise ValueError(f"questions have unequal sample counts {sizes}: rows were lost or duplicated")
-    rates = per_q["mean"].astype(float)
+    k = int(sizes[0])
+    rates = per_q["sum"] / k
     n_q = len(rates)
     mean = float(rates.mean())
     half = Z_95 * float(rates.std(ddof=1)) / math.sqrt(n_q) if n_q > 1 else 0.0
+    lengths = df.loc[~failed, C.NUM_TOKENS]
     return {
         "avg_at_k": mean,
-        "pass_at_k": float(per_q["max"].astype(float).mean()),
+        "pass_at_1": float(np.mean([pass_at_k(k, int(c), 1) for c in per_q["sum"]])),
+        "pass_at_k": float(np.mean([pass_at_k(k, int(c), k) for c in per_q["sum"]])),
         "ci_low": max(0.0, mean - half),
         "ci_high": min(1.0, mean + half),
         "n_questions": n_q,
-        "k": int(sizes[0]),
-        "mean_length": float(df[C.NUM_TOKENS].mean()),
+        "k": k,
+        "mean_length": float(lengths.mean()) if len(lengths) else float("nan"),
+        "tokens": int(lengths.sum()),
+        "n_errors": int(failed.sum()),
     }
+
+
+def _failed(df: pd.DataFrame) -> pd.Series:
+    """True where the generation of a sample failed (a table without ``error`` has no failures)."""
+    if C.ERROR not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df[C.ERROR].fillna("").astype(str) != ""
 
 
 def evaluate_suites(
@@ -110,16 +156,17 @@ def evaluate_suites(
     temperature: float,
     max_tokens: int,
     seed: int = 0,
-    resources: ResourcesConfig | None = None,
+    serving: StudentServingConfig | None = None,
 ) -> dict[str, dict]:
     """``{suite: avg_at_k(...)}`` for every suite, sampled in one engine pass."""
     empty = [name for name, rows in suites.items() if not rows]
     if empty:
         raise ValueError(f"evaluation suites without questions: {empty}")
     rows = [{**q, SUITE: name} for name, qs in suites.items() for q in qs]
-    graded = grade_samples(sample_student(rows, model_path, k, temperature, max_tokens, seed, resources))
+    graded = grade_samples(sample_student(rows, model_path, k, temperature, max_tokens, seed, serving))
     scores = {name: avg_at_k(graded[graded[SUITE] == name]) for name in suites}
     for name, s in scores.items():
-        logger.info("eval %s: avg@%d %.3f [%.3f, %.3f] over %d questions", name, s["k"], s["avg_at_k"],
-                    s["ci_low"], s["ci_high"], s["n_questions"])
+        logger.info("eval %s: avg@%d %.3f [%.3f, %.3f], pass@%d %.3f, mean length %.1f over %d questions",
+                    name, s["k"], s["avg_at_k"], s["ci_low"], s["ci_high"], s["k"], s["pass_at_k"], s["mean_length"],
+                    s["n_questions"])
     return scores

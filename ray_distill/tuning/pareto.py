@@ -18,7 +18,9 @@ def pareto_front(df: pd.DataFrame, score: str = "score", cost: str = "corpus_row
     return df.loc[front].sort_values(cost)
 
 
-def plot_front(df: pd.DataFrame, front: pd.DataFrame, score: str = "score", cost: str = "corpus_rows"):
+def plot_front(df: pd.DataFrame, front: pd.DataFrame, score: str = "score", cost: str = "corpus_rows",
+               baseline: float | None = None):
+    """Trials and their front; ``baseline`` (the base student's score) as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,6 +29,8 @@ def plot_front(df: pd.DataFrame, front: pd.DataFrame, score: str = "score", cost
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(df[cost], df[score], label="trials", alpha=0.6)
     ax.plot(front[cost], front[score], "r-o", label="Pareto front")
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", label="base student")
     ax.set_xlabel(f"{cost} (data budget)")
     ax.set_ylabel(f"{score} (in-domain avg@k)")
     ax.set_title("Student score vs corpus size")

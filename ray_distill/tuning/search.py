@@ -3,29 +3,38 @@
     ray-distill tune jobs/quickstart_tune.yaml
 
 The driver prepares everything that does not depend on the budget once — base student, questions,
-student pass rates, teacher generations (from the store: nothing is regenerated), verdicts — then
-every trial is curation (compress → cap questions → select P) → SFT (Ray Train inside the trial)
-→ evaluation (vLLM), logged as a nested MLflow run. The result is the trial table, the Pareto front
-of score vs corpus size, and the best configuration written out as a job YAML.
+student pass rates, the teacher samples of every question a trial may keep (read from the
+generation store; generated only with ``tune.top_up``), verdicts, the base student's scores — then
+Tune runs the trials (``tuning.trial``: curation → SFT inside the trial → evaluation), searched on a
+grid or by Optuna, with ASHA stopping poor trials early on epochs. Every trial is a nested MLflow run,
+a failing one included (status FAILED, error logged); the search goes on. The result is the trial
+table, the Pareto front of score vs corpus size, the best configuration written out as a job YAML,
+and ``search/teacher_tokens_generated`` (0 when the store already covered the search).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import yaml
 
 from ray_distill import columns as C
-from ray_distill.config import JobConfig, apply_override, config_from_dict
+from ray_distill.config import ConfigError, JobConfig, TeacherConfig
 from ray_distill.data.fs import absolute, join, write_text
+from ray_distill.generation.store import KEY, STORED_COLUMNS, GenerationStore, generation_key, teacher_fingerprint
 from ray_distill.progress import StageRunner
-from ray_distill.tracking import Tracker, TrackerHandle
+from ray_distill.tracking import MLflowTracker, Tracker, TrackerHandle
 from ray_distill.tuning.pareto import pareto_front, plot_front
+from ray_distill.tuning.space import (TEACHER, best_job_tree, candidate_questions, check_space, choices,
+                                      param_space, teacher_names)
+from ray_distill.tuning.trial import EPOCHS, RUN_ID, suite_means, trial
 
 logger = logging.getLogger(__name__)
+
+TRIAL_METRICS = ["score", "pass_at_k", "mean_length", "ood_score", "corpus_rows", "corpus_questions", "corpus_tokens"]
 
 
 @dataclass
@@ -35,19 +44,21 @@ class SearchResult:
     best_score: float
     best_job_path: str
     front: pd.DataFrame
+    counters: dict = field(default_factory=dict)  # search/teacher_tokens_generated, ...
+    baseline: dict = field(default_factory=dict)  # the base student's scores (before training)
 
 
 def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchResult:
     from ray_distill import pipeline as P
-    from ray_distill.generation.store import GenerationStore
+    from ray_distill.evaluation.evaluate import evaluate_suites
     from ray_distill.runtime import init_ray
     from ray_distill.students import prepare_student
 
+    check_space(cfg)
+    if not any(s.domain == "in_domain" for s in cfg.eval.suites):
+        raise ConfigError("eval.suites: the search scores trials on in-domain suites; none is configured")
     init_ray(cfg)
     store = GenerationStore(join(cfg.storage, "generations"))
-    space = cfg.tune.search_space
-    teachers = [t for t in cfg.teachers if t.name in space.get("teacher", [cfg.teachers[0].name])]
-    m_max = max([cfg.selection.samples_per_question, *space.get("selection.samples_per_question", [])])
 
     with runner.stage("student") as (t, rec):
         base = prepare_student(cfg, t)
@@ -57,18 +68,66 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
     with runner.stage("pass_rates", rows_in=len(pool)) as (t, rec):
         rates = P.student_pass_rates(cfg, pool, base)
         rec.notes["mean_pass_rate"] = float(rates[C.PASS_RATE].mean())
-    graded = {}
-    for teacher in teachers:
-        with runner.stage(f"generate/{teacher.name}", rows_in=len(pool)) as (t, rec):
-            gen = P.generate(store, pool, P._with_n(teacher, m_max), t)
-            graded[teacher.name] = P.verify(cfg, gen, base)
-            rec.rows_out = len(graded[teacher.name])
+    candidates = candidate_questions(cfg, pool, rates)
+    m_max = max(choices(cfg, "selection.samples_per_question"))
+    all_names = [t.name for t in cfg.teachers]
+    names = {n for c in cfg.tune.search_space.get(TEACHER, [None]) for n in teacher_names(c, all_names)}
+    graded, counters = {}, {"search/teacher_rows_generated": 0, "search/teacher_tokens_generated": 0}
+    for teacher in (t for t in cfg.teachers if t.name in names):
+        with runner.stage(f"samples/{teacher.name}", rows_in=len(candidates) * m_max) as (t, rec):
+            samples, new = teacher_samples(store, candidates, teacher, m_max, cfg.tune.top_up)
+            counters["search/teacher_rows_generated"] += len(new)
+            counters["search/teacher_tokens_generated"] += int(new[C.NUM_TOKENS].sum())
+            counters[f"search/store_coverage/{teacher.name}"] = len(samples) / max(1, len(candidates) * m_max)
+            graded[teacher.name] = P.verify(cfg, samples, base)
+            rec.rows_out = len(samples)
+    tracker.log_metrics(counters)
+    logger.info("teacher tokens generated for the search: %d", counters["search/teacher_tokens_generated"])
+    with runner.stage("evaluate_base") as (t, rec):
+        e = cfg.eval
+        scores = evaluate_suites(base, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, serving=cfg.student.serving)
+        baseline = suite_means(cfg, scores)
+        t.log_metrics({f"before/{k}": v for k, v in baseline.items()})
+        rec.notes["score"] = baseline["score"]
     work = join(absolute(cfg.run_dir), "tune")
     inputs = save_inputs(work, pool, rates, graded, suites)
     with runner.stage("search") as (t, rec):
         trials = run_tuner(cfg, base, inputs, t.handle(), work)
         rec.rows_out = len(trials)
-    return summarise(cfg, trials, tracker, work)
+        rec.notes["failed_trials"] = int((trials["status"] == "failed").sum())
+    return summarise(cfg, trials, tracker, counters, baseline)
+
+
+def teacher_samples(store: GenerationStore, questions: list[dict], teacher: TeacherConfig, m: int,
+                    top_up: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(samples 0..m-1 of every question that the store holds — after generating the missing ones
+    when ``top_up`` —, the rows generated now). Without ``top_up`` nothing is generated: a question
+    uses what the store holds, and a teacher the store holds nothing of is a configuration error."""
+    held = stored_samples(store, questions, teacher, m)
+    if top_up and len(held) < len(questions) * m:
+        samples, _ = store.get_or_generate(questions, teacher, n=m)
+        samples = samples[samples[C.ERROR] == ""]
+        return samples, samples[~samples[KEY].isin(held[KEY])]
+    if held.empty:
+        raise ConfigError(f"tune: the generation store {store.root} holds no samples of teacher {teacher.name!r} "
+                          "for the questions this search may keep; run the job first or set tune.top_up: true")
+    if len(held) < len(questions) * m:
+        logger.warning("store holds %d of %d samples of %s (M=%d): trials use what is there (tune.top_up: false)",
+                       len(held), len(questions) * m, teacher.name, m)
+    return held, held.head(0)
+
+
+def stored_samples(store: GenerationStore, questions: list[dict], teacher: TeacherConfig, m: int) -> pd.DataFrame:
+    """Samples 0..m-1 of ``questions`` that the store holds (question columns from ``questions``,
+    as ``get_or_generate`` returns them), in request order; generates nothing."""
+    fp = teacher_fingerprint(teacher)
+    req = pd.DataFrame([{**{c: q[c] for c in C.QUESTION_COLUMNS}, C.SAMPLE_INDEX: i,
+                         KEY: generation_key(q[C.QUESTION], fp, i)} for q in questions for i in range(m)],
+                       columns=[*C.QUESTION_COLUMNS, C.SAMPLE_INDEX, KEY])
+    held = store.load(teacher.name, set(req[KEY]))
+    sample_cols = [KEY, *(c for c in STORED_COLUMNS if c not in req.columns)]
+    out = req.merge(held[sample_cols], on=KEY, how="inner", validate="many_to_one")
+    return out[STORED_COLUMNS].astype({C.SEED: "int64", C.NUM_TOKENS: "int64"}).reset_index(drop=True)
 
 
 def save_inputs(work: str, pool, rates, graded, suites) -> dict[str, str]:
@@ -85,119 +144,80 @@ def save_inputs(work: str, pool, rates, graded, suites) -> dict[str, str]:
 
 
 def run_tuner(cfg: JobConfig, base: str, inputs: dict, handle: TrackerHandle | None, work: str) -> pd.DataFrame:
+    """Run the trials; one row per trial (params, status, epochs reached, last reported figures, error).
+    Closes the MLflow runs of trials that ASHA stopped (their process ends without closing them)."""
     from ray import tune
 
-    space = {k: tune.grid_search(v) for k, v in cfg.tune.search_space.items()} if cfg.tune.search == "grid" else \
-        {k: tune.choice(v) for k, v in cfg.tune.search_space.items()}
-    tune_cfg = tune.TuneConfig(metric=cfg.tune.metric, mode="max", max_concurrent_trials=cfg.tune.max_concurrent_trials,
-                               num_samples=cfg.tune.num_samples if cfg.tune.search == "optuna" else 1)
-    if cfg.tune.search == "optuna":
+    t = cfg.tune
+    tune_cfg = tune.TuneConfig(metric=t.metric, mode="max", max_concurrent_trials=t.max_concurrent_trials,
+                               num_samples=t.num_samples if t.search == "optuna" else 1)
+    if t.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        tune_cfg.search_alg = OptunaSearch(seed=cfg.seed)
+        tune_cfg.search_alg = OptunaSearch(points_to_evaluate=t.points_to_evaluate or None, seed=cfg.seed)
+    if t.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        tune_cfg.scheduler = ASHAScheduler(time_attr=EPOCHS, max_t=cfg.train.epochs, grace_period=t.grace_period,
+                                           reduction_factor=t.reduction_factor)
     trainable = tune.with_parameters(trial, job=cfg.model_dump(mode="json"), base=base, inputs=inputs, handle=handle)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"CPU": 1}),
-        param_space=space,
+        tune.with_resources(trainable, t.trial_resources),
+        param_space=param_space(t),
         tune_config=tune_cfg,
-        run_config=tune.RunConfig(name="search", storage_path=work, failure_config=tune.FailureConfig(max_failures=0),
-                                  verbose=1),
+        run_config=tune.RunConfig(name="search", storage_path=work, verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=t.max_failures)),
     )
-    grid = tuner.fit()
-    rows = []
-    for r in grid:
-        row = {k: r.config.get(k) for k in cfg.tune.search_space}
-        row.update({k: r.metrics.get(k) for k in ("score", "ood_score", "corpus_rows", "corpus_questions", "corpus_tokens")})
-        row["error"] = str(r.error).splitlines()[0] if r.error else ""
-        rows.append(row)
+    rows = [trial_row(cfg, r) for r in tuner.fit()]
+    for row in rows:
+        run_id = row.pop(RUN_ID)
+        if handle and run_id and row["status"] != "failed":
+            close_run(handle.tracking_uri, run_id, row[EPOCHS], row["status"])
     return pd.DataFrame(rows)
 
 
-def trial(config: dict, job: dict, base: str, inputs: dict, handle: TrackerHandle | None) -> dict:
-    """One data budget: curate from stored verdicts → SFT → evaluate; reports score and corpus size."""
-    from ray import tune
-
-    from ray_distill import pipeline as P
-    from ray_distill.curation.compression import compress
-    from ray_distill.curation.selection import select_diverse
-    from ray_distill.data.corpus import to_chat_row
-    from ray_distill.tracking import MLflowTracker, NullTracker
-    from ray_distill.training.sft import train_sft
-    from transformers import AutoTokenizer
-
-    tree = dict(job)
-    for key, value in config.items():
-        if key != "teacher":
-            apply_override(tree, key.split("."), value)
-    cfg = config_from_dict(tree, source="tune trial")
-    teacher = config.get("teacher", cfg.teachers[0].name)
-    name = "trial-" + "-".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in config.items())
-    tracker = (MLflowTracker.create(handle.tracking_uri, cfg.tracking.experiment, name, {"ray_distill.trial": name},
-                                    parent_run_id=handle.run_id) if handle else NullTracker())
-    try:
-        pool = pd.read_parquet(inputs["pool"]).to_dict("records")
-        rates = pd.read_parquet(inputs["rates"])
-        graded = pd.read_parquet(inputs[f"graded/{teacher}"])
-        with open(inputs["suites"]) as f:
-            suites = yaml.safe_load(f)
-        c = cfg.compression
-        kept = compress(pool, rates, c.max_pass_rate, c.min_pass_rate, c.replay_fraction, seed=cfg.seed)[0] \
-            if c.enabled else pool
-        kept = kept[: cfg.selection.max_questions] if cfg.selection.max_questions else kept
-        ids = {q[C.QUESTION_ID] for q in kept}
-        m = cfg.selection.samples_per_question
-        pick = graded[graded[C.QUESTION_ID].isin(ids) & (graded[C.SAMPLE_INDEX] < m) & P._ok(graded)]
-        tok = AutoTokenizer.from_pretrained(base)
-        tokenize = lambda text: tok(text)["input_ids"]  # noqa: E731
-        parts = [select_diverse(g, cfg.selection.keep_per_question, cfg.selection.seed, tokenize)
-                 for _, g in pick.groupby(C.QUESTION_ID, sort=True)]
-        selected = pd.concat(parts) if parts else pick.head(0)
-        corpus = [to_chat_row(r) for r in selected.to_dict("records")]
-        tokens = int(sum(len(tokenize(r[C.COMPLETION])) for r in selected.to_dict("records")))
-        tracker.log_params({**config, "teacher": teacher})
-        tracker.log_metrics({"corpus_rows": len(corpus), "corpus_questions": len(ids), "corpus_tokens": tokens})
-        result = train_sft(corpus, base, join(cfg.run_dir, "tune", "students", name), cfg.train,
-                           storage_path=join(absolute(cfg.run_dir), "ray_train"), run_name=name,
-                           tracker_handle=tracker.handle())
-        scores = P.evaluate(cfg, result.model_path, suites, tracker, prefix="after")
-        ood = [s.name for s in cfg.eval.suites if s.domain == "ood"]
-        metrics = {"score": P.in_domain_score(cfg, scores),
-                   "ood_score": P._mean_score({n: scores[n] for n in ood}) if ood else float("nan"),
-                   "corpus_rows": len(corpus), "corpus_questions": int(selected[C.QUESTION_ID].nunique()) if len(selected) else 0,
-                   "corpus_tokens": tokens}
-        tracker.log_metrics(metrics)
-        tracker.end()
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tune.report(metrics)
-    return metrics
+def trial_row(cfg: JobConfig, result) -> dict:
+    metrics = result.metrics or {}
+    row = {"trial_id": metrics.get("trial_id", ""), **{k: result.config.get(k) for k in cfg.tune.search_space}}
+    row.update({k: metrics.get(k, float("nan")) for k in TRIAL_METRICS})
+    row[EPOCHS] = int(metrics.get(EPOCHS, 0))
+    row["status"] = "failed" if result.error else ("stopped_early" if row[EPOCHS] < cfg.train.epochs else "finished")
+    row["error"] = str(result.error).strip().splitlines()[0] if result.error else ""
+    row[RUN_ID] = metrics.get(RUN_ID, "")
+    return row
 
 
-def summarise(cfg: JobConfig, trials: pd.DataFrame, tracker: Tracker, work: str) -> SearchResult:
-    ok = trials[trials["error"] == ""].dropna(subset=["score"])
+def close_run(tracking_uri: str, run_id: str, epochs: int, status: str) -> None:
+    """Record the epochs a trial reached and its status, and mark its run FINISHED (Tune ends a
+    trial's process at its last report, ASHA also between rungs, before the trial closes its run)."""
+    run = MLflowTracker(tracking_uri, run_id)
+    run.set_tags({"ray_distill.trial_status": status})
+    run.log_metrics({"epochs_reached": epochs, "stopped_early": float(status == "stopped_early")})
+    if run.client.get_run(run_id).info.status == "RUNNING":
+        run.end()
+
+
+def summarise(cfg: JobConfig, trials: pd.DataFrame, tracker: Tracker, counters: dict, baseline: dict) -> SearchResult:
+    ok = trials[trials["status"] != "failed"].dropna(subset=["score"])
+    tracker.log_table(trials, "trials.json")
+    status = trials["status"].value_counts()
+    tracker.log_metrics({"search/trials": len(trials), "search/failed_trials": int(status.get("failed", 0)),
+                         "search/stopped_early": int(status.get("stopped_early", 0))})
     if ok.empty:
-        raise RuntimeError(f"every trial failed; first error: {trials['error'].iloc[0] if len(trials) else 'no trials'}")
+        first = trials["error"].iloc[0] if len(trials) else "no trials"
+        raise RuntimeError(f"every trial failed; first error: {first}")
     best = ok.sort_values(["score", "corpus_rows"], ascending=[False, True]).iloc[0]
     best_config = {k: _py(best[k]) for k in cfg.tune.search_space}
-    tree = cfg.model_dump(mode="json")
-    for key, value in best_config.items():
-        if key != "teacher":
-            apply_override(tree, key.split("."), value)
-    if "teacher" in best_config:
-        tree["teachers"] = [t for t in tree["teachers"] if t["name"] == best_config["teacher"]]
-        tree["smoke_test"]["enabled"] = False
-    tree.pop("tune", None)
     best_path = join(cfg.run_dir, "best_job.yaml")
-    write_text(best_path, yaml.safe_dump(tree, sort_keys=False))
+    write_text(best_path, yaml.safe_dump(best_job_tree(cfg, best_config), sort_keys=False))
     front = pareto_front(ok, score="score", cost="corpus_rows")
-    tracker.log_table(trials, "trials.json")
     tracker.log_table(front, "pareto_front.json")
-    tracker.log_figure(plot_front(ok, front, score="score", cost="corpus_rows"), "pareto_front.png")
+    tracker.log_figure(plot_front(ok, front, score="score", cost="corpus_rows", baseline=baseline.get("score")),
+                       "pareto_front.png")
     tracker.log_metrics({"best_score": float(best["score"]), "best_corpus_rows": float(best["corpus_rows"])})
     if "://" not in best_path:
         tracker.log_artifact(best_path)
-    return SearchResult(trials, best_config, float(best["score"]), best_path, front)
+    return SearchResult(trials, best_config, float(best["score"]), best_path, front, counters, baseline)
 
 
 def _py(v):

@@ -1,0 +1,143 @@
+"""One trial of the data-budget search: curation on stored verdicts → SFT (Ray Train inside the
+trial) → evaluation (vLLM), reported to Tune after every rung of epochs so ASHA can stop it early.
+
+- :func:`curate`: pure; compress → M samples → cap questions → farthest-P, plus the corpus figures.
+- :func:`trial`: the Tune function trainable. Each rung resumes the same Ray Train run (same
+  ``(storage_path, run_name)``, see ``training.sft``) for more epochs, evaluates, and calls
+  ``tune.report``; a stopped trial simply gets no further rung. The trial's nested MLflow run gets
+  its params, corpus figures and scores per rung (step = epochs); a failing trial marks its run
+  FAILED with the error and re-raises, so Tune records it and the search goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+
+import pandas as pd
+import yaml
+
+from ray_distill import columns as C
+from ray_distill.config import JobConfig
+from ray_distill.curation.compression import compress
+from ray_distill.curation.selection import select_diverse
+from ray_distill.data.corpus import to_chat_row
+from ray_distill.data.fs import absolute, join
+from ray_distill.tracking import MLflowTracker, NullTracker, Tracker, TrackerHandle
+from ray_distill.tuning.space import TEACHER, rungs, teacher_names, trial_config, trial_name
+
+logger = logging.getLogger(__name__)
+
+RUN_ID = "mlflow_run_id"  # reported to Tune so the driver can close the run of a trial ASHA stopped
+EPOCHS = "epochs"  # ASHA's time attribute
+
+
+def curate(cfg: JobConfig, pool: list[dict], rates: pd.DataFrame, graded: pd.DataFrame,
+           tokenize: Callable[[str], list[int]]) -> tuple[pd.DataFrame, dict]:
+    """The trial's corpus rows from graded teacher samples, and its figures.
+
+    Questions are kept by the pass-rate band, then those with at least one verified-correct sample
+    among the first M (``selection.samples_per_question``; the store may hold fewer) count toward
+    ``selection.max_questions``, in pool order; per question the P farthest-apart trajectories stay."""
+    c, s = cfg.compression, cfg.selection
+    kept = compress(pool, rates, c.max_pass_rate, c.min_pass_rate, c.replay_fraction, seed=cfg.seed)[0] \
+        if c.enabled else pool
+    qid = graded[C.QUESTION_ID].astype(str)
+    ok = graded[C.FORMAT_OK].astype(bool) & graded[C.CORRECT].astype(bool)
+    in_band = qid.isin({str(q[C.QUESTION_ID]) for q in kept})
+    candidates = graded[in_band & (graded[C.SAMPLE_INDEX] < s.samples_per_question)]
+    usable = set(qid[candidates.index][ok[candidates.index]])
+    questions = [str(q[C.QUESTION_ID]) for q in kept if str(q[C.QUESTION_ID]) in usable][: s.max_questions]
+    pick = candidates[qid[candidates.index].isin(questions)]
+    parts = [select_diverse(g, s.keep_per_question, s.seed, tokenize)
+             for _, g in pick.groupby(C.QUESTION_ID, sort=True)]
+    selected = pd.concat(parts, ignore_index=True) if parts else pick.head(0)
+    figures = {
+        "kept_questions": len(kept),
+        "candidate_samples": len(candidates),
+        "corpus_rows": len(selected),
+        "corpus_questions": len(questions),
+        "corpus_tokens": int(sum(len(tokenize(t)) for t in selected[C.COMPLETION])),
+    }
+    return selected, figures
+
+
+def suite_means(cfg: JobConfig, scores: dict[str, dict]) -> dict[str, float]:
+    """Tune metrics of one evaluation: ``score`` (mean in-domain avg@k, the default objective),
+    ``pass_at_k``, ``mean_length``, ``ood_score``, and every suite's figures as ``<suite>/<name>``."""
+    domain = {s.name: s.domain for s in cfg.eval.suites}
+
+    def mean(key: str, dom: str) -> float:
+        vals = [m[key] for name, m in scores.items() if domain.get(name) == dom]
+        return float(sum(vals) / len(vals)) if vals else float("nan")
+
+    out = {"score": mean("avg_at_k", "in_domain"), "pass_at_k": mean("pass_at_k", "in_domain"),
+           "mean_length": mean("mean_length", "in_domain"), "ood_score": mean("avg_at_k", "ood")}
+    out.update({f"{name}/{k}": float(v) for name, m in scores.items() for k, v in m.items()})
+    return out
+
+
+def trial(params: dict, job: dict, base: str, inputs: dict, handle: TrackerHandle | None) -> None:
+    """Tune function trainable (see the module docstring); ``inputs`` are the driver's saved tables."""
+    from ray import tune
+
+    name = trial_name(params, tune.get_context().get_trial_id())
+    tracker = nested_run(handle, name) if handle else NullTracker()
+    try:
+        tracker.log_params(params)
+        cfg = trial_config(job, params)
+        for epochs, metrics in run_rungs(cfg, params, base, inputs, name, tracker):
+            tracker.log_metrics(metrics, step=epochs)
+            tune.report({**metrics, RUN_ID: tracker.run_id or ""})
+    except Exception as err:
+        tracker.set_tags({"error": f"{type(err).__name__}: {str(err).strip()[:400]}"})
+        tracker.log_dict({"error": str(err), "traceback": traceback.format_exc()}, "error.json")
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+
+
+def nested_run(parent: TrackerHandle, name: str) -> MLflowTracker:
+    """A run nested under ``parent``, in the parent's experiment. Not ``Tracker.child``: a trial that
+    Tune ends after its last report never leaves a context manager (the driver closes its run)."""
+    p = MLflowTracker(parent.tracking_uri, parent.run_id)
+    experiment = p.client.get_experiment(p.experiment_id).name
+    return MLflowTracker.create(parent.tracking_uri, experiment, name, {"ray_distill.trial": name},
+                                parent_run_id=parent.run_id)
+
+
+def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, tracker: Tracker):
+    """Curate once, then per rung: train up to that many epochs (resuming), evaluate; yields
+    ``(epochs, metrics)``."""
+    from transformers import AutoTokenizer
+
+    from ray_distill.evaluation.evaluate import evaluate_suites
+    from ray_distill.training.sft import train_sft
+
+    teachers = teacher_names(params.get(TEACHER), [t.name for t in cfg.teachers])
+    pool = pd.read_parquet(inputs["pool"]).to_dict("records")
+    rates = pd.read_parquet(inputs["rates"])
+    graded = pd.concat([pd.read_parquet(inputs[f"graded/{t}"]) for t in teachers], ignore_index=True)
+    with open(inputs["suites"]) as f:
+        suites = yaml.safe_load(f)
+    tok = AutoTokenizer.from_pretrained(base)
+    selected, figures = curate(cfg, pool, rates, graded, lambda text: tok(text)["input_ids"])
+    tracker.log_params({"teachers": "+".join(teachers)})
+    tracker.log_metrics(figures)
+    if selected.empty:
+        raise ValueError(f"trial {name}: the curated corpus is empty ({figures})")
+    corpus = [to_chat_row(r) for r in selected.to_dict("records")]
+    t = cfg.tune
+    schedule = [cfg.train.epochs] if t.scheduler == "none" else rungs(cfg.train.epochs, t.grace_period,
+                                                                      t.reduction_factor)
+    e = cfg.eval
+    for epochs in schedule:
+        result = train_sft(corpus, base, join(cfg.run_dir, "tune", "students", name),
+                           cfg.train.model_copy(update={"epochs": epochs, "schedule_epochs": schedule[-1]}),
+                           storage_path=join(absolute(cfg.run_dir), "ray_train"), run_name=name,
+                           tracker_handle=tracker.handle())
+        scores = evaluate_suites(result.model_path, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed,
+                                 serving=cfg.student.serving)
+        yield epochs, {**figures, **suite_means(cfg, scores), EPOCHS: epochs,
+                       "train_loss": float(result.metrics.get("train_loss", float("nan")))}

@@ -1,0 +1,97 @@
+"""The data-budget search for real at tiny size: Optuna + ASHA over Ray Tune, Ray Train SFT inside each
+trial, vLLM evaluation, MLflow nested runs; one trial fails on purpose and the search goes on; the
+store already holds every sample, so the search generates no teacher token."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from ray_distill.config import config_from_dict, load_config
+from ray_distill.data.fs import join
+from ray_distill.data.sources import load_source
+from ray_distill.generation.store import GenerationStore
+from ray_distill.progress import StageRunner
+from ray_distill.tracking import start_tracker
+from ray_distill.tuning.search import run_search, stored_samples, teacher_samples
+
+TEACHER = {"name": "concise", "engine": {"kind": "scripted", "persona": "concise"},
+           "sampling": {"temperature": 0.8, "max_tokens": 64}}
+
+
+def _job(storage, student: str, **tune) -> dict:
+    return {
+        "name": "tiny-tune", "storage": str(storage),
+        "questions": {"synthetic": {"family": "arith", "num_questions": 24, "min_difficulty": 1, "max_difficulty": 2,
+                                    "seed": 3}},
+        "teachers": [TEACHER],
+        "student": {"model": student},
+        "compression": {"k": 1, "max_pass_rate": 0.5, "max_tokens": 8},
+        "selection": {"samples_per_question": 2, "keep_per_question": 1},
+        "train": {"num_workers": 1, "epochs": 2, "batch_size": 8, "max_seq_len": 64},
+        "eval": {"k": 2, "temperature": 1.0, "max_tokens": 8, "suites": [
+            {"name": "arith", "synthetic": {"family": "arith", "num_questions": 6, "max_difficulty": 2, "seed": 7}},
+            {"name": "max", "domain": "ood", "synthetic": {"family": "max", "num_questions": 4, "seed": 8}}]},
+        "tune": tune,
+    }
+
+
+def test_store_lookup_and_top_up(ray_local, tmp_path):
+    cfg = config_from_dict(_job(tmp_path, "unused"))
+    pool = load_source(cfg.questions)[0][:5]
+    store = GenerationStore(join(cfg.storage, "generations"))
+    teacher = cfg.teachers[0]
+    store.get_or_generate(pool, teacher, n=1)
+    held = stored_samples(store, pool, teacher, 2)
+    assert len(held) == 5 and set(held["sample_index"]) == {0}
+    samples, new = teacher_samples(store, pool, teacher, 2, top_up=False)  # capped at what is stored
+    assert len(samples) == 5 and new.empty
+    samples, new = teacher_samples(store, pool, teacher, 2, top_up=True)  # generates sample 1 only
+    assert len(samples) == 10 and len(new) == 5 and set(new["sample_index"]) == {1}
+    assert int(new["num_tokens"].sum()) > 0
+
+
+@pytest.mark.slow
+def test_optuna_asha_search_records_a_failing_trial(ray_local, tiny_student_path, tmp_path):
+    space = {"selection.keep_per_question": [1, 2], "compression.min_pass_rate": [0.0, 0.9]}
+    # Two trials keep the test near 3 minutes on 2 CPUs (each rung of a trial restarts Ray Train and vLLM).
+    points = [{"selection.keep_per_question": 1, "compression.min_pass_rate": 0.9},  # band 0.9..0.5: fails
+              {"selection.keep_per_question": 2, "compression.min_pass_rate": 0.0}]
+    cfg = config_from_dict(_job(tmp_path, tiny_student_path, search="optuna", scheduler="asha", num_samples=2,
+                                grace_period=1, reduction_factor=2, search_space=space, points_to_evaluate=points))
+    # The store already holds M=2 samples of every question: the search must not generate any.
+    store = GenerationStore(join(cfg.storage, "generations"))
+    store.get_or_generate(load_source(cfg.questions)[0], cfg.teachers[0], n=2)
+    tracker = start_tracker(True, None, "tune-test", cfg.storage, run_name="search")
+
+    result = run_search(cfg, tracker, StageRunner(tracker))
+    tracker.end()
+
+    trials = result.trials
+    assert len(trials) == 2
+    failed = trials[trials["status"] == "failed"]
+    assert len(failed) == 1 and failed["compression.min_pass_rate"].iloc[0] == 0.9 and failed["error"].iloc[0]
+    ok = trials[trials["status"] != "failed"]
+    assert ok["epochs"].tolist() == [2] and ok["status"].tolist() == ["finished"]  # both rungs ran
+    assert (ok["corpus_rows"] > 0).all() and (ok["corpus_tokens"] > 0).all()
+    assert ok["score"].between(0, 1).all() and (ok["pass_at_k"] >= ok["score"]).all()
+    assert result.counters["search/teacher_tokens_generated"] == 0
+    assert load_config(result.best_job_path).selection.keep_per_question in (1, 2)
+
+    client = MlflowClient(tracker.tracking_uri)
+    parent = client.get_run(tracker.run_id)
+    assert parent.data.metrics["search/teacher_tokens_generated"] == 0
+    assert parent.data.metrics["search/failed_trials"] == 1
+    runs = client.search_runs([parent.info.experiment_id], max_results=200)
+    nested = [r for r in runs if r.info.run_name.startswith("trial-")]
+    assert len(nested) == 2 and all(r.info.status != "RUNNING" for r in nested)
+    (bad,) = [r for r in nested if r.info.status == "FAILED"]
+    assert "ValueError" in bad.data.tags["error"] and bad.data.params["compression.min_pass_rate"] == "0.9"
+    for run in (r for r in nested if r.info.status == "FINISHED"):
+        m = run.data.metrics
+        assert {"corpus_rows", "corpus_tokens", "score", "pass_at_k", "mean_length", "epochs_reached"} <= set(m)
+        assert run.data.params["selection.keep_per_question"] in ("1", "2")
+        history = client.get_metric_history(run.info.run_id, "score")
+        assert [h.step for h in history] == list(range(1, int(m["epochs_reached"]) + 1))  # one score per rung
+    assert isinstance(result.front, pd.DataFrame) and len(result.front) >= 1
