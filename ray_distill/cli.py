@@ -2,6 +2,7 @@
 
     ray-distill run jobs/quickstart.yaml train.epochs=2      # the whole DED job
     ray-distill tune jobs/quickstart_tune.yaml               # data-budget search with Ray Tune
+    ray-distill ablate jobs/ablation.yaml                    # the paper's ablation in miniature
     ray-distill validate jobs/quickstart.yaml                # load + validate a job file only
     ray-distill submit jobs/quickstart.yaml --address http://HEAD:8265 --env HF_TOKEN   # on a cluster
 
@@ -53,11 +54,12 @@ def _load(job: str, overrides: list[str] | None) -> JobConfig:
 @contextlib.contextmanager
 def _failing(tracker, verbose: bool):
     """Mark the MLflow run FAILED on any error; data errors end with one line (--verbose: traceback)."""
+    from ray_distill.accounting import BudgetExceeded
     from ray_distill.data.questions import DataError
 
     try:
         yield
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, BudgetExceeded) as err:
         tracker.end("FAILED")
         if verbose:
             raise
@@ -75,11 +77,18 @@ def validate(job: JobFile, overrides: Overrides = None) -> None:
     out.print_json(cfg.model_dump_json())
 
 
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the teacher tokens and cost each generation stage "
+                                      "would spend (nothing is generated) and exit.")]
+
+
 @app.command()
-def run(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) -> None:
+def run(job: JobFile, overrides: Overrides = None, verbose: Verbose = False, dry_run: DryRun = False) -> None:
     """Run a whole DED job: generation, curation, smoke test, compression, selection, SFT, evaluation."""
     cfg = _load(job, overrides)
     _setup_logging(verbose)
+    if dry_run:
+        print_estimates(cfg)
+        return
     from ray_distill.pipeline import run_job
     from ray_distill.progress import StageRunner
     from ray_distill.tracking import start_tracker
@@ -116,8 +125,41 @@ def tune(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) ->
     for row in result.trials.itertuples(index=False):
         table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
     out.print(table)
+    statuses = result.trials["status"].value_counts().to_dict()
+    out.print(f"trials: {len(result.trials)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})   "
+              f"base student score={result.baseline.get('score', float('nan')):.3f}")
+    out.print(f"teacher tokens generated during the search: "
+              f"[bold]{result.counters.get('search/teacher_tokens_generated', 0):,}[/] "
+              f"({result.counters.get('search/teacher_rows_generated', 0):,} samples)")
     out.print(f"[bold]best trial:[/] {result.best_config}  score={result.best_score:.3f}")
     out.print(f"best job written to {result.best_job_path}")
+    if tracker.run_id:
+        out.print(f"MLflow run {tracker.run_id} at {getattr(tracker, 'tracking_uri', '')}")
+
+
+@app.command()
+def ablate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) -> None:
+    """The paper's ablation in miniature: random vs +correct vs +compressed vs +diverse, and the smoke-test
+    teacher vs the most accurate one, at an equal training budget."""
+    cfg = _load(job, overrides)
+    _setup_logging(verbose)
+    from ray_distill.ablation import run_ablation
+    from ray_distill.progress import StageRunner
+    from ray_distill.tracking import start_tracker
+
+    tracker = start_tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.storage,
+                            run_name=f"{cfg.name}-ablation", tags={"ray_distill.job": job, "ray_distill.kind": "ablation"})
+    tracker.log_params(to_flat_dict(cfg))
+    with _failing(tracker, verbose):
+        result = run_ablation(cfg, tracker, StageRunner(tracker, console))
+    tracker.end()
+    table = Table(title=f"Ablation at an equal budget of {result.budget_rows:,} training rows (avg@k, 95% CI)")
+    for col in ("arm", "teacher", *dict.fromkeys(result.table["suite"])):
+        table.add_column(col)
+    for (arm, teacher), sub in result.table.groupby(["arm", "teacher"], sort=False):
+        table.add_row(arm, teacher, *[f"{r.avg_at_k:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in sub.itertuples()])
+    out.print(table)
+    out.print(f"smoke-test winner: [bold]{result.winner}[/]   best own accuracy: {result.best_accuracy_teacher}")
 
 
 @app.command()
@@ -155,6 +197,35 @@ def submit(
     raise typer.Exit(code)
 
 
+def print_estimates(cfg: JobConfig) -> None:
+    """The dry run: per generation stage, requests, what the store already holds, expected tokens and cost."""
+    from ray_distill.data.questions import DataError
+    from ray_distill.pipeline import dry_run
+
+    try:
+        estimates = dry_run(cfg)
+    except (ConfigError, DataError) as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    table = Table(title=f"Dry run of {cfg.name}: teacher tokens per generation stage, before any is spent")
+    for col in ("stage", "teacher", "requests", "in store", "tok/sample", "expected", "at most", "cost"):
+        table.add_column(col, justify="left" if col in ("stage", "teacher") else "right")
+    for e in estimates:
+        table.add_row(e.stage, e.teacher, f"{e.questions:,}×{e.samples_per_question}", f"{e.cached:,}",
+                      f"{e.tokens_per_sample:,.0f}" + ("" if e.length_source == "store" else "*"),
+                      f"{e.expected_tokens:,.0f}", f"{e.max_tokens_total:,}", f"{e.expected_cost:,.2f}")
+    out.print(table)
+    probe = sum(e.expected_tokens for e in estimates if e.stage == "probe")
+    worst = max((e.expected_tokens for e in estimates if e.stage != "probe"), default=0)
+    out.print("* no stored samples of this teacher yet: sampling.max_tokens assumed per sample")
+    out.print(f"expected teacher tokens: probe {probe:,.0f} + M-sample generation of the winner ≤ {worst:,.0f} "
+              f"(upper bound: compression and adaptive sampling only lower it)")
+    cap = cfg.budget.max_teacher_tokens
+    if cap is not None:
+        verdict = "[green]within[/]" if probe + worst <= cap else "[red]may exceed[/]"
+        out.print(f"budget.max_teacher_tokens={cap:,}: {verdict}")
+
+
 def print_summary(result, wall: float, tracker) -> None:
     ranking = Table(title="Teacher smoke test (the best student wins)", min_width=60)
     for col in ("rank", "teacher", "student_score", "teacher_accuracy", "mean_length", "entropy"):
@@ -173,14 +244,21 @@ def print_summary(result, wall: float, tracker) -> None:
     for suite, after in result.scores_after.items():
         before = result.scores_before.get(suite, {})
         scores.add_row(suite, _fmt_score(before), _fmt_score(after))
-    times = Table(title="Wall time per stage", min_width=40)
-    times.add_column("stage")
-    times.add_column("seconds", justify="right")
-    for name, sec in result.stage_seconds.items():
-        times.add_row(name, f"{sec:.1f}")
-    times.add_row("[bold]total[/]", f"{wall:.1f}")
-    for t in (ranking, rows, scores, times):
+    spend = Table(title="What each stage spent", min_width=60)
+    for col in ("stage", "seconds", "teacher tokens", "student tokens", "CPU-s", "GPU-s"):
+        spend.add_column(col, justify="left" if col == "stage" else "right")
+    acc = result.extra.get("accounting", [])
+    for r in acc:
+        spend.add_row(r["stage"], f"{r['wall_s']:.1f}", f"{r['teacher_tokens']:,}", f"{r['student_tokens']:,}",
+                      f"{r['cpu_s']:.0f}", f"{r['gpu_s']:.0f}")
+    teacher_total = sum(r["teacher_tokens"] for r in acc)
+    corpus_rows = result.rows.get("diverse", 0)
+    spend.add_row("[bold]total[/]", f"{wall:.1f}", f"{teacher_total:,}", f"{sum(r['student_tokens'] for r in acc):,}",
+                  f"{sum(r['cpu_s'] for r in acc):.0f}", f"{sum(r['gpu_s'] for r in acc):.0f}")
+    for t in (ranking, rows, scores, spend):
         out.print(t)
+    if corpus_rows:
+        out.print(f"teacher tokens per kept corpus sample: {teacher_total / corpus_rows:,.1f}")
     out.print(f"winner: [bold]{result.winner}[/]   corpus: {result.corpus_dir}   student: {result.model_path}")
     if tracker.run_id:
         out.print(f"MLflow run {tracker.run_id} at {getattr(tracker, 'tracking_uri', '')}")

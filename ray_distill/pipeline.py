@@ -2,8 +2,14 @@
 
     student → questions (+decontamination) → probe generation (every candidate teacher) → verify
     → teacher smoke test → question compression (student pass rate, vLLM) → M-sample generation of
-    the winner on the kept questions → verify → diverse selection (farthest-P by Levenshtein)
-    → corpus → SFT (Ray Train) → evaluation before/after (vLLM, avg@k)
+    the winner on the kept questions (all M at once, or adaptively in rounds) → verify
+    → diverse selection (farthest-P by Levenshtein) → corpus → SFT (Ray Train)
+    → evaluation before/after (vLLM, avg@k)
+
+With ``compression.order: paper`` the M-sample generation runs on every question and compression
+comes after it (the paper's order, for comparison: teacher tokens on dropped questions are lost).
+Every stage records its teacher/student tokens, wall time and reserved CPU/GPU-seconds; caps in
+``budget`` stop a job before it spends past them (``ray-distill run --dry-run`` estimates first).
 
     ray-distill run jobs/quickstart.yaml
 """
@@ -18,6 +24,8 @@ import ray
 
 from ray_distill import columns as C
 from ray_distill.config import JobConfig, TeacherConfig
+from ray_distill.accounting import BudgetExceeded, ResourceMeter, StageEstimate, estimate
+from ray_distill.curation import adaptive as A
 from ray_distill.curation.adapters import GradeBatch, select_dataset
 from ray_distill.curation.compression import compress, histogram, pass_rates
 from ray_distill.curation.smoke_test import rank_teachers, winner
@@ -27,10 +35,10 @@ from ray_distill.data.fs import join
 from ray_distill.data.sources import decontaminate, load_source
 from ray_distill.evaluation.evaluate import evaluate_suites, grade_samples, sample_student
 from ray_distill.generation.store import GenerationStore
-from ray_distill.progress import StageRunner
+from ray_distill.progress import StageRecord, StageRunner
 from ray_distill.runtime import init_ray
 from ray_distill.students import prepare_student
-from ray_distill.tracking import Tracker
+from ray_distill.tracking import NullTracker, Tracker
 from ray_distill.training.sft import train_sft
 
 logger = logging.getLogger(__name__)
@@ -53,8 +61,20 @@ class JobResult:
 def run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner | None = None) -> JobResult:
     init_ray(cfg)
     runner = runner or StageRunner(tracker)
+    meter = None
+    if runner.meter is None:
+        runner.meter = meter = ResourceMeter().start()
+    try:
+        return _run_job(cfg, tracker, runner)
+    finally:
+        if meter is not None:
+            meter.stop()
+
+
+def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult:
     store = GenerationStore(join(cfg.storage, "generations"))
     rows: dict[str, int] = {}
+    paper_order = cfg.compression.order == "paper"
 
     with runner.stage("student") as (t, rec):
         base = prepare_student(cfg, t)
@@ -63,7 +83,8 @@ def run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner | None = None)
         rec.rows_out = rows["questions"] = len(pool)
     with runner.stage("generate_probe") as (t, rec):
         probe = pool[: cfg.smoke_test.probe_questions]
-        probe_gen = {tc.name: generate(store, probe, _single(tc), t) for tc in cfg.teachers}
+        check_budget(cfg, [estimate_generation(store, "generate_probe", probe, _single(tc)) for tc in cfg.teachers], 0)
+        probe_gen = {tc.name: generate(store, probe, _single(tc), t, rec) for tc in cfg.teachers}
         rec.rows_in, rec.rows_out = len(probe), sum(len(df) for df in probe_gen.values())
     with runner.stage("verify_probe", rows_in=rec.rows_out) as (t, rec):
         graded_all = verify(cfg, pd.concat(list(probe_gen.values()), ignore_index=True), base)
@@ -73,73 +94,230 @@ def run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner | None = None)
         ranking = smoke_test(cfg, probe_graded, suites, base, t)
         best = winner(ranking) if len(ranking) > 1 or cfg.smoke_test.enabled else cfg.teachers[0].name
         rec.notes["winner"] = best
-    with runner.stage("compress", rows_in=len(pool)) as (t, rec):
-        kept, too_easy = compress_questions(cfg, pool, base, t)
-        rec.rows_out = rows["compressed"] = len(kept)
-    with runner.stage("generate", rows_in=len(kept)) as (t, rec):
-        teacher = next(tc for tc in cfg.teachers if tc.name == best)
-        gen = generate(store, kept, _with_n(teacher, cfg.selection.samples_per_question), t)
-        rec.rows_out = rows["generated"] = len(gen)
-    with runner.stage("verify", rows_in=len(gen)) as (t, rec):
-        graded = verify(cfg, gen, base)
-        rec.rows_out = rows["correct"] = int(_ok(graded).sum())
-        _log_verdicts(t, graded)
-    with runner.stage("select", rows_in=rec.rows_out) as (t, rec):
+    teacher = next(tc for tc in cfg.teachers if tc.name == best)
+    probe_length = _mean_tokens(probe_gen[best])
+
+    too_easy: list[dict] = []
+    if not paper_order:  # compress first: the teacher never samples a question the student already solves
+        with runner.stage("compress", rows_in=len(pool)) as (t, rec):
+            targets, too_easy = compress_questions(cfg, pool, base, t, rec)
+            rec.rows_out = rows["compressed"] = len(targets)
+    else:
+        targets = pool
+    if cfg.selection.adaptive.enabled:
+        with runner.stage("generate", rows_in=len(targets)) as (t, rec):
+            graded, stopped = adaptive_generate(cfg, store, targets, teacher, base, probe_length, runner, t, rec)
+            rec.rows_out = rows["generated"] = len(graded)
+            rows["correct"] = int(_ok(graded).sum())
+            rec.notes["correct"] = rows["correct"]
+            _log_verdicts(t, graded)
+    else:
+        with runner.stage("generate", rows_in=len(targets)) as (t, rec):
+            m = _fixed_samples(cfg, probe_length)
+            check_budget(cfg, [estimate_generation(store, "generate", targets, _with_n(teacher, m), probe_length)],
+                         runner.totals()["teacher_tokens"])
+            gen = generate(store, targets, _with_n(teacher, m), t, rec)
+            rec.rows_out = rows["generated"] = len(gen)
+        stopped = []
+        with runner.stage("verify", rows_in=len(gen)) as (t, rec):
+            graded = verify(cfg, gen, base)
+            rec.rows_out = rows["correct"] = int(_ok(graded).sum())
+            _log_verdicts(t, graded)
+    if paper_order:  # the paper's order: compress after sampling (teacher tokens on dropped questions are lost)
+        with runner.stage("compress", rows_in=len(pool)) as (t, rec):
+            kept, too_easy = compress_questions(cfg, pool, base, t, rec)
+            kept_ids = {q[C.QUESTION_ID] for q in kept}
+            graded = graded[graded[C.QUESTION_ID].isin(kept_ids)]
+            rec.rows_out = rows["compressed"] = len(kept)
+            rec.notes["correct_kept"] = rows["correct_compressed"] = int(_ok(graded).sum())
+    with runner.stage("select", rows_in=int(_ok(graded).sum())) as (t, rec):
         selected = select(cfg, graded, base)
         rec.rows_out = rows["diverse"] = len(selected)
         rec.notes["questions"] = int(selected[C.QUESTION_ID].nunique()) if len(selected) else 0
     with runner.stage("corpus", rows_in=len(selected)) as (t, rec):
         corpus_dir = join(cfg.run_dir, "corpus")
         corpus = write_job_corpus(cfg, selected, graded, too_easy, corpus_dir, t)
+        _write_rejects(cfg, stopped, "adaptive_sampling")
         rec.rows_out = len(corpus)
     with runner.stage("train", rows_in=len(corpus)) as (t, rec):
         result = train_sft(corpus, base, join(cfg.run_dir, "student"), cfg.train,
                            storage_path=join(cfg.run_dir, "ray_train"), run_name="sft", tracker_handle=t.handle())
-        rec.notes.update({k: v for k, v in result.metrics.items() if k in ("train_loss", "tokens_per_s")})
+        rec.notes.update({k: v for k, v in result.metrics.items()
+                          if k in ("train_loss", "tokens_per_s", "non_pad_fraction", "restarts", "num_nodes")})
     with runner.stage("evaluate") as (t, rec):
-        before = evaluate(cfg, base, suites, t, prefix="before")
-        after = evaluate(cfg, result.model_path, suites, t, prefix="after")
+        before = evaluate(cfg, base, suites, t, prefix="before", rec=rec)
+        after = evaluate(cfg, result.model_path, suites, t, prefix="after", rec=rec)
     tracker.log_metrics({f"rows/{k}": v for k, v in rows.items()})
+    accounting = log_accounting(tracker, runner, len(corpus))
     return JobResult(
         run_dir=cfg.run_dir, winner=best, ranking=ranking, rows=rows, scores_before=before, scores_after=after,
         stage_seconds={r.name: r.seconds for r in runner.records}, corpus_dir=corpus_dir,
-        model_path=result.model_path,
+        model_path=result.model_path, extra={"accounting": accounting},
     )
+
+
+# ----------------------------------------------------------------------------- teacher token economy
+
+
+def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[dict], teacher: TeacherConfig,
+                      base: str, probe_length: float | None, runner: StageRunner, t: Tracker,
+                      rec: StageRecord) -> tuple[pd.DataFrame, list[dict]]:
+    """Sample ``questions`` in rounds and stop each one early (``curation.adaptive``); returns every
+    graded sample and the stopped-without-enough rows (for the rejects file). The store keeps every
+    sample, so a later, larger budget continues where this one stopped."""
+    plan = sampling_plan(cfg)
+    budget = cfg.budget.max_teacher_tokens
+    by_id = {q[C.QUESTION_ID]: q for q in questions}
+    want = {qid: plan.first_round() for qid in by_id}  # samples each active question has after this round
+    graded, previous, final = pd.DataFrame(), None, {}
+    sampled = pd.Series(dtype=int)
+    round_index = 0
+    while want:
+        round_index += 1
+        groups: dict[int, list[dict]] = {}
+        for qid, n in want.items():
+            groups.setdefault(n, []).append(by_id[qid])
+        if budget is not None:
+            length = float(graded[C.NUM_TOKENS].mean()) if len(graded) else probe_length
+            est = sum(estimate_generation(store, "generate", qs, _with_n(teacher, n), length).expected_tokens
+                      for n, qs in groups.items())
+            if runner.totals()["teacher_tokens"] + rec.teacher_tokens + est > budget:
+                final.update({q: A.JOB_BUDGET for q in want})
+                logger.warning("teacher token budget %d reached: %d questions stop after round %d",
+                               budget, len(want), round_index - 1)
+                break
+        for n, qs in sorted(groups.items()):
+            gen = generate(store, qs, _with_n(teacher, n), t, rec)
+            had = gen[C.QUESTION_ID].map(sampled).fillna(0)
+            graded = pd.concat([graded, verify(cfg, gen[gen[C.SAMPLE_INDEX] >= had], base)], ignore_index=True)
+        status = A.round_status(graded, list(want), round_index, plan, previous, sampled)
+        previous = A.distinct_correct(graded)
+        final.update({q: s for q, s in status.items() if s != A.CONTINUE})
+        sampled = graded.groupby(C.QUESTION_ID).size()
+        want = {q: plan.next_total(int(previous.get(q, 0)), int(sampled[q]))
+                for q, s in status.items() if s == A.CONTINUE}
+        logger.info("adaptive round %d: %d samples so far, %d questions still active", round_index, len(graded), len(want))
+    counts = pd.Series(final, dtype=object).value_counts().to_dict()
+    rec.notes.update({"rounds": round_index, **{f"stop_{k}": int(v) for k, v in counts.items()}})
+    t.log_metrics({f"adaptive/{k}": int(v) for k, v in counts.items()})
+    distinct = A.distinct_correct(graded) if len(graded) else pd.Series(dtype=int)
+    stopped = [{**by_id[q], C.REASON: s, "distinct_correct": int(distinct.get(q, 0))}
+               for q, s in final.items() if s in (A.HOPELESS, A.JOB_BUDGET, A.TOKEN_CAP)
+               and int(distinct.get(q, 0)) < plan.target]
+    return graded, stopped
+
+
+def sampling_plan(cfg: JobConfig) -> A.SamplingPlan:
+    s, a = cfg.selection, cfg.selection.adaptive
+    return A.SamplingPlan(
+        target=s.keep_per_question, max_samples=s.samples_per_question,
+        round_size=a.round_size, hopeless_after_rounds=a.hopeless_after_rounds,
+        stop_when_saturated=a.stop_when_saturated, max_tokens_per_question=cfg.budget.max_teacher_tokens_per_question,
+    )
+
+
+def _fixed_samples(cfg: JobConfig, probe_length: float | None) -> int:
+    """M, or fewer when the per-question token cap cannot pay for M samples of the expected length."""
+    m, cap = cfg.selection.samples_per_question, cfg.budget.max_teacher_tokens_per_question
+    if cap is None or not probe_length:
+        return m
+    fit = max(1, int(cap // probe_length))
+    if fit < m:
+        logger.warning("per-question cap of %d teacher tokens pays for %d of M=%d samples (~%.0f tokens each)",
+                       cap, fit, m, probe_length)
+    return min(m, fit)
+
+
+def estimate_generation(store: GenerationStore, stage: str, questions: list[dict], teacher: TeacherConfig,
+                        mean_length: float | None = None) -> StageEstimate:
+    """Dry-run line for one generation call: requests, how many the store already has, expected tokens."""
+    n = teacher.sampling.n
+    cached = store.count_cached(questions, teacher, n) if questions else 0
+    if mean_length is None:
+        mean_length = store.mean_completion_tokens(teacher)
+    return estimate(stage, teacher, len(questions), n, cached, mean_length)
+
+
+def check_budget(cfg: JobConfig, estimates: list[StageEstimate], spent: float) -> None:
+    """Raise :class:`BudgetExceeded` before spending when the expected tokens pass the job's cap."""
+    cap = cfg.budget.max_teacher_tokens
+    need = sum(e.expected_tokens for e in estimates)
+    if cap is not None and spent + need > cap:
+        what = ", ".join(f"{e.teacher}: {e.to_generate:,} samples x ~{e.tokens_per_sample:.0f} tokens" for e in estimates)
+        raise BudgetExceeded(
+            f"budget.max_teacher_tokens={cap:,}: {estimates[0].stage} would spend ~{need:,.0f} teacher tokens "
+            f"({what}) after {spent:,.0f} already spent; raise the cap or shrink the job (see --dry-run)")
+
+
+def dry_run(cfg: JobConfig) -> list[StageEstimate]:
+    """What the job would ask its teachers for, without generating: the probe of every candidate, then
+    the M-sample generation of each candidate (the winner is not known yet). The question count of the
+    M-sample stage is an upper bound under compress-first (compression drops some)."""
+    store = GenerationStore(join(cfg.storage, "generations"))
+    pool = load_questions(cfg, NullTracker(), write_rejects=False)[0]
+    probe = pool[: cfg.smoke_test.probe_questions]
+    out = [estimate_generation(store, "probe", probe, _single(tc)) for tc in cfg.teachers]
+    m = cfg.selection.samples_per_question
+    for tc in cfg.teachers:
+        length = store.mean_completion_tokens(tc)
+        out.append(estimate_generation(store, "M-samples", pool, _with_n(tc, m), length))
+    return out
+
+
+def log_accounting(tracker: Tracker, runner: StageRunner, corpus_rows: int) -> list[dict]:
+    """Per-stage and total spend to MLflow (table + metrics); returns the table rows."""
+    table = [{"stage": r.name, "wall_s": r.seconds, "teacher_tokens": r.teacher_tokens,
+              "student_tokens": r.student_tokens, "cpu_s": r.cpu_s, "gpu_s": r.gpu_s} for r in runner.records]
+    totals = runner.totals()
+    per_sample = totals["teacher_tokens"] / corpus_rows if corpus_rows else float("nan")
+    tracker.log_table(pd.DataFrame(table), "accounting.json")
+    tracker.log_metrics({f"total/{k}": v for k, v in totals.items()}
+                        | {"teacher_tokens_per_corpus_sample": per_sample})
+    return table
 
 
 # ----------------------------------------------------------------------------- stages (thin glue)
 
 
-def load_questions(cfg: JobConfig, t: Tracker) -> tuple[list[dict], dict[str, list[dict]]]:
+def load_questions(cfg: JobConfig, t: Tracker, write_rejects: bool = True) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The training pool (held-out questions and contaminated ones removed) and the evaluation suites."""
     suites: dict[str, list[dict]] = {}
     for suite in cfg.eval.suites:
         suite_rows, suite_rejects = load_source(suite)
-        _write_rejects(cfg, suite_rejects, f"suite_{suite.name}")
+        if write_rejects:
+            _write_rejects(cfg, suite_rejects, f"suite_{suite.name}")
         suites[suite.name] = suite_rows
     held_out = dict(suites)
     if cfg.smoke_test.suite is not None:  # the smoke-test probe evaluation is held out too
         held_out[cfg.smoke_test.suite.name] = load_source(cfg.smoke_test.suite)[0]
     eval_texts = {r[C.QUESTION] for rs in held_out.values() for r in rs}
     pool, rejects = load_source(cfg.questions, exclude=eval_texts)
-    pool, contaminated, counts = decontaminate(pool, held_out)
-    _write_rejects(cfg, rejects, "questions")
-    _write_rejects(cfg, contaminated, "decontamination")
+    d = cfg.questions.decontamination
+    pool, contaminated, counts = decontaminate(pool, held_out, ngram=d.ngram) if d.enabled else (pool, [], {})
+    if write_rejects:
+        _write_rejects(cfg, rejects, "questions")
+        _write_rejects(cfg, contaminated, "decontamination")
     t.log_metrics({"questions": len(pool), "rejected": len(rejects),
                    **{f"contaminated/{k}": v for k, v in counts.items()}})
     return pool, suites
 
 
-def generate(store: GenerationStore, questions: list[dict], teacher: TeacherConfig, t: Tracker) -> pd.DataFrame:
+def generate(store: GenerationStore, questions: list[dict], teacher: TeacherConfig, t: Tracker,
+             rec: StageRecord | None = None) -> pd.DataFrame:
+    """Samples ``0..n-1`` of every question from the store, generating what is missing; the teacher
+    tokens generated by this call are added to ``rec`` (cached samples cost nothing)."""
     df, counters = store.get_or_generate(questions, teacher)
     t.log_metrics({f"{teacher.name}/{k}": v for k, v in counters.items() if isinstance(v, (int, float))})
+    if rec is not None:
+        rec.teacher_tokens += int(counters.get("completion_tokens", 0))
     return df
 
 
 def verify(cfg: JobConfig, gen: pd.DataFrame, base: str) -> pd.DataFrame:
     """Grade every generated row (format + math-verify) on a Ray Data actor pool; rows in = rows out."""
     ds = ray.data.from_pandas(gen).map_batches(
-        GradeBatch, fn_constructor_kwargs={"max_tokens": cfg.format.max_tokens,
-                                           "require_think": cfg.format.require_think, "tokenizer_path": base},
+        GradeBatch, fn_constructor_kwargs={"max_tokens": cfg.format.max_tokens, "require_think": cfg.format.require_think,
+                                           "tokenizer_path": base, "code": cfg.format.code.model_dump()},
         batch_format="pandas", batch_size=256, concurrency=1, num_cpus=1)
     graded = ds.to_pandas()
     if len(graded) != len(gen):
@@ -182,12 +360,16 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], suites: dict[str,
     return ranking
 
 
-def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker) -> tuple[list[dict], list[dict]]:
+def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker,
+                       rec: StageRecord | None = None) -> tuple[list[dict], list[dict]]:
     """The student samples k answers per question with vLLM; questions it already solves are dropped."""
     if not cfg.compression.enabled:
         return pool, []
     c = cfg.compression
-    rates = student_pass_rates(cfg, pool, base)
+    samples = student_samples(cfg, pool, base)
+    if rec is not None:
+        rec.student_tokens += int(samples[C.NUM_TOKENS].sum())
+    rates = pass_rates(samples)
     kept, dropped = compress(pool, rates, c.max_pass_rate, c.min_pass_rate, c.replay_fraction, seed=cfg.seed)
     if cfg.selection.max_questions is not None:
         kept = kept[: cfg.selection.max_questions]
@@ -200,8 +382,14 @@ def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker) 
 
 def student_pass_rates(cfg: JobConfig, pool: list[dict], base: str) -> pd.DataFrame:
     """Per question: the base student's pass rate over k vLLM samples (same grader as everywhere)."""
+    return pass_rates(student_samples(cfg, pool, base))
+
+
+def student_samples(cfg: JobConfig, pool: list[dict], base: str) -> pd.DataFrame:
+    """k graded vLLM samples of the base student per question (compression's evidence)."""
     c = cfg.compression
-    return pass_rates(grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed)))
+    return grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed,
+                                        serving=cfg.student.serving))
 
 
 def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
@@ -229,12 +417,16 @@ def write_job_corpus(cfg: JobConfig, selected: pd.DataFrame, graded: pd.DataFram
     return corpus
 
 
-def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Tracker, prefix: str) -> dict[str, dict]:
+def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Tracker, prefix: str,
+             rec: StageRecord | None = None) -> dict[str, dict]:
     e = cfg.eval
     if not suites:
         logger.warning("no evaluation suites configured: %s evaluation skipped", prefix)
         return {}
-    scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed)
+    scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, serving=cfg.student.serving)
+    if rec is not None:
+        rec.student_tokens += int(sum(m.get("tokens", m["mean_length"] * m["k"] * m["n_questions"])
+                                      for m in scores.values()))
     t.log_metrics({f"{prefix}/{suite}/{k}": v for suite, m in scores.items() for k, v in m.items()
                    if isinstance(v, (int, float))})
     return scores
@@ -253,8 +445,12 @@ def _mean_score(scores: dict[str, dict]) -> float:
     return float(sum(vals) / len(vals)) if vals else float("nan")
 
 
-def _ok(df: pd.DataFrame) -> pd.Series:
-    return df[C.FORMAT_OK].astype(bool) & df[C.CORRECT].astype(bool)
+_ok = A.ok_mask
+
+
+def _mean_tokens(df: pd.DataFrame) -> float | None:
+    ok = df[df[C.ERROR] == ""] if C.ERROR in df.columns else df
+    return float(ok[C.NUM_TOKENS].mean()) if len(ok) else None
 
 
 def _single(teacher: TeacherConfig) -> TeacherConfig:

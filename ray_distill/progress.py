@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
+from ray_distill.accounting import ResourceMeter
 from ray_distill.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,10 @@ class StageRecord:
     seconds: float = 0.0
     rows_in: int | None = None
     rows_out: int | None = None
+    teacher_tokens: int = 0  # teacher completion tokens generated (not read from the store)
+    student_tokens: int = 0  # tokens the student generated (pass rates, evaluation)
+    cpu_s: float = 0.0  # CPU-seconds reserved by Ray work during the stage
+    gpu_s: float = 0.0
     notes: dict = field(default_factory=dict)
 
     @property
@@ -33,22 +38,28 @@ class StageRecord:
 class StageRunner:
     """``with runner.stage("verify", rows_in=n) as (tracker, rec): ... rec.rows_out = m``"""
 
-    def __init__(self, tracker: Tracker, console: Console | None = None):
+    def __init__(self, tracker: Tracker, console: Console | None = None, meter: ResourceMeter | None = None):
         self.tracker = tracker
         self.console = console or Console(stderr=True)
         self.records: list[StageRecord] = []
+        self.meter = meter
 
     @contextlib.contextmanager
     def stage(self, name: str, rows_in: int | None = None, parent: Tracker | None = None) -> Iterator[tuple[Tracker, StageRecord]]:
         rec = StageRecord(name, rows_in=rows_in)
         self.console.print(f"[bold cyan]▶ {name}[/]" + (f"  ({rows_in} rows in)" if rows_in is not None else ""))
         start = time.perf_counter()
+        used = self.meter.snapshot() if self.meter else None
         with (parent or self.tracker).child(name, tags={"ray_distill.stage": name}) as child:
             try:
                 yield child, rec
             finally:
                 rec.seconds = time.perf_counter() - start
-                metrics = {"wall_s": rec.seconds}
+                if self.meter and used is not None:
+                    spent = self.meter.since(used)
+                    rec.cpu_s, rec.gpu_s = spent.cpu_s, spent.gpu_s
+                metrics = {"wall_s": rec.seconds, "teacher_tokens": rec.teacher_tokens,
+                           "student_tokens": rec.student_tokens, "cpu_s": rec.cpu_s, "gpu_s": rec.gpu_s}
                 if rec.rows_in is not None:
                     metrics["rows_in"] = rec.rows_in
                 if rec.rows_out is not None:
@@ -61,6 +72,11 @@ class StageRunner:
     def seconds(self, name: str) -> float:
         return sum(r.seconds for r in self.records if r.name == name)
 
+    def totals(self) -> dict[str, float]:
+        """Job totals of the accounting fields over every finished stage."""
+        keys = ("seconds", "teacher_tokens", "student_tokens", "cpu_s", "gpu_s")
+        return {k: sum(getattr(r, k) for r in self.records) for k in keys}
+
 
 def _describe(rec: StageRecord) -> str:
     parts = []
@@ -69,6 +85,10 @@ def _describe(rec: StageRecord) -> str:
     if rec.rate:
         parts.append(f"{rec.rate:,.1f} rows/s")
     parts.append(f"{rec.seconds:.1f} s")
+    if rec.teacher_tokens:
+        parts.append(f"{rec.teacher_tokens:,} teacher tokens")
+    if rec.student_tokens:
+        parts.append(f"{rec.student_tokens:,} student tokens")
     parts += [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.notes.items()]
     return ", ".join(parts)
 

@@ -34,6 +34,18 @@ def test_wrong_type_and_missing_file():
     assert result.exit_code == 2 and "does-not-exist.yaml: job file not found" in result.output
 
 
+def test_dry_run_estimates_teacher_tokens_without_generating(tmp_path):
+    result = runner.invoke(app, ["run", QUICKSTART, f"storage={tmp_path}", "--dry-run",
+                                 "budget.max_teacher_tokens=1000"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    out = result.output
+    # three candidates answer 400 probe questions once; each could win and sample 1,200 questions x M=4
+    assert out.count("400×1") == 3 and out.count("1,200×4") == 3
+    assert "102,400" in out  # 400 x max_tokens 256: nothing stored yet, so the cap is assumed
+    assert "budget.max_teacher_tokens=1,000: may exceed" in out
+    assert not any(tmp_path.iterdir())  # nothing generated, nothing written
+
+
 def test_submit_rejects_a_bad_config_before_contacting_the_cluster():
     # Nothing listens on port 1: the config error must come first.
     result = runner.invoke(app, ["submit", QUICKSTART, "selection.keep=2", "--address", "http://127.0.0.1:1"])

@@ -51,8 +51,9 @@ def test_quickstart_end_to_end(storage):
     proc = _cli("run", str(ROOT / "jobs/quickstart.yaml"), f"storage={storage}", *SMALL, cwd=storage)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = proc.stdout
-    for title in ("Teacher smoke test", "Rows kept at each stage", "Student avg@k", "Wall time per stage"):
+    for title in ("Teacher smoke test", "Rows kept at each stage", "Student avg@k", "What each stage spent"):
         assert title in out
+    assert "teacher tokens per kept corpus sample" in out
 
     runs = _runs(storage)
     (parent,) = [r for r in runs if r.info.run_name == "quickstart"]
@@ -62,6 +63,11 @@ def test_quickstart_end_to_end(storage):
     assert 0 < metrics["rows/compressed"] < 300  # the base student solves the single-step questions
     assert metrics["rows/generated"] == 4 * metrics["rows/compressed"]  # M = 4 samples per kept question
     assert metrics["rows/diverse"] <= min(metrics["rows/correct"], 2 * metrics["rows/compressed"])  # P = 2
+    # accounting: the teachers' tokens (probe + M samples) and the student's, CPU-seconds reserved by Ray work
+    assert metrics["total/teacher_tokens"] > 0 and metrics["total/student_tokens"] > 0
+    assert metrics["total/cpu_s"] > 0
+    assert metrics["teacher_tokens_per_corpus_sample"] == pytest.approx(
+        metrics["total/teacher_tokens"] / metrics["rows/diverse"])
 
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     stages = {r.info.run_name for r in children}
@@ -105,3 +111,5 @@ def test_tune_reuses_generations(storage):
     assert all("score" in t.data.metrics for t in trials)
     assert sorted(t.data.metrics["corpus_questions"] for t in trials) == [10, 30, 60]
     assert (storage / "quickstart-tune" / "best_job.yaml").exists()
+    # the search curated from the store only: not one teacher token generated
+    assert parent.data.metrics["search/teacher_tokens_generated"] == 0

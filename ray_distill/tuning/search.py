@@ -78,6 +78,7 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
             samples, new = teacher_samples(store, candidates, teacher, m_max, cfg.tune.top_up)
             counters["search/teacher_rows_generated"] += len(new)
             counters["search/teacher_tokens_generated"] += int(new[C.NUM_TOKENS].sum())
+            rec.teacher_tokens += int(new[C.NUM_TOKENS].sum())
             counters[f"search/store_coverage/{teacher.name}"] = len(samples) / max(1, len(candidates) * m_max)
             graded[teacher.name] = P.verify(cfg, samples, base)
             rec.rows_out = len(samples)

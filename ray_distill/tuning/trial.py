@@ -12,6 +12,7 @@ trial) → evaluation (vLLM), reported to Tune after every rung of epochs so ASH
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 
@@ -132,6 +133,7 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
     schedule = [cfg.train.epochs] if t.scheduler == "none" else rungs(cfg.train.epochs, t.grace_period,
                                                                       t.reduction_factor)
     e = cfg.eval
+    start, student_tokens = time.perf_counter(), 0
     for epochs in schedule:
         result = train_sft(corpus, base, join(cfg.run_dir, "tune", "students", name),
                            cfg.train.model_copy(update={"epochs": epochs, "schedule_epochs": schedule[-1]}),
@@ -139,5 +141,8 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
                            tracker_handle=tracker.handle())
         scores = evaluate_suites(result.model_path, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed,
                                  serving=cfg.student.serving)
+        student_tokens += sum(int(m.get("tokens", 0)) for m in scores.values())
+        # accounting: a trial curates stored samples only, so it never spends a teacher token
         yield epochs, {**figures, **suite_means(cfg, scores), EPOCHS: epochs,
-                       "train_loss": float(result.metrics.get("train_loss", float("nan")))}
+                       "train_loss": float(result.metrics.get("train_loss", float("nan"))),
+                       "teacher_tokens": 0, "student_tokens": student_tokens, "wall_s": time.perf_counter() - start}

@@ -1,0 +1,74 @@
+import pandas as pd
+import pytest
+
+from ray_distill import columns as C
+from ray_distill.curation import adaptive as A
+
+
+def rows(qid: str, texts_ok: list[tuple[str, bool]], tokens: int = 10) -> list[dict]:
+    return [{C.QUESTION_ID: qid, C.COMPLETION: text, C.FORMAT_OK: True, C.CORRECT: ok, C.NUM_TOKENS: tokens}
+            for text, ok in texts_ok]
+
+
+def frame(*groups: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([r for g in groups for r in g])
+
+
+PLAN = A.SamplingPlan(target=2, max_samples=6, round_size=2, hopeless_after_rounds=2)
+
+
+def test_plan_rounds():
+    assert PLAN.first_round() == 2 and PLAN.next_total(have_distinct=1, sampled=2) == 4
+    assert PLAN.next_total(have_distinct=0, sampled=6) == 6  # never past M
+    missing = A.SamplingPlan(target=4, max_samples=8)  # no round size: ask for what is missing
+    assert missing.first_round() == 4
+    assert [missing.next_total(h, 4) for h in (0, 1, 3)] == [8, 7, 5]
+    assert missing.next_total(4, 4) == 5  # at least one more
+    with pytest.raises(ValueError):
+        A.SamplingPlan(target=0, max_samples=8, round_size=3)
+
+
+def test_enough_distinct_correct_stops_a_question():
+    graded = frame(rows("a", [("x", True), ("y", True)]), rows("b", [("x", True), ("x", True)]))
+    status = A.round_status(graded, ["a", "b"], 1, PLAN)
+    assert status == {"a": A.ENOUGH, "b": A.CONTINUE}  # duplicates count once
+
+
+def test_format_failures_do_not_count_as_correct():
+    graded = frame(rows("a", [("x", True), ("y", True)]))
+    graded.loc[1, C.FORMAT_OK] = False
+    assert A.distinct_correct(graded).to_dict() == {"a": 1}
+
+
+def test_hopeless_after_rounds_without_a_correct_sample():
+    graded = frame(rows("a", [("x", False), ("y", False)]))
+    assert A.round_status(graded, ["a"], 1, PLAN) == {"a": A.CONTINUE}
+    graded = frame(rows("a", [("x", False), ("y", False), ("z", False), ("w", False)]))
+    assert A.round_status(graded, ["a"], 2, PLAN) == {"a": A.HOPELESS}
+    never = A.SamplingPlan(target=2, max_samples=6, round_size=2, hopeless_after_rounds=None)
+    assert A.round_status(graded, ["a"], 2, never) == {"a": A.CONTINUE}
+
+
+def test_exhausted_at_m_samples():
+    graded = frame(rows("a", [("x", True)] + [("x", False)] * 5))
+    plan = A.SamplingPlan(target=2, max_samples=6, round_size=2, stop_when_saturated=False)
+    assert A.round_status(graded, ["a"], 3, plan) == {"a": A.EXHAUSTED}
+
+
+def test_saturated_when_a_round_adds_no_new_distinct_correct():
+    first = frame(rows("a", [("x", True), ("q", False)]))
+    previous = A.distinct_correct(first)
+    second = frame(rows("a", [("x", True), ("q", False), ("x", True), ("r", False)]))
+    sampled = first.groupby(C.QUESTION_ID).size()
+    assert A.round_status(second, ["a"], 2, PLAN, previous, sampled) == {"a": A.SATURATED}
+    off = A.SamplingPlan(target=2, max_samples=6, round_size=2, stop_when_saturated=False)
+    assert A.round_status(second, ["a"], 2, off, previous, sampled) == {"a": A.CONTINUE}
+    # one new sample without a new answer is too little evidence: keep going
+    third = frame(rows("a", [("x", True), ("q", False), ("x", True)]))
+    assert A.round_status(third, ["a"], 2, PLAN, previous, sampled) == {"a": A.CONTINUE}
+
+
+def test_per_question_token_cap():
+    plan = A.SamplingPlan(target=3, max_samples=8, round_size=2, max_tokens_per_question=30)
+    graded = frame(rows("a", [("x", True), ("y", False)], tokens=20))
+    assert A.round_status(graded, ["a"], 1, plan) == {"a": A.TOKEN_CAP}
