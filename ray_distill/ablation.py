@@ -1,0 +1,149 @@
+"""The paper's ablation in miniature: which DED move buys what, at an equal training budget.
+
+    ray-distill ablate jobs/ablation.yaml
+
+Arms (every corpus has the same number of rows N and is trained with the same recipe, so the same
+number of optimizer steps; N is the size of the full DED corpus unless ``ablation.budget_rows`` is set):
+
+- ``random``: N teacher samples drawn at random (no verification, no compression, no diversity);
+- ``+correct``: N random verified-correct samples;
+- ``+correct+compressed``: N random verified-correct samples of the questions compression keeps;
+- ``+correct+compressed+diverse``: the DED corpus (farthest-P selection on the kept questions);
+- ``DED, best-accuracy teacher``: the same DED recipe on the teacher with the best *own* accuracy
+  (instead of the smoke-test winner), cut to N rows.
+
+Every arm is a nested MLflow run; the table (score and 95% CI per suite) is logged as
+``ablation.json`` and a bar chart with error bars, and printed by the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ray_distill import columns as C
+from ray_distill.config import JobConfig
+from ray_distill.curation.adaptive import ok_mask
+from ray_distill.curation.compression import compress
+from ray_distill.curation.smoke_test import winner
+from ray_distill.data.corpus import to_chat_row
+from ray_distill.data.fs import join
+from ray_distill.progress import StageRunner
+from ray_distill.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+RANDOM, CORRECT, COMPRESSED, DIVERSE, OTHER_TEACHER = (
+    "random", "+correct", "+correct+compressed", "+correct+compressed+diverse", "DED, best-accuracy teacher")
+
+
+@dataclass
+class AblationResult:
+    table: pd.DataFrame  # one row per arm x suite: arm, teacher, rows, suite, avg_at_k, ci_low, ci_high
+    winner: str  # the smoke-test winner
+    best_accuracy_teacher: str
+    budget_rows: int
+
+
+def ablation_corpora(graded: pd.DataFrame, kept_ids: set[str], diverse: pd.DataFrame, n: int,
+                     seed: int) -> dict[str, pd.DataFrame]:
+    """The four selection arms of one teacher's graded M samples, each cut to ``n`` rows (pure)."""
+    ok = ok_mask(graded)
+    pools = {
+        RANDOM: graded,
+        CORRECT: graded[ok],
+        COMPRESSED: graded[ok & graded[C.QUESTION_ID].isin(kept_ids)],
+        DIVERSE: diverse,
+    }
+    out = {}
+    for arm, pool in pools.items():
+        if len(pool) < n:
+            raise ValueError(f"ablation arm {arm!r} has {len(pool)} rows, fewer than the budget of {n}")
+        out[arm] = pool.sample(n=n, random_state=seed).sort_values([C.QUESTION_ID, C.SAMPLE_INDEX])
+    return out
+
+
+def best_accuracy_teacher(ranking: list[dict]) -> str:
+    """The candidate whose own answers are most often right (ties: the smoke-test order)."""
+    return max(ranking, key=lambda r: (r["teacher_accuracy"], -r["rank"]))["teacher"]
+
+
+def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> AblationResult:
+    from ray_distill import pipeline as P
+    from ray_distill.generation.store import GenerationStore
+    from ray_distill.runtime import init_ray
+    from ray_distill.students import prepare_student
+    from ray_distill.training.sft import train_sft
+
+    init_ray(cfg)
+    store = GenerationStore(join(cfg.storage, "generations"))
+    with runner.stage("student") as (t, rec):
+        base = prepare_student(cfg, t)
+    with runner.stage("questions") as (t, rec):
+        pool, suites = P.load_questions(cfg, t)
+        rec.rows_out = len(pool)
+    with runner.stage("smoke_test") as (t, rec):
+        probe = pool[: cfg.smoke_test.probe_questions]
+        probe_gen = pd.concat([P.generate(store, probe, P._single(tc), t, rec) for tc in cfg.teachers], ignore_index=True)
+        graded_probe = P.verify(cfg, probe_gen, base)
+        ranking = P.smoke_test(cfg, {tc.name: graded_probe[graded_probe[C.TEACHER] == tc.name] for tc in cfg.teachers},
+                               suites, base, t)
+        best, accurate = winner(ranking), best_accuracy_teacher(ranking)
+        rec.notes.update({"winner": best, "best_accuracy": accurate})
+    with runner.stage("compress", rows_in=len(pool)) as (t, rec):
+        c = cfg.compression
+        kept, _ = compress(pool, P.student_pass_rates(cfg, pool, base), c.max_pass_rate, c.min_pass_rate,
+                           c.replay_fraction, seed=cfg.seed)
+        kept_ids = {q[C.QUESTION_ID] for q in kept}
+        rec.rows_out = len(kept)
+    corpora: dict[str, tuple[str, pd.DataFrame]] = {}
+    n = cfg.ablation.budget_rows
+    for name in dict.fromkeys([best, accurate]):
+        with runner.stage(f"generate/{name}", rows_in=len(pool)) as (t, rec):
+            teacher = next(tc for tc in cfg.teachers if tc.name == name)
+            graded = P.verify(cfg, P.generate(store, pool, P._with_n(teacher, cfg.selection.samples_per_question), t, rec), base)
+            diverse = P.select(cfg, graded[graded[C.QUESTION_ID].isin(kept_ids)], base)
+            rec.rows_out = len(diverse)
+        if name == best:
+            n = n or len(diverse)
+            corpora.update({arm: (name, df) for arm, df in ablation_corpora(graded, kept_ids, diverse, n, cfg.seed).items()})
+        else:
+            corpora[OTHER_TEACHER] = (name, diverse.sample(n=min(n, len(diverse)), random_state=cfg.seed))
+    rows = []
+    for arm, (teacher_name, df) in corpora.items():
+        with runner.stage(f"arm/{arm}", rows_in=len(df)) as (t, rec):
+            corpus = [to_chat_row(r) for r in df.to_dict("records")]
+            slug = arm.replace("+", "plus_").replace(",", "").replace(" ", "_")
+            trained = train_sft(corpus, base, join(cfg.run_dir, "ablation", slug), cfg.train,
+                                storage_path=join(cfg.run_dir, "ray_train"), run_name=f"ablation-{slug}",
+                                tracker_handle=t.handle())
+            scores = P.evaluate(cfg, trained.model_path, suites, t, prefix="after", rec=rec)
+            t.log_params({"arm": arm, "teacher": teacher_name, "rows": len(corpus)})
+            for suite, m in scores.items():
+                rows.append({"arm": arm, "teacher": teacher_name, "rows": len(corpus), "suite": suite,
+                             "avg_at_k": m["avg_at_k"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]})
+    table = pd.DataFrame(rows)
+    tracker.log_table(table, "ablation.json")
+    tracker.log_figure(_chart(table), "ablation.png")
+    return AblationResult(table=table, winner=best, best_accuracy_teacher=accurate, budget_rows=n)
+
+
+def _chart(table: pd.DataFrame):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suites = list(dict.fromkeys(table["suite"]))
+    fig, axes = plt.subplots(1, len(suites), figsize=(5 * len(suites), 3.8), squeeze=False)
+    for ax, suite in zip(axes[0], suites):
+        sub = table[table["suite"] == suite]
+        err = [sub["avg_at_k"] - sub["ci_low"], sub["ci_high"] - sub["avg_at_k"]]
+        ax.bar(range(len(sub)), sub["avg_at_k"], yerr=err, capsize=4)
+        ax.set_xticks(range(len(sub)), sub["arm"], rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{suite}: avg@k, 95% CI")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
