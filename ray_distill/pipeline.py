@@ -28,6 +28,7 @@ from ray_distill.accounting import BudgetExceeded, ResourceMeter, StageEstimate,
 from ray_distill.curation import adaptive as A
 from ray_distill.curation.adapters import GradeBatch, select_dataset
 from ray_distill.curation.compression import compress, histogram, pass_rates
+from ray_distill.curation.selection import distance_report
 from ray_distill.curation.smoke_test import rank_teachers, winner
 from ray_distill.curation.stats import token_entropy_under_model
 from ray_distill.data.corpus import to_chat_row, write_corpus, write_rejects
@@ -134,6 +135,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
         selected = select(cfg, graded, base)
         rec.rows_out = rows["diverse"] = len(selected)
         rec.notes["questions"] = int(selected[C.QUESTION_ID].nunique()) if len(selected) else 0
+        rec.notes.update(distance_report(selected))
     with runner.stage("corpus", rows_in=len(selected)) as (t, rec):
         corpus_dir = join(cfg.run_dir, "corpus")
         corpus = write_job_corpus(cfg, selected, graded, too_easy, corpus_dir, t)

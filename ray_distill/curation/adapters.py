@@ -17,7 +17,7 @@ import pandas as pd
 
 from ray_distill import columns as C
 from ray_distill.curation.graders import grade_row, sandbox_from_config
-from ray_distill.curation.selection import char_tokenize, select_diverse
+from ray_distill.curation.selection import POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE, char_tokenize, select_diverse
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class SelectBatch:
     trajectories of every question in the block (see ``select_diverse``)."""
 
     INPUTS = (C.QUESTION_ID, C.COMPLETION, C.CORRECT, C.FORMAT_OK, C.TEACHER, C.SAMPLE_INDEX)
-    OUTPUTS = (C.SELECTION_DISTANCE,)
+    OUTPUTS = (C.SELECTION_DISTANCE, POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE)
 
     def __init__(self, p: int, seed: int, tokenizer_path: str | None = None):
         self.p, self.seed = p, seed
@@ -97,7 +97,7 @@ class SelectBatch:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         parts = [select_diverse(g, self.p, self.seed, self.tokenize) for _, g in batch.groupby(C.QUESTION_ID, sort=True)]
         if not parts:
-            return batch.head(0).assign(**{C.SELECTION_DISTANCE: pd.Series(dtype=float)})
+            return batch.head(0).assign(**{c: pd.Series(dtype=float) for c in self.OUTPUTS})
         return pd.concat(parts, ignore_index=True)
 
 

@@ -64,6 +64,10 @@ def min_distances(seqs: Sequence[Sequence[int]]) -> list[float]:
     return [float("nan") if np.isinf(d) else float(d) for d in out]
 
 
+POOL_MEAN_DISTANCE = "pool_mean_distance"  # per question: mean pairwise distance of all distinct correct rows
+SELECTED_MEAN_DISTANCE = "selected_mean_distance"  # per question: ... of the selected rows
+
+
 def mean_pairwise_distance(seqs: Sequence[Sequence[int]]) -> float:
     """Mean Levenshtein distance over all pairs (NaN for fewer than two sequences)."""
     pairs = [distance(a, b) for a, b in combinations(seqs, 2)]
@@ -91,7 +95,20 @@ def select_diverse(group: pd.DataFrame, p: int, seed: int, tokenize: Tokenize) -
     picked = farthest_point(seqs, p, seed) if seqs else []
     out = good.iloc[picked].copy()
     out[C.SELECTION_DISTANCE] = min_distances([seqs[i] for i in picked]) if picked else pd.Series(dtype=float)
+    # What selection bought: mean pairwise distance of the kept trajectories vs all distinct correct ones.
+    out[POOL_MEAN_DISTANCE] = mean_pairwise_distance(seqs) if picked else pd.Series(dtype=float)
+    out[SELECTED_MEAN_DISTANCE] = mean_pairwise_distance([seqs[i] for i in picked]) if picked else pd.Series(dtype=float)
     return out.reset_index(drop=True)
+
+
+def distance_report(selected: pd.DataFrame) -> dict[str, float]:
+    """Mean over questions (with two or more trajectories) of the mean pairwise distance of the
+    selected trajectories and of all distinct correct ones (``select_diverse``'s columns)."""
+    per_q = selected.drop_duplicates(C.QUESTION_ID)[[POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE]].astype(float)
+    per_q = per_q.dropna()
+    return {"mean_distance_selected": float(per_q[SELECTED_MEAN_DISTANCE].mean()) if len(per_q) else float("nan"),
+            "mean_distance_all_correct": float(per_q[POOL_MEAN_DISTANCE].mean()) if len(per_q) else float("nan"),
+            "questions_with_choice": int(len(per_q))}
 
 
 def selection_rejects(group: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:

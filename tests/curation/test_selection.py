@@ -9,6 +9,7 @@ import pytest
 
 from ray_distill import columns as C
 from ray_distill.curation.selection import (
+    distance_report,
     farthest_point,
     mean_pairwise_distance,
     min_distances,
@@ -102,3 +103,12 @@ def test_select_diverse_counts_identical_texts_once():
     out = select_diverse(group, p=3, seed=0, tokenize=lambda t: [ord(c) for c in t])
     assert sorted(out[C.COMPLETION]) == ["abc", "abd"]
     assert out[C.SAMPLE_INDEX].tolist().count(0) + out[C.SAMPLE_INDEX].tolist().count(3) == 2
+
+
+def test_distance_report_compares_selected_with_all_correct():
+    rows = [{C.QUESTION_ID: "q", C.TEACHER: "t", C.SAMPLE_INDEX: i, C.COMPLETION: text, C.CORRECT: True,
+             C.FORMAT_OK: True} for i, text in enumerate(["aaaa", "aaab", "zzzz"])]
+    selected = select_diverse(pd.DataFrame(rows), p=2, seed=0, tokenize=lambda s: [ord(c) for c in s])
+    report = distance_report(selected)
+    # all correct: pairs (1, 4, 4) -> 3.0; the two farthest apart are 4 apart
+    assert report == {"mean_distance_selected": 4.0, "mean_distance_all_correct": 3.0, "questions_with_choice": 1}
