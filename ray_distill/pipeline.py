@@ -150,6 +150,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
         before = evaluate(cfg, base, suites, t, prefix="before", rec=rec)
         after = evaluate(cfg, result.model_path, suites, t, prefix="after", rec=rec)
     tracker.log_metrics({f"rows/{k}": v for k, v in rows.items()})
+    tracker.log_table(pd.DataFrame({"stage": list(rows), "rows": list(rows.values())}), "rows_per_stage.json")
     accounting = log_accounting(tracker, runner, len(corpus))
     return JobResult(
         run_dir=cfg.run_dir, winner=best, ranking=ranking, rows=rows, scores_before=before, scores_after=after,
