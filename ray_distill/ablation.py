@@ -74,22 +74,17 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
     from ray_distill import pipeline as P
     from ray_distill.generation.store import GenerationStore
     from ray_distill.runtime import init_ray
-    from ray_distill.students import prepare_student
     from ray_distill.training.sft import train_sft
 
     init_ray(cfg)
     store = GenerationStore(join(cfg.storage, "generations"))
-    with runner.stage("student") as (t, rec):
-        base = prepare_student(cfg, t)
-    with runner.stage("questions") as (t, rec):
-        pool, suites = P.load_questions(cfg, t)
-        rec.rows_out = len(pool)
+    base, pool, suites = P.student_and_questions(cfg, runner)
     with runner.stage("smoke_test") as (t, rec):
         probe = pool[: cfg.smoke_test.probe_questions]
         probe_gen = pd.concat([P.generate(store, probe, P._single(tc), t, rec) for tc in cfg.teachers], ignore_index=True)
         graded_probe = P.verify(cfg, probe_gen, base)
         ranking = P.smoke_test(cfg, {tc.name: graded_probe[graded_probe[C.TEACHER] == tc.name] for tc in cfg.teachers},
-                               suites, base, t)
+                               suites, base, t, rec)
         best, accurate = winner(ranking), best_accuracy_teacher(ranking)
         rec.notes.update({"winner": best, "best_accuracy": accurate})
     with runner.stage("compress", rows_in=len(pool)) as (t, rec):

@@ -70,6 +70,24 @@ def _failing(tracker, verbose: bool):
         raise
 
 
+def _tracked(cfg: JobConfig, job: str, kind: str, run_name: str, body, verbose: bool):
+    """Run ``body(cfg, tracker, runner)`` under a parent MLflow run (params, wall time, FAILED on error);
+    returns ``(result, tracker, wall_seconds)``."""
+    from ray_distill.progress import StageRunner
+    from ray_distill.tracking import start_tracker
+
+    tracker = start_tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.storage,
+                            run_name=run_name, tags={"ray_distill.job": job, "ray_distill.kind": kind})
+    tracker.log_params(to_flat_dict(cfg))
+    start = time.perf_counter()
+    with _failing(tracker, verbose):
+        result = body(cfg, tracker, StageRunner(tracker, console))
+    wall = time.perf_counter() - start
+    tracker.log_metrics({"wall_s": wall})
+    tracker.end()
+    return result, tracker, wall
+
+
 @app.command()
 def validate(job: JobFile, overrides: Overrides = None) -> None:
     """Load and validate a job file (with overrides) and print the resolved configuration."""
@@ -90,18 +108,9 @@ def run(job: JobFile, overrides: Overrides = None, verbose: Verbose = False, dry
         print_estimates(cfg)
         return
     from ray_distill.pipeline import run_job
-    from ray_distill.progress import StageRunner
-    from ray_distill.tracking import start_tracker
 
-    tracker = start_tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.storage,
-                            run_name=cfg.name, tags={"ray_distill.job": job, "ray_distill.kind": "run"})
-    tracker.log_params(to_flat_dict(cfg))
-    start = time.perf_counter()
-    with _failing(tracker, verbose):
-        result = run_job(cfg, tracker, StageRunner(tracker, console))
-    tracker.log_metrics({"wall_s": time.perf_counter() - start})
-    tracker.end()
-    print_summary(result, time.perf_counter() - start, tracker)
+    result, tracker, wall = _tracked(cfg, job, "run", cfg.name, run_job, verbose)
+    print_summary(result, wall, tracker)
 
 
 @app.command()
@@ -109,16 +118,9 @@ def tune(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) ->
     """Search data budgets with Ray Tune on stored generations; each trial = select → train → evaluate."""
     cfg = _load(job, overrides)
     _setup_logging(verbose)
-    from ray_distill.progress import StageRunner
-    from ray_distill.tracking import start_tracker
     from ray_distill.tuning.search import run_search
 
-    tracker = start_tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.storage,
-                            run_name=f"{cfg.name}-tune", tags={"ray_distill.job": job, "ray_distill.kind": "tune"})
-    tracker.log_params(to_flat_dict(cfg))
-    with _failing(tracker, verbose):
-        result = run_search(cfg, tracker, StageRunner(tracker, console))
-    tracker.end()
+    result, tracker, _ = _tracked(cfg, job, "tune", f"{cfg.name}-tune", run_search, verbose)
     table = Table(title="Ray Tune trials (data budgets)")
     for col in result.trials.columns:
         table.add_column(str(col))
@@ -144,15 +146,8 @@ def ablate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) 
     cfg = _load(job, overrides)
     _setup_logging(verbose)
     from ray_distill.ablation import run_ablation
-    from ray_distill.progress import StageRunner
-    from ray_distill.tracking import start_tracker
 
-    tracker = start_tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.storage,
-                            run_name=f"{cfg.name}-ablation", tags={"ray_distill.job": job, "ray_distill.kind": "ablation"})
-    tracker.log_params(to_flat_dict(cfg))
-    with _failing(tracker, verbose):
-        result = run_ablation(cfg, tracker, StageRunner(tracker, console))
-    tracker.end()
+    result, _, _ = _tracked(cfg, job, "ablation", f"{cfg.name}-ablation", run_ablation, verbose)
     table = Table(title=f"Ablation at an equal budget of {result.budget_rows:,} training rows (avg@k, 95% CI)")
     for col in ("arm", "teacher", *dict.fromkeys(result.table["suite"])):
         table.add_column(col)

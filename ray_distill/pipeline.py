@@ -77,11 +77,8 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
     rows: dict[str, int] = {}
     paper_order = cfg.compression.order == "paper"
 
-    with runner.stage("student") as (t, rec):
-        base = prepare_student(cfg, t)
-    with runner.stage("questions") as (t, rec):
-        pool, suites = load_questions(cfg, t)
-        rec.rows_out = rows["questions"] = len(pool)
+    base, pool, suites = student_and_questions(cfg, runner)
+    rows["questions"] = len(pool)
     with runner.stage("generate_probe") as (t, rec):
         probe = pool[: cfg.smoke_test.probe_questions]
         check_budget(cfg, [estimate_generation(store, "generate_probe", probe, _single(tc)) for tc in cfg.teachers], 0)
@@ -92,7 +89,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
         probe_graded = {name: graded_all[graded_all[C.TEACHER] == name] for name in probe_gen}
         rec.rows_out = sum(int(_ok(df).sum()) for df in probe_graded.values())
     with runner.stage("smoke_test") as (t, rec):
-        ranking = smoke_test(cfg, probe_graded, suites, base, t)
+        ranking = smoke_test(cfg, probe_graded, suites, base, t, rec)
         best = winner(ranking) if len(ranking) > 1 or cfg.smoke_test.enabled else cfg.teachers[0].name
         rec.notes["winner"] = best
     teacher = next(tc for tc in cfg.teachers if tc.name == best)
@@ -282,6 +279,16 @@ def log_accounting(tracker: Tracker, runner: StageRunner, corpus_rows: int) -> l
 # ----------------------------------------------------------------------------- stages (thin glue)
 
 
+def student_and_questions(cfg: JobConfig, runner: StageRunner) -> tuple[str, list[dict], dict[str, list[dict]]]:
+    """The first two stages of every command: the base student, the training pool and the eval suites."""
+    with runner.stage("student") as (t, rec):
+        base = prepare_student(cfg, t)
+    with runner.stage("questions") as (t, rec):
+        pool, suites = load_questions(cfg, t)
+        rec.rows_out = len(pool)
+    return base, pool, suites
+
+
 def load_questions(cfg: JobConfig, t: Tracker, write_rejects: bool = True) -> tuple[list[dict], dict[str, list[dict]]]:
     """The training pool (held-out questions and contaminated ones removed) and the evaluation suites."""
     suites: dict[str, list[dict]] = {}
@@ -329,7 +336,7 @@ def verify(cfg: JobConfig, gen: pd.DataFrame, base: str) -> pd.DataFrame:
 
 
 def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], suites: dict[str, list[dict]], base: str,
-               t: Tracker) -> list[dict]:
+               t: Tracker, rec: StageRecord | None = None) -> list[dict]:
     """Per candidate teacher: short SFT of the student on its verified probe corpus, then evaluation."""
     results = []
     if cfg.smoke_test.suite is not None:
@@ -350,7 +357,7 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], suites: dict[str,
                 trained = train_sft(corpus, base, join(cfg.run_dir, "smoke", name), train_cfg,
                                     storage_path=join(cfg.run_dir, "ray_train"), run_name=f"smoke-{name}",
                                     tracker_handle=tt.handle())
-                scores = evaluate(cfg, trained.model_path, probe_suite, tt, prefix="smoke")
+                scores = evaluate(cfg, trained.model_path, probe_suite, tt, prefix="smoke", rec=rec)
                 res["student_score"] = _mean_score(scores)
             else:
                 res["student_score"] = res["teacher_accuracy"]

@@ -52,7 +52,6 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
     from ray_distill import pipeline as P
     from ray_distill.evaluation.evaluate import evaluate_suites
     from ray_distill.runtime import init_ray
-    from ray_distill.students import prepare_student
 
     check_space(cfg)
     if not any(s.domain == "in_domain" for s in cfg.eval.suites):
@@ -60,11 +59,7 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
     init_ray(cfg)
     store = GenerationStore(join(cfg.storage, "generations"))
 
-    with runner.stage("student") as (t, rec):
-        base = prepare_student(cfg, t)
-    with runner.stage("questions") as (t, rec):
-        pool, suites = P.load_questions(cfg, t)
-        rec.rows_out = len(pool)
+    base, pool, suites = P.student_and_questions(cfg, runner)
     with runner.stage("pass_rates", rows_in=len(pool)) as (t, rec):
         rates = P.student_pass_rates(cfg, pool, base)
         rec.notes["mean_pass_rate"] = float(rates[C.PASS_RATE].mean())
