@@ -130,21 +130,23 @@ class GenerationStore:
         new_ok, new_bad = self._generate(todo, teacher)
         wall_s = time.perf_counter() - start
 
-        found = pd.concat([cached, new_ok, new_bad], ignore_index=True)[STORED_COLUMNS]
-        sample_cols = [KEY, C.TEACHER, C.SEED, C.COMPLETION, C.NUM_TOKENS, C.FINISH_REASON, C.ERROR, C.PROMPT_TOKENS]
-        # Question columns come from the request: a cached sample may have been generated for the
-        # same text under another question id.
-        out = requests.merge(found[sample_cols], on=KEY, how="left", validate="many_to_one")
-        if out[C.COMPLETION].isna().any():
-            raise RuntimeError(f"{int(out[C.COMPLETION].isna().sum())} requested samples are missing after generation")
+        found = pd.concat([cached, new_ok, new_bad], ignore_index=True)
+        out = _answer(requests, found, how="left")
+        if len(out) != len(requests):
+            raise RuntimeError(f"{len(requests) - len(out)} requested samples are missing after generation")
         counters = generation_counters(requests, cached, todo, new_ok, new_bad, wall_s)
         logger.info("generation store %s/%s: %s", self.root, teacher.name, counters)
-        return out[STORED_COLUMNS].astype({C.SEED: "int64", C.NUM_TOKENS: "int64", C.PROMPT_TOKENS: "int64"}), counters
+        return out, counters
+
+    def lookup(self, questions: list[dict], teacher: TeacherConfig, n: int | None = None) -> pd.DataFrame:
+        """The stored ones among the samples ``get_or_generate(questions, teacher, n)`` asks for, in
+        request order, in the same layout; generates nothing."""
+        requests = _request_frame(questions, teacher, n or teacher.sampling.n)
+        return _answer(requests, self.load(teacher.name, set(requests[KEY])), how="inner")
 
     def count_cached(self, questions: list[dict], teacher: TeacherConfig, n: int | None = None) -> int:
         """How many of the samples ``get_or_generate(questions, teacher, n)`` asks for are stored (free)."""
-        requests = _request_frame(questions, teacher, n or teacher.sampling.n)
-        return int(requests[KEY].isin(self.load(teacher.name, set(requests[KEY]))[KEY]).sum())
+        return len(self.lookup(questions, teacher, n))
 
     def mean_completion_tokens(self, teacher: TeacherConfig) -> float | None:
         """Mean completion length of the samples stored under this teacher's name (None when empty):
@@ -152,6 +154,7 @@ class GenerationStore:
         total = count = 0
         for path in self.part_files(teacher.name):
             tokens = pq.read_table(path, filesystem=self.fs, columns=[C.NUM_TOKENS]).column(0).to_numpy()
+            tokens = tokens[tokens >= 0]  # -1: the engine did not report a count
             total, count = total + int(tokens.sum()), count + len(tokens)
         return total / count if count else None
 
@@ -213,6 +216,15 @@ def _with_stored_columns(df: pd.DataFrame) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = STORED_DEFAULTS.get(col)
     return df
+
+
+def _answer(requests: pd.DataFrame, found: pd.DataFrame, how: str) -> pd.DataFrame:
+    """Requests joined with their stored samples (``STORED_COLUMNS``). Question columns come from the
+    request: a cached sample may have been generated for the same text under another question id."""
+    sample_cols = [KEY, C.TEACHER, C.SEED, C.COMPLETION, C.NUM_TOKENS, C.FINISH_REASON, C.ERROR, C.PROMPT_TOKENS]
+    out = requests.merge(found[STORED_COLUMNS][sample_cols], on=KEY, how=how, validate="many_to_one")
+    out = out.dropna(subset=[C.COMPLETION])
+    return out[STORED_COLUMNS].astype({C.SEED: "int64", C.NUM_TOKENS: "int64", C.PROMPT_TOKENS: "int64"}).reset_index(drop=True)
 
 
 def _request_frame(questions: list[dict], teacher: TeacherConfig, n: int) -> pd.DataFrame:

@@ -24,7 +24,7 @@ import yaml
 from ray_distill import columns as C
 from ray_distill.config import ConfigError, JobConfig, TeacherConfig
 from ray_distill.data.fs import absolute, join, write_text
-from ray_distill.generation.store import KEY, STORED_COLUMNS, GenerationStore, generation_key, teacher_fingerprint
+from ray_distill.generation.store import KEY, GenerationStore
 from ray_distill.progress import StageRunner
 from ray_distill.tracking import MLflowTracker, Tracker, TrackerHandle
 from ray_distill.tuning.pareto import pareto_front, plot_front
@@ -99,7 +99,7 @@ def teacher_samples(store: GenerationStore, questions: list[dict], teacher: Teac
     """(samples 0..m-1 of every question that the store holds — after generating the missing ones
     when ``top_up`` —, the rows generated now). Without ``top_up`` nothing is generated: a question
     uses what the store holds, and a teacher the store holds nothing of is a configuration error."""
-    held = stored_samples(store, questions, teacher, m)
+    held = store.lookup(questions, teacher, m)
     if top_up and len(held) < len(questions) * m:
         samples, _ = store.get_or_generate(questions, teacher, n=m)
         samples = samples[samples[C.ERROR] == ""]
@@ -111,19 +111,6 @@ def teacher_samples(store: GenerationStore, questions: list[dict], teacher: Teac
         logger.warning("store holds %d of %d samples of %s (M=%d): trials use what is there (tune.top_up: false)",
                        len(held), len(questions) * m, teacher.name, m)
     return held, held.head(0)
-
-
-def stored_samples(store: GenerationStore, questions: list[dict], teacher: TeacherConfig, m: int) -> pd.DataFrame:
-    """Samples 0..m-1 of ``questions`` that the store holds (question columns from ``questions``,
-    as ``get_or_generate`` returns them), in request order; generates nothing."""
-    fp = teacher_fingerprint(teacher)
-    req = pd.DataFrame([{**{c: q[c] for c in C.QUESTION_COLUMNS}, C.SAMPLE_INDEX: i,
-                         KEY: generation_key(q[C.QUESTION], fp, i)} for q in questions for i in range(m)],
-                       columns=[*C.QUESTION_COLUMNS, C.SAMPLE_INDEX, KEY])
-    held = store.load(teacher.name, set(req[KEY]))
-    sample_cols = [KEY, *(c for c in STORED_COLUMNS if c not in req.columns)]
-    out = req.merge(held[sample_cols], on=KEY, how="inner", validate="many_to_one")
-    return out[STORED_COLUMNS].astype({C.SEED: "int64", C.NUM_TOKENS: "int64"}).reset_index(drop=True)
 
 
 def save_inputs(work: str, pool, rates, graded, suites) -> dict[str, str]:

@@ -14,7 +14,7 @@ from ray_distill.data.sources import load_source
 from ray_distill.generation.store import GenerationStore
 from ray_distill.progress import StageRunner
 from ray_distill.tracking import start_tracker
-from ray_distill.tuning.search import run_search, stored_samples, teacher_samples
+from ray_distill.tuning.search import run_search, teacher_samples
 
 TEACHER = {"name": "concise", "engine": {"kind": "scripted", "persona": "concise"},
            "sampling": {"temperature": 0.8, "max_tokens": 64}}
@@ -43,7 +43,7 @@ def test_store_lookup_and_top_up(ray_local, tmp_path):
     store = GenerationStore(join(cfg.storage, "generations"))
     teacher = cfg.teachers[0]
     store.get_or_generate(pool, teacher, n=1)
-    held = stored_samples(store, pool, teacher, 2)
+    held = store.lookup(pool, teacher, 2)
     assert len(held) == 5 and set(held["sample_index"]) == {0}
     samples, new = teacher_samples(store, pool, teacher, 2, top_up=False)  # capped at what is stored
     assert len(samples) == 5 and new.empty
