@@ -81,6 +81,7 @@ class SamplingConfig(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(256, ge=1)
     seed: int = Field(0, description="Base seed; sample i of a question uses a seed derived from it.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings (not included in the completion).")
 
 
 class ResourcesConfig(_Strict):
@@ -116,7 +117,8 @@ class EngineConfig(_Strict):
         None, description="NAME of the environment variable that holds the API key (engine 'openai'); None: no key."
     )
     api: Literal["chat", "completions"] = Field(
-        "chat", description="'chat' sends the messages; 'completions' sends the question text as a raw prompt."
+        "chat", description="'chat' applies the chat template (a server's, or the model's own for vllm/hf); "
+        "'completions' sends the question text as a raw prompt"
     )
     max_concurrency: int = Field(16, ge=1, description="Requests in flight per engine actor (engine 'openai').")
     request_timeout_s: float = Field(600.0, gt=0, description="Timeout of one request (engine 'openai').")

@@ -73,10 +73,19 @@ def resolve_api_key(cfg: EngineConfig) -> SecretStr | None:
     return SecretStr(value)
 
 
-def render_prompt(tokenizer, conv: list[dict]) -> list[int]:
-    """Token ids of a conversation through the model's own chat template, ready for the assistant turn."""
+def render_prompt(tokenizer, conv: list[dict], api: str = "chat") -> list[int]:
+    """Token ids of a conversation through the model's own chat template, ready for the assistant turn;
+    with ``api="completions"`` the last user message as a raw prompt."""
+    if api == "completions":
+        return tokenizer.encode(last_user_content(conv), add_special_tokens=False)
     text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``text`` up to (without) its first stop string, and whether one was found (vLLM's convention)."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
 
 
 def last_user_content(messages: list[dict]) -> str:
@@ -109,6 +118,7 @@ class ScriptedEngine:
             text = write_solution(self.persona, question, seed)
         except Exception as err:  # one bad request must not fail the batch
             return error_completion(err)
+        text, _ = cut_at_stop(text, sampling.stop)
         if len(text) > sampling.max_tokens:
             return Completion(text=text[: sampling.max_tokens], num_tokens=sampling.max_tokens,
                               finish_reason=FINISH_LENGTH, error="", prompt_tokens=len(question))
@@ -132,6 +142,7 @@ class VLLMEngine:
             enforce_eager=cfg.enforce_eager,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.api = cfg.api
         self.start_seconds = time.perf_counter() - start
         logger.info("vLLM engine for %s ready in %.1f s", cfg.model, self.start_seconds)
 
@@ -145,13 +156,13 @@ class VLLMEngine:
         pending: dict[str, tuple[int, int]] = {}  # request id -> (prompt index, sample position)
         for i, (conv, prompt_seeds) in enumerate(zip(messages, seeds)):
             try:
-                token_ids = render_prompt(self.tokenizer, conv)
+                token_ids = render_prompt(self.tokenizer, conv, self.api)
             except Exception as err:
                 out[i] = [error_completion(err)] * len(prompt_seeds)
                 continue
             for j, seed in enumerate(prompt_seeds):
                 params = SamplingParams(n=1, seed=seed, temperature=sampling.temperature, top_p=sampling.top_p,
-                                        max_tokens=sampling.max_tokens)
+                                        max_tokens=sampling.max_tokens, stop=sampling.stop or None)
                 try:  # vLLM validates at enqueue (e.g. prompt longer than max_model_len)
                     (request_id,) = self.llm.enqueue({"prompt_token_ids": token_ids}, params, use_tqdm=False)
                 except Exception as err:

@@ -22,6 +22,7 @@ from ray_distill.generation.engines import (
     FINISH_STOP,
     Completion,
     check_lengths,
+    cut_at_stop,
     error_completion,
     render_prompt,
 )
@@ -42,6 +43,7 @@ class HFEngine:
         self.stop_ids = {*(eos if isinstance(eos, list) else [eos]), self.tokenizer.eos_token_id} - {None}
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.stop_ids)
+        self.api = cfg.api
         self.start_seconds = time.perf_counter() - start
         logger.info("transformers engine for %s on %s ready in %.1f s", cfg.model, self.device, self.start_seconds)
 
@@ -52,7 +54,7 @@ class HFEngine:
         out = []
         for conv, prompt_seeds in zip(messages, seeds):
             try:
-                ids = render_prompt(self.tokenizer, conv)
+                ids = render_prompt(self.tokenizer, conv, self.api)
                 if len(ids) >= self.max_model_len:
                     raise ValueError(f"prompt of {len(ids)} tokens does not fit max_model_len {self.max_model_len}")
             except Exception as err:  # one bad request must not fail the batch
@@ -71,12 +73,15 @@ class HFEngine:
             torch.manual_seed(seed)
             input_ids = torch.tensor([ids], device=self.device)
             with torch.inference_mode():
+                if sampling.stop:
+                    params.update(stop_strings=sampling.stop, tokenizer=self.tokenizer)
                 seq = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                           max_new_tokens=max_new, pad_token_id=self.pad_id, **params)
         except Exception as err:
             return error_completion(err)
         new = seq[0, len(ids):].tolist()
-        stopped = bool(new) and new[-1] in self.stop_ids
-        return Completion(text=self.tokenizer.decode(new, skip_special_tokens=True), num_tokens=len(new),
+        text, hit = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), sampling.stop)
+        stopped = hit or (bool(new) and new[-1] in self.stop_ids)
+        return Completion(text=text, num_tokens=len(new),
                           finish_reason=FINISH_STOP if stopped or len(new) < max_new else FINISH_LENGTH,
                           error="", prompt_tokens=len(ids))

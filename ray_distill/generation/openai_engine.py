@@ -121,6 +121,8 @@ class OpenAIEngine:
 
     async def _create(self, conv: list[dict], sampling: SamplingConfig, seed: int) -> Completion:
         common = dict(model=self.cfg.model, n=1, seed=seed, temperature=sampling.temperature, top_p=sampling.top_p)
+        if sampling.stop:
+            common["stop"] = sampling.stop
         if self.cfg.api == "chat":
             resp = await self.client.chat.completions.create(
                 messages=conv, max_completion_tokens=sampling.max_tokens, **common)

@@ -55,10 +55,11 @@ def teacher_fingerprint(teacher: TeacherConfig) -> dict:
         "model": e.model,
         "persona": e.persona,
         "revision": e.revision,
-        "sampling": teacher.sampling.model_dump(exclude={"n"}),
+        # n only adds samples; no stop strings is the old default (keys stay what they were)
+        "sampling": teacher.sampling.model_dump(exclude={"n"} | ({"stop"} if not teacher.sampling.stop else set())),
         "prompt_template": PROMPT_TEMPLATE_HASH,
     }
-    if e.kind == "openai":  # chat messages vs a raw prompt are different requests
+    if e.kind == "openai" or e.api != "chat":  # chat messages vs a raw prompt are different requests
         fp["api"] = e.api
     return fp
 

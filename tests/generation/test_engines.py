@@ -35,3 +35,19 @@ def test_scripted_engine_truncates_at_max_tokens():
 def test_build_engine_rejects_unknown_persona():
     with pytest.raises(ValueError, match="unknown teacher persona"):
         build_engine(EngineConfig(kind="scripted", persona="nobody"))
+
+
+def test_stop_strings_cut_the_completion_and_change_the_store_key():
+    from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
+    from ray_distill.generation.engines import ScriptedEngine, cut_at_stop
+    from ray_distill.generation.store import generation_key, teacher_fingerprint
+
+    assert cut_at_stop("a;b;c", [";", "c"]) == ("a", True) and cut_at_stop("abc", ["x"]) == ("abc", False)
+    conv = [[{"role": "user", "content": "9+0-9"}]]
+    full = ScriptedEngine("concise").generate(conv, SamplingConfig(), [[3]])[0][0]["text"]
+    cut = ScriptedEngine("concise").generate(conv, SamplingConfig(stop=[";"]), [[3]])[0][0]["text"]
+    assert cut == full[: full.index(";")]
+    plain = TeacherConfig(name="t", engine=EngineConfig(kind="scripted", persona="concise"))
+    stopped = plain.model_copy(update={"sampling": SamplingConfig(stop=[";"])})
+    assert "stop" not in teacher_fingerprint(plain)["sampling"]  # keys of stores made before 'stop' stay valid
+    assert generation_key("q", teacher_fingerprint(plain), 0) != generation_key("q", teacher_fingerprint(stopped), 0)

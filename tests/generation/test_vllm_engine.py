@@ -35,3 +35,22 @@ def test_vllm_keeps_every_sample_and_is_seeded(ray_local, tiny_student_path):
     # one failing request does not fail the batch
     bad = df[df[C.QUESTION_ID] == "too-long"]
     assert len(bad) == 2 and (bad[C.FINISH_REASON] == "error").all() and bad[C.ERROR].str.contains("128").all()
+
+
+def test_vllm_stop_strings_and_raw_prompt_mode(ray_local, tiny_student_path):
+    questions = make_questions("arith", 4, 1, 3, seed=1)
+
+    def run(stop: list[str], api: str = "chat"):
+        teacher = TeacherConfig(
+            name="micro", engine=EngineConfig(kind="vllm", model=tiny_student_path, dtype="float32", api=api),
+            sampling=SamplingConfig(n=1, temperature=1.0, max_tokens=24, seed=5, stop=stop))
+        return generate_dataset(ray_local.data.from_items(questions), teacher).to_pandas().sort_values(C.QUESTION_ID)
+
+    full = run([])
+    text = next(t for t in full[C.COMPLETION] if len(t) > 2)
+    stop = text[1]  # a character the seeded sample does produce
+    cut = run([stop])
+    for whole, short in zip(full[C.COMPLETION], cut[C.COMPLETION]):  # same seeds: the stopped text is a prefix
+        assert short == (whole[: whole.index(stop)] if stop in whole else whole)
+    raw = run([], api="completions")  # the question text itself, no chat template
+    assert (raw[C.PROMPT_TOKENS] == raw[C.QUESTION].str.len()).all()
