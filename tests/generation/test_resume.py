@@ -33,6 +33,17 @@ print("finished")
 """
 
 
+def wait_until_quiet(server, quiet_s: float, timeout_s: float) -> None:
+    """Return once the stub server has received no request for ``quiet_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    seen, since = len(server.requests), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"requests still arriving after {timeout_s}s: {len(server.requests)}"
+        time.sleep(0.1)
+        if len(server.requests) != seen:
+            seen, since = len(server.requests), time.monotonic()
+
+
 @pytest.mark.slow
 def test_sigkill_mid_generation_then_rerun_generates_only_the_rest(ray_local, openai_stub, tmp_path, monkeypatch):
     monkeypatch.setenv("STUB_API_KEY", "sk-resume-test")
@@ -60,6 +71,9 @@ def test_sigkill_mid_generation_then_rerun_generates_only_the_rest(ray_local, op
             proc.wait()
         assert b"finished" not in proc.stdout.read()
 
+        # The dead driver's Ray Data actors outlive it until Ray notices the job is gone; wait until their
+        # last in-flight requests have reached the server so the count below is the rerun's alone.
+        wait_until_quiet(server, quiet_s=2.0, timeout_s=60)
         parts = store.part_files("paid")
         persisted = sum(pq.read_metadata(p, filesystem=store.fs).num_rows for p in parts)
         assert 0 < persisted < 300 and len(store.load("paid")) == persisted  # killed mid-run, no duplicates
