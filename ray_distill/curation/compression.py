@@ -32,13 +32,17 @@ RATE_COLUMNS = [C.QUESTION_ID, C.NUM_SAMPLES, C.NUM_CORRECT, C.PASS_RATE]
 
 
 def pass_rates(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per question: number of graded samples, number correct, pass rate (``RATE_COLUMNS``)."""
+    """Per question: number of samples, number correct, pass rate (``RATE_COLUMNS``).
+
+    A sample whose generation failed counts as wrong, as in evaluation: the student did not solve the
+    question, so compression keeps it rather than judging it on the samples that happened to finish."""
     _require(samples, [C.QUESTION_ID, C.CORRECT], "pass_rates")
     if C.ERROR in samples.columns:
         failed = samples[C.ERROR].fillna("").astype(str) != ""
         if failed.any():
-            logger.warning("pass_rates: ignoring %d samples whose generation failed", int(failed.sum()))
-            samples = samples[~failed]
+            logger.warning("pass_rates: %d samples whose generation failed count as wrong (first error: %s)",
+                           int(failed.sum()), samples.loc[failed, C.ERROR].iloc[0])
+            samples = samples.assign(**{C.CORRECT: samples[C.CORRECT].where(~failed, False)})
     if samples[C.CORRECT].isna().any():
         raise ValueError(f"pass_rates: {int(samples[C.CORRECT].isna().sum())} samples have no '{C.CORRECT}' verdict")
     correct = samples[C.CORRECT].astype(bool)

@@ -17,13 +17,14 @@ def _questions(*ids: str) -> list[dict]:
     return [{C.QUESTION_ID: q, C.QUESTION: f"q{q}", C.ANSWER: "1"} for q in ids]
 
 
-def test_pass_rates_counts_and_ignores_failed_generations():
-    df = _samples({"a": [True, False, False, False], "b": [True, True]})
-    df[C.ERROR] = ["", "", "", "timeout", "", ""]
+def test_pass_rates_count_failed_generations_as_wrong():
+    df = _samples({"a": [True, False, False, False], "b": [True, True], "c": [None, None]})
+    df[C.ERROR] = ["", "", "", "timeout", "", "", "prompt too long", "prompt too long"]
     rates = pass_rates(df).set_index(C.QUESTION_ID)
-    assert rates.loc["a", C.NUM_SAMPLES] == 3 and rates.loc["a", C.NUM_CORRECT] == 1
-    assert rates.loc["a", C.PASS_RATE] == pytest.approx(1 / 3)
+    assert rates.loc["a", C.NUM_SAMPLES] == 4 and rates.loc["a", C.NUM_CORRECT] == 1
+    assert rates.loc["a", C.PASS_RATE] == pytest.approx(1 / 4)  # as evaluation scores it
     assert rates.loc["b", C.PASS_RATE] == 1.0
+    assert rates.loc["c", C.NUM_SAMPLES] == 2 and rates.loc["c", C.PASS_RATE] == 0.0  # never solved: kept
 
 
 def test_band_edges_are_inclusive():
