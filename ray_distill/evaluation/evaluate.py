@@ -8,8 +8,8 @@ estimator), a 95% CI, mean response length.
 - :func:`sample_student`: k samples per question through the same Ray Data actor adapter as the
   teachers (``generation.actor.generate_dataset``), one pass and one engine start for all questions.
 - :func:`grade_samples`: the one grading entry point (``curation.graders.grade_row``: math by
-  reference answer, code by running the question's ``tests`` in the sandbox) on every sample; a failed
-  generation (non-empty ``error``) is graded incorrect, never dropped.
+  reference answer, code by running the question's ``tests`` in the sandbox, one thread per core) on
+  every sample; a failed generation (non-empty ``error``) is graded incorrect, never dropped.
 - :func:`avg_at_k`: pure; avg@k, pass@1 and pass@k (Chen et al. 2021), a 95% CI over questions.
 - :func:`evaluate_suites`: all suites in one engine pass, then split by suite.
 
@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -83,8 +85,14 @@ def grade_samples(df: pd.DataFrame) -> pd.DataFrame:
     ``generation_error``: it stays in the table and counts against the student."""
     failed = _failed(df)
     tests = df[C.TESTS].fillna("") if C.TESTS in df.columns else [""] * len(df)  # code questions carry tests
-    verdicts = [None if err else grade_row(str(text), str(ref), str(t))
-                for text, ref, t, err in zip(df[C.COMPLETION].fillna(""), df[C.ANSWER].fillna(""), tests, failed)]
+    rows = list(zip(df[C.COMPLETION].fillna("").astype(str), df[C.ANSWER].fillna("").astype(str),
+                    [str(t) for t in tests], failed))
+    verdicts = [None if err or t else grade_row(text, ref) for text, ref, t, err in rows]  # math: here (signals)
+    code = [i for i, (_, _, t, err) in enumerate(rows) if t and not err]
+    if code:  # code: each test is a sandboxed subprocess, so threads run them in parallel
+        with ThreadPoolExecutor(max_workers=min(len(code), os.cpu_count() or 1)) as pool:
+            for i, verdict in zip(code, pool.map(lambda i: grade_row(*rows[i][:3]), code)):
+                verdicts[i] = verdict
     out = df.copy()
     out[C.CORRECT] = [bool(v and v.correct) for v in verdicts]
     out[C.FORMAT_OK] = [bool(v and v.format_ok) for v in verdicts]
