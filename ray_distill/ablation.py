@@ -113,7 +113,7 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
             slug = arm.replace("+", "plus_").replace(",", "").replace(" ", "_")
             trained = train_sft(corpus, base, join(cfg.run_dir, "ablation", slug), cfg.train,
                                 storage_path=join(cfg.run_dir, "ray_train"), run_name=f"ablation-{slug}",
-                                tracker_handle=t.handle())
+                                tracker_handle=t.handle(), log_model=False)
             scores = P.evaluate(cfg, trained.model_path, suites, t, prefix="after", rec=rec)
             t.log_params({"arm": arm, "teacher": teacher_name, "rows": len(corpus)})
             for suite, m in scores.items():

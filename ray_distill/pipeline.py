@@ -356,7 +356,7 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], suites: dict[str,
                                                          "batch_size": cfg.smoke_test.batch_size})
                 trained = train_sft(corpus, base, join(cfg.run_dir, "smoke", name), train_cfg,
                                     storage_path=join(cfg.run_dir, "ray_train"), run_name=f"smoke-{name}",
-                                    tracker_handle=tt.handle())
+                                    tracker_handle=tt.handle(), log_model=False)
                 scores = evaluate(cfg, trained.model_path, probe_suite, tt, prefix="smoke", rec=rec)
                 res["student_score"] = _mean_score(scores)
             else:

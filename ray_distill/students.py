@@ -57,5 +57,5 @@ def _pretrain(cfg: JobConfig, url: str, tracker: Tracker) -> None:
         logger.info("pretraining base student %s on %d single-step facts (cached afterwards)", s.preset, s.base_rows)
         result = train_sft(base_corpus(s.base_rows, seed=cfg.seed), init, url, train_cfg,
                            storage_path=join(cfg.storage, "cache", "ray_train"), run_name=f"base-{url.rsplit('/', 1)[-1]}",
-                           tracker_handle=tracker.handle())
+                           tracker_handle=tracker.handle(), log_model=False)
         tracker.log_metrics({f"base/{k}": v for k, v in result.metrics.items() if isinstance(v, (int, float))})

@@ -76,6 +76,11 @@ def test_quickstart_end_to_end(storage):
     (smoke,) = [r for r in children if r.info.run_name == "smoke_test"]
     teachers = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == smoke.info.run_id}
     assert teachers == {"teacher/concise", "teacher/verbose", "teacher/sloppy"}
+    client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
+    for r in runs:  # a smoke-test student is recorded by its path, not copied into MLflow
+        if r.data.tags.get("mlflow.parentRunId") == smoke.info.run_id:
+            assert r.data.tags["student_uri"] == str(storage / "quickstart" / "smoke" / r.info.run_name[8:])
+            assert not client.list_artifacts(r.info.run_id, "student")
 
     (ev,) = [r for r in children if r.info.run_name == "evaluate"]
     for when in ("before", "after"):
@@ -84,7 +89,8 @@ def test_quickstart_end_to_end(storage):
             assert 0.0 <= m["ci_low"] <= m["avg_at_k"] <= m["ci_high"] <= 1.0
             assert m["n_questions"] == (60 if suite == "arith_2to3" else 40)
     (train,) = [r for r in children if r.info.run_name == "train"]
-    losses = MlflowClient(f"sqlite:///{storage}/mlflow.db").get_metric_history(train.info.run_id, "train/loss")
+    losses = client.get_metric_history(train.info.run_id, "train/loss")
+    assert "config.json" in {os.path.basename(a.path) for a in client.list_artifacts(train.info.run_id, "student")}
     assert losses[-1].value < losses[0].value
 
     corpus = storage / "quickstart" / "corpus" / "corpus.jsonl"

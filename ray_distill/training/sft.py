@@ -53,9 +53,11 @@ def train_sft(
     storage_path: str,
     run_name: str,
     tracker_handle=None,
+    log_model: bool = True,
 ) -> TrainResult:
     """Fine-tune ``base_model`` (a save_pretrained dir, any fsspec URL) on ``rows`` and save the
-    student to ``output_path``; see the module docstring."""
+    student to ``output_path``; see the module docstring. ``log_model=False`` records only the student's
+    URL in MLflow (for the many intermediate students of smoke tests, searches and ablations)."""
     from ray_distill.tracking import tracker_from_handle
 
     tracker = tracker_from_handle(tracker_handle)
@@ -85,7 +87,7 @@ def train_sft(
     )
     result = trainer.fit()
     metrics = final_metrics(result.metrics, figures, t0)
-    log_student(tracker, output_path)
+    log_student(tracker, output_path, copy=log_model)
     logger.info(
         "trained %s: loss %.4f (initial %.4f), %d steps, %.0f tokens/s, startup %.1fs, %.1fs total",
         run_name, metrics["train_loss"], metrics["initial_loss"], metrics["steps"], metrics["tokens_per_s"],
@@ -132,12 +134,13 @@ def fingerprint(examples: list[dict], cfg: TrainConfig, base_model: str) -> str:
     return h.hexdigest()[:10]
 
 
-def log_student(tracker, output_path: str) -> None:
-    """The final student as an MLflow artifact (``student/``); a non-local one by its URL only."""
-    if is_local(output_path):
+def log_student(tracker, output_path: str, copy: bool = True) -> None:
+    """The student as an MLflow artifact (``student/``) when ``copy`` and local; otherwise (a remote
+    output, or an intermediate student) by its URL only, as the ``student_uri`` tag."""
+    if copy and is_local(output_path):
         tracker.log_artifact(absolute(output_path), "student")
     else:
-        tracker.set_tags({"student_uri": output_path})
+        tracker.set_tags({"student_uri": absolute(output_path)})
 
 
 def final_metrics(reported: dict, figures: dict, t0: float) -> dict:

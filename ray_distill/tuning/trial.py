@@ -138,7 +138,7 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
         result = train_sft(corpus, base, join(cfg.run_dir, "tune", "students", name),
                            cfg.train.model_copy(update={"epochs": epochs, "schedule_epochs": schedule[-1]}),
                            storage_path=join(absolute(cfg.run_dir), "ray_train"), run_name=name,
-                           tracker_handle=tracker.handle())
+                           tracker_handle=tracker.handle(), log_model=False)
         scores = evaluate_suites(result.model_path, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed,
                                  serving=cfg.student.serving)
         student_tokens += sum(int(m.get("tokens", 0)) for m in scores.values())
