@@ -328,7 +328,7 @@ def verify(cfg: JobConfig, gen: pd.DataFrame, base: str) -> pd.DataFrame:
     ds = ray.data.from_pandas(gen).map_batches(
         GradeBatch, fn_constructor_kwargs={"max_tokens": cfg.format.max_tokens, "require_think": cfg.format.require_think,
                                            "tokenizer_path": base, "code": cfg.format.code.model_dump()},
-        batch_format="pandas", batch_size=256, concurrency=1, num_cpus=1)
+        batch_format="pandas", batch_size=256, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
     graded = ds.to_pandas()
     if len(graded) != len(gen):
         raise RuntimeError(f"verify lost rows: {len(gen)} in, {len(graded)} out")

@@ -1,7 +1,7 @@
 """Thin Ray Data adapters over the pure curation functions.
 
     graded = ds.map_batches(GradeBatch, fn_constructor_args=(512, True, student_path),
-                            batch_format="pandas", concurrency=2)
+                            batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=2))
     selected = select_dataset(graded, p=4, seed=0, tokenizer_path=student_path)
 
 Tokens are counted / compared with the student tokenizer loaded from ``tokenizer_path`` (a local
@@ -101,7 +101,7 @@ class SelectBatch:
         return pd.concat(parts, ignore_index=True)
 
 
-def select_dataset(df: pd.DataFrame, p: int, seed: int, tokenizer_path: str | None = None, concurrency: int = 1,
+def select_dataset(df: pd.DataFrame, p: int, seed: int, tokenizer_path: str | None = None, num_actors: int = 1,
                    questions_per_block: int = 512):
     """Keep the ``p`` farthest-apart correct trajectories of each question.
 
@@ -123,5 +123,5 @@ def select_dataset(df: pd.DataFrame, p: int, seed: int, tokenizer_path: str | No
         fn_constructor_args=(p, seed, tokenizer_path),
         batch_size=None,  # one block = whole questions
         batch_format="pandas",
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
     )

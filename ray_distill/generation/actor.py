@@ -117,7 +117,7 @@ def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig) -> ray
             "sampling": teacher.sampling.model_dump(),
             "api_key": api_key,
         },
-        concurrency=res.num_actors,
+        compute=ray.data.ActorPoolStrategy(size=res.num_actors),
         num_cpus=res.num_cpus,
         num_gpus=res.num_gpus,
         batch_size=res.batch_size,

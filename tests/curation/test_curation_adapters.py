@@ -34,8 +34,8 @@ def test_grade_batch_pure():
 def test_grade_and_select_on_ray(ray_local, tiny_student_path):
     ds = ray_local.data.from_pandas(_generations()).repartition(3)
     graded = ds.map_batches(
-        GradeBatch, fn_constructor_args=(512, True, tiny_student_path), batch_format="pandas", batch_size=4, concurrency=1
-    )
+        GradeBatch, fn_constructor_args=(512, True, tiny_student_path), batch_format="pandas", batch_size=4,
+        compute=ray_local.data.ActorPoolStrategy(size=1))
     graded_df = graded.to_pandas()
     assert len(graded_df) == 15
     assert sorted(zip(graded_df[C.QUESTION_ID], graded_df[C.SAMPLE_INDEX])) == sorted(

@@ -141,7 +141,7 @@ def test_grade_batch_runs_the_sandbox_inside_a_ray_actor(ray_local):
     })
     graded = ray_local.data.from_pandas(df).map_batches(
         GradeBatch, fn_constructor_kwargs={"max_tokens": None, "code": {"timeout_s": 2.0}},
-        batch_format="pandas", batch_size=2, concurrency=1).to_pandas()
+        batch_format="pandas", batch_size=2, compute=ray_local.data.ActorPoolStrategy(size=1)).to_pandas()
     assert len(graded) == 6
     assert graded[C.CORRECT].tolist() == [True, False] * 3
     assert set(graded[C.REASON]) == {"", G.R_CODE_WRONG}
