@@ -3,6 +3,7 @@
     store = GenerationStore("s3://bucket/generations")          # or a local path, memory://, ...
     df, counters = store.get_or_generate(question_rows, teacher_cfg, n=8)  # generates only what is missing
     counters   # {'requested': 16, 'cached': 8, 'generated': 8, 'failed': 0, 'completion_tokens': 1903, ...}
+    df, _ = store.get_or_generate(question_rows, teacher_cfg, n={"q1": 4, "q2": 8})  # per question
 
 Every sample is stored under a key: sha256 of (question text hash, teacher name, engine kind, model,
 persona, revision, sampling params except ``n``, prompt-template hash, sample index; the API mode for
@@ -23,6 +24,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 
 import fsspec
 import numpy as np
@@ -41,6 +43,7 @@ KEY = "generation_key"  # content key of one stored sample
 PART_PREFIX, TMP_PREFIX, REJECTS_DIR = "part-", "_tmp-", "rejects"
 STORED_COLUMNS = [*C.GENERATION_COLUMNS, KEY]
 STORED_DEFAULTS = {C.PROMPT_TOKENS: -1}  # for parts written before the column existed (others: None)
+Counts = int | Mapping[str, int] | None  # samples per question: one n for all, or one per question id
 
 
 def teacher_fingerprint(teacher: TeacherConfig) -> dict:
@@ -116,14 +119,13 @@ class GenerationStore:
         return final
 
     def get_or_generate(
-        self, questions: list[dict], teacher: TeacherConfig, n: int | None = None
+        self, questions: list[dict], teacher: TeacherConfig, n: Counts = None
     ) -> tuple[pd.DataFrame, dict[str, int]]:
-        """Samples ``0..n-1`` (default ``teacher.sampling.n``) of every question, generating only the
-        missing ones. Returns one row per requested (question, sample index), in request order, with
+        """Samples ``0..n-1`` (default ``teacher.sampling.n``; a mapping gives each question id its own
+        ``n``) of every question, generating only the missing ones, all in one actor pool. Returns one row per requested (question, sample index), in request order, with
         ``STORED_COLUMNS``; rows whose request failed this time carry a non-empty ``error``. Counters
         (:func:`generation_counters`): row counts (requested = cached + generated + failed) and the
         prompts, tokens and wall time spent by this call, plus the tokens of the cached samples."""
-        n = n or teacher.sampling.n
         requests = _request_frame(questions, teacher, n)
         cached = self.load(teacher.name, set(requests[KEY]))
         todo = requests[~requests[KEY].isin(cached[KEY])].drop_duplicates(KEY)
@@ -139,13 +141,13 @@ class GenerationStore:
         logger.info("generation store %s/%s: %s", self.root, teacher.name, counters)
         return out, counters
 
-    def lookup(self, questions: list[dict], teacher: TeacherConfig, n: int | None = None) -> pd.DataFrame:
+    def lookup(self, questions: list[dict], teacher: TeacherConfig, n: Counts = None) -> pd.DataFrame:
         """The stored ones among the samples ``get_or_generate(questions, teacher, n)`` asks for, in
         request order, in the same layout; generates nothing."""
-        requests = _request_frame(questions, teacher, n or teacher.sampling.n)
+        requests = _request_frame(questions, teacher, n)
         return _answer(requests, self.load(teacher.name, set(requests[KEY])), how="inner")
 
-    def count_cached(self, questions: list[dict], teacher: TeacherConfig, n: int | None = None) -> int:
+    def count_cached(self, questions: list[dict], teacher: TeacherConfig, n: Counts = None) -> int:
         """How many of the samples ``get_or_generate(questions, teacher, n)`` asks for are stored (free)."""
         return len(self.lookup(questions, teacher, n))
 
@@ -228,16 +230,32 @@ def _answer(requests: pd.DataFrame, found: pd.DataFrame, how: str) -> pd.DataFra
     return out[STORED_COLUMNS].astype({C.SEED: "int64", C.NUM_TOKENS: "int64", C.PROMPT_TOKENS: "int64"}).reset_index(drop=True)
 
 
-def _request_frame(questions: list[dict], teacher: TeacherConfig, n: int) -> pd.DataFrame:
-    """One row per (question, sample index < n) with its content key."""
+def sample_counts(question_ids: list[str], n: int | Mapping[str, int]) -> list[int]:
+    """Samples asked of each question: ``n``, or ``n[question_id]`` (every question must be in it)."""
+    if not isinstance(n, Mapping):
+        counts = [int(n)] * len(question_ids)
+    else:
+        n = {str(q): c for q, c in n.items()}
+        missing = [q for q in question_ids if q not in n]
+        if missing:
+            raise ValueError(f"no sample count for {len(missing)} questions, e.g. {missing[0]!r}")
+        counts = [int(n[q]) for q in question_ids]
+    if any(c < 1 for c in counts):
+        raise ValueError(f"sample counts must be >= 1, got {min(counts)}")
+    return counts
+
+
+def _request_frame(questions: list[dict], teacher: TeacherConfig, n: Counts) -> pd.DataFrame:
+    """One row per (question, sample index < its n) with its content key (``n``: see ``get_or_generate``)."""
     qdf = pd.DataFrame(questions)
     if C.TESTS not in qdf.columns:  # question rows without tests are math rows
         qdf[C.TESTS] = ""
     missing = [c for c in C.QUESTION_COLUMNS if c not in qdf.columns]
     if missing:
         raise ValueError(f"questions need columns {missing}; got {list(qdf.columns)}")
-    req = qdf[C.QUESTION_COLUMNS].iloc[np.repeat(np.arange(len(qdf)), n)].reset_index(drop=True)
-    req[C.SAMPLE_INDEX] = np.tile(np.arange(n), len(qdf))
+    counts = sample_counts(qdf[C.QUESTION_ID].astype(str).tolist(), n if n is not None else teacher.sampling.n)
+    req = qdf[C.QUESTION_COLUMNS].iloc[np.repeat(np.arange(len(qdf)), counts)].reset_index(drop=True)
+    req[C.SAMPLE_INDEX] = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.arange(0)
     fp = teacher_fingerprint(teacher)
     req[KEY] = [generation_key(q, fp, int(i)) for q, i in zip(req[C.QUESTION], req[C.SAMPLE_INDEX])]
     return req

@@ -6,6 +6,7 @@ import uuid
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from ray_distill import columns as C
 from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
@@ -72,6 +73,19 @@ def test_second_call_is_cached_and_larger_n_generates_only_the_extra(ray_local, 
     assert set(more.groupby(C.QUESTION_ID)[C.SAMPLE_INDEX].apply(lambda s: tuple(sorted(s)))) == {(0, 1, 2, 3)}
     pd.testing.assert_frame_equal(more[more[C.SAMPLE_INDEX] < 2].reset_index(drop=True), first)
     assert not any(p.name.startswith("_tmp-") for p in (tmp_path / "gens" / "concise").iterdir())
+
+    # per-question n (adaptive rounds): one call, each question topped up to its own count
+    ids = [q[C.QUESTION_ID] for q in questions]
+    want = {qid: 1 + i for i, qid in enumerate(ids)}  # 1..6 samples
+    mixed, c4 = store.get_or_generate(questions, _teacher(n=2), n=want)
+    assert _rows(c4) == {"requested": 21, "cached": 1 + 2 + 3 + 4 + 4 + 4, "generated": 1 + 2, "failed": 0}
+    assert mixed.groupby(C.QUESTION_ID).size().to_dict() == want
+    assert mixed[C.QUESTION_ID].tolist() == [qid for qid in ids for _ in range(want[qid])]  # request order
+    pd.testing.assert_frame_equal(mixed[mixed[C.SAMPLE_INDEX] < 4].reset_index(drop=True),
+                                  more[more[C.SAMPLE_INDEX] < more[C.QUESTION_ID].map(want)].reset_index(drop=True))
+    assert store.count_cached(questions, _teacher(n=2), want) == 21
+    with pytest.raises(ValueError, match="no sample count for 1 questions"):
+        store.lookup(questions, _teacher(n=2), {qid: 1 for qid in ids[1:]})
 
 
 def test_failed_requests_go_to_rejects_and_are_retried(ray_local, tmp_path):
