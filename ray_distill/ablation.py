@@ -12,8 +12,11 @@ number of optimizer steps; N is the size of the full DED corpus unless ``ablatio
 - ``DED, best-accuracy teacher``: the same DED recipe on the teacher with the best *own* accuracy
   (instead of the smoke-test winner), cut to N rows.
 
-Every arm is a nested MLflow run; the table (score and 95% CI per suite) is logged as
-``ablation.json`` and a bar chart with error bars, and printed by the CLI.
+Every arm runs once per seed of ``ablation.seeds`` (the seed draws the arm's rows and orders its
+training, ``train.seed``), each a nested MLflow run. The per-seed table (score and 95% CI over
+questions per suite) is logged as ``ablation.json``, the summary over seeds (mean, standard deviation,
+range) as ``ablation_summary.json`` and a bar chart (mean, error bars: the spread over seeds, or the
+CI with one seed) as ``ablation.png``; the CLI prints the summary.
 """
 
 from __future__ import annotations
@@ -41,10 +44,23 @@ RANDOM, CORRECT, COMPRESSED, DIVERSE, OTHER_TEACHER = (
 
 @dataclass
 class AblationResult:
-    table: pd.DataFrame  # one row per arm x suite: arm, teacher, rows, suite, avg_at_k, ci_low, ci_high
+    table: pd.DataFrame  # one row per arm x seed x suite: arm, teacher, rows, seed, suite, avg_at_k, ci_low, ci_high
+    summary: pd.DataFrame  # one row per arm x suite (:func:`summarize`)
     winner: str  # the smoke-test winner
     best_accuracy_teacher: str
     budget_rows: int
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and suite, over seeds: ``mean``, ``sd`` (sample standard deviation, 0 with one seed),
+    ``min``, ``max``, ``seeds``, and the mean 95% CI bounds over questions (``ci_low``, ``ci_high``).
+    Arms and suites keep their order in ``table`` (pure)."""
+    keys = ["arm", "teacher", "rows", "suite"]
+    g = table.groupby(keys, sort=False)
+    out = g["avg_at_k"].agg(mean="mean", sd="std", min="min", max="max", seeds="count")
+    out["sd"] = out["sd"].fillna(0.0)
+    out[["ci_low", "ci_high"]] = g[["ci_low", "ci_high"]].mean()
+    return out.reset_index()
 
 
 def ablation_corpora(graded: pd.DataFrame, kept_ids: set[str], diverse: pd.DataFrame, n: int,
@@ -93,52 +109,63 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
                            c.replay_fraction, seed=cfg.seed)
         kept_ids = {q[C.QUESTION_ID] for q in kept}
         rec.rows_out = len(kept)
-    corpora: dict[str, tuple[str, pd.DataFrame]] = {}
-    n = cfg.ablation.budget_rows
+    graded_by: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}  # teacher -> (graded M samples, DED corpus)
     for name in dict.fromkeys([best, accurate]):
         with runner.stage(f"generate/{name}", rows_in=len(pool)) as (t, rec):
             teacher = next(tc for tc in cfg.teachers if tc.name == name)
             graded = P.verify(cfg, P.generate(store, pool, P._with_n(teacher, cfg.selection.samples_per_question), t, rec), base)
-            diverse = P.select(cfg, graded[graded[C.QUESTION_ID].isin(kept_ids)], base)
-            rec.rows_out = len(diverse)
-        if name == best:
-            n = n or len(diverse)
-            corpora.update({arm: (name, df) for arm, df in ablation_corpora(graded, kept_ids, diverse, n, cfg.seed).items()})
-        else:
-            corpora[OTHER_TEACHER] = (name, diverse.sample(n=min(n, len(diverse)), random_state=cfg.seed))
+            graded_by[name] = graded, P.select(cfg, graded[graded[C.QUESTION_ID].isin(kept_ids)], base)
+            rec.rows_out = len(graded_by[name][1])
+    n = cfg.ablation.budget_rows or len(graded_by[best][1])
     rows = []
-    for arm, (teacher_name, df) in corpora.items():
-        with runner.stage(f"arm/{arm}", rows_in=len(df)) as (t, rec):
-            corpus = [to_chat_row(r) for r in df.to_dict("records")]
-            slug = arm.replace("+", "plus_").replace(",", "").replace(" ", "_")
-            trained = train_sft(corpus, base, join(cfg.run_dir, "ablation", slug), cfg.train,
-                                storage_path=join(cfg.run_dir, "ray_train"), run_name=f"ablation-{slug}",
-                                tracker_handle=t.handle(), log_model=False)
-            scores = P.evaluate(cfg, trained.model_path, suites, t, prefix="after", rec=rec)
-            t.log_params({"arm": arm, "teacher": teacher_name, "rows": len(corpus)})
-            for suite, m in scores.items():
-                rows.append({"arm": arm, "teacher": teacher_name, "rows": len(corpus), "suite": suite,
-                             "avg_at_k": m["avg_at_k"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]})
+    for seed in cfg.ablation.seeds:
+        graded, diverse = graded_by[best]
+        corpora = {arm: (best, df) for arm, df in ablation_corpora(graded, kept_ids, diverse, n, seed).items()}
+        if accurate != best:
+            other = graded_by[accurate][1]
+            corpora[OTHER_TEACHER] = (accurate, other.sample(n=min(n, len(other)), random_state=seed))
+        for arm, (teacher_name, df) in corpora.items():
+            with runner.stage(f"arm/{arm}/seed{seed}", rows_in=len(df)) as (t, rec):
+                corpus = [to_chat_row(r) for r in df.to_dict("records")]
+                slug = f"{arm.replace('+', 'plus_').replace(',', '').replace(' ', '_')}-seed{seed}"
+                trained = train_sft(corpus, base, join(cfg.run_dir, "ablation", slug),
+                                    cfg.train.model_copy(update={"seed": seed}),
+                                    storage_path=join(cfg.run_dir, "ray_train"), run_name=f"ablation-{slug}",
+                                    tracker_handle=t.handle(), log_model=False)
+                scores = P.evaluate(cfg, trained.model_path, suites, t, prefix="after", rec=rec)
+                t.log_params({"arm": arm, "teacher": teacher_name, "rows": len(corpus), "seed": seed})
+                for suite, m in scores.items():
+                    rows.append({"arm": arm, "teacher": teacher_name, "rows": len(corpus), "seed": seed,
+                                 "suite": suite, "avg_at_k": m["avg_at_k"], "ci_low": m["ci_low"],
+                                 "ci_high": m["ci_high"]})
     table = pd.DataFrame(rows)
+    summary = summarize(table)
     tracker.log_table(table, "ablation.json")
-    tracker.log_figure(_chart(table), "ablation.png")
-    return AblationResult(table=table, winner=best, best_accuracy_teacher=accurate, budget_rows=n)
+    tracker.log_table(summary, "ablation_summary.json")
+    tracker.log_figure(_chart(table, summary), "ablation.png")
+    return AblationResult(table=table, summary=summary, winner=best, best_accuracy_teacher=accurate, budget_rows=n)
 
 
-def _chart(table: pd.DataFrame):
+def _chart(table: pd.DataFrame, summary: pd.DataFrame):
+    """Per suite: the mean over seeds per arm as a bar, each seed as a dot; error bars are the standard
+    deviation over seeds (with one seed: the 95% CI over questions)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    suites = list(dict.fromkeys(table["suite"]))
+    suites = list(dict.fromkeys(summary["suite"]))
+    one_seed = bool((summary["seeds"] == 1).all())
     fig, axes = plt.subplots(1, len(suites), figsize=(5 * len(suites), 3.8), squeeze=False)
     for ax, suite in zip(axes[0], suites):
-        sub = table[table["suite"] == suite]
-        err = [sub["avg_at_k"] - sub["ci_low"], sub["ci_high"] - sub["avg_at_k"]]
-        ax.bar(range(len(sub)), sub["avg_at_k"], yerr=err, capsize=4)
+        sub = summary[summary["suite"] == suite].reset_index(drop=True)
+        err = [sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]] if one_seed else sub["sd"]
+        ax.bar(range(len(sub)), sub["mean"], yerr=err, capsize=4, alpha=0.7)
+        for x, arm in enumerate(sub["arm"]):
+            seeds = table[(table["suite"] == suite) & (table["arm"] == arm)]["avg_at_k"]
+            ax.plot([x] * len(seeds), seeds, "k.", markersize=4)
         ax.set_xticks(range(len(sub)), sub["arm"], rotation=30, ha="right", fontsize=7)
-        ax.set_title(f"{suite}: avg@k, 95% CI")
+        ax.set_title(f"{suite}: avg@k, " + ("95% CI" if one_seed else f"mean ± sd over {int(sub['seeds'].max())} seeds"))
     fig.tight_layout()
     plt.close(fig)
     return fig

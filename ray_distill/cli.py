@@ -148,11 +148,14 @@ def ablate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) 
     from ray_distill.ablation import run_ablation
 
     result, _, _ = _tracked(cfg, job, "ablation", f"{cfg.name}-ablation", run_ablation, verbose)
-    table = Table(title=f"Ablation at an equal budget of {result.budget_rows:,} training rows (avg@k, 95% CI)")
-    for col in ("arm", "teacher", *dict.fromkeys(result.table["suite"])):
+    seeds = len(cfg.ablation.seeds)
+    what = "avg@k, 95% CI over questions" if seeds == 1 else f"avg@k, mean ± sd over {seeds} seeds (range)"
+    table = Table(title=f"Ablation at an equal budget of {result.budget_rows:,} training rows ({what})")
+    for col in ("arm", "teacher", *dict.fromkeys(result.summary["suite"])):
         table.add_column(col)
-    for (arm, teacher), sub in result.table.groupby(["arm", "teacher"], sort=False):
-        table.add_row(arm, teacher, *[f"{r.avg_at_k:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in sub.itertuples()])
+    for (arm, teacher), sub in result.summary.groupby(["arm", "teacher"], sort=False):
+        table.add_row(arm, teacher, *[f"{r.mean:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" if seeds == 1 else
+                                      f"{r.mean:.3f} ± {r.sd:.3f} ({r.min:.3f}–{r.max:.3f})" for r in sub.itertuples()])
     out.print(table)
     out.print(f"smoke-test winner: [bold]{result.winner}[/]   best own accuracy: {result.best_accuracy_teacher}")
 

@@ -241,6 +241,16 @@ class AblationConfig(_Strict):
 
     budget_rows: int | None = Field(
         None, ge=1, description="Training rows of every arm (default: the size of the full DED corpus).")
+    seeds: list[int] = Field(
+        [0], min_length=1, description="Repeats of every arm: each seed draws the arm's rows and orders its "
+        "training (train.seed); the summary gives the mean and spread over seeds.")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"ablation seeds must be distinct, got {v}")
+        return v
 
 
 class BudgetConfig(_Strict):
