@@ -122,8 +122,9 @@ class GenerationStore:
         self, questions: list[dict], teacher: TeacherConfig, n: Counts = None
     ) -> tuple[pd.DataFrame, dict[str, int]]:
         """Samples ``0..n-1`` (default ``teacher.sampling.n``; a mapping gives each question id its own
-        ``n``) of every question, generating only the missing ones, all in one actor pool. Returns one row per requested (question, sample index), in request order, with
-        ``STORED_COLUMNS``; rows whose request failed this time carry a non-empty ``error``. Counters
+        ``n``) of every question, generating only the missing ones, all in one actor pool. Returns one
+        row per requested (question, sample index), in request order, with ``STORED_COLUMNS``; rows
+        whose request failed this time carry a non-empty ``error``. Counters
         (:func:`generation_counters`): row counts (requested = cached + generated + failed) and the
         prompts, tokens and wall time spent by this call, plus the tokens of the cached samples."""
         requests = _request_frame(questions, teacher, n)
