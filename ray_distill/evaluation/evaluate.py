@@ -8,7 +8,7 @@ estimator), a 95% CI, mean response length.
 - :func:`sample_student`: k samples per question through the same Ray Data actor adapter as the
   teachers (``generation.actor.generate_dataset``), one pass and one engine start for all questions.
 - :func:`grade_samples`: the one grading entry point (``curation.graders.grade_row``: math by
-  reference answer, code by running the question's ``tests`` in the sandbox, one thread per core) on
+  reference answer, code by running the question's ``tests`` in the sandbox, one thread per core up to 16) on
   every sample; a failed generation (non-empty ``error``) is graded incorrect, never dropped.
 - :func:`avg_at_k`: pure; avg@k, pass@1 and pass@k (Chen et al. 2021), a 95% CI over questions.
 - :func:`evaluate_suites`: all suites in one engine pass, then split by suite.
@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 SUITE = "suite"  # evaluation suite name, carried through generation
 R_GENERATION_ERROR = "generation_error"
 Z_95 = 1.959963984540054
+# Sandboxed code tests run at once while grading (each may take the sandbox's memory limit).
+MAX_GRADING_THREADS = 16
 
 
 def student_engine_config(model_path: str, serving: StudentServingConfig) -> EngineConfig:
@@ -90,7 +92,7 @@ def grade_samples(df: pd.DataFrame) -> pd.DataFrame:
     verdicts = [None if err or t else grade_row(text, ref) for text, ref, t, err in rows]  # math: here (signals)
     code = [i for i, (_, _, t, err) in enumerate(rows) if t and not err]
     if code:  # code: each test is a sandboxed subprocess, so threads run them in parallel
-        with ThreadPoolExecutor(max_workers=min(len(code), os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=min(len(code), os.cpu_count() or 1, MAX_GRADING_THREADS)) as pool:
             for i, verdict in zip(code, pool.map(lambda i: grade_row(*rows[i][:3]), code)):
                 verdicts[i] = verdict
     out = df.copy()
