@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from ray_distill import columns as C
-from ray_distill.curation.graders import grade_row, sandbox_from_config
+from ray_distill.curation.graders import grade_rows, sandbox_from_config
 from ray_distill.curation.selection import POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE, char_tokenize, select_diverse
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def load_tokenize(tokenizer_path: str | None) -> Callable[[str], Sequence[int]]:
 
 
 class GradeBatch:
-    """``map_batches`` stage: grade each completion against its question (``graders.grade_row``):
+    """``map_batches`` stage: grade each completion against its question (``graders.grade_rows``):
     code when the row's ``tests`` is non-empty (run in the sandbox, inside this actor), else math
     against ``answer``.
 
@@ -64,12 +64,10 @@ class GradeBatch:
         missing = [c for c in self.INPUTS if c not in batch.columns]
         if missing:
             raise ValueError(f"GradeBatch: missing columns {missing} (has {list(batch.columns)})")
-        tests = batch[C.TESTS].fillna("") if C.TESTS in batch.columns else [""] * len(batch)
-        verdicts = [
-            grade_row(str(text), str(ref), str(t), self.max_tokens, self.count_tokens, self.require_think,
-                      self.sandbox() if t else None)
-            for text, ref, t in zip(batch[C.COMPLETION].fillna(""), batch[C.ANSWER], tests)
-        ]
+        tests = [str(t) for t in batch[C.TESTS].fillna("")] if C.TESTS in batch.columns else [""] * len(batch)
+        verdicts = grade_rows([str(t) for t in batch[C.COMPLETION].fillna("")], [str(a) for a in batch[C.ANSWER]],
+                              tests, self.max_tokens, self.count_tokens, self.require_think,
+                              self.sandbox() if any(tests) else None)
         out = batch.assign(
             **{
                 C.FORMAT_OK: [v.format_ok for v in verdicts],

@@ -16,9 +16,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from math_verify import parse, verify
@@ -29,6 +31,8 @@ from ray_distill.data.questions import parse_tests
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 # Rejection reasons (stable strings: they land in rejects files and MLflow counters).
+# Sandboxed code tests run at once while grading (each may take the sandbox's memory limit).
+MAX_GRADING_THREADS = 16
 R_EMPTY = "empty_response"
 R_NO_THINK = "missing_think_open"
 R_UNCLOSED = "unclosed_think"
@@ -179,6 +183,30 @@ def grade_row(
     if not tests:
         return grade(text, reference, max_tokens, count_tokens, require_think)
     return grade_code(text, parse_tests(tests), sandbox or default_sandbox(), max_tokens, count_tokens, require_think)
+
+
+def grade_rows(
+    texts: list[str],
+    references: list[str],
+    tests: list[str],
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+    require_think: bool = True,
+    sandbox: S.Sandbox | None = None,
+) -> list[Verdict]:
+    """:func:`grade_row` over rows, in order. Math rows are graded in the calling thread (math-verify's
+    timeouts use signals); code rows, whose tests are sandboxed subprocesses, in a thread pool of one
+    thread per core (at most :data:`MAX_GRADING_THREADS`)."""
+    def one(i: int) -> Verdict:
+        return grade_row(texts[i], references[i], tests[i], max_tokens, count_tokens, require_think, sandbox)
+
+    verdicts: list[Verdict | None] = [None if t else one(i) for i, t in enumerate(tests)]
+    code = [i for i, t in enumerate(tests) if t]
+    if code:
+        with ThreadPoolExecutor(max_workers=min(len(code), os.cpu_count() or 1, MAX_GRADING_THREADS)) as pool:
+            for i, verdict in zip(code, pool.map(one, code)):
+                verdicts[i] = verdict
+    return verdicts
 
 
 def sandbox_from_config(code: dict | None = None) -> S.Sandbox:

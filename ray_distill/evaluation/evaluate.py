@@ -8,7 +8,7 @@ estimator), a 95% CI, mean response length.
 - :func:`sample_student`: k samples per question through the same Ray Data actor adapter as the
   teachers (``generation.actor.generate_dataset``), one pass and one engine start for all questions.
 - :func:`grade_samples`: the one grading entry point (``curation.graders.grade_row``: math by
-  reference answer, code by running the question's ``tests`` in the sandbox, one thread per core up to 16) on
+  reference answer, code by running the question's ``tests`` in the sandbox, in parallel threads) on
   every sample; a failed generation (non-empty ``error``) is graded incorrect, never dropped.
 - :func:`avg_at_k`: pure; avg@k, pass@1 and pass@k (Chen et al. 2021), a 95% CI over questions.
 - :func:`evaluate_suites`: all suites in one engine pass, then split by suite.
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -32,7 +30,7 @@ import ray.data
 
 from ray_distill import columns as C
 from ray_distill.config import EngineConfig, SamplingConfig, StudentServingConfig, TeacherConfig
-from ray_distill.curation.graders import grade_row
+from ray_distill.curation.graders import Verdict, grade_rows, sandbox_from_config
 from ray_distill.generation.actor import generate_dataset
 
 logger = logging.getLogger(__name__)
@@ -40,8 +38,6 @@ logger = logging.getLogger(__name__)
 SUITE = "suite"  # evaluation suite name, carried through generation
 R_GENERATION_ERROR = "generation_error"
 Z_95 = 1.959963984540054
-# Sandboxed code tests run at once while grading (each may take the sandbox's memory limit).
-MAX_GRADING_THREADS = 16
 
 
 def student_engine_config(model_path: str, serving: StudentServingConfig) -> EngineConfig:
@@ -80,21 +76,21 @@ def sample_student(
     return df
 
 
-def grade_samples(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``df`` with CORRECT / FORMAT_OK / PREDICTED / REASON from ``graders.grade_row``.
+def grade_samples(df: pd.DataFrame, code: dict | None = None) -> pd.DataFrame:
+    """A copy of ``df`` with CORRECT / FORMAT_OK / PREDICTED / REASON from ``graders.grade_rows``;
+    code rows run in a sandbox with the limits of ``code`` (a ``CodeGraderConfig`` dump, the job's
+    ``format.code``; None: the defaults).
 
     A row whose generation failed (non-empty ``error``) is incorrect with reason
     ``generation_error``: it stays in the table and counts against the student."""
-    failed = _failed(df)
-    tests = df[C.TESTS].fillna("") if C.TESTS in df.columns else [""] * len(df)  # code questions carry tests
-    rows = list(zip(df[C.COMPLETION].fillna("").astype(str), df[C.ANSWER].fillna("").astype(str),
-                    [str(t) for t in tests], failed))
-    verdicts = [None if err or t else grade_row(text, ref) for text, ref, t, err in rows]  # math: here (signals)
-    code = [i for i, (_, _, t, err) in enumerate(rows) if t and not err]
-    if code:  # code: each test is a sandboxed subprocess, so threads run them in parallel
-        with ThreadPoolExecutor(max_workers=min(len(code), os.cpu_count() or 1, MAX_GRADING_THREADS)) as pool:
-            for i, verdict in zip(code, pool.map(lambda i: grade_row(*rows[i][:3]), code)):
-                verdicts[i] = verdict
+    texts, refs = df[C.COMPLETION].fillna("").astype(str).tolist(), df[C.ANSWER].fillna("").astype(str).tolist()
+    tests = df[C.TESTS].fillna("").astype(str).tolist() if C.TESTS in df.columns else [""] * len(df)  # code rows
+    ok = [i for i, failed in enumerate(_failed(df)) if not failed]
+    verdicts: list[Verdict | None] = [None] * len(df)
+    graded = grade_rows([texts[i] for i in ok], [refs[i] for i in ok], [tests[i] for i in ok],
+                        sandbox=sandbox_from_config(code) if any(tests) else None)
+    for i, verdict in zip(ok, graded):
+        verdicts[i] = verdict
     out = df.copy()
     out[C.CORRECT] = [bool(v and v.correct) for v in verdicts]
     out[C.FORMAT_OK] = [bool(v and v.format_ok) for v in verdicts]
@@ -167,13 +163,15 @@ def evaluate_suites(
     max_tokens: int,
     seed: int = 0,
     serving: StudentServingConfig | None = None,
+    code: dict | None = None,
 ) -> dict[str, dict]:
-    """``{suite: avg_at_k(...)}`` for every suite, sampled in one engine pass."""
+    """``{suite: avg_at_k(...)}`` for every suite, sampled in one engine pass; code rows graded in the
+    sandbox of ``code`` (the job's ``format.code``)."""
     empty = [name for name, rows in suites.items() if not rows]
     if empty:
         raise ValueError(f"evaluation suites without questions: {empty}")
     rows = [{**q, SUITE: name} for name, qs in suites.items() for q in qs]
-    graded = grade_samples(sample_student(rows, model_path, k, temperature, max_tokens, seed, serving))
+    graded = grade_samples(sample_student(rows, model_path, k, temperature, max_tokens, seed, serving), code)
     scores = {name: avg_at_k(graded[graded[SUITE] == name]) for name in suites}
     for name, s in scores.items():
         logger.info("eval %s: avg@%d %.3f [%.3f, %.3f], pass@%d %.3f, mean length %.1f over %d questions",

@@ -81,7 +81,8 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
     logger.info("teacher tokens generated for the search: %d", counters["search/teacher_tokens_generated"])
     with runner.stage("evaluate_base") as (t, rec):
         e = cfg.eval
-        scores = evaluate_suites(base, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, serving=cfg.student.serving)
+        scores = evaluate_suites(base, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, serving=cfg.student.serving,
+                                 code=cfg.format.code.model_dump())
         baseline = suite_means(cfg, scores)
         t.log_metrics({f"before/{k}": v for k, v in baseline.items()})
         rec.notes["score"] = baseline["score"]

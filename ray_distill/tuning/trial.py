@@ -140,7 +140,7 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
                            storage_path=join(absolute(cfg.run_dir), "ray_train"), run_name=name,
                            tracker_handle=tracker.handle(), log_model=False)
         scores = evaluate_suites(result.model_path, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed,
-                                 serving=cfg.student.serving)
+                                 serving=cfg.student.serving, code=cfg.format.code.model_dump())
         student_tokens += sum(int(m.get("tokens", 0)) for m in scores.values())
         # accounting: a trial curates stored samples only, so it never spends a teacher token
         yield epochs, {**figures, **suite_means(cfg, scores), EPOCHS: epochs,
