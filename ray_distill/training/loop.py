@@ -273,7 +273,7 @@ class EpochRunner:
         scale = self.world / max(1, global_sup)
         micros = micro_batches(batch, self.rank, self.world, self.cfg.grad_accum_steps)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for j, micro in enumerate(micros):
             rows = layout(self.lengths, micro, self.cfg.packing, self.cfg.max_seq_len)
             inputs = collate([[self.examples[i] for i in row] for row in rows], pad_id=self.pad_id)
@@ -281,7 +281,7 @@ class EpochRunner:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
                     micro_loss = token_loss_sum(self.model, {k: v.to(self.device) for k, v in inputs.items()})
                 (micro_loss * scale).backward()
-            loss_sum += micro_loss.item()
+            loss_sum += micro_loss.detach().double()  # one device->host sync per step, below
             real = sum(self.lengths[i] for i in micro)
             self.local_tokens += real
             self._pending[1] += real
@@ -289,6 +289,7 @@ class EpochRunner:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        loss_sum = loss_sum.item()
         self._pending[0] += loss_sum
         return loss_sum, global_sup, sum(self.lengths[i] for i in batch)
 
