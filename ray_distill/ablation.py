@@ -29,7 +29,6 @@ import pandas as pd
 from ray_distill import columns as C
 from ray_distill.config import JobConfig
 from ray_distill.curation.adaptive import ok_mask
-from ray_distill.curation.compression import compress
 from ray_distill.curation.smoke_test import winner
 from ray_distill.data.corpus import to_chat_row
 from ray_distill.data.fs import join
@@ -97,6 +96,9 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
     base, pool, suites = P.student_and_questions(cfg, runner)
     with runner.stage("smoke_test") as (t, rec):
         probe = pool[: cfg.smoke_test.probe_questions]
+        if cfg.budget.max_teacher_tokens is not None:
+            P.check_budget(cfg, [P.estimate_generation(store, "generate_probe", probe, P._single(tc))
+                                 for tc in cfg.teachers], 0)
         probe_gen = pd.concat([P.generate(store, probe, P._single(tc), t, rec) for tc in cfg.teachers], ignore_index=True)
         graded_probe = P.verify(cfg, probe_gen, base)
         ranking = P.smoke_test(cfg, {tc.name: graded_probe[graded_probe[C.TEACHER] == tc.name] for tc in cfg.teachers},
@@ -104,16 +106,17 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
         best, accurate = winner(ranking), best_accuracy_teacher(ranking)
         rec.notes.update({"winner": best, "best_accuracy": accurate})
     with runner.stage("compress", rows_in=len(pool)) as (t, rec):
-        c = cfg.compression
-        kept, _ = compress(pool, P.student_pass_rates(cfg, pool, base), c.max_pass_rate, c.min_pass_rate,
-                           c.replay_fraction, seed=cfg.seed)
+        kept, _ = P.compress_questions(cfg, pool, base, t, rec)  # the job's compression, rejects and all
         kept_ids = {q[C.QUESTION_ID] for q in kept}
         rec.rows_out = len(kept)
     graded_by: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}  # teacher -> (graded M samples, DED corpus)
     for name in dict.fromkeys([best, accurate]):
         with runner.stage(f"generate/{name}", rows_in=len(pool)) as (t, rec):
-            teacher = next(tc for tc in cfg.teachers if tc.name == name)
-            graded = P.verify(cfg, P.generate(store, pool, P._with_n(teacher, cfg.selection.samples_per_question), t, rec), base)
+            teacher = P._with_n(next(tc for tc in cfg.teachers if tc.name == name), cfg.selection.samples_per_question)
+            if cfg.budget.max_teacher_tokens is not None:
+                P.check_budget(cfg, [P.estimate_generation(store, f"generate/{name}", pool, teacher)],
+                               runner.totals()["teacher_tokens"] + rec.teacher_tokens)
+            graded = P.verify(cfg, P.generate(store, pool, teacher, t, rec), base)
             graded_by[name] = graded, P.select(cfg, graded[graded[C.QUESTION_ID].isin(kept_ids)], base)
             rec.rows_out = len(graded_by[name][1])
     n = cfg.ablation.budget_rows or len(graded_by[best][1])

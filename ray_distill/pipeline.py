@@ -81,7 +81,8 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
     rows["questions"] = len(pool)
     with runner.stage("generate_probe") as (t, rec):
         probe = pool[: cfg.smoke_test.probe_questions]
-        check_budget(cfg, [estimate_generation(store, "generate_probe", probe, _single(tc)) for tc in cfg.teachers], 0)
+        if cfg.budget.max_teacher_tokens is not None:  # estimates read the store: only when there is a cap
+            check_budget(cfg, [estimate_generation(store, "generate_probe", probe, _single(tc)) for tc in cfg.teachers], 0)
         probe_gen = {tc.name: generate(store, probe, _single(tc), t, rec) for tc in cfg.teachers}
         rec.rows_in, rec.rows_out = len(probe), sum(len(df) for df in probe_gen.values())
     with runner.stage("verify_probe", rows_in=rec.rows_out) as (t, rec):
@@ -112,8 +113,9 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
     else:
         with runner.stage("generate", rows_in=len(targets)) as (t, rec):
             m = _fixed_samples(cfg, probe_length)
-            check_budget(cfg, [estimate_generation(store, "generate", targets, _with_n(teacher, m), probe_length)],
-                         runner.totals()["teacher_tokens"])
+            if cfg.budget.max_teacher_tokens is not None:
+                check_budget(cfg, [estimate_generation(store, "generate", targets, _with_n(teacher, m), probe_length)],
+                             runner.totals()["teacher_tokens"])
             gen = generate(store, targets, _with_n(teacher, m), t, rec)
             rec.rows_out = rows["generated"] = len(gen)
         stopped = []
@@ -176,7 +178,7 @@ def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[di
         round_index += 1
         active = [by_id[q] for q in want]
         if budget is not None:
-            length = (float(graded[C.NUM_TOKENS].mean()) if len(graded) else probe_length) \
+            length = (_mean_tokens(graded) if len(graded) else probe_length) \
                 or store.mean_completion_tokens(teacher) or teacher.sampling.max_tokens
             est = (sum(want.values()) - store.count_cached(active, teacher, want)) * length
             if runner.totals()["teacher_tokens"] + rec.teacher_tokens + est > budget:
@@ -186,8 +188,8 @@ def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[di
                 break
         # one generation call (one actor pool, one engine start) per round, each question with its own n
         gen = generate(store, active, teacher, t, rec, n=want)
-        had = gen[C.QUESTION_ID].map(sampled).fillna(0)
-        graded = pd.concat([graded, verify(cfg, gen[gen[C.SAMPLE_INDEX] >= had], base)], ignore_index=True)
+        graded, fresh = A.merge_round(graded, gen)
+        graded = pd.concat([graded, verify(cfg, fresh, base)], ignore_index=True)
         status = A.round_status(graded, list(want), round_index, plan, previous, sampled)
         previous = A.distinct_correct(graded)
         final.update({q: s for q, s in status.items() if s != A.CONTINUE})
@@ -398,7 +400,7 @@ def student_samples(cfg: JobConfig, pool: list[dict], base: str) -> pd.DataFrame
     """k graded vLLM samples of the base student per question (compression's evidence)."""
     c = cfg.compression
     return grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed,
-                                        serving=cfg.student.serving))
+                                        serving=cfg.student.serving), cfg.format.code.model_dump())
 
 
 def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
@@ -432,7 +434,8 @@ def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Track
     if not suites:
         logger.warning("no evaluation suites configured: %s evaluation skipped", prefix)
         return {}
-    scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, serving=cfg.student.serving)
+    scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, serving=cfg.student.serving,
+                             code=cfg.format.code.model_dump())
     if rec is not None:
         rec.student_tokens += int(sum(m.get("tokens", m["mean_length"] * m["k"] * m["n_questions"])
                                       for m in scores.values()))
@@ -458,8 +461,10 @@ _ok = A.ok_mask
 
 
 def _mean_tokens(df: pd.DataFrame) -> float | None:
+    """Mean completion tokens of the successful samples whose count the engine reported (None: none)."""
     ok = df[df[C.ERROR] == ""] if C.ERROR in df.columns else df
-    return float(ok[C.NUM_TOKENS].mean()) if len(ok) else None
+    tokens = ok[C.NUM_TOKENS][ok[C.NUM_TOKENS] >= 0]
+    return float(tokens.mean()) if len(tokens) else None
 
 
 def _single(teacher: TeacherConfig) -> TeacherConfig:

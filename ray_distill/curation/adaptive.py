@@ -96,3 +96,18 @@ def round_status(graded: pd.DataFrame, active: list[str], round_index: int, plan
         else:
             out[qid] = CONTINUE
     return out
+
+
+def merge_round(graded: pd.DataFrame, gen: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a round's samples ``gen`` (samples ``0..n-1`` of each active question, from the store)
+    against the samples graded so far: returns ``(graded without the failed samples that ``gen``
+    retried, the rows of gen to grade)`` -- new sample indices and retries of failed requests, never a
+    sample already graded successfully (pure)."""
+    if graded.empty:
+        return graded, gen
+    key = [C.QUESTION_ID, C.SAMPLE_INDEX]
+    before = pd.MultiIndex.from_frame(graded[key])
+    now = pd.MultiIndex.from_frame(gen[key])
+    ok_before = (graded[C.ERROR].fillna("") == "").to_numpy()
+    retried = ~ok_before & before.isin(now)
+    return graded[~retried], gen[~now.isin(before[ok_before])]

@@ -72,3 +72,17 @@ def test_per_question_token_cap():
     plan = A.SamplingPlan(target=3, max_samples=8, round_size=2, max_tokens_per_question=30)
     graded = frame(rows("a", [("x", True), ("y", False)], tokens=20))
     assert A.round_status(graded, ["a"], 1, plan) == {"a": A.TOKEN_CAP}
+
+
+def test_merge_round_grades_new_samples_and_retries_of_failed_ones_once():
+    def rows(spec):  # (question, sample index, error)
+        return pd.DataFrame([{C.QUESTION_ID: q, C.SAMPLE_INDEX: i, C.ERROR: e} for q, i, e in spec])
+
+    graded = rows([("a", 0, ""), ("a", 1, "timeout"), ("b", 0, ""), ("c", 0, "refused")])  # c stopped earlier
+    gen = rows([("a", 0, ""), ("a", 1, ""), ("a", 2, ""), ("b", 0, ""), ("b", 1, "boom")])  # a: 3, b: 2
+    kept, fresh = A.merge_round(graded, gen)
+    # a/1 failed and was retried this round: its old row goes, the retry is graded; c/0 was not retried
+    assert list(zip(kept[C.QUESTION_ID], kept[C.SAMPLE_INDEX])) == [("a", 0), ("b", 0), ("c", 0)]
+    assert list(zip(fresh[C.QUESTION_ID], fresh[C.SAMPLE_INDEX])) == [("a", 1), ("a", 2), ("b", 1)]
+    first, all_new = A.merge_round(pd.DataFrame(), gen)
+    assert first.empty and all_new.equals(gen)
