@@ -71,8 +71,9 @@ def _failing(tracker, verbose: bool):
 
 
 def _tracked(cfg: JobConfig, job: str, kind: str, run_name: str, body, verbose: bool):
-    """Run ``body(cfg, tracker, runner)`` under a parent MLflow run (params, wall time, FAILED on error);
-    returns ``(result, tracker, wall_seconds)``."""
+    """Run ``body(cfg, tracker, runner)`` under a parent MLflow run (params, wall time, FAILED on error),
+    with the CPU/GPU-seconds of every stage metered; returns ``(result, tracker, wall_seconds)``."""
+    from ray_distill.accounting import ResourceMeter
     from ray_distill.progress import StageRunner
     from ray_distill.tracking import start_tracker
 
@@ -80,8 +81,12 @@ def _tracked(cfg: JobConfig, job: str, kind: str, run_name: str, body, verbose: 
                             run_name=run_name, tags={"ray_distill.job": job, "ray_distill.kind": kind})
     tracker.log_params(to_flat_dict(cfg))
     start = time.perf_counter()
-    with _failing(tracker, verbose):
-        result = body(cfg, tracker, StageRunner(tracker, console))
+    meter = ResourceMeter().start()
+    try:
+        with _failing(tracker, verbose):
+            result = body(cfg, tracker, StageRunner(tracker, console, meter))
+    finally:
+        meter.stop()
     wall = time.perf_counter() - start
     tracker.log_metrics({"wall_s": wall})
     tracker.end()

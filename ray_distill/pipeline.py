@@ -256,11 +256,11 @@ def dry_run(cfg: JobConfig) -> list[StageEstimate]:
     store = GenerationStore(join(cfg.storage, "generations"))
     pool = load_questions(cfg, NullTracker(), write_rejects=False)[0]
     probe = pool[: cfg.smoke_test.probe_questions]
-    out = [estimate_generation(store, "probe", probe, _single(tc)) for tc in cfg.teachers]
-    m = cfg.selection.samples_per_question
-    for tc in cfg.teachers:
-        length = store.mean_completion_tokens(tc)
-        out.append(estimate_generation(store, "M-samples", pool, _with_n(tc, m), length))
+    lengths = {tc.name: store.mean_completion_tokens(tc) for tc in cfg.teachers}  # one scan per teacher
+    out = [estimate_generation(store, "probe", probe, _single(tc), lengths[tc.name]) for tc in cfg.teachers]
+    for tc in cfg.teachers:  # M as the run takes it (a per-question token cap may lower it)
+        m = _fixed_samples(cfg, lengths[tc.name])
+        out.append(estimate_generation(store, "M-samples", pool, _with_n(tc, m), lengths[tc.name]))
     return out
 
 
