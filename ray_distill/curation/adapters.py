@@ -17,7 +17,7 @@ import pandas as pd
 
 from ray_distill import columns as C
 from ray_distill.curation.graders import grade_rows, sandbox_from_config
-from ray_distill.curation.selection import POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE, char_tokenize, select_diverse
+from ray_distill.curation.selection import POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE, char_tokenize, select_questions
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +93,7 @@ class SelectBatch:
         self.tokenize = load_tokenize(tokenizer_path)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        parts = [select_diverse(g, self.p, self.seed, self.tokenize) for _, g in batch.groupby(C.QUESTION_ID, sort=True)]
-        if not parts:
-            return batch.head(0).assign(**{c: pd.Series(dtype=float) for c in self.OUTPUTS})
-        return pd.concat(parts, ignore_index=True)
+        return select_questions(batch, self.p, self.seed, self.tokenize)
 
 
 def select_dataset(df: pd.DataFrame, p: int, seed: int, tokenizer_path: str | None = None, num_actors: int = 1,

@@ -74,9 +74,11 @@ def mean_pairwise_distance(seqs: Sequence[Sequence[int]]) -> float:
     return float(np.mean(pairs)) if pairs else float("nan")
 
 
-def select_diverse(group: pd.DataFrame, p: int, seed: int, tokenize: Tokenize) -> pd.DataFrame:
+def select_diverse(group: pd.DataFrame, p: int, seed: int, tokenize: Tokenize, pool_stats: bool = True) -> pd.DataFrame:
     """Among the rows of one question that are ``correct`` and ``format_ok``, keep the ``p`` farthest
-    apart; add ``selection_distance`` (min distance to the other selected rows, NaN if alone).
+    apart; add ``selection_distance`` (min distance to the other selected rows, NaN if alone) and, with
+    ``pool_stats``, the mean pairwise distances of the selected rows and of all distinct correct ones
+    (the latter costs all n(n-1)/2 distances, against about n(p-1) for the selection itself).
 
     Rows are ordered by (teacher, sample_index) first, so the result does not depend on the order
     in which a shuffle delivered them. Duplicated (teacher, sample_index) rows are refused; exact
@@ -95,10 +97,19 @@ def select_diverse(group: pd.DataFrame, p: int, seed: int, tokenize: Tokenize) -
     picked = farthest_point(seqs, p, seed) if seqs else []
     out = good.iloc[picked].copy()
     out[C.SELECTION_DISTANCE] = min_distances([seqs[i] for i in picked]) if picked else pd.Series(dtype=float)
-    # What selection bought: mean pairwise distance of the kept trajectories vs all distinct correct ones.
-    out[POOL_MEAN_DISTANCE] = mean_pairwise_distance(seqs) if picked else pd.Series(dtype=float)
-    out[SELECTED_MEAN_DISTANCE] = mean_pairwise_distance([seqs[i] for i in picked]) if picked else pd.Series(dtype=float)
+    if pool_stats:  # what selection bought: mean distance of the kept trajectories vs all distinct correct ones
+        out[POOL_MEAN_DISTANCE] = mean_pairwise_distance(seqs) if picked else pd.Series(dtype=float)
+        out[SELECTED_MEAN_DISTANCE] = mean_pairwise_distance([seqs[i] for i in picked]) if picked else pd.Series(dtype=float)
     return out.reset_index(drop=True)
+
+
+def select_questions(df: pd.DataFrame, p: int, seed: int, tokenize: Tokenize, pool_stats: bool = True) -> pd.DataFrame:
+    """:func:`select_diverse` on every question of ``df`` (in question-id order), concatenated."""
+    parts = [select_diverse(g, p, seed, tokenize, pool_stats) for _, g in df.groupby(C.QUESTION_ID, sort=True)]
+    if not parts:
+        stats = [POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE] if pool_stats else []
+        return df.head(0).assign(**{c: pd.Series(dtype=float) for c in [C.SELECTION_DISTANCE, *stats]})
+    return pd.concat(parts, ignore_index=True)
 
 
 def distance_report(selected: pd.DataFrame) -> dict[str, float]:

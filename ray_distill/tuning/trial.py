@@ -22,7 +22,9 @@ import yaml
 from ray_distill import columns as C
 from ray_distill.config import JobConfig
 from ray_distill.curation.compression import compress
-from ray_distill.curation.selection import select_diverse
+from ray_distill.curation.adapters import load_tokenize
+from ray_distill.curation.adaptive import ok_mask
+from ray_distill.curation.selection import select_questions
 from ray_distill.data.corpus import to_chat_row
 from ray_distill.data.fs import absolute, join
 from ray_distill.tracking import MLflowTracker, NullTracker, Tracker, TrackerHandle
@@ -45,15 +47,13 @@ def curate(cfg: JobConfig, pool: list[dict], rates: pd.DataFrame, graded: pd.Dat
     kept = compress(pool, rates, c.max_pass_rate, c.min_pass_rate, c.replay_fraction, seed=cfg.seed)[0] \
         if c.enabled else pool
     qid = graded[C.QUESTION_ID].astype(str)
-    ok = graded[C.FORMAT_OK].astype(bool) & graded[C.CORRECT].astype(bool)
+    ok = ok_mask(graded)
     in_band = qid.isin({str(q[C.QUESTION_ID]) for q in kept})
     candidates = graded[in_band & (graded[C.SAMPLE_INDEX] < s.samples_per_question)]
     usable = set(qid[candidates.index][ok[candidates.index]])
     questions = [str(q[C.QUESTION_ID]) for q in kept if str(q[C.QUESTION_ID]) in usable][: s.max_questions]
     pick = candidates[qid[candidates.index].isin(questions)]
-    parts = [select_diverse(g, s.keep_per_question, s.seed, tokenize)
-             for _, g in pick.groupby(C.QUESTION_ID, sort=True)]
-    selected = pd.concat(parts, ignore_index=True) if parts else pick.head(0)
+    selected = select_questions(pick, s.keep_per_question, s.seed, tokenize, pool_stats=False)
     figures = {
         "kept_questions": len(kept),
         "candidate_samples": len(candidates),
@@ -111,8 +111,6 @@ def nested_run(parent: TrackerHandle, name: str) -> MLflowTracker:
 def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, tracker: Tracker):
     """Curate once, then per rung: train up to that many epochs (resuming), evaluate; yields
     ``(epochs, metrics)``."""
-    from transformers import AutoTokenizer
-
     from ray_distill.evaluation.evaluate import evaluate_suites
     from ray_distill.training.sft import train_sft
 
@@ -122,8 +120,7 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
     graded = pd.concat([pd.read_parquet(inputs[f"graded/{t}"]) for t in teachers], ignore_index=True)
     with open(inputs["suites"]) as f:
         suites = yaml.safe_load(f)
-    tok = AutoTokenizer.from_pretrained(base)
-    selected, figures = curate(cfg, pool, rates, graded, lambda text: tok(text)["input_ids"])
+    selected, figures = curate(cfg, pool, rates, graded, load_tokenize(base))
     tracker.log_params({"teachers": "+".join(teachers)})
     tracker.log_metrics(figures)
     if selected.empty:
