@@ -15,7 +15,6 @@ and ``search/teacher_tokens_generated`` (0 when the store already covered the se
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -87,7 +86,8 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
         t.log_metrics({f"before/{k}": v for k, v in baseline.items()})
         rec.notes["score"] = baseline["score"]
     work = join(absolute(cfg.run_dir), "tune")
-    inputs = save_inputs(work, pool, rates, graded, suites)
+    # the trials' inputs travel through Ray's object store (tune.with_parameters), not the driver's disk
+    inputs = {"pool": pool, "rates": rates, "graded": graded, "suites": suites}
     with runner.stage("search") as (t, rec):
         trials = run_tuner(cfg, base, inputs, t.handle(), work)
         rec.rows_out = len(trials)
@@ -112,19 +112,6 @@ def teacher_samples(store: GenerationStore, questions: list[dict], teacher: Teac
         logger.warning("store holds %d of %d samples of %s (M=%d): trials use what is there (tune.top_up: false)",
                        len(held), len(questions) * m, teacher.name, m)
     return held, held.head(0)
-
-
-def save_inputs(work: str, pool, rates, graded, suites) -> dict[str, str]:
-    os.makedirs(work, exist_ok=True)
-    paths = {"pool": f"{work}/pool.parquet", "rates": f"{work}/pass_rates.parquet", "suites": f"{work}/suites.yaml"}
-    pd.DataFrame(pool).to_parquet(paths["pool"])
-    rates.to_parquet(paths["rates"])
-    for name, df in graded.items():
-        paths[f"graded/{name}"] = f"{work}/graded-{name}.parquet"
-        df.to_parquet(paths[f"graded/{name}"])
-    with open(paths["suites"], "w") as f:
-        yaml.safe_dump(suites, f)
-    return paths
 
 
 def run_tuner(cfg: JobConfig, base: str, inputs: dict, handle: TrackerHandle | None, work: str) -> pd.DataFrame:

@@ -17,7 +17,6 @@ import traceback
 from collections.abc import Callable
 
 import pandas as pd
-import yaml
 
 from ray_distill import columns as C
 from ray_distill.config import JobConfig
@@ -80,7 +79,8 @@ def suite_means(cfg: JobConfig, scores: dict[str, dict]) -> dict[str, float]:
 
 
 def trial(params: dict, job: dict, base: str, inputs: dict, handle: TrackerHandle | None) -> None:
-    """Tune function trainable (see the module docstring); ``inputs`` are the driver's saved tables."""
+    """Tune function trainable (see the module docstring); ``inputs``: the pool, pass rates, graded samples
+    per teacher and suites, put in the object store once by ``tune.with_parameters``."""
     from ray import tune
 
     name = trial_name(params, tune.get_context().get_trial_id())
@@ -115,11 +115,8 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
     from ray_distill.training.sft import train_sft
 
     teachers = teacher_names(params.get(TEACHER), [t.name for t in cfg.teachers])
-    pool = pd.read_parquet(inputs["pool"]).to_dict("records")
-    rates = pd.read_parquet(inputs["rates"])
-    graded = pd.concat([pd.read_parquet(inputs[f"graded/{t}"]) for t in teachers], ignore_index=True)
-    with open(inputs["suites"]) as f:
-        suites = yaml.safe_load(f)
+    pool, rates, suites = inputs["pool"], inputs["rates"], inputs["suites"]
+    graded = pd.concat([inputs["graded"][t] for t in teachers], ignore_index=True)
     selected, figures = curate(cfg, pool, rates, graded, load_tokenize(base))
     tracker.log_params({"teachers": "+".join(teachers)})
     tracker.log_metrics(figures)
