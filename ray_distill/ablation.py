@@ -92,6 +92,7 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
     from ray_distill.training.sft import train_sft
 
     init_ray(cfg)
+    cfg = P.resolve_models(cfg)
     store = GenerationStore(join(cfg.storage, "generations"))
     base, pool, suites = P.student_and_questions(cfg, runner)
     with runner.stage("smoke_test") as (t, rec):
@@ -134,7 +135,8 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
                 trained = train_sft(corpus, base, join(cfg.run_dir, "ablation", slug),
                                     cfg.train.model_copy(update={"seed": seed}),
                                     storage_path=join(cfg.run_dir, "ray_train"), run_name=f"ablation-{slug}",
-                                    tracker_handle=t.handle(), log_model=False)
+                                    tracker_handle=t.handle(), log_model=False,
+                                    chat_template=cfg.student.chat_template)
                 scores = P.evaluate(cfg, trained.model_path, suites, t, prefix="after", rec=rec)
                 t.log_params({"arm": arm, "teacher": teacher_name, "rows": len(corpus), "seed": seed})
                 for suite, m in scores.items():

@@ -7,6 +7,7 @@ ANSWER = "answer"  # reference final answer (string)
 FAMILY = "family"  # task family / source name
 DIFFICULTY = "difficulty"  # integer difficulty knob (synthetic world) or -1
 TESTS = "tests"  # canonical JSON test suite of a code question ("" for math: graded by answer)
+PROMPT = "prompt"  # the user message sent to a model: the question through its source's prompt template
 
 # generations
 TEACHER = "teacher"
@@ -36,6 +37,6 @@ STAGE = "stage"  # the pipeline stage that rejected the row; REASON says why
 # corpus
 MESSAGES = "messages"
 
-QUESTION_COLUMNS = [QUESTION_ID, QUESTION, ANSWER, FAMILY, DIFFICULTY, TESTS]
+QUESTION_COLUMNS = [QUESTION_ID, QUESTION, ANSWER, FAMILY, DIFFICULTY, TESTS, PROMPT]
 GENERATION_COLUMNS = [*QUESTION_COLUMNS, TEACHER, SAMPLE_INDEX, SEED, COMPLETION, NUM_TOKENS, FINISH_REASON, ERROR,
                       PROMPT_TOKENS]

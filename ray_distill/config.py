@@ -62,11 +62,28 @@ class DecontaminationConfig(_Strict):
         "shorter than this is matched as a whole. Exact normalised matches are always removed.")
 
 
+PromptTemplate = str | dict[str, str] | None
+PROMPT_DESCRIPTION = (
+    "User message built from each question: a template with {question} (e.g. '{question} Put the final answer "
+    "in \\boxed{}.'), or one per task family ({family: template}, 'default' for the rest); None: the question "
+    "as it is. Instructions belong here, not in the question text: decontamination compares questions only.")
+
+
+def check_prompt_template(v: PromptTemplate) -> PromptTemplate:
+    for name, template in ({"default": v} if isinstance(v, str) else v or {}).items():
+        if template.count("{question}") != 1:
+            raise ValueError(f"prompt template {name!r} must contain '{{question}}' exactly once")
+    return v
+
+
 class QuestionsConfig(_Strict):
     path: str | None = Field(None, description="jsonl/parquet question file (any fsspec URL).")
     synthetic: SyntheticQuestions | None = Field(None, description="Built-in synthetic questions.")
+    prompt: PromptTemplate = Field(None, description=PROMPT_DESCRIPTION)
     decontamination: DecontaminationConfig = Field(
         DecontaminationConfig(), description="Overlap check against the evaluation suites.")
+
+    _prompt = field_validator("prompt")(check_prompt_template)
 
     @model_validator(mode="after")
     def _one_source(self) -> QuestionsConfig:
@@ -105,9 +122,17 @@ class EngineConfig(_Strict):
     )
     persona: str | None = Field(None, description="Scripted persona name (engine 'scripted').")
     model: str | None = Field(
-        None, description="HF id or local path (engines 'vllm', 'hf'); the served model name (engine 'openai')."
+        None, description="Hub id (org/name, loaded through Hugging Face's cache on every node), local path or URL "
+        "(engines 'vllm', 'hf'); the served model name (engine 'openai')."
     )
-    revision: str = "main"
+    preset: str | None = Field(
+        None, description="Built-in pretrained model instead of 'model' (engines 'vllm', 'hf'), e.g. smollm2-135m; "
+        "built once into <storage>/cache/models (the job then sets 'model' to that copy).")
+    revision: str = Field("main", description="Hub revision (branch, tag or commit) of a hub-id model.")
+    chat_template: str | None = Field(
+        None, description="Chat template replacing the model's own: a Jinja string or a file (any fsspec URL).")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra variables for the chat template, e.g. {enable_thinking: true}.")
     dtype: str = Field("auto", description="Weights dtype (engines 'vllm', 'hf'), e.g. float32, bfloat16.")
     max_model_len: int | None = None
     tensor_parallel_size: int = Field(1, ge=1)
@@ -131,10 +156,15 @@ class EngineConfig(_Strict):
     def _needs(self) -> EngineConfig:
         if self.kind == "scripted" and not self.persona:
             raise ValueError("engine 'scripted' needs 'persona'")
-        if self.kind in ("vllm", "hf", "openai") and not self.model:
-            raise ValueError(f"engine '{self.kind}' needs 'model'")
+        if self.kind == "openai" and not self.model:
+            raise ValueError("engine 'openai' needs 'model'")
+        if self.kind in ("vllm", "hf") and self.model is None and self.preset is None:
+            raise ValueError(f"engine '{self.kind}' needs 'model' or 'preset'")
         if self.kind == "openai" and not self.base_url:
             raise ValueError("engine 'openai' needs 'base_url'")
+        if self.kind in ("openai", "scripted") and (self.chat_template or self.preset):
+            raise ValueError(f"engine '{self.kind}' takes no 'chat_template' or 'preset' (a server applies its own "
+                             "template; set chat_template_kwargs for its variables)")
         if self.api_key_env is not None and not self.api_key_env.isidentifier():
             raise ValueError("api_key_env must be the name of an environment variable (letters, digits, _), not a key")
         return self
@@ -168,8 +198,19 @@ class StudentServingConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    preset: str | None = Field("tiny", description="Built-in student preset (synthetic world).")
-    model: str | None = Field(None, description="HF id or path of a real student (overrides preset).")
+    preset: str | None = Field(
+        "tiny", description="Built-in student: a synthetic preset (tiny, micro; pretrained once on the synthetic "
+        "world) or a pretrained one (smollm2-135m).")
+    model: str | None = Field(
+        None, description="Hub id (org/name, loaded through Hugging Face's cache on every node), local path or URL "
+        "of a real student (overrides preset).")
+    revision: str = Field("main", description="Hub revision (branch, tag or commit) of a hub-id student.")
+    chat_template: str | None = Field(
+        None, description="Chat template replacing the student's own, for sampling and training (a Jinja string "
+        "or a file, any fsspec URL); the exported student carries it. Must keep <think>...</think> in assistant "
+        "turns (checked before training).")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra variables for the student's chat template when sampling.")
     base_rows: int = Field(8000, ge=1, description="Single-step facts in the synthetic base pretraining (preset only).")
     base_epochs: int = Field(6, ge=0, description="Epochs of the synthetic base pretraining (preset only).")
     base_lr: float = 2e-3
@@ -323,6 +364,9 @@ class SuiteConfig(_Strict):
     domain: Literal["in_domain", "ood"] = "in_domain"
     path: str | None = Field(None, description="Question file (any fsspec URL).")
     synthetic: SyntheticQuestions | None = None
+    prompt: PromptTemplate = Field(None, description=PROMPT_DESCRIPTION)
+
+    _prompt = field_validator("prompt")(check_prompt_template)
 
     @model_validator(mode="after")
     def _one_source(self) -> SuiteConfig:

@@ -36,6 +36,7 @@ from ray_distill.data.fs import join
 from ray_distill.data.sources import decontaminate, load_source
 from ray_distill.evaluation.evaluate import evaluate_suites, grade_samples, sample_student
 from ray_distill.generation.store import GenerationStore
+from ray_distill.models import resolve_chat_template, resolve_engine
 from ray_distill.progress import StageRecord, StageRunner
 from ray_distill.runtime import init_ray
 from ray_distill.students import prepare_student
@@ -61,6 +62,7 @@ class JobResult:
 
 def run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner | None = None) -> JobResult:
     init_ray(cfg)
+    cfg = resolve_models(cfg)
     runner = runner or StageRunner(tracker)
     meter = None
     if runner.meter is None:
@@ -142,7 +144,8 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
         rec.rows_out = len(corpus)
     with runner.stage("train", rows_in=len(corpus)) as (t, rec):
         result = train_sft(corpus, base, join(cfg.run_dir, "student"), cfg.train,
-                           storage_path=join(cfg.run_dir, "ray_train"), run_name="sft", tracker_handle=t.handle())
+                           storage_path=join(cfg.run_dir, "ray_train"), run_name="sft", tracker_handle=t.handle(),
+                           chat_template=cfg.student.chat_template)
         rec.notes.update({k: v for k, v in result.metrics.items()
                           if k in ("train_loss", "tokens_per_s", "non_pad_fraction", "restarts", "num_nodes")})
     with runner.stage("evaluate") as (t, rec):
@@ -253,6 +256,7 @@ def dry_run(cfg: JobConfig) -> list[StageEstimate]:
     """What the job would ask its teachers for, without generating: the probe of every candidate, then
     the M-sample generation of each candidate (the winner is not known yet). The question count of the
     M-sample stage is an upper bound under compress-first (compression drops some)."""
+    cfg = resolve_models(cfg)  # the store keys hash the chat templates' text
     store = GenerationStore(join(cfg.storage, "generations"))
     pool = load_questions(cfg, NullTracker(), write_rejects=False)[0]
     probe = pool[: cfg.smoke_test.probe_questions]
@@ -277,6 +281,16 @@ def log_accounting(tracker: Tracker, runner: StageRunner, corpus_rows: int) -> l
 
 
 # ----------------------------------------------------------------------------- stages (thin glue)
+
+
+def resolve_models(cfg: JobConfig) -> JobConfig:
+    """``cfg`` with every engine as its actors load it (presets built into the storage cache, chat-template
+    files read: ``models.resolve_engine``) and the student's chat template read; hub ids stay hub ids."""
+    teachers = [tc.model_copy(update={"engine": resolve_engine(tc.engine, cfg.storage, f"teachers.{i}.engine")})
+                for i, tc in enumerate(cfg.teachers)]
+    template = resolve_chat_template(cfg.student.chat_template, "student.chat_template")
+    return cfg.model_copy(update={"teachers": teachers,
+                                  "student": cfg.student.model_copy(update={"chat_template": template})})
 
 
 def student_and_questions(cfg: JobConfig, runner: StageRunner) -> tuple[str, list[dict], dict[str, list[dict]]]:
@@ -351,13 +365,15 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], suites: dict[str,
             texts = ok[C.COMPLETION].tolist()
             res = {"teacher": name, "teacher_accuracy": float(graded[C.CORRECT].mean()),
                    "mean_length": float(graded[C.NUM_TOKENS].mean()), "corpus_rows": len(corpus),
-                   "entropy": token_entropy_under_model(base, texts, ok[C.QUESTION].tolist()) if texts else float("nan")}
+                   "entropy": token_entropy_under_model(base, texts, ok[C.PROMPT].tolist(),
+                                                         chat_template=cfg.student.chat_template) if texts else float("nan")}
             if cfg.smoke_test.enabled and corpus:
                 train_cfg = cfg.train.model_copy(update={"epochs": cfg.smoke_test.epochs, "lr": cfg.smoke_test.lr,
                                                          "batch_size": cfg.smoke_test.batch_size})
                 trained = train_sft(corpus, base, join(cfg.run_dir, "smoke", name), train_cfg,
                                     storage_path=join(cfg.run_dir, "ray_train"), run_name=f"smoke-{name}",
-                                    tracker_handle=tt.handle(), log_model=False)
+                                    tracker_handle=tt.handle(), log_model=False,
+                                    chat_template=cfg.student.chat_template)
                 scores = evaluate(cfg, trained.model_path, probe_suite, tt, prefix="smoke", rec=rec)
                 res["student_score"] = _mean_score(scores)
             else:
@@ -400,7 +416,7 @@ def student_samples(cfg: JobConfig, pool: list[dict], base: str) -> pd.DataFrame
     """k graded vLLM samples of the base student per question (compression's evidence)."""
     c = cfg.compression
     return grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed,
-                                        serving=cfg.student.serving), cfg.format.code.model_dump())
+                                        student=cfg.student), cfg.format.code.model_dump())
 
 
 def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
@@ -434,7 +450,7 @@ def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Track
     if not suites:
         logger.warning("no evaluation suites configured: %s evaluation skipped", prefix)
         return {}
-    scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, serving=cfg.student.serving,
+    scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, student=cfg.student,
                              code=cfg.format.code.model_dump())
     if rec is not None:
         rec.student_tokens += int(sum(m.get("tokens", m["mean_length"] * m["k"] * m["n_questions"])

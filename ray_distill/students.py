@@ -1,17 +1,20 @@
-"""The base student of a job: a real Hugging Face model (``student.model``), or a built-in preset whose
-synthetic "pretraining" (single-step facts of every task family) runs once with Ray Train and is
-cached under ``<storage>/cache/students/<key>`` for every later job and test."""
+"""The base student of a job: a real Hugging Face model (``student.model``: a hub id, loaded through Hugging
+Face's cache by every process that needs it, or a path/URL), a built-in pretrained preset
+(``ray_distill.presets``, e.g. ``smollm2-135m``), or a synthetic preset whose "pretraining" (single-step
+facts of every task family) runs once with Ray Train and is cached under
+``<storage>/cache/students/<key>`` for every later job and test."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 import tempfile
 
 from ray_distill.config import JobConfig
 from ray_distill.data.fs import exists, join, local_dir, write_text
+from ray_distill.models import check_model, is_hub_id, model_ref
+from ray_distill.presets import build_preset, is_preset, preset_url
 from ray_distill.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -20,12 +23,18 @@ _READY = "READY"
 
 
 def prepare_student(cfg: JobConfig, tracker: Tracker) -> str:
-    """A local directory with the base student (weights, config, tokenizer, chat template)."""
+    """The base student as a model reference (``ray_distill.models``): a hub id ``org/name[@revision]``
+    as it is, or a local directory (weights, config, tokenizer, chat template)."""
     s = cfg.student
     if s.model:
-        tracker.log_params({"student": s.model})
-        # A URL or an existing directory is made local for vLLM; anything else is a hub id.
-        return local_dir(s.model) if "://" in s.model or os.path.isdir(s.model) else s.model
+        check_model(s.model, "student.model")
+        ref = model_ref(s.model, s.revision)
+        tracker.log_params({"student": ref})
+        return ref if is_hub_id(ref) else local_dir(s.model)
+    if is_preset(s.preset):
+        url = preset_url(s.preset, cfg.storage)
+        tracker.log_params({"student.base.path": url})
+        return build_preset(s.preset, cfg.storage)
     spec = {"preset": s.preset, "rows": s.base_rows, "epochs": s.base_epochs, "lr": s.base_lr, "seed": cfg.seed,
             "batch_size": cfg.train.batch_size, "workers": cfg.train.num_workers, "version": 1}
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]

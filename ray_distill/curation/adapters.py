@@ -26,9 +26,9 @@ def load_tokenize(tokenizer_path: str | None) -> Callable[[str], Sequence[int]]:
     """``text -> token ids`` for the tokenizer at ``tokenizer_path`` (code points when ``None``)."""
     if tokenizer_path is None:
         return char_tokenize
-    from transformers import AutoTokenizer
+    from ray_distill.models import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
     return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

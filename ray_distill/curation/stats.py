@@ -41,22 +41,24 @@ def length_stats(texts: Sequence[str], tokenize: Callable[[str], Sequence[int]])
     }
 
 
-def token_entropy_under_model(model_path: str, texts: list[str], prompts: list[str], max_rows: int = 256) -> float:
+def token_entropy_under_model(model_path: str, texts: list[str], prompts: list[str], max_rows: int = 256,
+                              chat_template: str | None = None) -> float:
     """Mean predictive entropy (bits) of the causal LM at ``model_path`` over the assistant tokens.
 
     ``texts[i]`` is the assistant response to the user turn ``prompts[i]``; both are rendered with the
     model's chat template (plain concatenation when it has none). Rows longer than the model's
     context are truncated from the right. With more than ``max_rows`` rows, an evenly spaced subset
-    is used. The mean is token-weighted (long responses count more).
+    is used. The mean is token-weighted (long responses count more). ``model_path`` is a model
+    reference (``ray_distill.models``); ``chat_template`` replaces its own.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ray_distill.models import load_causal_lm, load_tokenizer
 
     if len(texts) != len(prompts):
         raise ValueError(f"token_entropy_under_model: {len(texts)} texts but {len(prompts)} prompts")
     if not texts:
         raise ValueError("token_entropy_under_model: no texts")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(model_path, chat_template)
+    model = load_causal_lm(model_path, dtype=torch.float32).eval()
     max_len = int(getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length)
     rows = [encode_turns(tokenizer, prompts[i], texts[i], max_len) for i in _subset(len(texts), max_rows)]
     rows = [r for r in rows if r[1] < len(r[0])]  # keep rows with at least one assistant token

@@ -42,7 +42,7 @@ def to_chat_row(row: dict) -> dict:
         raise KeyError(f"corpus row lacks columns {missing} (has {sorted(row)})")
     out: dict[str, Any] = {
         C.MESSAGES: [
-            {"role": "user", "content": str(row[C.QUESTION])},
+            {"role": "user", "content": str(_prompt(row))},
             {"role": "assistant", "content": str(row[C.COMPLETION])},
         ],
         C.QUESTION_ID: str(row[C.QUESTION_ID]),
@@ -53,6 +53,12 @@ def to_chat_row(row: dict) -> dict:
         out[col] = _number_or_none(row.get(col))
     out.update(_verdicts(row))
     return out
+
+
+def _prompt(row: dict) -> str:
+    """The user message the teacher answered: the rendered prompt, or the question when there is none."""
+    prompt = row.get(C.PROMPT)
+    return row[C.QUESTION] if prompt is None or (isinstance(prompt, float) and prompt != prompt) else prompt
 
 
 def write_corpus(rows: Iterable[dict] | pd.DataFrame, out_dir: str) -> dict[str, str]:

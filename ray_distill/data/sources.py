@@ -16,7 +16,21 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 
 
 def load_source(source: QuestionsConfig | SuiteConfig, exclude: set[str] | None = None) -> tuple[list[dict], list[dict]]:
-    """(valid rows, rejected rows) of a question source; synthetic sources never reject."""
+    """(valid rows, rejected rows) of a question source, each row with its ``prompt`` (the question through
+    the source's prompt template); synthetic sources never reject."""
+    rows, rejects = _load_rows(source, exclude)
+    return [{**r, C.PROMPT: render_question(source.prompt, r[C.QUESTION], r[C.FAMILY])} for r in rows], rejects
+
+
+def render_question(template: str | dict[str, str] | None, question: str, family: str) -> str:
+    """The user message for ``question``: its family's template (or the ``default`` one) with
+    ``{question}`` replaced; the question itself when no template applies."""
+    if isinstance(template, dict):
+        template = template.get(family, template.get("default"))
+    return question if template is None else template.replace("{question}", question)
+
+
+def _load_rows(source: QuestionsConfig | SuiteConfig, exclude: set[str] | None) -> tuple[list[dict], list[dict]]:
     if source.synthetic is not None:
         from ray_distill.synthetic.tasks import make_questions
 

@@ -29,7 +29,7 @@ import pandas as pd
 import ray.data
 
 from ray_distill import columns as C
-from ray_distill.config import EngineConfig, SamplingConfig, StudentServingConfig, TeacherConfig
+from ray_distill.config import EngineConfig, SamplingConfig, StudentConfig, TeacherConfig
 from ray_distill.curation.graders import Verdict, grade_rows, sandbox_from_config
 from ray_distill.generation.actor import generate_dataset
 
@@ -40,11 +40,19 @@ R_GENERATION_ERROR = "generation_error"
 Z_95 = 1.959963984540054
 
 
-def student_engine_config(model_path: str, serving: StudentServingConfig) -> EngineConfig:
-    """The student as a vLLM 'teacher' (float32 on CPU actors, the checkpoint's dtype on GPUs)."""
+def student_engine_config(model: str, student: StudentConfig) -> EngineConfig:
+    """The student ``model`` (a model reference: path, URL or ``org/name[@revision]``) as a vLLM 'teacher'
+    with the student's serving settings and chat template (float32 on CPU actors, the checkpoint's dtype on
+    GPUs)."""
+    from ray_distill.models import split_ref
+
+    serving = student.serving
     gpu = serving.resources.num_gpus > 0
-    return EngineConfig(kind="vllm", model=model_path, dtype="auto" if gpu else "float32", enforce_eager=not gpu,
-                        tensor_parallel_size=serving.tensor_parallel_size, max_model_len=serving.max_model_len)
+    name, revision = split_ref(model)
+    return EngineConfig(kind="vllm", model=name, revision=revision or "main", dtype="auto" if gpu else "float32",
+                        enforce_eager=not gpu, tensor_parallel_size=serving.tensor_parallel_size,
+                        max_model_len=serving.max_model_len, chat_template=student.chat_template,
+                        chat_template_kwargs=student.chat_template_kwargs)
 
 
 def sample_student(
@@ -54,20 +62,21 @@ def sample_student(
     temperature: float,
     max_tokens: int,
     seed: int = 0,
-    serving: StudentServingConfig | None = None,
+    student: StudentConfig | None = None,
 ) -> pd.DataFrame:
-    """``k`` samples per question (``GENERATION_COLUMNS`` + any extra question columns)."""
+    """``k`` samples per question (``GENERATION_COLUMNS`` + any extra question columns); ``student``: the
+    job's student settings (serving resources, chat template; None: the defaults)."""
     if not questions:
         raise ValueError("sample_student needs at least one question")
-    serving = serving or StudentServingConfig()
-    student = TeacherConfig(
+    student = student or StudentConfig()
+    engine = TeacherConfig(
         name="student",
-        engine=student_engine_config(model_path, serving),
+        engine=student_engine_config(model_path, student),
         sampling=SamplingConfig(n=k, temperature=temperature, max_tokens=max_tokens, seed=seed),
-        resources=serving.resources,
+        resources=student.serving.resources,
     )
     start = time.perf_counter()
-    df = generate_dataset(ray.data.from_pandas(pd.DataFrame(questions)), student).to_pandas()
+    df = generate_dataset(ray.data.from_pandas(pd.DataFrame(questions)), engine).to_pandas()
     if len(df) != len(questions) * k:
         raise RuntimeError(f"student sampling returned {len(df)} rows for {len(questions)} questions x k={k}")
     seconds = time.perf_counter() - start
@@ -162,7 +171,7 @@ def evaluate_suites(
     temperature: float,
     max_tokens: int,
     seed: int = 0,
-    serving: StudentServingConfig | None = None,
+    student: StudentConfig | None = None,
     code: dict | None = None,
 ) -> dict[str, dict]:
     """``{suite: avg_at_k(...)}`` for every suite, sampled in one engine pass; code rows graded in the
@@ -171,7 +180,7 @@ def evaluate_suites(
     if empty:
         raise ValueError(f"evaluation suites without questions: {empty}")
     rows = [{**q, SUITE: name} for name, qs in suites.items() for q in qs]
-    graded = grade_samples(sample_student(rows, model_path, k, temperature, max_tokens, seed, serving), code)
+    graded = grade_samples(sample_student(rows, model_path, k, temperature, max_tokens, seed, student), code)
     scores = {name: avg_at_k(graded[graded[SUITE] == name]) for name in suites}
     for name, s in scores.items():
         logger.info("eval %s: avg@%d %.3f [%.3f, %.3f], pass@%d %.3f, mean length %.1f over %d questions",

@@ -26,8 +26,9 @@ from ray_distill.generation.engines import build_engine, question_messages, reso
 
 logger = logging.getLogger(__name__)
 
-# Question columns a row may lack, with their default (math questions carry no code tests).
-OPTIONAL_QUESTION_COLUMNS = {C.TESTS: ""}
+# Question columns a row may lack, with their default (math questions carry no code tests; without a
+# prompt template the prompt is the question itself).
+OPTIONAL_QUESTION_COLUMNS = {C.TESTS: "", C.PROMPT: None}
 
 # vLLM's CPU backend inside Ray actors: small KV cache (several engines may share the machine) and
 # no OpenMP thread pinning (Ray already places the actor), and the engine core in the actor's own
@@ -46,7 +47,10 @@ def with_question_defaults(df: pd.DataFrame, what: str) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{what} needs columns {missing}; got {list(df.columns)}")
     absent = {c: v for c, v in OPTIONAL_QUESTION_COLUMNS.items() if c not in df.columns}
-    return df.assign(**absent) if absent else df
+    df = df.assign(**absent) if absent else df
+    if df[C.PROMPT].isna().any() or C.PROMPT in absent:
+        df = df.assign(**{C.PROMPT: df[C.PROMPT].where(df[C.PROMPT].notna(), df[C.QUESTION])})
+    return df
 
 
 def sample_seed(base_seed: int, question_id: str, sample_index: int) -> int:
@@ -73,7 +77,7 @@ class GenerateBatch:
             [sample_seed(self.sampling.seed, str(qid), i) for i in idx]
             for qid, idx in zip(batch[C.QUESTION_ID], indices)
         ]
-        messages = [question_messages(q) for q in batch[C.QUESTION]]
+        messages = [question_messages(q) for q in batch[C.PROMPT]]
         completions = self.engine.generate(messages, self.sampling, seeds)
         if [len(c) for c in completions] != [len(s) for s in seeds]:
             raise RuntimeError(f"engine returned {[len(c) for c in completions]} completions for {len(seeds)} prompts")

@@ -26,6 +26,7 @@ from typing import Protocol, TypedDict
 from pydantic import SecretStr
 
 from ray_distill.config import EngineConfig, SamplingConfig
+from ray_distill.models import last_user_content, loadable, model_ref, render_prompt
 from ray_distill.synthetic.teachers import PERSONAS, write_solution
 
 logger = logging.getLogger(__name__)
@@ -73,26 +74,10 @@ def resolve_api_key(cfg: EngineConfig) -> SecretStr | None:
     return SecretStr(value)
 
 
-def render_prompt(tokenizer, conv: list[dict], api: str = "chat") -> list[int]:
-    """Token ids of a conversation through the model's own chat template, ready for the assistant turn;
-    with ``api="completions"`` the last user message as a raw prompt."""
-    if api == "completions":
-        return tokenizer.encode(last_user_content(conv), add_special_tokens=False)
-    text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-    return tokenizer.encode(text, add_special_tokens=False)
-
-
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     """``text`` up to (without) its first stop string, and whether one was found (vLLM's convention)."""
     cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     return (text[: min(cuts)], True) if cuts else (text, False)
-
-
-def last_user_content(messages: list[dict]) -> str:
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            return m["content"]
-    raise ValueError("no user message in the conversation")
 
 
 class ScriptedEngine:
@@ -126,22 +111,28 @@ class ScriptedEngine:
                           prompt_tokens=len(question))
 
 
+# vLLM's CPU build: no chunked prefill. With it, a prompt split across engine steps has its sampled token
+# discarded, and vLLM then rewinds that request's seeded generator, which CPU generators refuse
+# ("RuntimeError: CPU Generator does not use offset"): any batch whose prompts exceed one step's token
+# budget (e.g. 60 SmolLM2 chat prompts x 2 seeded samples) crashed the engine. Without chunked prefill
+# a prompt is always prefilled in one step, so every request keeps its own seed (same seed, same text).
+VLLM_CPU_SETTINGS: dict = {"enable_chunked_prefill": False}
+
+
 class VLLMEngine:
-    """``vllm.LLM`` with the model's own chat template; one request per sample (``n=1``, own seed)."""
+    """``vllm.LLM`` with the model's chat template (or ``chat_template``); one request per sample
+    (``n=1``, own seed). A reasoning block the template opens is put back in front of each completion."""
 
     def __init__(self, cfg: EngineConfig):
         from vllm import LLM  # imported here: vLLM is heavy and only needed inside engine actors
 
         start = time.perf_counter()
-        self.llm = LLM(
-            model=cfg.model,
-            revision=None if os.path.isdir(cfg.model) else cfg.revision,
-            dtype=cfg.dtype,
-            max_model_len=cfg.max_model_len,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            enforce_eager=cfg.enforce_eager,
-        )
+        with loadable(model_ref(cfg.model, cfg.revision)) as (model, revision):
+            self.llm = LLM(model=model, revision=revision, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                           tensor_parallel_size=cfg.tensor_parallel_size, enforce_eager=cfg.enforce_eager,
+                           **vllm_engine_kwargs())
         self.tokenizer = self.llm.get_tokenizer()
+        self.chat_template, self.template_kwargs = cfg.chat_template, cfg.chat_template_kwargs
         self.api = cfg.api
         self.start_seconds = time.perf_counter() - start
         logger.info("vLLM engine for %s ready in %.1f s", cfg.model, self.start_seconds)
@@ -154,12 +145,14 @@ class VLLMEngine:
         check_lengths(messages, seeds)
         out: list[list[Completion]] = [[error_completion(RuntimeError("not run"))] * len(s) for s in seeds]
         pending: dict[str, tuple[int, int]] = {}  # request id -> (prompt index, sample position)
+        opened: list[str] = [""] * len(messages)  # reasoning opening each prompt pre-filled
         for i, (conv, prompt_seeds) in enumerate(zip(messages, seeds)):
             try:
-                token_ids = render_prompt(self.tokenizer, conv, self.api)
+                prompt = render_prompt(self.tokenizer, conv, self.api, self.template_kwargs, self.chat_template)
             except Exception as err:
                 out[i] = [error_completion(err)] * len(prompt_seeds)
                 continue
+            token_ids, opened[i] = prompt.token_ids, prompt.opened
             for j, seed in enumerate(prompt_seeds):
                 params = SamplingParams(n=1, seed=seed, temperature=sampling.temperature, top_p=sampling.top_p,
                                         max_tokens=sampling.max_tokens, stop=sampling.stop or None)
@@ -175,7 +168,7 @@ class VLLMEngine:
             num_tokens = 0
             for res in results:
                 i, j = pending.pop(_external_id(res.request_id))
-                out[i][j] = _to_completion(res.outputs[0], len(res.prompt_token_ids))
+                out[i][j] = _to_completion(res.outputs[0], len(res.prompt_token_ids), opened[i])
                 num_tokens += out[i][j]["num_tokens"]
             logger.info("vLLM generated %d samples, %d tokens in %.1f s", len(results), num_tokens,
                         time.perf_counter() - start)
@@ -184,17 +177,25 @@ class VLLMEngine:
         return out
 
 
+def vllm_engine_kwargs() -> dict:
+    """Engine settings the CPU build needs (none on GPUs); see :data:`VLLM_CPU_SETTINGS`."""
+    import torch
+
+    return {} if torch.cuda.is_available() else dict(VLLM_CPU_SETTINGS)
+
+
 def _external_id(request_id: str) -> str:
     """``LLM.enqueue`` returns vLLM's internal id ``<counter>-<8 random chars>`` while outputs carry the
     external ``<counter>``; both map to the counter."""
     return request_id.split("-", 1)[0]
 
 
-def _to_completion(output, prompt_tokens: int) -> Completion:
-    """vLLM's ``CompletionOutput`` -> :class:`Completion` (an aborted request is an error)."""
+def _to_completion(output, prompt_tokens: int, opened: str = "") -> Completion:
+    """vLLM's ``CompletionOutput`` -> :class:`Completion` (an aborted request is an error); ``opened`` (a
+    reasoning block the prompt opened) is put back in front: the text is the whole assistant turn."""
     if output.finish_reason not in (None, FINISH_STOP, FINISH_LENGTH):
         return error_completion(RuntimeError(f"request finished with {output.finish_reason!r}"))
-    return Completion(text=output.text, num_tokens=len(output.token_ids),
+    return Completion(text=opened + output.text, num_tokens=len(output.token_ids),
                       finish_reason=output.finish_reason or FINISH_STOP, error="", prompt_tokens=prompt_tokens)
 
 

@@ -10,11 +10,9 @@ That is slow next to vLLM; the engine exists for coverage, not throughput.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ray_distill.config import EngineConfig, SamplingConfig
 from ray_distill.generation.engines import (
@@ -24,8 +22,8 @@ from ray_distill.generation.engines import (
     check_lengths,
     cut_at_stop,
     error_completion,
-    render_prompt,
 )
+from ray_distill.models import load_causal_lm, load_tokenizer, model_ref, render_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +31,11 @@ logger = logging.getLogger(__name__)
 class HFEngine:
     def __init__(self, cfg: EngineConfig):
         start = time.perf_counter()
-        revision = None if os.path.isdir(cfg.model) else cfg.revision
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, revision=revision)
+        ref = model_ref(cfg.model, cfg.revision)
+        self.tokenizer = load_tokenizer(ref, cfg.chat_template)
+        self.template_kwargs = cfg.chat_template_kwargs
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, revision=revision, dtype=cfg.dtype)
+        self.model = load_causal_lm(ref, dtype=cfg.dtype)
         self.model.to(self.device).eval()
         self.max_model_len = cfg.max_model_len or self.model.config.max_position_embeddings
         eos = self.model.generation_config.eos_token_id
@@ -54,16 +53,18 @@ class HFEngine:
         out = []
         for conv, prompt_seeds in zip(messages, seeds):
             try:
-                ids = render_prompt(self.tokenizer, conv, self.api)
+                prompt = render_prompt(self.tokenizer, conv, self.api, self.template_kwargs)
+                ids = prompt.token_ids
                 if len(ids) >= self.max_model_len:
                     raise ValueError(f"prompt of {len(ids)} tokens does not fit max_model_len {self.max_model_len}")
             except Exception as err:  # one bad request must not fail the batch
                 out.append([error_completion(err)] * len(prompt_seeds))
                 continue
-            out.append([self._sample(ids, sampling, seed) for seed in prompt_seeds])
+            out.append([self._sample(ids, sampling, seed, prompt.opened) for seed in prompt_seeds])
         return out
 
-    def _sample(self, ids: list[int], sampling: SamplingConfig, seed: int) -> Completion:
+    def _sample(self, ids: list[int], sampling: SamplingConfig, seed: int, opened: str = "") -> Completion:
+        """One sample; ``opened`` (a reasoning block the prompt opened) is put back in front of its text."""
         max_new = min(sampling.max_tokens, self.max_model_len - len(ids))
         do_sample = sampling.temperature > 0
         # top_k=0: no top-k cut (the model's generation_config may carry one; vLLM samples without it)
@@ -82,6 +83,6 @@ class HFEngine:
         new = seq[0, len(ids):].tolist()
         text, hit = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), sampling.stop)
         stopped = hit or (bool(new) and new[-1] in self.stop_ids)
-        return Completion(text=text, num_tokens=len(new),
+        return Completion(text=opened + text, num_tokens=len(new),
                           finish_reason=FINISH_STOP if stopped or len(new) < max_new else FINISH_LENGTH,
                           error="", prompt_tokens=len(ids))

@@ -124,8 +124,11 @@ class OpenAIEngine:
         if sampling.stop:
             common["stop"] = sampling.stop
         if self.cfg.api == "chat":
+            # vLLM/SGLang servers take template variables (e.g. enable_thinking) as chat_template_kwargs
+            extra = {"extra_body": {"chat_template_kwargs": self.cfg.chat_template_kwargs}} \
+                if self.cfg.chat_template_kwargs else {}
             resp = await self.client.chat.completions.create(
-                messages=conv, max_completion_tokens=sampling.max_tokens, **common)
+                messages=conv, max_completion_tokens=sampling.max_tokens, **common, **extra)
             choice, text = resp.choices[0], chat_text(resp.choices[0].message)
         else:
             resp = await self.client.completions.create(

@@ -34,8 +34,9 @@ import ray.data
 
 from ray_distill import columns as C
 from ray_distill.config import TeacherConfig
-from ray_distill.generation.actor import generate_dataset
+from ray_distill.generation.actor import generate_dataset, with_question_defaults
 from ray_distill.generation.engines import PROMPT_TEMPLATE_HASH
+from ray_distill.presets import PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ Counts = int | Mapping[str, int] | None  # samples per question: one n for all, 
 
 
 def teacher_fingerprint(teacher: TeacherConfig) -> dict:
-    """Everything about a teacher that changes its samples. Not in it: ``n`` (it only adds samples),
+    """Everything about a teacher that changes its samples (the chat template and its variables
+    included; the prompt template is in the hashed prompt text). Not in it: ``n`` (it only adds samples),
     ``base_url`` (where a model is served, not which model: a moved server keeps its samples; the
     teacher name and model tell models apart), the API key and the transport settings (concurrency,
     timeout, retries)."""
@@ -64,6 +66,12 @@ def teacher_fingerprint(teacher: TeacherConfig) -> dict:
     }
     if e.kind == "openai" or e.api != "chat":  # chat messages vs a raw prompt are different requests
         fp["api"] = e.api
+    if e.preset:  # a built-in model: its name and build version, not where this job's cache put it
+        fp["model"] = f"preset:{e.preset}-v{PRESETS[e.preset][0]}"
+    if e.chat_template:  # set only when used, so stores written before keep their keys
+        fp["chat_template"] = hashlib.sha256(e.chat_template.encode()).hexdigest()[:16]
+    if e.chat_template_kwargs:
+        fp["chat_template_kwargs"] = e.chat_template_kwargs
     return fp
 
 
@@ -199,7 +207,7 @@ def generation_counters(requests: pd.DataFrame, cached: pd.DataFrame, todo: pd.D
         "cached": int(requests[KEY].isin(cached[KEY]).sum()),
         "generated": int(requests[KEY].isin(new_ok[KEY]).sum()),
         "failed": int(requests[KEY].isin(new_bad[KEY]).sum()),
-        "prompts": int(todo[C.QUESTION].nunique()),  # distinct prompts sent (each once per missing sample)
+        "prompts": int(todo[C.PROMPT].nunique()),  # distinct prompts sent (each once per missing sample)
         "prompt_tokens": _known_sum(new[C.PROMPT_TOKENS]),
         "completion_tokens": completion_tokens,
         "wall_s": round(wall_s, 3),
@@ -248,15 +256,11 @@ def sample_counts(question_ids: list[str], n: int | Mapping[str, int]) -> list[i
 
 def _request_frame(questions: list[dict], teacher: TeacherConfig, n: Counts) -> pd.DataFrame:
     """One row per (question, sample index < its n) with its content key (``n``: see ``get_or_generate``)."""
-    qdf = pd.DataFrame(questions)
-    if C.TESTS not in qdf.columns:  # question rows without tests are math rows
-        qdf[C.TESTS] = ""
-    missing = [c for c in C.QUESTION_COLUMNS if c not in qdf.columns]
-    if missing:
-        raise ValueError(f"questions need columns {missing}; got {list(qdf.columns)}")
+    qdf = with_question_defaults(pd.DataFrame(questions), "questions")
     counts = sample_counts(qdf[C.QUESTION_ID].astype(str).tolist(), n if n is not None else teacher.sampling.n)
     req = qdf[C.QUESTION_COLUMNS].iloc[np.repeat(np.arange(len(qdf)), counts)].reset_index(drop=True)
     req[C.SAMPLE_INDEX] = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.arange(0)
     fp = teacher_fingerprint(teacher)
-    req[KEY] = [generation_key(q, fp, int(i)) for q, i in zip(req[C.QUESTION], req[C.SAMPLE_INDEX])]
+    # the key hashes what the teacher is sent (the prompt: the question itself when there is no template)
+    req[KEY] = [generation_key(q, fp, int(i)) for q, i in zip(req[C.PROMPT], req[C.SAMPLE_INDEX])]
     return req

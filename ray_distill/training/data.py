@@ -54,8 +54,9 @@ def _render_with_mask(tokenizer, messages: list[dict]) -> tuple[list[int], list[
 
 
 def _render_with_prefix(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Templates without generation markers: everything after the rendered prompt
-    (``messages[:-1]`` + generation prompt) is the final assistant turn and is supervised."""
+    """Templates without generation markers: what follows the rendered prompt (``messages[:-1]`` +
+    generation prompt) is the final assistant turn; it is supervised up to and including its end token
+    (the end-of-sequence token; what a template writes after it, e.g. ChatML's newline, is not)."""
     ids = list(_tokenize_chat(tokenizer, messages)["input_ids"])
     if not messages or messages[-1].get("role") != "assistant":
         return ids, [0] * len(ids)
@@ -65,7 +66,29 @@ def _render_with_prefix(tokenizer, messages: list[dict]) -> tuple[list[int], lis
             "chat template renders the prompt differently with and without the final assistant turn; "
             "add {% generation %} markers to the template"
         )
-    return ids, [0] * len(prefix) + [1] * (len(ids) - len(prefix))
+    end = len(ids)
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in ids[len(prefix):]:
+        end = len(ids) - ids[::-1].index(eos)  # just after the turn's last end token
+    return ids, [0] * len(prefix) + [1] * (end - len(prefix)) + [0] * (len(ids) - end)
+
+
+def check_reasoning_kept(tokenizer, messages: list[dict]) -> None:
+    """Raise :class:`ConfigError` when the chat template drops the ``<think>…</think>`` reasoning of the
+    final assistant turn (R1-Distill templates keep only the answer of assistant turns they render)."""
+    from ray_distill.config import ConfigError
+    from ray_distill.models import THINK_CLOSE, THINK_OPEN
+
+    content = messages[-1]["content"] if messages and messages[-1].get("role") == "assistant" else ""
+    if THINK_CLOSE not in content:
+        return
+    reasoning = content.split(THINK_CLOSE, 1)[0].split(THINK_OPEN)[-1].strip()
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    if THINK_CLOSE not in text or (reasoning and reasoning not in text):
+        raise ConfigError(
+            "student chat template drops the <think>...</think> reasoning of assistant turns, so training would "
+            "teach answers without reasoning; set student.chat_template to a training template that renders the "
+            "assistant content as it is (a Jinja string or file)")
 
 
 def plan_batches(
@@ -175,12 +198,15 @@ def preflight(tokenizer, rows: list[dict], max_seq_len: int, n: int = 8) -> dict
 
     Returns ``supervised_fraction`` (share of tokens with a label), ``truncation_rate`` and
     ``example`` (the rendered text of the first row) with ``example_supervised`` (the text its
-    loss covers). Raises ``ValueError`` when no token would be supervised.
+    loss covers). Raises ``ValueError`` when no token would be supervised, ``ConfigError`` when the
+    chat template drops the rows' ``<think>`` reasoning (:func:`check_reasoning_kept`).
     """
     from ray_distill.columns import MESSAGES
 
     if not rows:
         raise ValueError("preflight: no training rows")
+    for r in rows[:n]:
+        check_reasoning_kept(tokenizer, r[MESSAGES])
     encoded = [encode_example(tokenizer, r[MESSAGES], max_seq_len) for r in rows[:n]]
     total = sum(len(e["input_ids"]) for e in encoded)
     supervised = sum(supervised_count(e) for e in encoded)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ray_distill.config import TrainConfig
-from ray_distill.data.fs import local_copy
+from ray_distill.models import load_causal_lm, load_tokenizer
 from ray_distill.training.checkpoint import LoopState, load_optimizer, load_state, save_checkpoint, save_model
 from ray_distill.training.data import IGNORE, collate, layout, micro_batches, padded_size, plan_batches, supervised_count
 
@@ -128,8 +128,6 @@ def gradient_sync(model, sync: bool) -> Iterator[None]:
 # ---------------------------------------------------------------- the loop
 def train_loop_per_worker(config: dict) -> None:
     """Entry point run by every Ray Train worker; ``config`` is built by ``sft.train_sft``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from ray_distill.tracking import tracker_from_handle
 
     cfg = TrainConfig.model_validate(config["cfg"])
@@ -141,9 +139,11 @@ def train_loop_per_worker(config: dict) -> None:
     lengths = [len(e["input_ids"]) for e in examples]
     total_steps = len(epoch_plan(lengths, cfg, world, 0)) * (cfg.schedule_epochs or cfg.epochs)
     checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else local_copy(config["base_model"]) as model_dir:
-        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(config["base_model"]) as model_dir:
+        # the base: a path, URL or hub id (each worker loads it itself); the exported student carries the
+        # training chat template
+        base = load_causal_lm(model_dir, dtype=torch.float32)
+        tokenizer = load_tokenizer(model_dir, config.get("chat_template"))
         model, device = parallelize(base, cfg, world)
         optimizer, scheduler = build_optimizer(model, cfg, total_steps)
         state = LoopState()

@@ -29,7 +29,8 @@ from ray.train.torch import TorchTrainer
 from ray_distill.columns import MESSAGES
 from ray_distill.config import TrainConfig
 from ray_distill.training.data import encode_example, preflight, supervised_count
-from ray_distill.data.fs import absolute, is_local, local_copy
+from ray_distill.data.fs import absolute, is_local
+from ray_distill.models import load_tokenizer
 from ray_distill.training.loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -54,14 +55,17 @@ def train_sft(
     run_name: str,
     tracker_handle=None,
     log_model: bool = True,
+    chat_template: str | None = None,
 ) -> TrainResult:
-    """Fine-tune ``base_model`` (a save_pretrained dir, any fsspec URL) on ``rows`` and save the
-    student to ``output_path``; see the module docstring. ``log_model=False`` records only the student's
-    URL in MLflow (for the many intermediate students of smoke tests, searches and ablations)."""
+    """Fine-tune ``base_model`` (a save_pretrained dir on any fsspec URL, or a hub id ``org/name[@rev]``)
+    on ``rows`` and save the student to ``output_path``; see the module docstring. ``log_model=False``
+    records only the student's URL in MLflow (for the many intermediate students of smoke tests, searches
+    and ablations). ``chat_template`` (text) replaces the base model's own for training, and the exported
+    student carries it."""
     from ray_distill.tracking import tracker_from_handle
 
     tracker = tracker_from_handle(tracker_handle)
-    examples, figures = encode_rows(rows, base_model, cfg.max_seq_len)
+    examples, figures = encode_rows(rows, base_model, cfg.max_seq_len, chat_template)
     tracker.log_metrics({f"train/{k}": v for k, v in figures.items()})
     # Resume only what is the same training: a changed corpus, recipe or base starts a new run.
     run_name = f"{run_name}-{fingerprint(examples, cfg, base_model)}"
@@ -74,6 +78,7 @@ def train_sft(
             "base_model": base_model,
             "output_path": output_path,
             "tracker_handle": tracker_handle,
+            "chat_template": chat_template,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
@@ -96,13 +101,11 @@ def train_sft(
     return TrainResult(model_path=output_path, checkpoint_path=checkpoint_uri(result, storage_path), metrics=metrics)
 
 
-def encode_rows(rows: list[dict], base_model: str, max_seq_len: int) -> tuple[list[dict], dict]:
-    """Encode every row with the base model's tokenizer; return the examples and the preflight and
-    corpus figures (logged here, returned for tracking)."""
-    from transformers import AutoTokenizer
-
-    with local_copy(base_model) as path:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+def encode_rows(rows: list[dict], base_model: str, max_seq_len: int,
+                chat_template: str | None = None) -> tuple[list[dict], dict]:
+    """Encode every row with the base model's tokenizer (and ``chat_template`` when given); return the
+    examples and the preflight and corpus figures (logged here, returned for tracking)."""
+    tokenizer = load_tokenizer(base_model, chat_template)
     check = preflight(tokenizer, rows, max_seq_len)
     logger.info(
         "preflight: %.1f%% of tokens supervised, %.1f%% truncated; example %r -> loss on %r",

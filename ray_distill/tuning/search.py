@@ -56,6 +56,7 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
     if not any(s.domain == "in_domain" for s in cfg.eval.suites):
         raise ConfigError("eval.suites: the search scores trials on in-domain suites; none is configured")
     init_ray(cfg)
+    cfg = P.resolve_models(cfg)
     store = GenerationStore(join(cfg.storage, "generations"))
 
     base, pool, suites = P.student_and_questions(cfg, runner)
@@ -80,7 +81,7 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
     logger.info("teacher tokens generated for the search: %d", counters["search/teacher_tokens_generated"])
     with runner.stage("evaluate_base") as (t, rec):
         e = cfg.eval
-        scores = evaluate_suites(base, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, serving=cfg.student.serving,
+        scores = evaluate_suites(base, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, student=cfg.student,
                                  code=cfg.format.code.model_dump())
         baseline = suite_means(cfg, scores)
         t.log_metrics({f"before/{k}": v for k, v in baseline.items()})

@@ -132,9 +132,10 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
         result = train_sft(corpus, base, join(cfg.run_dir, "tune", "students", name),
                            cfg.train.model_copy(update={"epochs": epochs, "schedule_epochs": schedule[-1]}),
                            storage_path=join(absolute(cfg.run_dir), "ray_train"), run_name=name,
-                           tracker_handle=tracker.handle(), log_model=False)
+                           tracker_handle=tracker.handle(), log_model=False,
+                           chat_template=cfg.student.chat_template)
         scores = evaluate_suites(result.model_path, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed,
-                                 serving=cfg.student.serving, code=cfg.format.code.model_dump())
+                                 student=cfg.student, code=cfg.format.code.model_dump())
         student_tokens += sum(int(m.get("tokens", 0)) for m in scores.values())
         # accounting: a trial curates stored samples only, so it never spends a teacher token
         yield epochs, {**figures, **suite_means(cfg, scores), EPOCHS: epochs,

@@ -33,6 +33,7 @@ def test_decontamination_removes_and_counts_per_suite():
 def test_synthetic_rows_carry_every_question_column():
     rows, _ = load_source(QuestionsConfig(synthetic={"family": "arith", "num_questions": 3}))
     assert all(set(C.QUESTION_COLUMNS) <= set(r) and r[C.TESTS] == "" for r in rows)
+    assert all(r[C.PROMPT] == r[C.QUESTION] for r in rows)  # no template: the question itself
 
 
 LONG = "Let ABC be a triangle with AB = 13, BC = 14 and CA = 15. Find the area of the triangle ABC."
@@ -67,3 +68,45 @@ def test_word_grams():
     assert word_grams("9+0-9", 13) == [("9", "+", "0", "-", "9")]
     assert word_grams("a b c d", 2) == [("a", "b"), ("b", "c"), ("c", "d")]
     assert word_grams("  ", 13) == []
+
+
+INSTRUCTION = " Put the final answer in \\boxed{}."
+
+
+def _addition_file(path, pairs):
+    import json
+
+    path.write_text("".join(json.dumps({"question": f"What is {a}+{b}?", "answer": str(a + b)}) + "\n"
+                            for a, b in pairs))
+    return str(path)
+
+
+def test_prompt_template_renders_per_source_and_family(tmp_path):
+    path = _addition_file(tmp_path / "q.jsonl", [(1, 2)])
+    rows, _ = load_source(QuestionsConfig(path=path, prompt="{question}" + INSTRUCTION))
+    assert rows[0][C.QUESTION] == "What is 1+2?"  # the question stays bare: decontamination compares it
+    assert rows[0][C.PROMPT] == "What is 1+2?" + INSTRUCTION
+    per_family, _ = load_source(QuestionsConfig(path=path, prompt={"q": "Q: {question}", "default": "{question}!"}))
+    assert per_family[0][C.PROMPT] == "Q: What is 1+2?"  # the family of a file row defaults to its file stem
+    with pytest.raises(ValueError, match="must contain '{question}' exactly once"):
+        QuestionsConfig(path=path, prompt="no placeholder")
+
+
+def test_instruction_in_the_template_keeps_questions_that_are_not_duplicates(tmp_path):
+    """The case from the real-model trial: 60 training and 20 eval additions that share only the
+    instruction sentence. With the instruction in each question text, 13-grams spanning it match questions
+    with the same last operand; with the instruction in the prompt template, only real duplicates go."""
+    train_pairs = [(a, 10 + a % 20) for a in range(60)]
+    eval_pairs = [(100 + b, 10 + b) for b in range(20)] + [train_pairs[5]]  # one real duplicate
+    def embedded(pairs):
+        return [{C.QUESTION: f"What is {a}+{b}?{INSTRUCTION}"} for a, b in pairs]
+    _, removed, _ = decontaminate(embedded(train_pairs), {"eval": embedded(eval_pairs)})
+    assert len(removed) >= 40  # the bug: the shared instruction makes 13-grams match
+
+    train, _ = load_source(QuestionsConfig(path=_addition_file(tmp_path / "train.jsonl", train_pairs),
+                                           prompt="{question}" + INSTRUCTION))
+    suite, _ = load_source(SuiteConfig(name="eval", path=_addition_file(tmp_path / "eval.jsonl", eval_pairs),
+                                       prompt="{question}" + INSTRUCTION))
+    kept, removed, counts = decontaminate(train, {"eval": suite})
+    assert [r[C.QUESTION] for r in removed] == ["What is 5+15?"] and counts == {"eval": 1}
+    assert len(kept) == 59 and all(r[C.PROMPT].endswith(INSTRUCTION) for r in kept)

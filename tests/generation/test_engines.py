@@ -51,3 +51,33 @@ def test_stop_strings_cut_the_completion_and_change_the_store_key():
     stopped = plain.model_copy(update={"sampling": SamplingConfig(stop=[";"])})
     assert "stop" not in teacher_fingerprint(plain)["sampling"]  # keys of stores made before 'stop' stay valid
     assert generation_key("q", teacher_fingerprint(plain), 0) != generation_key("q", teacher_fingerprint(stopped), 0)
+
+
+def test_vllm_output_gets_the_opened_reasoning_back_and_cpu_settings_avoid_the_seed_crash():
+    from types import SimpleNamespace
+
+    from ray_distill.generation.engines import VLLM_CPU_SETTINGS, _to_completion, vllm_engine_kwargs
+
+    out = SimpleNamespace(text="13+14=27</think>\\boxed{27}", token_ids=[1, 2, 3], finish_reason="stop")
+    c = _to_completion(out, prompt_tokens=20, opened="<think>\n")
+    assert c["text"] == "<think>\n13+14=27</think>\\boxed{27}" and c["num_tokens"] == 3
+    assert _to_completion(out, 20)["text"] == out.text
+    # no chunked prefill on CPU: a discarded partial-prefill token makes vLLM rewind a seeded CPU generator
+    assert VLLM_CPU_SETTINGS == {"enable_chunked_prefill": False} and vllm_engine_kwargs() == VLLM_CPU_SETTINGS
+
+
+def test_store_key_names_preset_chat_template_and_its_variables():
+    from ray_distill.config import EngineConfig, TeacherConfig
+    from ray_distill.generation.store import teacher_fingerprint
+
+    def fp(**engine):
+        return teacher_fingerprint(TeacherConfig(name="t", engine=EngineConfig(kind="vllm", **engine)))
+
+    plain = fp(model="org/name")
+    assert "chat_template" not in plain and "chat_template_kwargs" not in plain  # old stores keep their keys
+    assert fp(model="org/name", chat_template="{{ x }}")["chat_template"] != fp(model="org/name", chat_template="{{ y }}")["chat_template"]
+    assert fp(model="org/name", chat_template_kwargs={"enable_thinking": True})["chat_template_kwargs"] == {"enable_thinking": True}
+    # a preset is keyed by its name and build version, wherever a job's cache put its files
+    engine = EngineConfig(kind="vllm", preset="smollm2-135m")
+    built = TeacherConfig(name="t", engine=engine.model_copy(update={"model": "/some/cache/smollm2-135m-v1"}))
+    assert teacher_fingerprint(built)["model"] == "preset:smollm2-135m-v1"

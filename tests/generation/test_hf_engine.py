@@ -32,3 +32,21 @@ def test_hf_engine_prompt_too_long_is_an_error_completion(tiny_student_path):
                                 SamplingConfig(max_tokens=4), [[1, 2], [3]])
     assert [c["finish_reason"] for c in bad] == ["error", "error"] and "max_model_len 32" in bad[0]["error"]
     assert good[0]["error"] == "" and good[0]["num_tokens"] >= 1
+
+
+def test_hf_engine_keeps_the_reasoning_block_its_template_opens(smollm2_path):
+    """The real checkpoint behind a template whose generation prompt ends in "<think>\\n": the completion is
+    the whole assistant turn, opening included; the model's own template opens nothing."""
+    from ray_distill.models import resolve_chat_template
+
+    from pathlib import Path
+
+    think = resolve_chat_template(str(Path(__file__).resolve().parents[2] / "jobs/templates/chatml_think.jinja"), "t")
+    sampling = SamplingConfig(temperature=0.7, max_tokens=8)
+    conv = [question_messages("What is 13+14? Put the final answer in \\boxed{}.")]
+    ((c,),) = build_engine(EngineConfig(kind="hf", model=smollm2_path, dtype="float32", chat_template=think)
+                           ).generate(conv, sampling, [[1]])
+    ((plain,),) = build_engine(EngineConfig(kind="hf", model=smollm2_path, dtype="float32")).generate(conv, sampling, [[1]])
+    assert c["error"] == "" and c["text"].startswith("<think>\n") and len(c["text"]) > len("<think>\n")
+    assert 1 <= c["num_tokens"] <= 8  # generated tokens only: the opening was part of the prompt
+    assert plain["error"] == "" and not plain["text"].startswith("<think>")

