@@ -48,7 +48,7 @@ def with_question_defaults(df: pd.DataFrame, what: str) -> pd.DataFrame:
         raise ValueError(f"{what} needs columns {missing}; got {list(df.columns)}")
     absent = {c: v for c, v in OPTIONAL_QUESTION_COLUMNS.items() if c not in df.columns}
     df = df.assign(**absent) if absent else df
-    if df[C.PROMPT].isna().any() or C.PROMPT in absent:
+    if df[C.PROMPT].isna().any():
         df = df.assign(**{C.PROMPT: df[C.PROMPT].where(df[C.PROMPT].notna(), df[C.QUESTION])})
     return df
 
