@@ -10,7 +10,7 @@ number of optimizer steps; N is the size of the full DED corpus unless ``ablatio
 - ``+correct+compressed``: N random verified-correct samples of the questions compression keeps;
 - ``+correct+compressed+diverse``: the DED corpus (farthest-P selection on the kept questions);
 - ``DED, best-accuracy teacher``: the same DED recipe on the teacher with the best *own* accuracy
-  (instead of the smoke-test winner), cut to N rows.
+  (instead of the smoke-test winner, chosen on the dev suite), cut to N rows.
 
 Every arm runs once per seed of ``ablation.seeds`` (the seed draws the arm's rows and orders its
 training, ``train.seed``), each a nested MLflow run. The per-seed table (score and 95% CI over
@@ -94,7 +94,7 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
     init_ray(cfg)
     cfg = P.resolve_models(cfg)
     store = GenerationStore(join(cfg.storage, "generations"))
-    base, pool, suites = P.student_and_questions(cfg, runner)
+    base, pool, suites, dev = P.student_and_questions(cfg, runner)
     with runner.stage("smoke_test") as (t, rec):
         probe = pool[: cfg.smoke_test.probe_questions]
         if cfg.budget.max_teacher_tokens is not None:
@@ -103,7 +103,7 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
         probe_gen = pd.concat([P.generate(store, probe, P._single(tc), t, rec) for tc in cfg.teachers], ignore_index=True)
         graded_probe = P.verify(cfg, probe_gen, base)
         ranking = P.smoke_test(cfg, {tc.name: graded_probe[graded_probe[C.TEACHER] == tc.name] for tc in cfg.teachers},
-                               suites, base, t, rec)
+                               dev, base, t, rec)
         best, accurate = winner(ranking), best_accuracy_teacher(ranking)
         rec.notes.update({"winner": best, "best_accuracy": accurate})
     with runner.stage("compress", rows_in=len(pool)) as (t, rec):

@@ -134,11 +134,12 @@ def tune(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) ->
     out.print(table)
     statuses = result.trials["status"].value_counts().to_dict()
     out.print(f"trials: {len(result.trials)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})   "
-              f"base student score={result.baseline.get('score', float('nan')):.3f}")
+              f"base student dev score={result.baseline.get('score', float('nan')):.3f}")
     out.print(f"teacher tokens generated during the search: "
               f"[bold]{result.counters.get('search/teacher_tokens_generated', 0):,}[/] "
               f"({result.counters.get('search/teacher_rows_generated', 0):,} samples)")
-    out.print(f"[bold]best trial:[/] {result.best_config}  score={result.best_score:.3f}")
+    out.print(f"[bold]best trial:[/] {result.best_config}  dev score={result.best_score:.3f} "
+              f"(the eval suites are reported by running the best job)")
     out.print(f"best job written to {result.best_job_path}")
     if tracker.run_id:
         out.print(f"MLflow run {tracker.run_id} at {getattr(tracker, 'tracking_uri', '')}")
@@ -230,12 +231,19 @@ def print_estimates(cfg: JobConfig) -> None:
 
 
 def print_summary(result, wall: float, tracker) -> None:
-    ranking = Table(title="Teacher smoke test (the best student wins)", min_width=60)
-    for col in ("rank", "teacher", "student_score", "teacher_accuracy", "mean_length", "entropy"):
+    from ray_distill.curation.smoke_test import STUDENT_SCORE, top_two_note
+
+    by = result.ranking[0]["ranked_by"]
+    title = ("Teacher smoke test (the best student on the dev suite wins; 95% CI)" if by == STUDENT_SCORE else
+             "Teachers ranked by their own probe accuracy (smoke test off; 95% CI)")
+    diagnostics = [c for c in ("teacher_accuracy", "mean_length", "entropy") if c != by]
+    ranking = Table(title=title, min_width=60)
+    for col in ("rank", "teacher", by, "train rows", *diagnostics, "reason"):
         ranking.add_column(col)
     for r in result.ranking:
-        ranking.add_row(str(r.get("rank")), r["teacher"], *[f"{r.get(c, float('nan')):.3f}" for c in
-                                                           ("student_score", "teacher_accuracy", "mean_length", "entropy")])
+        score = "–" if r["reason"] else f"{r[by]:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        ranking.add_row(str(r["rank"]), r["teacher"], score, f"{r['train_rows']:,}" if r["train_rows"] else "–",
+                        *[f"{r[c]:.3f}" for c in diagnostics], r["reason"])
     rows = Table(title="Rows kept at each stage", min_width=40)
     rows.add_column("stage")
     rows.add_column("rows", justify="right")
@@ -258,7 +266,9 @@ def print_summary(result, wall: float, tracker) -> None:
     corpus_rows = result.rows.get("diverse", 0)
     spend.add_row("[bold]total[/]", f"{wall:.1f}", f"{teacher_total:,}", f"{sum(r['student_tokens'] for r in acc):,}",
                   f"{sum(r['cpu_s'] for r in acc):.0f}", f"{sum(r['gpu_s'] for r in acc):.0f}")
-    for t in (ranking, rows, scores, spend):
+    out.print(ranking)
+    out.print(top_two_note(result.ranking))
+    for t in (rows, scores, spend):
         out.print(t)
     if corpus_rows:
         out.print(f"teacher tokens per kept corpus sample: {teacher_total / corpus_rows:,.1f}")

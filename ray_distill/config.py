@@ -306,14 +306,16 @@ class BudgetConfig(_Strict):
 
 
 class SmokeTestConfig(_Strict):
-    enabled: bool = True
+    """Teacher selection: each candidate's student is fine-tuned briefly on the same number of its verified
+    probe answers and scored on the dev suite (``dev``); the best student wins (see curation.smoke_test)."""
+
+    enabled: bool = Field(
+        True, description="Run the smoke test; False ranks the candidates by their own probe accuracy (said so "
+        "in the ranking table, column ranked_by).")
     probe_questions: int = Field(400, ge=1, description="Questions each candidate teacher answers once.")
     epochs: int = Field(12, ge=1, description="Epochs of each short SFT (the rest of the recipe is train.*).")
     batch_size: int = Field(16, ge=1, description="Global batch size of the short SFT (small: more updates).")
     lr: float = 2e-3
-    suite: SuiteConfig | None = Field(
-        None, description="Questions the smoke-test students are scored on; default: the in-domain eval suites."
-    )
 
 
 class TrainConfig(_Strict):
@@ -382,10 +384,29 @@ class EvalConfig(_Strict):
     suites: list[SuiteConfig] = Field(default_factory=list)
 
 
+class DevConfig(_Strict):
+    """The dev suite: what every selection step scores on (the smoke test's ranking, the Tune objective,
+    the ablation's teacher choice). Held out of training like the eval suites and disjoint from them:
+    the eval suites are reported, never selected on."""
+
+    suite: SuiteConfig | None = Field(
+        None, description="Dev questions (a file on any fsspec URL or a synthetic family); must not be an eval "
+        "suite. None: carve num_questions out of the question pool.")
+    num_questions: int = Field(
+        200, ge=1, description="Questions carved out of the (decontaminated) question pool when no suite is given; "
+        "they leave the training pool and their ids are logged to MLflow (dev_questions.json).")
+    seed: int = Field(0, description="Seed of the carve: the questions are chosen by a seeded hash of their ids.")
+
+    @property
+    def name(self) -> str:
+        """The dev suite's name: the configured suite's, or ``dev`` for a carved one."""
+        return self.suite.name if self.suite is not None else "dev"
+
+
 class TuneConfig(_Strict):
     num_samples: int = Field(3, ge=1, description="Trials.")
     max_concurrent_trials: int = Field(1, ge=1)
-    metric: str = Field("score", description="Trial metric to maximise (in-domain avg@k).")
+    metric: str = Field("score", description="Trial metric to maximise (score: avg@k on the dev suite).")
     search_space: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="Dotted config key -> list of choices, e.g. {'selection.keep_per_question': [1, 2, 4]}; "
@@ -421,7 +442,6 @@ class TuneConfig(_Strict):
         return self
 
 
-SmokeTestConfig.model_rebuild()
 
 
 class JobConfig(_Strict):
@@ -435,6 +455,7 @@ class JobConfig(_Strict):
     student: StudentConfig = StudentConfig()
     format: FormatConfig = FormatConfig()
     smoke_test: SmokeTestConfig = SmokeTestConfig()
+    dev: DevConfig = Field(DevConfig(), description="The dev suite every selection step scores on.")
     compression: CompressionConfig = CompressionConfig()
     selection: SelectionConfig = SelectionConfig()
     train: TrainConfig = TrainConfig()
@@ -458,10 +479,56 @@ class JobConfig(_Strict):
             raise ValueError(f"teacher names must be unique, got {names}")
         return self
 
+    @model_validator(mode="after")
+    def _dev_is_not_an_eval_suite(self) -> JobConfig:
+        for i, suite in enumerate(self.eval.suites):
+            clash = _same_questions(self.dev, suite)
+            if clash:
+                raise ValueError(f"{clash} as eval.suites.{i} ({suite.name!r}): selection must not score on a "
+                                 "reported eval suite; give the dev suite questions of its own")
+        return self
+
     @property
     def run_dir(self) -> str:
         """Where this job's outputs land: ``<storage>/<name>``."""
         return f"{self.storage.rstrip('/')}/{self.name}"
+
+
+def _same_questions(dev: DevConfig, suite: SuiteConfig) -> str | None:
+    """Why ``dev`` would score on the questions of eval ``suite`` (``"dev.suite.path: same file"``), or None."""
+    if dev.name == suite.name:
+        return f"{'dev.suite.name' if dev.suite else 'dev (carved)'}: same name {suite.name!r}"
+    if dev.suite is None:
+        return None
+    if dev.suite.path is not None and suite.path is not None and _norm_path(dev.suite.path) == _norm_path(suite.path):
+        return "dev.suite.path: same file"
+    a, b = dev.suite.synthetic, suite.synthetic
+    if a is not None and b is not None and (a.family, a.seed) == (b.family, b.seed):
+        return "dev.suite.synthetic: same family and seed (the same question draws)"
+    return None
+
+
+def _norm_path(path: str) -> str:
+    path = path.removeprefix("file://")
+    return path.rstrip("/") if "://" in path else os.path.normpath(os.path.abspath(path))
+
+
+# Keys that were removed, and what to use instead: a job that still sets one fails with this advice.
+REMOVED_KEYS = {
+    "smoke_test.suite": "dev.suite (one dev suite scores the smoke test and the Tune objective; eval suites are "
+                        "only reported)",
+}
+
+
+def removed_key(tree: dict) -> str | None:
+    """``"<key>: removed; use <replacement>"`` for the first removed key that ``tree`` sets, or None."""
+    for dotted, instead in REMOVED_KEYS.items():
+        node: Any = tree
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return f"{dotted}: removed; use {instead}"
+    return None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -528,6 +595,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
 
 
 def config_from_dict(tree: dict, source: str = "<config>") -> JobConfig:
+    removed = removed_key(tree)
+    if removed:
+        raise ConfigError(f"{source}: {removed}")
     try:
         return JobConfig.model_validate(tree)
     except ValidationError as err:
@@ -538,15 +608,17 @@ def format_validation_error(err: ValidationError) -> str:
     """One line per problem, joined by '; ': ``train.epochs: Input should be a valid integer (got 'x')``."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
+        if e["type"] == "value_error":  # a validator's own message, without pydantic's "Value error, " prefix
+            msg = str(e["ctx"]["error"])
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
         elif "input" in e and not isinstance(e["input"], (dict, list)):
             msg = f"{msg} (got {e['input']!r})"
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)  # a job-level check names its keys itself
     return "; ".join(parts)
 
 

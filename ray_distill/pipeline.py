@@ -1,8 +1,9 @@
 """The one linear builder of a DED job; reading :func:`run_job` shows the whole flow in data-flow order:
 
-    student → questions (+decontamination) → probe generation (every candidate teacher) → verify
-    → teacher smoke test → question compression (student pass rate, vLLM) → M-sample generation of
-    the winner on the kept questions (all M at once, or adaptively in rounds) → verify
+    student → questions (+decontamination; the dev suite held out) → probe generation (every candidate
+    teacher) → verify → teacher smoke test (scored on the dev suite) → question compression (student
+    pass rate, vLLM) → M-sample generation of the winner on the kept questions (all M at once, or
+    adaptively in rounds) → verify
     → diverse selection (farthest-P by Levenshtein) → corpus → SFT (Ray Train)
     → evaluation before/after (vLLM, avg@k)
 
@@ -23,15 +24,17 @@ import pandas as pd
 import ray
 
 from ray_distill import columns as C
-from ray_distill.config import JobConfig, TeacherConfig
+from ray_distill.config import ConfigError, JobConfig, TeacherConfig
 from ray_distill.accounting import BudgetExceeded, ResourceMeter, StageEstimate, estimate
 from ray_distill.curation import adaptive as A
 from ray_distill.curation.adapters import GradeBatch, select_dataset
 from ray_distill.curation.compression import compress, histogram, pass_rates
 from ray_distill.curation.selection import distance_report
-from ray_distill.curation.smoke_test import rank_teachers, winner
+from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY, mean_ci,
+                                             rank_teachers, top_two_note, training_questions, winner)
 from ray_distill.curation.stats import token_entropy_under_model
 from ray_distill.data.corpus import to_chat_row, write_corpus, write_rejects
+from ray_distill.data.dev import carve
 from ray_distill.data.fs import join
 from ray_distill.data.sources import decontaminate, load_source
 from ray_distill.evaluation.evaluate import evaluate_suites, grade_samples, sample_student
@@ -79,7 +82,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
     rows: dict[str, int] = {}
     paper_order = cfg.compression.order == "paper"
 
-    base, pool, suites = student_and_questions(cfg, runner)
+    base, pool, suites, dev = student_and_questions(cfg, runner)
     rows["questions"] = len(pool)
     with runner.stage("generate_probe") as (t, rec):
         probe = pool[: cfg.smoke_test.probe_questions]
@@ -92,7 +95,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
         probe_graded = {name: graded_all[graded_all[C.TEACHER] == name] for name in probe_gen}
         rec.rows_out = sum(int(_ok(df).sum()) for df in probe_graded.values())
     with runner.stage("smoke_test") as (t, rec):
-        ranking = smoke_test(cfg, probe_graded, suites, base, t, rec)
+        ranking = smoke_test(cfg, probe_graded, dev, base, t, rec)
         best = winner(ranking) if len(ranking) > 1 or cfg.smoke_test.enabled else cfg.teachers[0].name
         rec.notes["winner"] = best
     teacher = next(tc for tc in cfg.teachers if tc.name == best)
@@ -258,7 +261,8 @@ def dry_run(cfg: JobConfig) -> list[StageEstimate]:
     M-sample stage is an upper bound under compress-first (compression drops some)."""
     cfg = resolve_models(cfg)  # the store keys hash the chat templates' text
     store = GenerationStore(join(cfg.storage, "generations"))
-    pool = load_questions(cfg, NullTracker(), write_rejects=False)[0]
+    pool, suites = load_questions(cfg, NullTracker(), write_rejects=False)
+    pool = split_dev(cfg, pool, suites, NullTracker(), write_rejects=False)[0]
     probe = pool[: cfg.smoke_test.probe_questions]
     lengths = {tc.name: store.mean_completion_tokens(tc) for tc in cfg.teachers}  # one scan per teacher
     out = [estimate_generation(store, "probe", probe, _single(tc), lengths[tc.name]) for tc in cfg.teachers]
@@ -293,14 +297,19 @@ def resolve_models(cfg: JobConfig) -> JobConfig:
                                   "student": cfg.student.model_copy(update={"chat_template": template})})
 
 
-def student_and_questions(cfg: JobConfig, runner: StageRunner) -> tuple[str, list[dict], dict[str, list[dict]]]:
-    """The first two stages of every command: the base student, the training pool and the eval suites."""
+Suites = dict[str, list[dict]]  # suite name -> question rows
+
+
+def student_and_questions(cfg: JobConfig, runner: StageRunner) -> tuple[str, list[dict], Suites, Suites]:
+    """The first two stages of every command: the base student, the training pool, the eval suites
+    (reported) and the dev suite (``{name: rows}``, what selection scores on)."""
     with runner.stage("student") as (t, rec):
         base = prepare_student(cfg, t)
     with runner.stage("questions") as (t, rec):
         pool, suites = load_questions(cfg, t)
+        pool, dev = split_dev(cfg, pool, suites, t)
         rec.rows_out = len(pool)
-    return base, pool, suites
+    return base, pool, suites, dev
 
 
 def load_questions(cfg: JobConfig, t: Tracker, write_rejects: bool = True) -> tuple[list[dict], dict[str, list[dict]]]:
@@ -312,8 +321,8 @@ def load_questions(cfg: JobConfig, t: Tracker, write_rejects: bool = True) -> tu
             _write_rejects(cfg, suite_rejects, f"suite_{suite.name}")
         suites[suite.name] = suite_rows
     held_out = dict(suites)
-    if cfg.smoke_test.suite is not None:  # the smoke-test probe evaluation is held out too
-        held_out[cfg.smoke_test.suite.name] = load_source(cfg.smoke_test.suite)[0]
+    if cfg.dev.suite is not None:  # the dev suite (what selection scores on) is held out too
+        held_out[cfg.dev.suite.name] = load_source(cfg.dev.suite)[0]
     eval_texts = {r[C.QUESTION] for rs in held_out.values() for r in rs}
     pool, rejects = load_source(cfg.questions, exclude=eval_texts)
     d = cfg.questions.decontamination
@@ -324,6 +333,37 @@ def load_questions(cfg: JobConfig, t: Tracker, write_rejects: bool = True) -> tu
     t.log_metrics({"questions": len(pool), "rejected": len(rejects),
                    **{f"contaminated/{k}": v for k, v in counts.items()}})
     return pool, suites
+
+
+def split_dev(cfg: JobConfig, pool: list[dict], suites: Suites, t: Tracker,
+              write_rejects: bool = True) -> tuple[list[dict], Suites]:
+    """(the training pool without the dev questions, the dev suite ``{name: rows}``): the configured
+    ``dev.suite`` (held out of the pool by :func:`load_questions`), or ``dev.num_questions`` carved out
+    of the pool (``data.dev.carve``). Dev questions that overlap an eval suite are dropped (rejects
+    ``dev_overlap``), so selection never scores on a reported question. Ids and texts go to MLflow."""
+    d = cfg.dev
+    rejects: list[dict] = []
+    if d.suite is not None:
+        rows, rejects = load_source(d.suite)
+    else:
+        try:
+            pool, rows = carve(pool, d.num_questions, d.seed)
+        except ValueError as err:
+            raise ConfigError(f"dev.num_questions: {err}; set dev.suite or lower dev.num_questions") from None
+    q = cfg.questions.decontamination
+    rows, overlap, _ = decontaminate(rows, suites, ngram=q.ngram if q.enabled else None)  # exact matches always
+    if not rows:
+        raise ConfigError(f"dev: every question of the dev suite {d.name!r} overlaps an eval suite")
+    if write_rejects:
+        _write_rejects(cfg, rejects, f"suite_{d.name}")
+        _write_rejects(cfg, overlap, "dev_overlap")
+    t.log_params({"dev_suite": d.name, "dev_source": "suite" if d.suite is not None else "carved"})
+    t.log_metrics({"dev/questions": len(rows), "dev/overlapping_eval": len(overlap)})
+    t.log_table(pd.DataFrame({C.QUESTION_ID: [str(r[C.QUESTION_ID]) for r in rows],
+                              C.QUESTION: [r[C.QUESTION] for r in rows]}), "dev_questions.json")
+    logger.info("dev suite %r: %d questions (%s), %d dropped for overlapping an eval suite", d.name, len(rows),
+                "configured" if d.suite is not None else f"carved out of the pool, seed {d.seed}", len(overlap))
+    return pool, {d.name: rows}
 
 
 def generate(store: GenerationStore, questions: list[dict], teacher: TeacherConfig, t: Tracker,
@@ -350,41 +390,70 @@ def verify(cfg: JobConfig, gen: pd.DataFrame, base: str) -> pd.DataFrame:
     return graded
 
 
-def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], suites: dict[str, list[dict]], base: str,
+def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], dev: Suites, base: str,
                t: Tracker, rec: StageRecord | None = None) -> list[dict]:
-    """Per candidate teacher: short SFT of the student on its verified probe corpus, then evaluation."""
-    results = []
-    if cfg.smoke_test.suite is not None:
-        probe_suite = {cfg.smoke_test.suite.name: load_source(cfg.smoke_test.suite)[0]}
-    else:
-        probe_suite = {s.name: suites[s.name] for s in cfg.eval.suites if s.domain == "in_domain"}
+    """Teacher selection (``curation.smoke_test``): per candidate, a short SFT of the student on the same
+    number of its verified probe answers (shared questions first), scored on the dev suite; a teacher
+    without a verified probe row ranks last with its reason. With ``smoke_test.enabled: false`` the
+    teachers' own probe accuracy ranks them instead, and the table says so (``ranked_by``)."""
+    s = cfg.smoke_test
+    by = STUDENT_SCORE if s.enabled else TEACHER_ACCURACY
+    verified = {name: graded[_ok(graded)] for name, graded in probe.items()}
+    picks = training_questions({n: ok[C.QUESTION_ID].astype(str) for n, ok in verified.items()}, seed=cfg.seed)
+    shared = set.intersection(*(set(p) for p in picks.values() if p)) if any(picks.values()) else set()
+    results, per_question = [], {}
     for name, graded in probe.items():
         with t.child(f"teacher/{name}", tags={"ray_distill.teacher": name}) as tt:
-            ok = graded[_ok(graded)]
-            corpus = [to_chat_row(r) for r in ok.to_dict("records")]
+            ok = verified[name]
+            train = ok[ok[C.QUESTION_ID].astype(str).isin(picks[name])]
             texts = ok[C.COMPLETION].tolist()
-            res = {"teacher": name, "teacher_accuracy": float(graded[C.CORRECT].mean()),
-                   "mean_length": float(graded[C.NUM_TOKENS].mean()), "corpus_rows": len(corpus),
+            res = {"teacher": name, STUDENT_SCORE: float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                   TEACHER_ACCURACY: float(graded[C.CORRECT].mean()), "verified_rows": len(ok),
+                   "train_rows": len(train) if s.enabled else 0, "shared_questions": len(shared) if s.enabled else 0,
+                   "mean_length": float(graded[C.NUM_TOKENS].mean()),
                    "entropy": token_entropy_under_model(base, texts, ok[C.PROMPT].tolist(),
-                                                         chat_template=cfg.student.chat_template) if texts else float("nan")}
-            if cfg.smoke_test.enabled and corpus:
-                train_cfg = cfg.train.model_copy(update={"epochs": cfg.smoke_test.epochs, "lr": cfg.smoke_test.lr,
-                                                         "batch_size": cfg.smoke_test.batch_size})
-                trained = train_sft(corpus, base, join(cfg.run_dir, "smoke", name), train_cfg,
-                                    storage_path=join(cfg.run_dir, "ray_train"), run_name=f"smoke-{name}",
-                                    tracker_handle=tt.handle(), log_model=False,
-                                    chat_template=cfg.student.chat_template)
-                scores = evaluate(cfg, trained.model_path, probe_suite, tt, prefix="smoke", rec=rec)
-                res["student_score"] = _mean_score(scores)
-            else:
-                res["student_score"] = res["teacher_accuracy"]
+                                                         chat_template=cfg.student.chat_template)
+                   if texts else float("nan"),
+                   "reason": "" if len(ok) else NO_VERIFIED_ROWS}
+            if ok.empty:
+                tt.set_tags({"reason": NO_VERIFIED_ROWS})
+            elif s.enabled:
+                m = smoke_student_scores(cfg, name, train, dev, base, tt, rec)
+                res.update({STUDENT_SCORE: m["avg_at_k"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]})
+                per_question[name] = m["question_rates"]
+            else:  # ranked by the teacher's own accuracy: its CI and paired margins over the probe questions
+                per_question[name] = graded.groupby(C.QUESTION_ID)[C.CORRECT].mean().astype(float).to_dict()
+                res["ci_low"], res["ci_high"] = mean_ci(per_question[name].values())[1:]
             tt.log_metrics({k: v for k, v in res.items() if isinstance(v, float | int)})
             results.append(res)
-    ranking = rank_teachers(results)
+    trained = {r["train_rows"] for r in results if r["train_rows"]}
+    if len(trained) > 1:
+        raise RuntimeError(f"smoke test: candidates trained on unequal row counts {sorted(trained)}")
+    ranking = rank_teachers(results, by=by, per_question=per_question)
+    note = top_two_note(ranking)
+    logger.info("smoke test: %s", note)
+    first = ranking[0]
+    if first["separable"] is not None:
+        t.log_metrics({"top_two/margin": first["margin"], "top_two/margin_ci_low": first["margin_ci_low"],
+                       "top_two/margin_ci_high": first["margin_ci_high"], "top_two/separable": float(first["separable"])})
+    t.set_tags({"ray_distill.top_two": note, "ray_distill.ranked_by": by})
     table = pd.DataFrame(ranking)
     t.log_table(table, "teacher_ranking.json")
-    t.log_figure(_bar_chart(table, "teacher", "student_score", "student score after smoke-test SFT"), "teacher_ranking.png")
+    title = f"student avg@k on {cfg.dev.name} after smoke-test SFT" if s.enabled else "teacher's own probe accuracy"
+    t.log_figure(_bar_chart(table, "teacher", by, title), "teacher_ranking.png")
     return ranking
+
+
+def smoke_student_scores(cfg: JobConfig, name: str, train: pd.DataFrame, dev: Suites, base: str, t: Tracker,
+                         rec: StageRecord | None) -> dict:
+    """Short SFT of the base student on one teacher's smoke-test rows, then its scores on the dev suite."""
+    corpus = [to_chat_row(r) for r in train.to_dict("records")]
+    s = cfg.smoke_test
+    train_cfg = cfg.train.model_copy(update={"epochs": s.epochs, "lr": s.lr, "batch_size": s.batch_size})
+    trained = train_sft(corpus, base, join(cfg.run_dir, "smoke", name), train_cfg,
+                        storage_path=join(cfg.run_dir, "ray_train"), run_name=f"smoke-{name}",
+                        tracker_handle=t.handle(), log_model=False, chat_template=cfg.student.chat_template)
+    return evaluate(cfg, trained.model_path, dev, t, prefix="smoke", rec=rec)[cfg.dev.name]
 
 
 def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker,

@@ -92,3 +92,44 @@ def test_local_storage_becomes_absolute(tmp_path, monkeypatch):
     cfg = load_config(_write(tmp_path, MINIMAL), ["storage=outputs"])
     assert cfg.storage == str(tmp_path / "outputs")
     assert load_config(_write(tmp_path, MINIMAL), ["storage=s3://bucket/x/"]).storage == "s3://bucket/x"
+
+
+# ----------------------------------------------------------------------------- the dev suite
+
+EVAL = "eval: {suites: [{name: arith, synthetic: {family: arith, seed: 7}}, {name: aime, path: data/aime24.jsonl}]}\n"
+
+
+def test_removed_smoke_test_suite_points_to_dev_suite(tmp_path):
+    path = _write(tmp_path, MINIMAL + "smoke_test: {suite: {name: s, synthetic: {seed: 104}}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert f"{path}: smoke_test.suite: removed; use dev.suite" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("dev, key", [
+    ("{suite: {name: arith, synthetic: {family: arith, seed: 8}}}", "dev.suite.name: same name 'arith'"),
+    ("{suite: {name: held, path: ./data/../data/aime24.jsonl}}", "dev.suite.path: same file"),
+    ("{suite: {name: held, synthetic: {family: arith, seed: 7, num_questions: 20}}}",
+     "dev.suite.synthetic: same family and seed"),
+])
+def test_a_dev_suite_that_is_an_eval_suite_is_a_config_error(tmp_path, dev, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, MINIMAL + EVAL), [f"dev={dev}"])
+    msg = str(err.value)
+    assert key in msg and "selection must not score on a reported eval suite" in msg and "\n" not in msg
+
+
+def test_dev_suite_defaults_to_a_carve_and_may_not_share_its_name(tmp_path):
+    cfg = load_config(_write(tmp_path, MINIMAL + EVAL))
+    assert cfg.dev.suite is None and cfg.dev.name == "dev" and cfg.dev.num_questions == 200
+    ok = load_config(_write(tmp_path, MINIMAL + EVAL), ["dev.suite={name: held, synthetic: {family: arith, seed: 8}}"])
+    assert ok.dev.name == "held"
+    with pytest.raises(ConfigError, match=r"dev \(carved\): same name 'dev' as eval.suites.0"):
+        load_config(_write(tmp_path, MINIMAL + EVAL), ["eval.suites.0.name=dev"])
+
+
+@pytest.mark.parametrize("job", JOBS, ids=lambda p: p.name)
+def test_every_shipped_job_selects_on_a_dev_suite_that_is_no_eval_suite(job):
+    cfg = load_config(job)
+    assert cfg.dev.name not in {s.name for s in cfg.eval.suites}

@@ -9,8 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
+
+from ray_distill.config import load_config
+from ray_distill.data.sources import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -53,6 +57,7 @@ def test_quickstart_end_to_end(storage):
     out = proc.stdout
     for title in ("Teacher smoke test", "Rows kept at each stage", "Student avg@k", "What each stage spent"):
         assert title in out
+    assert "top two separable at 95%" in out or "top two cannot be separated at 95%" in out
     assert "teacher tokens per kept corpus sample" in out
 
     runs = _runs(storage)
@@ -77,6 +82,13 @@ def test_quickstart_end_to_end(storage):
     teachers = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == smoke.info.run_id}
     assert teachers == {"teacher/concise", "teacher/verbose", "teacher/sloppy"}
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
+    # a fair smoke test: every candidate fine-tuned on the same number of rows, scored with a CI on the dev suite
+    ranking = _table(client, smoke.info.run_id, "teacher_ranking.json", storage)
+    assert set(ranking["ranked_by"]) == {"student_score"} and ranking["rank"].tolist() == [1, 2, 3]
+    assert ranking["train_rows"].nunique() == 1 and (ranking["train_rows"] > 0).all()
+    assert (ranking["train_rows"] <= ranking["verified_rows"]).all()
+    assert ((ranking["ci_low"] <= ranking["student_score"]) & (ranking["student_score"] <= ranking["ci_high"])).all()
+    assert ranking["separable"].iloc[0] in (True, False)
     for r in runs:  # a smoke-test student is recorded by its path, not copied into MLflow
         if r.data.tags.get("mlflow.parentRunId") == smoke.info.run_id:
             assert r.data.tags["student_uri"] == str(storage / "quickstart" / "smoke" / r.info.run_name[8:])
@@ -94,9 +106,31 @@ def test_quickstart_end_to_end(storage):
     assert losses[-1].value < losses[0].value
 
     corpus = storage / "quickstart" / "corpus" / "corpus.jsonl"
-    row = json.loads(corpus.read_text().splitlines()[0])
-    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    corpus_rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    assert [m["role"] for m in corpus_rows[0]["messages"]] == ["user", "assistant"]
     assert (storage / "quickstart" / "student" / "config.json").exists()
+
+    # no selection on the test set: the dev suite the smoke test scored on (read back from MLflow) shares
+    # no question with any eval suite the job reports, nor with the training corpus
+    (questions,) = [r for r in children if r.info.run_name == "questions"]
+    dev = _table(client, questions.info.run_id, "dev_questions.json", storage)
+    assert len(dev) == questions.data.metrics["dev/questions"] == 150
+    assert questions.data.params["dev_suite"] == "dev_arith_1to3"
+    cfg = load_config(ROOT / "jobs/quickstart.yaml", [f"storage={storage}", *SMALL])
+    for suite in cfg.eval.suites:
+        rows = load_source(suite)[0]
+        assert not set(dev["question_id"]) & {r["question_id"] for r in rows}, suite.name
+        assert not set(dev["question"]) & {r["question"] for r in rows}, suite.name
+    assert not set(dev["question_id"]) & {r["question_id"] for r in corpus_rows}
+    assert not set(dev["question"]) & {r["messages"][0]["content"] for r in corpus_rows}
+
+
+def _table(client: MlflowClient, run_id: str, name: str, tmp: Path) -> pd.DataFrame:
+    """An MLflow table artifact (``log_table``) as a DataFrame."""
+    folder = tmp / "artifacts" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    logged = json.loads(Path(client.download_artifacts(run_id, name, str(folder))).read_text())
+    return pd.DataFrame(logged["data"], columns=logged["columns"])
 
 
 def test_tune_reuses_generations(storage):
@@ -117,5 +151,6 @@ def test_tune_reuses_generations(storage):
     assert all("score" in t.data.metrics for t in trials)
     assert sorted(t.data.metrics["corpus_questions"] for t in trials) == [10, 30, 60]
     assert (storage / "quickstart-tune" / "best_job.yaml").exists()
+    assert all(t.data.metrics["dev_questions"] == 150 for t in trials)  # scored on the dev suite
     # the search curated from the store only: not one teacher token generated
     assert parent.data.metrics["search/teacher_tokens_generated"] == 0

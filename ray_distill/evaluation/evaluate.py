@@ -124,7 +124,9 @@ def avg_at_k(df: pd.DataFrame) -> dict:
     - ``pass_at_1`` (equal to ``avg_at_k``) and ``pass_at_k`` (k = samples per question), each the
       mean over questions of the unbiased per-question estimator :func:`pass_at_k`;
     - ``mean_length``: mean completion tokens of the successful generations, ``tokens`` their sum;
-      ``n_errors``: the failed ones.
+      ``n_errors``: the failed ones;
+    - ``question_rates``: ``{question_id: pass@1 over its k samples}``, for paired comparisons of two
+      models on the same questions (not a metric: callers log the numeric entries only).
 
     Every question must have the same number of samples (rows lost or duplicated are refused)."""
     if df.empty:
@@ -154,6 +156,7 @@ def avg_at_k(df: pd.DataFrame) -> dict:
         "mean_length": float(lengths.mean()) if len(lengths) else float("nan"),
         "tokens": int(lengths.sum()),
         "n_errors": int(failed.sum()),
+        "question_rates": {str(q): float(r) for q, r in rates.items()},
     }
 
 

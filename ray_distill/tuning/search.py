@@ -4,9 +4,12 @@
 
 The driver prepares everything that does not depend on the budget once — base student, questions,
 student pass rates, the teacher samples of every question a trial may keep (read from the
-generation store; generated only with ``tune.top_up``), verdicts, the base student's scores — then
+generation store; generated only with ``tune.top_up``), verdicts, the base student's score — then
 Tune runs the trials (``tuning.trial``: curation → SFT inside the trial → evaluation), searched on a
-grid or by Optuna, with ASHA stopping poor trials early on epochs. Every trial is a nested MLflow run,
+grid or by Optuna, with ASHA stopping poor trials early on epochs. Trials and the baseline are scored
+on the dev suite (``dev``), never on the eval suites: those are what ``ray-distill run best_job.yaml``
+reports, once, for the chosen budget (scoring them in every trial would cost an evaluation per rung
+and invite choosing on them). Every trial is a nested MLflow run,
 a failing one included (status FAILED, error logged); the search goes on. The result is the trial
 table, the Pareto front of score vs corpus size, the best configuration written out as a job YAML,
 and ``search/teacher_tokens_generated`` (0 when the store already covered the search).
@@ -29,11 +32,12 @@ from ray_distill.tracking import MLflowTracker, Tracker, TrackerHandle
 from ray_distill.tuning.pareto import pareto_front, plot_front
 from ray_distill.tuning.space import (TEACHER, best_job_tree, candidate_questions, check_space, choices,
                                       param_space, teacher_names)
-from ray_distill.tuning.trial import EPOCHS, RUN_ID, suite_means, trial
+from ray_distill.tuning.trial import EPOCHS, RUN_ID, dev_metrics, trial
 
 logger = logging.getLogger(__name__)
 
-TRIAL_METRICS = ["score", "pass_at_k", "mean_length", "ood_score", "corpus_rows", "corpus_questions", "corpus_tokens"]
+TRIAL_METRICS = ["score", "score_ci_low", "score_ci_high", "pass_at_k", "mean_length", "corpus_rows",
+                 "corpus_questions", "corpus_tokens"]
 
 
 @dataclass
@@ -44,7 +48,7 @@ class SearchResult:
     best_job_path: str
     front: pd.DataFrame
     counters: dict = field(default_factory=dict)  # search/teacher_tokens_generated, ...
-    baseline: dict = field(default_factory=dict)  # the base student's scores (before training)
+    baseline: dict = field(default_factory=dict)  # the base student's dev-suite scores (before training)
 
 
 def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchResult:
@@ -53,13 +57,11 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
     from ray_distill.runtime import init_ray
 
     check_space(cfg)
-    if not any(s.domain == "in_domain" for s in cfg.eval.suites):
-        raise ConfigError("eval.suites: the search scores trials on in-domain suites; none is configured")
     init_ray(cfg)
     cfg = P.resolve_models(cfg)
     store = GenerationStore(join(cfg.storage, "generations"))
 
-    base, pool, suites = P.student_and_questions(cfg, runner)
+    base, pool, _, dev = P.student_and_questions(cfg, runner)
     with runner.stage("pass_rates", rows_in=len(pool)) as (t, rec):
         rates = P.student_pass_rates(cfg, pool, base)
         rec.notes["mean_pass_rate"] = float(rates[C.PASS_RATE].mean())
@@ -81,14 +83,14 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
     logger.info("teacher tokens generated for the search: %d", counters["search/teacher_tokens_generated"])
     with runner.stage("evaluate_base") as (t, rec):
         e = cfg.eval
-        scores = evaluate_suites(base, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, student=cfg.student,
-                                 code=cfg.format.code.model_dump())
-        baseline = suite_means(cfg, scores)
+        (m,) = evaluate_suites(base, dev, e.k, e.temperature, e.max_tokens, seed=cfg.seed, student=cfg.student,
+                               code=cfg.format.code.model_dump()).values()
+        baseline = dev_metrics(m)
         t.log_metrics({f"before/{k}": v for k, v in baseline.items()})
         rec.notes["score"] = baseline["score"]
     work = join(absolute(cfg.run_dir), "tune")
     # the trials' inputs travel through Ray's object store (tune.with_parameters), not the driver's disk
-    inputs = {"pool": pool, "rates": rates, "graded": graded, "suites": suites}
+    inputs = {"pool": pool, "rates": rates, "graded": graded, "dev": dev}
     with runner.stage("search") as (t, rec):
         trials = run_tuner(cfg, base, inputs, t.handle(), work)
         rec.rows_out = len(trials)

@@ -53,11 +53,14 @@ def teacher_names(choice: str | None, teachers: list[str]) -> list[str]:
 
 
 def check_space(cfg: JobConfig) -> None:
-    """Fail fast on a search space that no trial could run: unknown teachers, empty choices."""
+    """Fail fast on a search space that no trial could run (unknown teachers, empty choices) or that
+    would move the yardstick (``dev.*``: every trial is scored on the same dev suite)."""
     teachers = [t.name for t in cfg.teachers]
     for key, choices in cfg.tune.search_space.items():
         if not choices:
             raise ConfigError(f"tune.search_space.{key}: needs at least one choice")
+        if key.split(".")[0] == "dev":
+            raise ConfigError(f"tune.search_space.{key}: the dev suite scores every trial; it cannot be searched")
         if key == TEACHER:
             for choice in choices:
                 teacher_names(choice, teachers)

@@ -1,5 +1,6 @@
 """One trial of the data-budget search: curation on stored verdicts → SFT (Ray Train inside the
-trial) → evaluation (vLLM), reported to Tune after every rung of epochs so ASHA can stop it early.
+trial) → evaluation on the dev suite (vLLM), reported to Tune after every rung of epochs so ASHA can
+stop it early.
 
 - :func:`curate`: pure; compress → M samples → cap questions → farthest-P, plus the corpus figures.
 - :func:`trial`: the Tune function trainable. Each rung resumes the same Ray Train run (same
@@ -63,24 +64,19 @@ def curate(cfg: JobConfig, pool: list[dict], rates: pd.DataFrame, graded: pd.Dat
     return selected, figures
 
 
-def suite_means(cfg: JobConfig, scores: dict[str, dict]) -> dict[str, float]:
-    """Tune metrics of one evaluation: ``score`` (mean in-domain avg@k, the default objective),
-    ``pass_at_k``, ``mean_length``, ``ood_score``, and every suite's figures as ``<suite>/<name>``."""
-    domain = {s.name: s.domain for s in cfg.eval.suites}
-
-    def mean(key: str, dom: str) -> float:
-        vals = [m[key] for name, m in scores.items() if domain.get(name) == dom]
-        return float(sum(vals) / len(vals)) if vals else float("nan")
-
-    out = {"score": mean("avg_at_k", "in_domain"), "pass_at_k": mean("pass_at_k", "in_domain"),
-           "mean_length": mean("mean_length", "in_domain"), "ood_score": mean("avg_at_k", "ood")}
-    out.update({f"{name}/{k}": float(v) for name, m in scores.items() for k, v in m.items()})
-    return out
+def dev_metrics(m: dict) -> dict[str, float]:
+    """Tune metrics of one evaluation on the dev suite (``avg_at_k`` figures of that one suite): ``score``
+    (avg@k, the default objective) with its 95% CI (``score_ci_low``/``score_ci_high``), ``pass_at_k``,
+    ``mean_length`` and ``dev_questions``. The eval suites are not scored in trials: they are what the
+    best configuration's job reports (selection on them would be selection on the test set)."""
+    return {"score": float(m["avg_at_k"]), "score_ci_low": float(m["ci_low"]), "score_ci_high": float(m["ci_high"]),
+            "pass_at_k": float(m["pass_at_k"]), "mean_length": float(m["mean_length"]),
+            "dev_questions": int(m["n_questions"])}
 
 
 def trial(params: dict, job: dict, base: str, inputs: dict, handle: TrackerHandle | None) -> None:
     """Tune function trainable (see the module docstring); ``inputs``: the pool, pass rates, graded samples
-    per teacher and suites, put in the object store once by ``tune.with_parameters``."""
+    per teacher and the dev suite, put in the object store once by ``tune.with_parameters``."""
     from ray import tune
 
     name = trial_name(params, tune.get_context().get_trial_id())
@@ -109,13 +105,13 @@ def nested_run(parent: TrackerHandle, name: str) -> MLflowTracker:
 
 
 def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, tracker: Tracker):
-    """Curate once, then per rung: train up to that many epochs (resuming), evaluate; yields
-    ``(epochs, metrics)``."""
+    """Curate once, then per rung: train up to that many epochs (resuming), evaluate on the dev suite;
+    yields ``(epochs, metrics)``."""
     from ray_distill.evaluation.evaluate import evaluate_suites
     from ray_distill.training.sft import train_sft
 
     teachers = teacher_names(params.get(TEACHER), [t.name for t in cfg.teachers])
-    pool, rates, suites = inputs["pool"], inputs["rates"], inputs["suites"]
+    pool, rates, dev = inputs["pool"], inputs["rates"], inputs["dev"]
     graded = pd.concat([inputs["graded"][t] for t in teachers], ignore_index=True)
     selected, figures = curate(cfg, pool, rates, graded, load_tokenize(base))
     tracker.log_params({"teachers": "+".join(teachers)})
@@ -134,10 +130,10 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
                            storage_path=join(absolute(cfg.run_dir), "ray_train"), run_name=name,
                            tracker_handle=tracker.handle(), log_model=False,
                            chat_template=cfg.student.chat_template)
-        scores = evaluate_suites(result.model_path, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed,
-                                 student=cfg.student, code=cfg.format.code.model_dump())
-        student_tokens += sum(int(m.get("tokens", 0)) for m in scores.values())
+        (m,) = evaluate_suites(result.model_path, dev, e.k, e.temperature, e.max_tokens, seed=cfg.seed,
+                               student=cfg.student, code=cfg.format.code.model_dump()).values()
+        student_tokens += int(m["tokens"])
         # accounting: a trial curates stored samples only, so it never spends a teacher token
-        yield epochs, {**figures, **suite_means(cfg, scores), EPOCHS: epochs,
+        yield epochs, {**figures, **dev_metrics(m), EPOCHS: epochs,
                        "train_loss": float(result.metrics.get("train_loss", float("nan"))),
                        "teacher_tokens": 0, "student_tokens": student_tokens, "wall_s": time.perf_counter() - start}

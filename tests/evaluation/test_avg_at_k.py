@@ -24,6 +24,7 @@ def test_avg_at_k_hand_computed():
     assert m["ci_low"] == pytest.approx(0.2999620, abs=1e-6) and m["ci_high"] == pytest.approx(0.7000380, abs=1e-6)
     assert (m["n_questions"], m["k"]) == (4, 4)
     assert m["mean_length"] == pytest.approx(11.5)
+    assert m["question_rates"] == {"a": 0.5, "b": 0.75, "c": 0.25, "d": 0.5}  # for paired comparisons
 
 
 def test_avg_at_k_pass_at_k_and_clipping():

@@ -12,8 +12,10 @@ def test_evaluate_suites_one_pass(ray_local, tiny_student_path):
     assert set(scores) == {"arith", "max"}
     for name, m in scores.items():
         assert set(m) == {"avg_at_k", "pass_at_1", "pass_at_k", "ci_low", "ci_high", "n_questions", "k",
-                          "mean_length", "tokens", "n_errors"}
+                          "mean_length", "tokens", "n_errors", "question_rates"}
         assert (m["n_questions"], m["k"]) == (len(suites[name]), 2)
+        assert set(m["question_rates"]) == {q["question_id"] for q in suites[name]}
+        assert sum(m["question_rates"].values()) / len(suites[name]) == m["avg_at_k"]
         assert 0.0 <= m["ci_low"] <= m["avg_at_k"] <= m["ci_high"] <= 1.0
         assert m["avg_at_k"] == m["pass_at_1"] <= m["pass_at_k"] <= 1.0
         assert m["n_errors"] == 0

@@ -33,6 +33,7 @@ def _job(storage, student: str, **tune) -> dict:
         "eval": {"k": 2, "temperature": 1.0, "max_tokens": 8, "suites": [
             {"name": "arith", "synthetic": {"family": "arith", "num_questions": 6, "max_difficulty": 2, "seed": 7}},
             {"name": "max", "domain": "ood", "synthetic": {"family": "max", "num_questions": 4, "seed": 8}}]},
+        "dev": {"num_questions": 6, "seed": 1},  # carved out of the pool: trials are scored on it
         "tune": tune,
     }
 
@@ -76,6 +77,7 @@ def test_optuna_asha_search_records_a_failing_trial(ray_local, tiny_student_path
     assert ok["epochs"].tolist() == [2] and ok["status"].tolist() == ["finished"]  # both rungs ran
     assert (ok["corpus_rows"] > 0).all() and (ok["corpus_tokens"] > 0).all()
     assert ok["score"].between(0, 1).all() and (ok["pass_at_k"] >= ok["score"]).all()
+    assert (ok["score_ci_low"] <= ok["score"]).all() and (ok["score"] <= ok["score_ci_high"]).all()
     assert result.counters["search/teacher_tokens_generated"] == 0
     assert load_config(result.best_job_path).selection.keep_per_question in (1, 2)
 
@@ -91,6 +93,7 @@ def test_optuna_asha_search_records_a_failing_trial(ray_local, tiny_student_path
     for run in (r for r in nested if r.info.status == "FINISHED"):
         m = run.data.metrics
         assert {"corpus_rows", "corpus_tokens", "score", "pass_at_k", "mean_length", "epochs_reached"} <= set(m)
+        assert m["dev_questions"] == 6 and not any(k.startswith(("arith/", "max/")) for k in m)  # no eval suite
         assert run.data.params["selection.keep_per_question"] in ("1", "2")
         history = client.get_metric_history(run.info.run_id, "score")
         assert [h.step for h in history] == list(range(1, int(m["epochs_reached"]) + 1))  # one score per rung

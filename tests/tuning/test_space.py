@@ -9,13 +9,14 @@ from ray_distill import columns as C
 from ray_distill.config import ConfigError, JobConfig, config_from_dict
 from ray_distill.tuning.space import (best_job_tree, candidate_questions, check_space, rungs, teacher_names,
                                       trial_config, trial_name)
-from ray_distill.tuning.trial import curate, suite_means
+from ray_distill.tuning.trial import curate, dev_metrics
 
 TEACHERS = [{"name": n, "engine": {"kind": "scripted", "persona": n}} for n in ("concise", "verbose")]
 
 
 def _job(**tune) -> JobConfig:
     return config_from_dict({"questions": {"synthetic": {"num_questions": 5}}, "teachers": TEACHERS,
+                             "dev": {"suite": {"name": "d", "synthetic": {"num_questions": 3, "seed": 9}}},
                              "eval": {"suites": [{"name": "a", "synthetic": {"num_questions": 3}},
                                                  {"name": "b", "domain": "ood", "synthetic": {"num_questions": 3}}]},
                              "tune": tune})
@@ -35,6 +36,11 @@ def test_teacher_names_and_mixes():
         teacher_names("sloppy", ["concise", "verbose"])
     with pytest.raises(ConfigError, match="search_space.teacher"):
         check_space(_job(search_space={"teacher": ["concise", "concise+nobody"]}))
+
+
+def test_the_dev_suite_cannot_be_searched():
+    with pytest.raises(ConfigError, match=r"tune.search_space.dev.num_questions: the dev suite scores every trial"):
+        check_space(_job(search_space={"dev.num_questions": [50, 100]}))
 
 
 def test_tune_config_validation():
@@ -59,6 +65,7 @@ def test_trial_config_and_best_job():
     tree = best_job_tree(job, {"selection.keep_per_question": 1, "teacher": "verbose"})
     assert [t["name"] for t in tree["teachers"]] == ["verbose"] and "tune" not in tree
     assert tree["selection"]["keep_per_question"] == 1 and tree["smoke_test"]["enabled"] is False
+    assert tree["dev"] == job.dev.model_dump(mode="json")  # the best job keeps the search's dev suite held out
     JobConfig.model_validate(tree)  # runnable as a job
 
 
@@ -106,10 +113,8 @@ def test_curate_band_m_cap_and_p():
         curate(bad, pool, rates, graded, tokenize=list)
 
 
-def test_suite_means_by_domain():
-    cfg = _job()
-    scores = {"a": {"avg_at_k": 0.5, "pass_at_k": 0.75, "mean_length": 10.0},
-              "b": {"avg_at_k": 0.25, "pass_at_k": 0.5, "mean_length": 4.0}}
-    m = suite_means(cfg, scores)
-    assert (m["score"], m["pass_at_k"], m["mean_length"], m["ood_score"]) == (0.5, 0.75, 10.0, 0.25)
-    assert m["b/pass_at_k"] == 0.5
+def test_trials_are_scored_on_the_dev_suite():
+    m = dev_metrics({"avg_at_k": 0.5, "ci_low": 0.4, "ci_high": 0.6, "pass_at_k": 0.75, "mean_length": 10.0,
+                     "n_questions": 30, "question_rates": {"q": 0.5}})
+    assert m == {"score": 0.5, "score_ci_low": 0.4, "score_ci_high": 0.6, "pass_at_k": 0.75, "mean_length": 10.0,
+                 "dev_questions": 30}
