@@ -63,12 +63,13 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {"student", "questions", "generate_probe", "verify_probe", "smoke_test", "compress", "generate",
             "verify", "select", "corpus", "train", "evaluate"} <= {r.info.run_name for r in children}
-    (student,) = [r for r in children if r.info.run_name == "student"]
+    student = _child(children, "student")
     assert student.data.params["student"] == f"{HUB_ID}@{REVISION}"  # a hub reference, never a local path
 
     # Both teachers produced verified probe rows; the reasoning template's opening is in every stored sample.
-    ranking = _ranking(client, children, tmp_path)
-    assert {r["teacher"]: r["corpus_rows"] > 0 for r in ranking} == {"smollm2": True, "smollm2-think": True}
+    ranking = _table(client, _child(children, "smoke_test"), "teacher_ranking.json", tmp_path)
+    assert sorted(ranking["teacher"]) == ["smollm2", "smollm2-think"] and (ranking["verified_rows"] > 0).all()
+    assert ranking["train_rows"].nunique() == 1 and (ranking["train_rows"] > 0).all()  # a fair smoke test
     stored = {t: pd.read_parquet(Path(smollm2_storage) / "generations" / t) for t in ("smollm2", "smollm2-think")}
     assert stored["smollm2-think"]["completion"].str.startswith("<think>\n").all()
     assert not stored["smollm2"]["completion"].str.startswith("<think>").any()
@@ -77,18 +78,31 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
     assert not stored["smollm2"]["question"].str.contains("boxed").any()
 
     # The exported student (a save_pretrained checkpoint with its tokenizer) was served by vLLM and scored.
-    (ev,) = [r for r in children if r.info.run_name == "evaluate"]
+    ev = _child(children, "evaluate")
     for when in ("before", "after"):
         assert ev.data.metrics[f"{when}/additions/n_questions"] == 40
         assert ev.data.metrics[f"{when}/additions/n_errors"] == 0
     assert (run_dir / "student" / "model.safetensors").exists() and (run_dir / "student" / "tokenizer.json").exists()
     corpus = [json.loads(line) for line in (run_dir / "corpus" / "corpus.jsonl").read_text().splitlines()]
     assert all(row["messages"][0]["content"].endswith("\\boxed{}.") for row in corpus)
+
+    # selection scored on a dev suite carved out of the pool, disjoint from the eval suite and the corpus
+    dev = _table(client, _child(children, "questions"), "dev_questions.json", tmp_path)
+    assert len(dev) == 30
+    evaluated = {json.loads(line)["question"] for line in (ROOT / "jobs/data/additions_eval.jsonl").read_text().splitlines()}
+    assert not set(dev["question"]) & evaluated
+    assert not set(dev["question_id"]) & {row["question_id"] for row in corpus}
     print(proc.stdout[-4000:])
 
 
-def _ranking(client: MlflowClient, children: list, tmp_path: Path) -> list[dict]:
-    (smoke,) = [r for r in children if r.info.run_name == "smoke_test"]
-    path = client.download_artifacts(smoke.info.run_id, "teacher_ranking.json", str(tmp_path / "artifacts"))
-    table = json.loads(Path(path).read_text())
-    return [dict(zip(table["columns"], row)) for row in table["data"]]
+def _child(children: list, name: str):
+    (run,) = [r for r in children if r.info.run_name == name]
+    return run
+
+
+def _table(client: MlflowClient, run, name: str, tmp_path: Path) -> pd.DataFrame:
+    """An MLflow table artifact (``log_table``) of ``run`` as a DataFrame."""
+    folder = tmp_path / "artifacts" / run.info.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    logged = json.loads(Path(client.download_artifacts(run.info.run_id, name, str(folder))).read_text())
+    return pd.DataFrame(logged["data"], columns=logged["columns"])
