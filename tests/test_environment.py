@@ -5,6 +5,7 @@ plus the CLI's one-line refusals before any work)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,14 @@ def test_submit_takes_its_address_from_the_environment_after_the_flag(monkeypatc
     # Nothing listens on port 1: the address from RAY_ADDRESS is the one contacted.
     result = runner.invoke(app, ["submit", QUICKSTART], env={"RAY_ADDRESS": "http://127.0.0.1:1", "COLUMNS": "400"})
     assert result.exit_code == 2 and "127.0.0.1:1" in result.output
+
+
+def test_the_chosen_jobs_api_address_wins_over_rays_environment_override(monkeypatch):
+    # Ray's JobSubmissionClient would let RAY_ADDRESS replace the address it is given; ours does not.
+    from ray_distill.submit import job_client
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:2")
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    with pytest.raises(ConnectionError, match=r"http://127\.0\.0\.1:1\b"):
+        job_client("http://127.0.0.1:1")
+    assert "RAY_API_SERVER_ADDRESS" not in os.environ
