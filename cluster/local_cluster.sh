@@ -4,8 +4,8 @@
 # listen on 127.0.0.1; Ray registers its nodes under the machine's own address (it replaces 127.0.0.1).
 #
 #   cluster/local_cluster.sh start      # head + worker node + mlflow server; prints what to export
-#   . "$RD_CLUSTER_DIR/cluster.env"     # RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, MLFLOW_TRACKING_URI
-#   ray-distill submit jobs/quickstart.yaml --address "$RAY_ADDRESS" tracking.tracking_uri="$MLFLOW_TRACKING_URI"
+#   . "$RD_CLUSTER_DIR/cluster.env"     # RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, MLFLOW_TRACKING_URI, ...
+#   ray job submit --address "$RAY_ADDRESS" --working-dir . -- ray-distill run jobs/cluster_smoke.yaml
 #   cluster/local_cluster.sh status
 #   cluster/local_cluster.sh stop       # stops its jobs, then exactly the processes this script started
 #
@@ -19,6 +19,7 @@
 #                       SPREAD task waits for it — seen as a hang in the select stage)
 #   RD_WORKER_CPUS      logical CPUs of the worker node (it also gets {"worker": 1}) (2)
 #   RD_NO_MLFLOW=1      do not start the mlflow server
+#   RAY_DISTILL_STORAGE the nodes' storage root (relative job `storage` resolves under it) ($RD_CLUSTER_DIR/storage)
 #   RD_PYTHON           python of the environment with ray/mlflow                (python3 on PATH)
 #
 # Authentication: Ray's token auth stays on. The cluster runs with RAY_AUTH_MODE=token and a token
@@ -26,6 +27,11 @@
 # $RD_CLUSTER_DIR/auth_token (mode 600) and passed as RAY_AUTH_TOKEN_PATH. The shared default
 # ~/.ray/auth_token is never written. Clients (ray job submit, JobSubmissionClient, ray.init) need
 # the same RAY_AUTH_MODE=token + token: source cluster.env.
+#
+# The nodes' environment, which every job's driver and workers inherit (as a cluster image or a KubeRay pod
+# spec would set it): MLFLOW_TRACKING_URI (the mlflow server below) and RAY_DISTILL_STORAGE (a directory
+# both nodes reach, since they share this machine). So a plain `ray job submit … -- ray-distill run JOB`
+# logs to the server and writes under $RAY_DISTILL_STORAGE, never into Ray's copy of the working dir.
 #
 # Every Ray/MLflow process gets its own ports (no defaults, so other clusters on the same machine
 # are untouched) and the Ray processes their own --temp-dir. Each node is started with
@@ -127,6 +133,11 @@ cmd_start() {
     export RAY_AUTH_TOKEN_PATH="$DIR/auth_token"
   fi
 
+  # What jobs inherit from the nodes: where relative `storage` goes, and the MLflow server (started below).
+  export RAY_DISTILL_STORAGE="${RAY_DISTILL_STORAGE:-$DIR/storage}"
+  mkdir -p "$RAY_DISTILL_STORAGE"
+  [[ -n "${RD_NO_MLFLOW:-}" ]] || export MLFLOW_TRACKING_URI="http://127.0.0.1:$mlflow_port"
+
   # Every process of this cluster (Ray workers included) resolves "the local cluster" to this one, not to
   # another Ray cluster on the same machine ("Found multiple active Ray instances").
   export RAY_ADDRESS="127.0.0.1:$ray_port"
@@ -154,11 +165,12 @@ cmd_start() {
     echo "export RD_GCS_ADDRESS=127.0.0.1:$ray_port"
     echo "export RAY_AUTH_MODE=token"
     if [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]]; then echo "export RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"; fi
+    echo "export RAY_DISTILL_STORAGE=$RAY_DISTILL_STORAGE"
   } > "$DIR/cluster.env"
 
   if [[ -z "${RD_NO_MLFLOW:-}" ]]; then
     mkdir -p "$DIR/mlartifacts"
-    start_bg mlflow "$DIR/mlflow.log" "$MLFLOW_BIN" server --backend-store-uri "sqlite:///$DIR/mlflow.db" \
+    start_bg mlflow "$DIR/mlflow.log" env -u MLFLOW_TRACKING_URI "$MLFLOW_BIN" server --backend-store-uri "sqlite:///$DIR/mlflow.db" \
       --artifacts-destination "$DIR/mlartifacts" --host 127.0.0.1 --port "$mlflow_port" --workers 1
     echo "export MLFLOW_TRACKING_URI=http://127.0.0.1:$mlflow_port" >> "$DIR/cluster.env"
     wait_for 90 mlflow "the mlflow server on port $mlflow_port" \

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from ray_distill.config import ConfigError, JobConfig, load_config, to_flat_dict
 
+logger = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Data-efficient reasoning distillation on Ray.")
 console = Console(stderr=True)
 out = Console()
@@ -70,16 +71,61 @@ def _failing(tracker, verbose: bool):
         raise
 
 
+def _error(err: BaseException, label: str = "error") -> typer.Exit:
+    console.print(f"[bold red]{label}:[/] {err}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _resolve_tracking(cfg: JobConfig, cluster: bool):
+    from ray_distill.environment import resolve_tracking
+
+    return resolve_tracking(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.storage, os.environ,
+                            os.getcwd(), cluster=cluster, enabled=cfg.tracking.enabled)
+
+
+def _prepare(cfg: JobConfig):
+    """Before any work: where outputs and runs go (config > environment > default) and the Ray cluster
+    (joined at ``ray.address`` / ``RAY_ADDRESS``, or started). Refusals end here with one line (exit 2)."""
+    from ray.exceptions import AuthenticationError
+
+    from ray_distill.environment import in_ray_job
+    from ray_distill.runtime import init_ray
+
+    try:
+        ray_job = in_ray_job(os.environ, os.getcwd())
+        target = _resolve_tracking(cfg, cluster=ray_job)
+        nodes = init_ray(cfg)
+        if nodes > 1 and not ray_job:
+            target = _resolve_tracking(cfg, cluster=True)
+    except ConfigError as err:
+        raise _error(err) from None
+    except (AuthenticationError, ConnectionError) as err:
+        raise _error(f"{err} (token auth: RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from None
+    if cfg.tracking.enabled and target.uri.startswith("sqlite:") and (ray_job or nodes > 1):
+        logger.warning("%s: a SQLite file on a cluster works only on a file system every node shares; "
+                       "use an MLflow server (MLFLOW_TRACKING_URI)", target.describe())
+    logger.info("storage: %s (%s)", cfg.storage, cfg.storage_source)
+    logger.info("%s", target.describe())
+    return target
+
+
 def _tracked(cfg: JobConfig, job: str, kind: str, run_name: str, body, verbose: bool):
     """Run ``body(cfg, tracker, runner)`` under a parent MLflow run (params, wall time, FAILED on error),
-    with the CPU/GPU-seconds of every stage metered; returns ``(result, tracker, wall_seconds)``."""
+    with the CPU/GPU-seconds of every stage metered; returns ``(result, tracker, wall_seconds, target)``."""
     from ray_distill.accounting import ResourceMeter
+    from ray_distill.environment import redact
     from ray_distill.progress import StageRunner
     from ray_distill.tracking import start_tracker
 
-    tracker = start_tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.storage,
-                            run_name=run_name, tags={"ray_distill.job": job, "ray_distill.kind": kind})
-    tracker.log_params(to_flat_dict(cfg))
+    target = _prepare(cfg)
+    tags = {"ray_distill.job": job, "ray_distill.kind": kind, "ray_distill.storage_source": cfg.storage_source,
+            "ray_distill.tracking_uri_source": target.uri_source,
+            "ray_distill.experiment_source": target.experiment_source}
+    tracker = start_tracker(cfg.tracking.enabled, target.uri, target.experiment, cfg.storage, run_name=run_name,
+                            tags=tags)
+    params = to_flat_dict(cfg)
+    params.update({"tracking.tracking_uri": redact(target.uri), "tracking.experiment": target.experiment})
+    tracker.log_params(params)
     start = time.perf_counter()
     meter = ResourceMeter().start()
     try:
@@ -90,14 +136,28 @@ def _tracked(cfg: JobConfig, job: str, kind: str, run_name: str, body, verbose: 
     wall = time.perf_counter() - start
     tracker.log_metrics({"wall_s": wall})
     tracker.end()
-    return result, tracker, wall
+    return result, tracker, wall, target
 
 
 @app.command()
 def validate(job: JobFile, overrides: Overrides = None) -> None:
-    """Load and validate a job file (with overrides) and print the resolved configuration."""
+    """Load and validate a job file (with overrides) and print the resolved configuration (stdout), and where
+    storage, MLflow and the Ray cluster come from (stderr)."""
+    from ray_distill.environment import in_ray_job, ray_address
+
     cfg = _load(job, overrides)
+    try:
+        target = _resolve_tracking(cfg, cluster=in_ray_job(os.environ, os.getcwd()))
+    except ConfigError as err:
+        raise _error(err, "config error") from None
+    try:
+        address, source = ray_address(cfg.ray.address, os.environ)
+        ray_line = f"Ray: {address} (from {source})" if address else "Ray: a local cluster, started by the job"
+    except ConfigError as err:  # e.g. RAY_ADDRESS set for `ray job submit`: fine for submitting, not for `run`
+        ray_line = f"Ray: `run` here would stop: {err}"
     out.print_json(cfg.model_dump_json())
+    for line in (f"storage: {cfg.storage} ({cfg.storage_source})", target.describe(), ray_line):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the teacher tokens and cost each generation stage "
@@ -114,8 +174,9 @@ def run(job: JobFile, overrides: Overrides = None, verbose: Verbose = False, dry
         return
     from ray_distill.pipeline import run_job
 
-    result, tracker, wall = _tracked(cfg, job, "run", cfg.name, run_job, verbose)
+    result, tracker, wall, target = _tracked(cfg, job, "run", cfg.name, run_job, verbose)
     print_summary(result, wall, tracker)
+    _print_where(cfg, tracker, target)
 
 
 @app.command()
@@ -125,7 +186,7 @@ def tune(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) ->
     _setup_logging(verbose)
     from ray_distill.tuning.search import run_search
 
-    result, tracker, _ = _tracked(cfg, job, "tune", f"{cfg.name}-tune", run_search, verbose)
+    result, tracker, _, target = _tracked(cfg, job, "tune", f"{cfg.name}-tune", run_search, verbose)
     table = Table(title="Ray Tune trials (data budgets)")
     for col in result.trials.columns:
         table.add_column(str(col))
@@ -141,8 +202,7 @@ def tune(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) ->
     out.print(f"[bold]best trial:[/] {result.best_config}  dev score={result.best_score:.3f} "
               f"(the eval suites are reported by running the best job)")
     out.print(f"best job written to {result.best_job_path}")
-    if tracker.run_id:
-        out.print(f"MLflow run {tracker.run_id} at {getattr(tracker, 'tracking_uri', '')}")
+    _print_where(cfg, tracker, target)
 
 
 @app.command()
@@ -153,7 +213,7 @@ def ablate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) 
     _setup_logging(verbose)
     from ray_distill.ablation import run_ablation
 
-    result, _, _ = _tracked(cfg, job, "ablation", f"{cfg.name}-ablation", run_ablation, verbose)
+    result, tracker, _, target = _tracked(cfg, job, "ablation", f"{cfg.name}-ablation", run_ablation, verbose)
     seeds = len(cfg.ablation.seeds)
     what = "avg@k, 95% CI over questions" if seeds == 1 else f"avg@k, mean ± sd over {seeds} seeds (range)"
     table = Table(title=f"Ablation at an equal budget of {result.budget_rows:,} training rows ({what})")
@@ -164,14 +224,23 @@ def ablate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) 
                                       f"{r.mean:.3f} ± {r.sd:.3f} ({r.min:.3f}–{r.max:.3f})" for r in sub.itertuples()])
     out.print(table)
     out.print(f"smoke-test winner: [bold]{result.winner}[/]   best own accuracy: {result.best_accuracy_teacher}")
+    _print_where(cfg, tracker, target)
+
+
+def _print_where(cfg: JobConfig, tracker, target) -> None:
+    """Where the outputs and the runs went, and which setting chose each (config, environment, default)."""
+    out.print(f"storage: {cfg.storage} ({cfg.storage_source})", highlight=False, soft_wrap=True)
+    if tracker.run_id:
+        out.print(f"{target.describe()}, run {tracker.run_id}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def submit(
     job: JobFile,
     overrides: Overrides = None,
-    address: Annotated[str | None, typer.Option("--address", "-a", envvar="RAY_ADDRESS",
-                                                help="Ray dashboard / Jobs API URL, e.g. http://HEAD:8265.")] = None,
+    address: Annotated[str | None, typer.Option("--address", "-a", help="Ray dashboard / Jobs API URL, e.g. "
+                                                "http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, "
+                                                "then $RAY_ADDRESS).")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Environment variable to pass to the job BY NAME "
                                                   "(value read here, never printed). Repeatable.")] = None,
     working_dir: Annotated[str, typer.Option("--working-dir", help="Directory shipped to the cluster.")] = ".",
@@ -184,11 +253,13 @@ def submit(
     """Submit a job to a Ray cluster (Ray Jobs API): validate locally, ship the working dir, run it there."""
     from ray.exceptions import AuthenticationError
 
+    from ray_distill.environment import submission_address
     from ray_distill.submit import SubmitError, submit_job
 
-    if not address:
-        console.print("[bold red]error:[/] --address (or RAY_ADDRESS) is required, e.g. http://HEAD:8265")
-        raise typer.Exit(2)
+    try:
+        address, _ = submission_address(address, os.environ)
+    except ConfigError as err:
+        raise _error(err) from None
     try:
         code = submit_job(job, overrides or [], address=address, env_names=env or [], working_dir=working_dir,
                           extra=extra, wait=wait, install=install, timeout_s=timeout)  # type: ignore[arg-type]
@@ -273,8 +344,6 @@ def print_summary(result, wall: float, tracker) -> None:
     if corpus_rows:
         out.print(f"teacher tokens per kept corpus sample: {teacher_total / corpus_rows:,.1f}")
     out.print(f"winner: [bold]{result.winner}[/]   corpus: {result.corpus_dir}   student: {result.model_path}")
-    if tracker.run_id:
-        out.print(f"MLflow run {tracker.run_id} at {getattr(tracker, 'tracking_uri', '')}")
 
 
 def _fmt_score(m: dict) -> str:

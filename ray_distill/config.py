@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import fsspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -34,9 +34,9 @@ class RayConfig(_Strict):
 class TrackingConfig(_Strict):
     enabled: bool = Field(True, description="Log to MLflow; False uses the do-nothing tracker.")
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default sqlite:///<storage>/mlflow.db for local storage."
-    )
-    experiment: str = Field("ray-distill", description="MLflow experiment name.")
+        None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<storage>/mlflow.db.")
+    experiment: str | None = Field(
+        None, description="MLflow experiment name; default: $MLFLOW_EXPERIMENT_NAME, else 'ray-distill'.")
 
 
 class SyntheticQuestions(_Strict):
@@ -446,7 +446,9 @@ class TuneConfig(_Strict):
 
 class JobConfig(_Strict):
     name: str = Field("ray-distill", description="Job name; outputs land under <storage>/<name>.")
-    storage: str = Field("outputs", description="Root of all outputs (any fsspec URL).")
+    storage: str = Field(
+        "outputs", description="Root of all outputs (any fsspec URL). A relative path is resolved against "
+        "$RAY_DISTILL_STORAGE when set, else the working directory (refused under Ray's Jobs API).")
     seed: int = 0
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -464,13 +466,17 @@ class JobConfig(_Strict):
     budget: BudgetConfig = BudgetConfig()
     ablation: AblationConfig = AblationConfig()
 
+    # Where ``storage`` came from (ray_distill.environment.SOURCE_*); set by config_from_dict.
+    _storage_source: str = PrivateAttr("as configured")
+
     @field_validator("storage")
     @classmethod
     def _absolute_storage(cls, v: str) -> str:
-        """A local storage path is made absolute here: Ray workers do not share the driver's cwd."""
-        if "://" in v and not v.startswith("file://"):
-            return v.rstrip("/")
-        return os.path.abspath(v.removeprefix("file://"))
+        """A local storage path is made absolute here (Ray workers do not share the driver's cwd), never
+        inside Ray's copy of a job's working directory: see ray_distill.environment.resolve_storage."""
+        from ray_distill.environment import resolve_storage
+
+        return resolve_storage(v, os.environ, os.getcwd())[0]
 
     @model_validator(mode="after")
     def _unique_teachers(self) -> JobConfig:
@@ -487,6 +493,12 @@ class JobConfig(_Strict):
                 raise ValueError(f"{clash} as eval.suites.{i} ({suite.name!r}): selection must not score on a "
                                  "reported eval suite; give the dev suite questions of its own")
         return self
+
+    @property
+    def storage_source(self) -> str:
+        """``as configured`` (an URL or absolute path), ``relative to RAY_DISTILL_STORAGE`` or ``relative to
+        the working directory``."""
+        return self._storage_source
 
     @property
     def run_dir(self) -> str:
@@ -595,20 +607,33 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
 
 
 def config_from_dict(tree: dict, source: str = "<config>") -> JobConfig:
+    """Validate a config tree; a relative ``storage`` is resolved here, against ``$RAY_DISTILL_STORAGE`` or the
+    working directory (see ray_distill.environment.resolve_storage), and its source kept on the config."""
     removed = removed_key(tree)
     if removed:
         raise ConfigError(f"{source}: {removed}")
+    from ray_distill.environment import SOURCE_CONFIG, resolve_storage
+
+    storage_source = SOURCE_CONFIG
+    if isinstance(tree.get("storage", "outputs"), str):
+        try:
+            storage, storage_source = resolve_storage(tree.get("storage", "outputs"), os.environ, os.getcwd())
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        tree = {**tree, "storage": storage}
     try:
-        return JobConfig.model_validate(tree)
+        cfg = JobConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(f"{source}: {format_validation_error(err)}") from None
+    cfg._storage_source = storage_source
+    return cfg
 
 
 def format_validation_error(err: ValidationError) -> str:
     """One line per problem, joined by '; ': ``train.epochs: Input should be a valid integer (got 'x')``."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "value_error":  # a validator's own message, without pydantic's "Value error, " prefix
             msg = str(e["ctx"]["error"])
@@ -616,7 +641,7 @@ def format_validation_error(err: ValidationError) -> str:
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        elif "input" in e and not isinstance(e["input"], (dict, list)):
+        elif "input" in e and not isinstance(e["input"], (dict, list)) and repr(e["input"]) not in msg:
             msg = f"{msg} (got {e['input']!r})"
         parts.append(f"{loc}: {msg}" if loc else msg)  # a job-level check names its keys itself
     return "; ".join(parts)

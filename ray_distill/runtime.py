@@ -3,11 +3,10 @@ environment vLLM's CPU build needs inside actors."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
-from ray_distill.config import JobConfig
+from ray_distill.config import ConfigError, JobConfig
 
 logger = logging.getLogger(__name__)
 
@@ -20,24 +19,36 @@ WORKER_ENV = {
 }
 
 
-def init_ray(cfg: JobConfig) -> None:
+def init_ray(cfg: JobConfig) -> int:
+    """Join the cluster at ``ray.address`` / ``RAY_ADDRESS`` (token auth from Ray's own environment:
+    ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``), or start a local one; returns the number of
+    live nodes. On several nodes, a ``storage`` relative to this process's working directory is refused
+    (:class:`ConfigError`): the other nodes cannot reach it."""
     import ray
+
+    from ray_distill.environment import check_shared_storage, job_env_vars, ray_address
 
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
     if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    env = dict(WORKER_ENV)
-    job_cfg = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if job_cfg:  # inside a Ray job: the job's env_vars win (Ray refuses the same key twice)
-        job_env = (json.loads(job_cfg).get("runtime_env") or {}).get("env_vars") or {}
-        env = {k: v for k, v in env.items() if k not in job_env}
+        nodes = live_nodes()
+        check_shared_storage(cfg.storage, cfg.storage_source, nodes)
+        return nodes
+    address, source = ray_address(cfg.ray.address, os.environ)
+    # inside a Ray job: the job's env_vars win (Ray refuses the same key twice)
+    job_env = job_env_vars(os.environ)
+    env = {k: v for k, v in WORKER_ENV.items() if k not in job_env}
     kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True, "configure_logging": False}
     if address:
         ray.init(address=address, **kwargs)
-        logger.info("joined Ray cluster at %s", address)
-        return
+        nodes = live_nodes()
+        logger.info("joined Ray cluster at %s (from %s, %d node(s))", address, source, nodes)
+        try:
+            check_shared_storage(cfg.storage, cfg.storage_source, nodes)
+        except ConfigError:
+            ray.shutdown()
+            raise
+        return nodes
     # Logical CPUs: at least one more than the training workers ask for, so a driver-side task or a
     # Tune trial can hold a slot while its Train workers run (a 2-core laptop still works).
     need = int(cfg.train.num_workers * cfg.train.cpus_per_worker) + 1
@@ -47,3 +58,10 @@ def init_ray(cfg: JobConfig) -> None:
     # one that happens to run on the same machine.
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     logger.info("started a local Ray cluster with %d CPUs", num_cpus)
+    return 1
+
+
+def live_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))

@@ -151,10 +151,20 @@ def job_client(address: str) -> Any:
     """A ``JobSubmissionClient`` for ``address`` that sends the cluster token when ``RAY_AUTH_MODE=token``.
 
     Ray reads ``RAY_AUTH_MODE`` once, when it is first imported; a process that sets it later (a notebook,
-    a test session) would otherwise send no token and get "401 Unauthorized"."""
+    a test session) would otherwise send no token and get "401 Unauthorized". And Ray's client lets
+    ``RAY_API_SERVER_ADDRESS`` / ``RAY_ADDRESS`` override the address it is given; here the address given
+    wins (:func:`ray_distill.environment.submission_address` already chose it, flag before environment)."""
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address, headers=auth_headers() or None)
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = address  # read by the constructor only
+    try:
+        return JobSubmissionClient(address, headers=auth_headers() or None)
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = saved
 
 
 def auth_headers() -> dict[str, str]:

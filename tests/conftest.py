@@ -11,6 +11,11 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Tests choose where outputs and runs go themselves: a developer's MLflow server, storage root or a Ray job's
+# environment must not leak in (the CLI honours these, see ray_distill.environment).
+for _name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "RAY_DISTILL_STORAGE", "RAY_JOB_CONFIG_JSON_ENV_VAR",
+              "RAY_API_SERVER_ADDRESS"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,14 @@
-"""`ray-distill submit` against the real thing: a local two-node Ray cluster started with `ray start`
-(cluster/local_cluster.sh: head + a worker node with the {"worker": 1} resource, token auth on, own ports
-and temp dirs) and a real `mlflow server` on loopback. A small quickstart goes through
-``submit_job`` (Ray's Jobs API), the run tree is read back from the MLflow server over HTTP, a bad config
-is refused before anything reaches the cluster, and the plain `ray job submit` command line runs a job too.
+"""Cluster jobs as the docs show them, against the real thing: a local two-node Ray cluster started with
+`ray start` (cluster/local_cluster.sh: head + a worker node with the {"worker": 1} resource, token auth on,
+own ports and temp dirs, MLFLOW_TRACKING_URI and RAY_DISTILL_STORAGE in the nodes' environment) and a real
+`mlflow server` on loopback. The `ray job submit` line of README.md / docs/clusters.md and the
+`ray-distill submit` line of docs/clusters.md are read out of the docs and run as written (bash, Ray's own
+CLI, the client environment of cluster.env; the only substitution is the README's placeholder
+http://HEAD:8265); the run trees are read back from the MLflow server over HTTP. A relative `storage` with no
+storage root stops a job at once, and a bad config is refused before anything reaches the cluster.
 
-The fast tests at the top check the submission itself (entrypoint, runtime env, secrets by name) without
-a cluster."""
+The fast tests at the top check the submission itself (entrypoint, runtime env, secrets by name) and that
+every documented submit line names a job file that exists and validates, without a cluster."""
 
 from __future__ import annotations
 
@@ -18,13 +21,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from ray_distill.config import ConfigError
+from ray_distill.config import ConfigError, load_config
 from ray_distill.submit import (
+    DEFAULT_EXCLUDES,
     SubmitError,
     auth_headers,
     build_submission,
@@ -36,22 +41,9 @@ from ray_distill.submit import (
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = "jobs/quickstart.yaml"
-
-# Much smaller than the quickstart: this file tests the cluster path, not learning. The base student is a
-# random one (base_epochs=0), so every stage still runs (vLLM sampling, Ray Train, evaluation) but briefly.
-SMALL = [
-    "questions.synthetic.num_questions=60",
-    "smoke_test.enabled=false",
-    "smoke_test.probe_questions=20",
-    "student.base_epochs=0",
-    "compression.k=1",
-    "selection.samples_per_question=2",
-    "selection.keep_per_question=1",
-    "train.epochs=1",
-    "eval.k=1",
-    "eval.suites.0.synthetic.num_questions=20",
-    "eval.suites.1.synthetic.num_questions=10",
-]
+SMOKE = "jobs/cluster_smoke.yaml"  # the whole loop in miniature: the job the docs' cluster lines run
+DOCS = [ROOT / "README.md", ROOT / "docs" / "clusters.md"]
+HEAD = "http://HEAD:8265"  # the docs' placeholder for a cluster's dashboard
 STAGES = {"student", "questions", "generate_probe", "verify_probe", "smoke_test", "compress", "generate",
           "verify", "select", "corpus", "train", "evaluate"}
 
@@ -111,6 +103,31 @@ def test_ray_job_submit_command_line(monkeypatch):
     assert "ray job submit" in shlex.join(argv)
 
 
+def test_documented_submit_lines_name_jobs_that_validate(monkeypatch):
+    """Every `ray job submit` / `ray-distill submit` line in the docs (the GPU ones cannot run here) names a
+    job file of this repository, with overrides that validate; `ray job submit` lines ship the same excludes
+    as ray-distill submit."""
+    import typer.main
+
+    from ray_distill.cli import app
+
+    monkeypatch.chdir(ROOT)
+    submit = typer.main.get_command(app).commands["submit"]
+    plain, ours = documented_commands("ray job submit"), documented_commands("ray-distill submit")
+    assert plain and ours
+    for doc, cmd in plain:
+        argv = shlex.split(_strip_env(cmd))
+        entry = argv[argv.index("--") + 1:]
+        assert entry[:2] == ["ray-distill", "run"], (doc, cmd)
+        opts = argv[3:argv.index("--")]
+        if "--runtime-env-json" in opts:
+            assert json.loads(opts[opts.index("--runtime-env-json") + 1]) == {"excludes": DEFAULT_EXCLUDES}, cmd
+        _validates(doc, entry[2], entry[3:])
+    for doc, cmd in ours:
+        ctx = submit.make_context("submit", shlex.split(_strip_env(cmd))[2:])  # the CLI's own parser
+        _validates(doc, ctx.params["job"], ctx.params["overrides"] or [])
+
+
 # ----------------------------------------------------------------------------- slow: a real cluster
 
 
@@ -150,24 +167,48 @@ def test_invalid_config_is_rejected_before_submission(cluster):
 
 
 @pytest.mark.slow
-def test_submit_quickstart_to_two_node_cluster(cluster, monkeypatch):
+def test_relative_storage_without_a_storage_root_stops_the_job_at_once(cluster, monkeypatch):
+    """Under the Jobs API a relative `storage` never lands in Ray's copy of the working dir: with the nodes'
+    RAY_DISTILL_STORAGE blanked for this job, it fails in seconds with the one line naming `storage`."""
     from mlflow import MlflowClient
 
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("RD_TEST_SECRET", "value-that-must-not-be-logged")
-    storage = Path(cluster["dir"]) / "storage"
-    log = io.StringIO()
-    overrides = [*SMALL, f"tracking.tracking_uri={cluster['MLFLOW_TRACKING_URI']}", f"storage={storage}"]
-    rc = submit_job(JOB, overrides, address=cluster["RAY_ADDRESS"], env_names=["RD_TEST_SECRET"],
-                    working_dir=".", log_stream=log, submission_id="rd-test-quickstart", timeout_s=480)
+    monkeypatch.setenv("RAY_DISTILL_STORAGE", "")
+    log, start = io.StringIO(), time.monotonic()
+    rc = submit_job(SMOKE, ["name=refused"], address=cluster["RAY_ADDRESS"], env_names=["RAY_DISTILL_STORAGE"],
+                    working_dir=str(ROOT), log_stream=log, submission_id="rd-test-refused", timeout_s=180)
     out = log.getvalue()
+    assert rc == 1, out[-3000:]
+    assert "config error: jobs/cluster_smoke.yaml: storage 'outputs' is relative and this runs under Ray's " \
+           "Jobs API" in out and "RAY_DISTILL_STORAGE" in out, out[-3000:]
+    assert time.monotonic() - start < 120
+    client = MlflowClient(cluster["MLFLOW_TRACKING_URI"])
+    assert not client.search_runs(search_all_experiments(client), "attributes.run_name = 'refused'")
+
+
+@pytest.mark.slow
+def test_documented_ray_job_submit_line_runs_as_written(cluster):
+    """README.md's and docs/clusters.md's `ray job submit` line, run by Ray's own CLI with no override: the
+    nodes' MLFLOW_TRACKING_URI and RAY_DISTILL_STORAGE decide where runs and outputs go."""
+    from mlflow import MlflowClient
+
+    lines = {_normalize(cmd) for _, cmd in documented_commands("ray job submit") if SMOKE in cmd}
+    assert len(lines) == 1, lines  # the README and the cluster docs show the same line
+    line = lines.pop()
+    assert line == f"ray job submit --address {HEAD} --working-dir . -- ray-distill run {SMOKE}"
+    rc, out = _run_documented(line.replace(HEAD, cluster["RAY_ADDRESS"]), cluster)
     assert rc == 0, out[-6000:]
-    assert "winner:" in out and "job rd-test-quickstart SUCCEEDED" in out  # the run summary came back
-    assert "value-that-must-not-be-logged" not in out
-    info = job_client(cluster["RAY_ADDRESS"]).get_job_info("rd-test-quickstart")
-    assert info.runtime_env["env_vars"]["RD_TEST_SECRET"] == "value-that-must-not-be-logged"  # passed by name
+    assert "succeeded" in out
+    storage = Path(cluster["RAY_DISTILL_STORAGE"]) / "outputs"
+    uri = cluster["MLFLOW_TRACKING_URI"]
+    # the summary says where outputs and runs went, and which setting chose each
+    assert f"storage: {storage} (relative to RAY_DISTILL_STORAGE)" in out, out[-4000:]
+    assert f"MLflow: {uri} (from MLFLOW_TRACKING_URI), experiment 'ray-distill' (default), run " in out
+    assert (storage / "cluster-smoke" / "student" / "config.json").exists()
+    assert not _in_ray_packages(cluster, "outputs") and not _in_ray_packages(cluster, "mlflow.db")
 
     # Both nodes did work: tasks/actors of this job ran on the head and on the worker node.
+    (submission_id,) = set(re.findall(r"raysubmit_\w+", out))
+    info = job_client(cluster["RAY_ADDRESS"]).get_job_info(submission_id)
     nodes = _dashboard_json(cluster, "/nodes?view=summary")["data"]["summary"]
     worker_node = next(n["raylet"]["nodeId"] for n in nodes if "worker" in n["raylet"].get("resourcesTotal", {}))
     used = {t["node_id"] for t in _dashboard_json(cluster, f"/api/v0/tasks?limit=10000&detail=1&filter_keys=job_id"
@@ -176,42 +217,98 @@ def test_submit_quickstart_to_two_node_cluster(cluster, monkeypatch):
     assert len(used) == 2 and worker_node in used, used
 
     # The run tree, read back from the MLflow server over HTTP.
-    client = MlflowClient(cluster["MLFLOW_TRACKING_URI"])
-    exp = client.get_experiment_by_name("ray-distill")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    (parent,) = [r for r in runs if r.info.run_name == "quickstart"]
-    assert parent.info.status == "FINISHED"
-    assert parent.data.params["train.epochs"] == "1"
-    assert parent.data.metrics["rows/questions"] == 60
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert STAGES <= {r.info.run_name for r in children}
-    assert all(r.info.status == "FINISHED" for r in children)
-    assert "value-that-must-not-be-logged" not in json.dumps([r.data.params for r in runs])
-    assert (storage / "quickstart" / "student" / "config.json").exists()
+    _assert_run_tree(MlflowClient(uri), "ray-distill", "cluster-smoke")
 
 
 @pytest.mark.slow
-def test_plain_ray_job_submit_runs_a_job(cluster):
-    """The documented `ray job submit … -- ray-distill run …` line works as well (same storage: the
-    generation store and the base student are reused, so this run only curates, trains and evaluates)."""
+def test_documented_ray_distill_submit_line_runs_as_written(cluster):
+    """docs/clusters.md's `ray-distill submit` line: address from RAY_ADDRESS, an experiment chosen in the
+    client's shell and passed by name (--env), an override; the generation store is reused."""
     from mlflow import MlflowClient
 
-    storage = Path(cluster["dir"]) / "storage"
-    overrides = [*SMALL, "name=quickstart-plain", "compression.enabled=false",
-                 "eval.suites=[{name: arith, synthetic: {family: arith, num_questions: 5, seed: 7}}]",
-                 f"tracking.tracking_uri={cluster['MLFLOW_TRACKING_URI']}", f"storage={storage}"]
-    argv = ray_job_submit_command(JOB, overrides, address=cluster["RAY_ADDRESS"], working_dir=".")
-    argv[0] = str(Path(sys.executable).with_name("ray"))
-    proc = subprocess.run(argv, cwd=ROOT, env=cluster["env"], capture_output=True, text=True, timeout=420)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "succeeded" in proc.stdout + proc.stderr
-    client = MlflowClient(cluster["MLFLOW_TRACKING_URI"])
-    exp = client.get_experiment_by_name("ray-distill")
-    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'quickstart-plain'")
-    assert run.info.status == "FINISHED"
+    lines = [cmd for _, cmd in documented_commands("ray-distill submit") if SMOKE in cmd]
+    assert len(lines) == 1, lines
+    (line,) = lines
+    experiment = re.search(r"MLFLOW_EXPERIMENT_NAME=(\S+)", line).group(1)
+    name = re.search(r" name=(\S+)", line).group(1)
+    rc, out = _run_documented(line, cluster)
+    assert rc == 0, out[-6000:]
+    assert "env vars (by name): MLFLOW_EXPERIMENT_NAME" in out and "SUCCEEDED" in out
+    assert (f"MLflow: {cluster['MLFLOW_TRACKING_URI']} (from MLFLOW_TRACKING_URI), experiment {experiment!r} "
+            "(from MLFLOW_EXPERIMENT_NAME)") in out, out[-4000:]
+    assert (Path(cluster["RAY_DISTILL_STORAGE"]) / "outputs" / name / "student" / "config.json").exists()
+    _assert_run_tree(MlflowClient(cluster["MLFLOW_TRACKING_URI"]), experiment, name)
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def documented_commands(program: str) -> list[tuple[str, str]]:
+    """``(doc, command)`` for every ``program …`` command in README.md and docs/clusters.md: inline code spans
+    and lines of code blocks (continuation lines joined, comments dropped) that name a job file of jobs/."""
+    found = []
+    for path in DOCS:
+        parts = path.read_text().split("```")
+        for i, part in enumerate(parts):
+            if i % 2:  # a code block
+                candidates = [re.sub(r"\s+#\s.*$", "", ln) for ln in part.replace("\\\n", " ").splitlines()]
+            else:
+                candidates = re.findall(r"`([^`]+)`", part)
+            for cand in candidates:
+                cand = " ".join(cand.split())
+                if _strip_env(cand).startswith(program + " ") and re.search(r"jobs/\S+\.yaml", cand):
+                    found.append((path.name, cand))
+    return found
+
+
+def _run_documented(line: str, cluster: dict, timeout_s: float = 600) -> tuple[int, str]:
+    """Run a documented command line with bash, in the repository root, with cluster.env's client
+    environment; ``(exit code, stdout + stderr)``. Past ``timeout_s`` it fails with what the job printed."""
+    proc = subprocess.Popen(["bash", "-c", line], cwd=ROOT, env=cluster["env"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, _ = proc.communicate()
+        pytest.fail(f"{line!r} still running after {timeout_s:.0f} s; its output ends with:\n{out[-6000:]}")
+    return proc.returncode, out
+
+
+def _strip_env(cmd: str) -> str:
+    """The command without leading ``NAME=value`` assignments."""
+    return re.sub(r"^(\w+=\S+\s+)+", "", cmd)
+
+
+def _normalize(cmd: str) -> str:
+    return " ".join(cmd.replace('"$RAY_ADDRESS"', HEAD).replace("$RAY_ADDRESS", HEAD).split())
+
+
+def _validates(doc: str, job: str, overrides: list[str]) -> None:
+    assert (ROOT / job).is_file(), (doc, job)
+    load_config(ROOT / job, [o for o in overrides if "$" not in o])
+
+
+def _in_ray_packages(cluster: dict, name: str) -> list[Path]:
+    """``name`` inside any package Ray unpacked for a job, on either node (own temp dirs)."""
+    return [p for p in Path(cluster["dir"]).glob(f"ray-*/**/runtime_resources/*_files/*/{name}")]
+
+
+def _assert_run_tree(client, experiment: str, run_name: str) -> None:
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, experiment
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if r.info.run_name == run_name]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["questions.synthetic.num_questions"] == "60"
+    assert parent.data.tags["ray_distill.tracking_uri_source"] == "MLFLOW_TRACKING_URI"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert STAGES <= {r.info.run_name for r in children}
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def search_all_experiments(client) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments()]
 
 
 def _read_env(path: Path) -> dict[str, str]:

@@ -177,22 +177,24 @@ def tracker_from_handle(handle: TrackerHandle | None) -> Tracker:
 
 
 def default_tracking_uri(storage: str) -> str:
-    """``sqlite:///<storage>/mlflow.db`` for local storage; ``sqlite:///mlflow.db`` otherwise."""
-    if "://" in storage and not storage.startswith("file://"):
-        return "sqlite:///" + os.path.abspath("mlflow.db")
-    local = storage.removeprefix("file://")
-    os.makedirs(local, exist_ok=True)
-    return "sqlite:///" + os.path.abspath(os.path.join(local, "mlflow.db"))
+    """``sqlite:///<storage>/mlflow.db`` for local storage; ``sqlite:///<cwd>/mlflow.db`` otherwise."""
+    from ray_distill.environment import default_tracking_uri as default
+
+    return default(storage, os.getcwd())
 
 
 def start_tracker(
     enabled: bool, tracking_uri: str | None, experiment: str, storage: str, run_name: str,
     tags: dict[str, str] | None = None,
 ) -> Tracker:
-    """The job's parent run (or a NullTracker when tracking is off)."""
+    """The job's parent run (or a NullTracker when tracking is off). ``tracking_uri`` None: the SQLite
+    default (:func:`default_tracking_uri`); the environment is read by the caller
+    (:func:`ray_distill.environment.resolve_tracking`), not here."""
     if not enabled:
         return NullTracker()
     uri = tracking_uri or default_tracking_uri(storage)
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(os.path.abspath(uri.removeprefix("sqlite:///"))), exist_ok=True)
     artifacts = f"{storage.rstrip('/')}/mlartifacts"
     if "://" not in artifacts:
         artifacts = os.path.abspath(artifacts)
@@ -217,7 +219,6 @@ def _jsonable(df: pd.DataFrame) -> pd.DataFrame:
 
 def _redact(uri: str) -> str:
     """Hide credentials in URIs such as https://user:token@host."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
+    from ray_distill.environment import redact
+
+    return redact(uri)
