@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from ray_distill import columns as C
 
+
 def seeded_order(ids: Iterable[str], seed: int) -> list[str]:
     """``ids`` (deduplicated) in a deterministic pseudo-random order: by SHA-256 of ``"<seed>:<id>"``.
     A subset keeps the order it has in the whole, so choices made by it overlap where they can."""
