@@ -39,9 +39,9 @@ def test_dry_run_estimates_teacher_tokens_without_generating(tmp_path):
                                  "budget.max_teacher_tokens=1000"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     out = result.output
-    # three candidates answer 400 probe questions once; each could win and sample 1,200 questions x M=4
-    assert out.count("400×1") == 3 and out.count("1,200×4") == 3
-    assert "102,400" in out  # 400 x max_tokens 256: nothing stored yet, so the cap is assumed
+    # three candidates answer 800 probe questions once; each could win and sample 1,200 questions x M=4
+    assert out.count("800×1") == 3 and out.count("1,200×4") == 3
+    assert "204,800" in out  # 800 x max_tokens 256: nothing stored yet, so the cap is assumed
     assert "budget.max_teacher_tokens=1,000: may exceed" in out
     assert not any(tmp_path.iterdir())  # nothing generated, nothing written
 

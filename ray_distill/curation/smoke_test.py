@@ -19,6 +19,11 @@ student fine-tuned on each teacher's probe corpus scores on the dev suite, not b
   Ties go to the lower corpus entropy (the paper's diagnostic), then the name; a missing entropy sorts
   after any known one. Each scored row but the last carries a paired comparison with the next one
   (``margin`` and its 95% CI over the same questions, ``separable``).
+
+The CIs are over questions, for the students as trained: they leave out the training seed's noise,
+which at small scale can be as large (the quickstart at 400 probe questions: the winner changed with
+``train.seed``). "Cannot be separated" is a reason to enlarge the probe or the dev suite; "separable"
+is not proof against a different seed.
 """
 
 from __future__ import annotations

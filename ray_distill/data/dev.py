@@ -15,8 +15,6 @@ from collections.abc import Iterable
 
 from ray_distill import columns as C
 
-CARVED = "dev"  # the name of a dev suite carved out of the pool
-
 
 def seeded_order(ids: Iterable[str], seed: int) -> list[str]:
     """``ids`` (deduplicated) in a deterministic pseudo-random order: by SHA-256 of ``"<seed>:<id>"``.
