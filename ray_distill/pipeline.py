@@ -322,7 +322,7 @@ def load_questions(cfg: JobConfig, t: Tracker, write_rejects: bool = True) -> tu
         suites[suite.name] = suite_rows
     held_out = dict(suites)
     if cfg.dev.suite is not None:  # the dev suite (what selection scores on) is held out too
-        held_out[cfg.dev.suite.name] = load_source(cfg.dev.suite)[0]
+        held_out[cfg.dev.suite.name] = load_source(cfg.dev.suite, where="dev.suite")[0]
     eval_texts = {r[C.QUESTION] for rs in held_out.values() for r in rs}
     pool, rejects = load_source(cfg.questions, exclude=eval_texts)
     d = cfg.questions.decontamination
@@ -344,7 +344,7 @@ def split_dev(cfg: JobConfig, pool: list[dict], suites: Suites, t: Tracker,
     d = cfg.dev
     rejects: list[dict] = []
     if d.suite is not None:
-        rows, rejects = load_source(d.suite)
+        rows, rejects = load_source(d.suite, where="dev.suite")
     else:
         try:
             pool, rows = carve(pool, d.num_questions, d.seed)

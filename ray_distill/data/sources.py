@@ -15,10 +15,12 @@ MATCHED_NGRAMS = "matched_ngrams"  # rejects column: {suite: the overlapping tex
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
-def load_source(source: QuestionsConfig | SuiteConfig, exclude: set[str] | None = None) -> tuple[list[dict], list[dict]]:
+def load_source(source: QuestionsConfig | SuiteConfig, exclude: set[str] | None = None,
+                where: str | None = None) -> tuple[list[dict], list[dict]]:
     """(valid rows, rejected rows) of a question source, each row with its ``prompt`` (the question through
-    the source's prompt template); synthetic sources never reject."""
-    rows, rejects = _load_rows(source, exclude)
+    the source's prompt template); synthetic sources never reject. ``where`` names the source's config key
+    in errors (default: ``questions`` or ``eval.suites[<name>]``)."""
+    rows, rejects = _load_rows(source, exclude, where or _where(source))
     return [{**r, C.PROMPT: render_question(source.prompt, r[C.QUESTION], r[C.FAMILY])} for r in rows], rejects
 
 
@@ -30,7 +32,8 @@ def render_question(template: str | dict[str, str] | None, question: str, family
     return question if template is None else template.replace("{question}", question)
 
 
-def _load_rows(source: QuestionsConfig | SuiteConfig, exclude: set[str] | None) -> tuple[list[dict], list[dict]]:
+def _load_rows(source: QuestionsConfig | SuiteConfig, exclude: set[str] | None,
+               where: str) -> tuple[list[dict], list[dict]]:
     if source.synthetic is not None:
         from ray_distill.synthetic.tasks import make_questions
 
@@ -38,7 +41,7 @@ def _load_rows(source: QuestionsConfig | SuiteConfig, exclude: set[str] | None) 
         try:
             rows = make_questions(s.family, s.num_questions, s.min_difficulty, s.max_difficulty, s.seed, exclude=exclude)
         except ValueError as err:  # an impossible request is a configuration error, not a crash
-            raise ConfigError(f"{_where(source)}.synthetic: {err}") from None
+            raise ConfigError(f"{where}.synthetic: {err}") from None
         return [{C.TESTS: "", **r} for r in rows], []  # synthetic questions are math: no tests
     from ray_distill.data.questions import read_questions
 

@@ -19,6 +19,9 @@ def test_impossible_synthetic_request_is_a_config_error():
     src = QuestionsConfig(synthetic={"family": "arith", "num_questions": 500, "min_difficulty": 1, "max_difficulty": 1})
     with pytest.raises(ConfigError, match=r"questions\.synthetic: cannot draw 500"):
         load_source(src)
+    dev = SuiteConfig(name="d", synthetic={"family": "arith", "num_questions": 500, "max_difficulty": 1})
+    with pytest.raises(ConfigError, match=r"^dev\.suite\.synthetic: cannot draw 500"):
+        load_source(dev, where="dev.suite")
 
 
 def test_decontamination_removes_and_counts_per_suite():
