@@ -30,11 +30,11 @@ def init_ray(cfg: JobConfig) -> int:
 
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
+    address, source = ray_address(cfg.ray.address, os.environ)  # a bad address is refused even when connected
     if ray.is_initialized():
         nodes = live_nodes()
         check_shared_storage(cfg.storage, cfg.storage_source, nodes)
         return nodes
-    address, source = ray_address(cfg.ray.address, os.environ)
     # inside a Ray job: the job's env_vars win (Ray refuses the same key twice)
     job_env = job_env_vars(os.environ)
     env = {k: v for k, v in WORKER_ENV.items() if k not in job_env}
