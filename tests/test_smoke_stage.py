@@ -16,7 +16,7 @@ QUESTIONS = [f"{i}+1" for i in range(8)]
 
 
 def _graded(teacher: str, correct: list[bool], format_ok: bool = True) -> pd.DataFrame:
-    return pd.DataFrame([{C.QUESTION_ID: f"q{i}", C.QUESTION: q, C.TEACHER: teacher, C.SAMPLE_INDEX: 0,
+    return pd.DataFrame([{C.QUESTION_ID: f"q{i}", C.QUESTION: q, C.PROMPT: q, C.TEACHER: teacher, C.SAMPLE_INDEX: 0,
                           C.COMPLETION: f"<think>{q}</think>\\boxed{{{(i + 1) % 10}}}", C.ANSWER: str((i + 1) % 10),
                           C.CORRECT: c, C.FORMAT_OK: format_ok, C.NUM_TOKENS: 12}
                          for i, (q, c) in enumerate(zip(QUESTIONS, correct))])
