@@ -135,7 +135,7 @@ class GenerationStore:
         whose request failed this time carry a non-empty ``error``. Counters
         (:func:`generation_counters`): row counts (requested = cached + generated + failed) and the
         prompts, tokens and wall time spent by this call, plus the tokens of the cached samples."""
-        requests = _request_frame(questions, teacher, n)
+        requests = request_frame(questions, teacher, n)
         cached = self.load(teacher.name, set(requests[KEY]))
         todo = requests[~requests[KEY].isin(cached[KEY])].drop_duplicates(KEY)
         start = time.perf_counter()
@@ -153,7 +153,7 @@ class GenerationStore:
     def lookup(self, questions: list[dict], teacher: TeacherConfig, n: Counts = None) -> pd.DataFrame:
         """The stored ones among the samples ``get_or_generate(questions, teacher, n)`` asks for, in
         request order, in the same layout; generates nothing."""
-        requests = _request_frame(questions, teacher, n)
+        requests = request_frame(questions, teacher, n)
         return _answer(requests, self.load(teacher.name, set(requests[KEY])), how="inner")
 
     def count_cached(self, questions: list[dict], teacher: TeacherConfig, n: Counts = None) -> int:
@@ -254,7 +254,7 @@ def sample_counts(question_ids: list[str], n: int | Mapping[str, int]) -> list[i
     return counts
 
 
-def _request_frame(questions: list[dict], teacher: TeacherConfig, n: Counts) -> pd.DataFrame:
+def request_frame(questions: list[dict], teacher: TeacherConfig, n: Counts) -> pd.DataFrame:
     """One row per (question, sample index < its n) with its content key (``n``: see ``get_or_generate``)."""
     qdf = with_question_defaults(pd.DataFrame(questions), "questions")
     counts = sample_counts(qdf[C.QUESTION_ID].astype(str).tolist(), n if n is not None else teacher.sampling.n)

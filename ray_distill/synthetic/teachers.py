@@ -12,6 +12,9 @@ selection have something real to decide.
 - ``sloppy``: concise-like with frequent slips (~30% wrong final answers), flawed chains that still
   reach the right answer (~40% of the rest: the grader keeps them, the student learns wrong steps from
   them; only the smoke test sees it) and an occasionally missing ``</think>``.
+- ``rambling``: ``concise``'s chain after a long re-checking preamble whose length is long-tailed
+  (log-normal, median ~600 characters, 1 in 100 over ~6,000): reasoning-length traces for scale
+  benchmarks (``benchmarks/scale.py``), not a teacher to learn from.
 
 The same ``(persona, question, seed)`` always gives the same text (string-seeded ``random.Random``).
 """
@@ -136,10 +139,26 @@ def sloppy(question: str, rng: random.Random) -> str:
     return _finish(_local_chain(steps, rng), truth, close=close)
 
 
+RAMBLING_MEDIAN_CHARS, RAMBLING_SIGMA = 600, 1.0  # log-normal preamble length: P99 ~ 600 * e^2.33 ~ 6,200
+
+
+def rambling(question: str, rng: random.Random) -> str:
+    steps = solve_steps(question)
+    target = int(RAMBLING_MEDIAN_CHARS * rng.lognormvariate(0.0, RAMBLING_SIGMA))
+    checks, total = [], 0
+    while total < target:
+        s = rng.choice(steps)
+        clause = f"check {step_text(s)} again: {s.left}{s.op}{s.right} is {s.result}, yes. "
+        checks.append(clause)
+        total += len(clause)
+    return _finish("".join(checks) + _local_chain(steps, rng), steps[-1].result)
+
+
 PERSONAS: dict[str, Callable[[str, random.Random], str]] = {
     "concise": concise,
     "verbose": verbose,
     "sloppy": sloppy,
+    "rambling": rambling,
 }
 
 

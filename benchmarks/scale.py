@@ -1,0 +1,125 @@
+"""Curation at 1x, 10x and 30x the pool: the streaming plane against the driver-side path, side by side.
+
+    python benchmarks/scale.py                        # 200 questions x M=4 at 1x; sizes 1 10 30
+    python benchmarks/scale.py --questions 50 --sizes 1 4
+
+Each (path, size) runs in its own process (a fresh driver and local Ray cluster) on the same questions
+(the synthetic ``arith`` family) and the same scripted teacher, ``rambling``: reasoning-length traces with
+a long-tailed length (median ~700 characters, 1 in 100 over ~6,000; tokens are characters), generated,
+graded and selected (farthest-P, P=2):
+
+- ``plane``: ``ray_distill.curation.plane`` (what ``ray-distill run`` does): questions on storage →
+  generate the missing samples (persisted by the workers) → grade into question buckets on storage →
+  one selection task per bucket. The driver sees counters.
+- ``driver``: the path before it: ``GenerationStore.get_or_generate`` returns every sample to the driver,
+  grading is ``from_pandas → map_batches → to_pandas``, selection the same.
+
+Printed per run: rows, wall time per step, rows/s, and the driver's peak RSS (``ru_maxrss`` of the driver
+process only: Ray's workers are other processes) and its peak over the RSS after start-up. Then, per
+path, the ratios 30x/1x of peak RSS (goal for the plane: <= 1.2) and of rows/s (goal: >= 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def one(path: str, questions: int, m: int, cpus: int) -> dict:
+    import ray
+
+    from ray_distill import columns as C
+    from ray_distill.config import EngineConfig, ResourcesConfig, SamplingConfig, TeacherConfig
+    from ray_distill.curation import plane
+    from ray_distill.curation.adapters import GradeBatch, select_dataset
+    from ray_distill.generation.store import GenerationStore
+    from ray_distill.synthetic.tasks import make_questions
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    rows = make_questions("arith", questions, 1, 3, seed=1)
+    teacher = TeacherConfig(name="rambling", engine=EngineConfig(kind="scripted", persona="rambling"),
+                            sampling=SamplingConfig(n=m, temperature=0.8, max_tokens=8192),
+                            resources=ResourcesConfig(num_actors=1, batch_size=64))
+    tmp = tempfile.mkdtemp(prefix="ray-distill-scale-")
+    store = GenerationStore(os.path.join(tmp, "generations"))
+    start_rss = current_rss_mb()
+    wall = {}
+    t0 = time.perf_counter()
+    if path == "plane":
+        url = plane.write_questions(rows, os.path.join(tmp, "work", "questions.parquet"))
+        del rows
+        made = plane.generate_missing(store, url, teacher, m, os.path.join(tmp, "work"))
+        wall["generate"] = time.perf_counter() - t0
+        out = plane.grade(store, url, teacher, m, os.path.join(tmp, "work"), plane.Grading(8192, True, None), made)
+        wall["grade"] = time.perf_counter() - t0 - wall["generate"]
+        sel = plane.select_buckets(out.graded_url, os.path.join(tmp, "work", "selected"), plane.Selection(2, 0, None),
+                                   os.path.join(tmp, "rejects"))
+        n_rows, n_selected = out.counters["requested"], sel["rows"]
+    else:
+        gen, _ = store.get_or_generate(rows, teacher, m)
+        wall["generate"] = time.perf_counter() - t0
+        graded = ray.data.from_pandas(gen).map_batches(
+            GradeBatch, fn_constructor_kwargs={"max_tokens": 8192, "require_think": True}, batch_format="pandas",
+            batch_size=256, num_cpus=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus)).to_pandas()
+        wall["grade"] = time.perf_counter() - t0 - wall["generate"]
+        ok = graded[graded[C.CORRECT] & graded[C.FORMAT_OK]]
+        n_rows, n_selected = len(graded), len(select_dataset(ok, 2, 0, None).to_pandas())
+    total = time.perf_counter() - t0
+    wall["select"] = total - wall["generate"] - wall["grade"]
+    ray.shutdown()
+    return {"path": path, "questions": questions, "rows": n_rows, "selected": n_selected,
+            "wall": {k: round(v, 1) for k, v in wall.items()}, "rows_per_s": round(n_rows / total, 1),
+            "peak_rss_mb": round(rss_mb(), 1), "start_rss_mb": round(start_rss, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--questions", type=int, default=200, help="questions at 1x")
+    ap.add_argument("--m", type=int, default=4, help="samples per question")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 30])
+    ap.add_argument("--paths", nargs="+", default=["plane", "driver"], choices=["plane", "driver"])
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--one", nargs=2, metavar=("PATH", "QUESTIONS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one(args.one[0], int(args.one[1]), args.m, args.cpus)), flush=True)
+        return
+    results = []
+    for size in args.sizes:
+        for path in args.paths:
+            proc = subprocess.run([sys.executable, __file__, "--one", path, str(args.questions * size),
+                                   "--m", str(args.m), "--cpus", str(args.cpus)], capture_output=True, text=True)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{path} at {size}x failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(line[7:]) | {"size": size}
+            results.append(r)
+            print(f"{path:>6} {size:>3}x  rows {r['rows']:>7}  selected {r['selected']:>6}  "
+                  f"wall gen/grade/select {r['wall']['generate']:>6.1f}/{r['wall']['grade']:>6.1f}/"
+                  f"{r['wall']['select']:>5.1f} s  {r['rows_per_s']:>7.1f} rows/s  driver peak RSS "
+                  f"{r['peak_rss_mb']:>7.1f} MB (+{r['peak_rss_mb'] - r['start_rss_mb']:.1f} over start)", flush=True)
+    lo, hi = min(args.sizes), max(args.sizes)
+    for path in args.paths:
+        a = next(r for r in results if r["path"] == path and r["size"] == lo)
+        b = next(r for r in results if r["path"] == path and r["size"] == hi)
+        print(f"{path}: {hi}x/{lo}x driver peak RSS {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}, "
+              f"rows/s {b['rows_per_s'] / a['rows_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""The streaming curation plane: questions on storage → graded samples and selected rows on storage,
+as Ray Data plans whose rows never pass through the driver.
+
+    out = curate(store, questions_url, teacher, n=8, work_url="s3://b/run/data/generate",
+                 grading=Grading(max_tokens=512, require_think=True, tokenizer=student),
+                 selection=Selection(p=4, seed=0, tokenizer=student))
+    out.counters        # {'requested': 9600, 'cached': 0, 'generated': 9600, 'failed': 0, 'correct': 5123, ...}
+    out.selected_url    # Parquet of the kept rows; out.graded_url: every graded sample, by bucket
+
+Three steps, each distributed; the driver only sees object refs, per-batch counter rows and per-bucket
+statistics:
+
+1. **Generate what is missing.** A Ray task indexes the store (content key → part file). The plan
+   ``read questions → request rows (content keys) → not in the index → engine actor pool → persist``
+   writes each finished engine batch as a store part from the worker (atomic, as
+   :meth:`GenerationStore.write_part`), failures under ``rejects/``, and emits one counter row per batch.
+   Nothing is generated, and no engine starts, when every requested sample is stored.
+2. **Grade.** ``read questions → request rows → stored samples attached (each worker reads only the
+   parts its keys are in) → grader actor pool (sized to the cluster) → Parquet partitioned by a hash of
+   the question id``. Every sample of a question lands in one bucket, without a shuffle.
+3. **Select.** One Ray task per bucket keeps the farthest-P correct samples of each of its questions
+   (``selection.select_questions``), writes them and the bucket's rejects (``rejects/generations/``),
+   and returns its statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import fsspec
+import pandas as pd
+import pyarrow.parquet as pq
+import ray
+import ray.data
+
+from ray_distill import columns as C
+from ray_distill.config import TeacherConfig
+from ray_distill.curation.adapters import GradeBatch, load_tokenize
+from ray_distill.curation.adaptive import ok_mask
+from ray_distill.curation.selection import POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE, select_questions
+from ray_distill.data.corpus import write_rejects
+from ray_distill.data.fs import join
+from ray_distill.generation.actor import generate_dataset
+from ray_distill.generation.store import KEY, STORED_COLUMNS, GenerationStore, request_frame
+
+logger = logging.getLogger(__name__)
+
+BUCKET = "bucket"
+ROWS_PER_BUCKET = 20_000  # graded samples a selection task holds at once (about; buckets are by question)
+MAX_BUCKETS = 256
+_SAMPLE_COLUMNS = [KEY, C.TEACHER, C.SEED, C.COMPLETION, C.NUM_TOKENS, C.FINISH_REASON, C.ERROR, C.PROMPT_TOKENS]
+
+
+@dataclass(frozen=True)
+class Grading:
+    """How samples are graded (``format`` config): see :class:`GradeBatch`. ``num_graders``: the
+    grader pool's largest size (None: one per CPU of the cluster)."""
+
+    max_tokens: int | None
+    require_think: bool
+    tokenizer: str | None
+    code: dict | None = None
+    num_graders: int | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    p: int
+    seed: int
+    tokenizer: str | None
+    keep_questions: frozenset[str] | None = None  # only these questions are selected from (paper order)
+
+
+@dataclass
+class PlaneResult:
+    graded_url: str
+    selected_url: str | None
+    counters: dict = field(default_factory=dict)  # generation + grading counts (see curate)
+    selection: dict = field(default_factory=dict)  # rows, questions, mean distances (selection.distance_report)
+
+    def read_graded(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Every graded sample (for bounded phases such as the probe, whose rows the driver needs)."""
+        return read_buckets(self.graded_url, columns)
+
+    def read_selected(self) -> pd.DataFrame:
+        return read_parquet_dir(self.selected_url) if self.selected_url else pd.DataFrame()
+
+
+def curate(store: GenerationStore, questions_url: str, teacher: TeacherConfig, n: int, work_url: str,
+           grading: Grading, selection: Selection | None = None, rejects_url: str | None = None) -> PlaneResult:
+    """Samples ``0..n-1`` of every question in the Parquet file(s) at ``questions_url``: generate the
+    missing ones into ``store``, grade all, write them under ``<work_url>/graded`` and, with
+    ``selection``, the kept rows under ``<work_url>/selected`` (and the rejects as JSON lines under
+    ``rejects_url``). The three steps are also callable one by one (the job runs each as its own stage)."""
+    generated = generate_missing(store, questions_url, teacher, n, work_url)
+    result = grade(store, questions_url, teacher, n, work_url, grading, generated)
+    if selection is not None:
+        result.selected_url = join(work_url, "selected")
+        result.selection = select_buckets(result.graded_url, result.selected_url, selection, rejects_url)
+    return result
+
+
+def generate_missing(store: GenerationStore, questions_url: str, teacher: TeacherConfig, n: int,
+                     work_url: str) -> dict[str, int]:
+    """Generate the samples ``0..n-1`` of the questions at ``questions_url`` that ``store`` lacks (stored
+    failures are retried), persisted by the workers as they finish. The missing requests are written
+    to ``<work_url>/todo`` first, so that no engine starts when nothing is missing. Returns the
+    counters of what this call generated (``generated``, ``failed``, ``prompt_tokens``, ``completion_tokens``)."""
+    counters = {"generated": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    todo_url = join(work_url, "todo")
+    _clear(todo_url)
+    index = _index.remote(store.root, teacher.name)
+    _requests(questions_url, teacher, n).map_batches(
+        _missing, fn_kwargs={"index": index}, batch_format="pandas").write_parquet(todo_url)
+    missing = parquet_rows(todo_url)
+    if not missing:
+        return counters
+    logger.info("generating %d missing samples for teacher %s", missing, teacher.name)
+    blocks = max(1, math.ceil(missing / teacher.resources.batch_size))  # work for every engine actor
+    todo = ray.data.read_parquet(todo_url).repartition(blocks)
+    gen = generate_dataset(todo, teacher).map_batches(
+        _persist, fn_kwargs={"root": store.root, "teacher": teacher.name}, batch_format="pandas", batch_size=None)
+    for row in gen.take_all():  # one small counter row per engine batch
+        for k in counters:
+            counters[k] += int(row[k])
+    return counters
+
+
+def grade(store: GenerationStore, questions_url: str, teacher: TeacherConfig, n: int, work_url: str,
+          grading: Grading, generated: dict[str, int] | None = None) -> PlaneResult:
+    """Grade the stored samples ``0..n-1`` of the questions at ``questions_url`` into
+    ``<work_url>/graded`` (Parquet, one directory per question bucket), in one plan whose last step
+    writes the files and emits a counter row per batch. Counters: ``requested = cached + generated +
+    failed`` (``generated``: :func:`generate_missing`'s counters, if it ran), the tokens, the
+    verified-correct rows and every verdict reason (``verdicts``)."""
+    counters = {"requested": 0, "cached": 0, "generated": 0, "failed": 0, "prompt_tokens": 0,
+                "completion_tokens": 0, "cached_completion_tokens": 0, "correct": 0, **(generated or {})}
+    num_rows = parquet_rows(questions_url) * n
+    buckets = max(1, min(MAX_BUCKETS, math.ceil(num_rows / ROWS_PER_BUCKET)))
+    graded_url = join(work_url, "graded")
+    _clear(graded_url)
+    index = _index.remote(store.root, teacher.name)
+    attached = _requests(questions_url, teacher, n).map_batches(
+        _attach, fn_kwargs={"index": index, "root": store.root, "teacher": teacher.name}, batch_format="pandas")
+    graded = attached.map_batches(
+        GradeBatch, fn_constructor_kwargs={"max_tokens": grading.max_tokens, "require_think": grading.require_think,
+                                           "tokenizer_path": grading.tokenizer, "code": grading.code},
+        batch_format="pandas", batch_size=256, num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=grading.num_graders or cluster_cpus()))
+    written = graded.map_batches(_write_buckets, fn_kwargs={"url": graded_url, "buckets": buckets},
+                                 batch_format="pandas", batch_size=None)
+    verdicts: Counter = Counter()
+    tokens = 0
+    for row in written.take_all():
+        counters["requested"] += int(row["rows"])
+        counters["correct"] += int(row["correct"])
+        tokens += int(row["tokens"])
+        verdicts.update(json.loads(row["verdicts"]))
+    if counters["requested"] != num_rows:
+        raise RuntimeError(f"curation lost rows: {num_rows} requested, {counters['requested']} graded")
+    # a request is cached when this call did not generate (or fail) it: duplicated keys are generated once
+    counters["cached"] = counters["requested"] - counters["generated"] - counters["failed"]
+    counters["cached_completion_tokens"] = max(0, tokens - counters["completion_tokens"])
+    counters["verdicts"] = dict(verdicts)
+    return PlaneResult(graded_url=graded_url, selected_url=None, counters=counters)
+
+
+def select_buckets(graded_url: str, selected_url: str, selection: Selection, rejects_url: str | None) -> dict:
+    """Farthest-P selection, one Ray task per bucket of ``graded_url``; returns the totals."""
+    _clear(selected_url)
+    if rejects_url:
+        _clear(rejects_url)
+    keep = ray.put(selection.keep_questions) if selection.keep_questions is not None else None
+    refs = [_select_bucket.remote(b, join(selected_url, f"part-{i:05d}.parquet"),
+                                  join(rejects_url, f"part-{i:05d}.jsonl") if rejects_url else None,
+                                  selection.p, selection.seed, selection.tokenizer, keep)
+            for i, b in enumerate(bucket_dirs(graded_url))]
+    parts = ray.get(refs)
+    rows = sum(p["rows"] for p in parts)
+    if not rows:
+        raise RuntimeError("no verified-correct teacher samples to select from; check the teacher and the grader")
+    with_choice = sum(p["questions_with_choice"] for p in parts)
+    return {"rows": rows, "correct": sum(p["correct"] for p in parts), "questions": sum(p["questions"] for p in parts),
+            "mean_distance_selected": sum(p["sum_selected"] for p in parts) / with_choice if with_choice else float("nan"),
+            "mean_distance_all_correct": sum(p["sum_pool"] for p in parts) / with_choice if with_choice else float("nan"),
+            "questions_with_choice": with_choice}
+
+
+def write_questions(questions: list[dict], url: str) -> str:
+    """The phase's question rows as one Parquet file on storage (what the plan reads)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as f:
+        pd.DataFrame(questions).astype({C.QUESTION_ID: str}).to_parquet(f, index=False)
+    return url
+
+
+def write_graded(graded: pd.DataFrame, url: str) -> str:
+    """Graded rows the driver holds (adaptive rounds) in the layout :func:`grade` writes."""
+    _clear(url)
+    _write_buckets(graded, url, max(1, min(MAX_BUCKETS, math.ceil(len(graded) / ROWS_PER_BUCKET))))
+    return url
+
+
+def parquet_rows(url: str) -> int:
+    """Rows of the Parquet file or directory at ``url``, from the footers (0 when there is none)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return 0
+    files = [f for f in fs.find(path) if f.endswith(".parquet")] if fs.isdir(path) else [path]
+    return sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
+
+
+def bucket_of(question_ids: pd.Series, buckets: int) -> list[int]:
+    """Stable bucket of each question id (the same in every process and every run)."""
+    return [int.from_bytes(hashlib.sha256(str(q).encode()).digest()[:4], "big") % buckets for q in question_ids]
+
+
+def bucket_dirs(graded_url: str) -> list[str]:
+    fs, path = fsspec.core.url_to_fs(graded_url)
+    if not fs.isdir(path):
+        return []
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    return [join(graded_url, n) for n in names if n.startswith(f"{BUCKET}=")]
+
+
+def read_parquet_dir(url: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Every complete part file under ``url`` (temp names of unfinished writes are skipped)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    files = sorted(f for f in fs.find(path) if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith("_tmp-")) \
+        if fs.isdir(path) else []
+    frames = [pq.read_table(f, filesystem=fs, columns=columns).to_pandas() for f in files]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def read_buckets(graded_url: str, columns: list[str] | None = None) -> pd.DataFrame:
+    frames = [read_parquet_dir(b, columns) for b in bucket_dirs(graded_url)]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+# ----------------------------------------------------------------------------- plan steps (run in workers)
+
+
+def _requests(questions_url: str, teacher: TeacherConfig, n: int) -> ray.data.Dataset:
+    return ray.data.read_parquet(questions_url).map_batches(
+        _request_rows, fn_kwargs={"teacher": teacher, "n": n}, batch_format="pandas")
+
+
+def _request_rows(batch: pd.DataFrame, teacher: TeacherConfig, n: int) -> pd.DataFrame:
+    return request_frame(batch.to_dict("records"), teacher, n)
+
+
+@ray.remote
+def _index(root: str, teacher_name: str) -> dict[str, tuple[str, bool]]:
+    """content key → (part file, is a failed request); a success wins over a stored failure."""
+    store = GenerationStore(root)
+    out: dict[str, tuple[str, bool]] = {}
+    for rejects in (True, False):
+        for path in store.part_files(teacher_name, rejects=rejects):
+            for key in pq.read_table(path, filesystem=store.fs, columns=[KEY]).column(0).to_pylist():
+                out[key] = (path, rejects)
+    return out
+
+
+_RESOLVED: dict[str, dict] = {}
+
+
+def _resolve(index) -> dict:
+    """The store index behind an object ref, deserialised once per worker process (Ray Data hands
+    nested refs over unresolved; workers are reused across tasks)."""
+    if not isinstance(index, ray.ObjectRef):
+        return index
+    key = index.hex()
+    if key not in _RESOLVED:
+        _RESOLVED.clear()  # one phase at a time
+        _RESOLVED[key] = ray.get(index)
+    return _RESOLVED[key]
+
+
+def _missing(batch: pd.DataFrame, index) -> pd.DataFrame:
+    """Requests with no stored success (stored failures are retried); one request per key."""
+    index = _resolve(index)
+    return batch[[not (k in index and not index[k][1]) for k in batch[KEY]]].drop_duplicates(KEY)
+
+
+def _persist(batch: pd.DataFrame, root: str, teacher: str) -> pd.DataFrame:
+    """Store one finished engine batch (successes, and failures under rejects/); one counter row."""
+    store = GenerationStore(root)
+    failed = batch[C.ERROR] != ""
+    if (~failed).any():
+        store.write_part(teacher, batch[~failed])
+    if failed.any():
+        store.write_part(teacher, batch[failed], rejects=True)
+    tokens = pd.to_numeric(batch[C.NUM_TOKENS], errors="coerce")
+    prompt_tokens = pd.to_numeric(batch[C.PROMPT_TOKENS], errors="coerce")
+    return pd.DataFrame([{"generated": int((~failed).sum()), "failed": int(failed.sum()),
+                          "completion_tokens": int(tokens[tokens >= 0].sum()),
+                          "prompt_tokens": int(prompt_tokens[prompt_tokens >= 0].sum())}])
+
+
+def _attach(batch: pd.DataFrame, index, root: str, teacher: str) -> pd.DataFrame:
+    """Request rows joined with their stored samples, read from the part files their keys are in.
+    Question columns come from the request (a stored sample may have been made for the same prompt
+    under another question id)."""
+    store, index = GenerationStore(root), _resolve(index)
+    by_part: dict[str, list[str]] = {}
+    for k in set(batch[KEY]):
+        if k not in index:
+            raise RuntimeError(f"sample {k} of teacher {teacher} is neither stored nor failed")
+        by_part.setdefault(index[k][0], []).append(k)
+    found = [pq.read_table(p, filesystem=store.fs, columns=_SAMPLE_COLUMNS, filters=[(KEY, "in", sorted(ks))]).to_pandas()
+             for p, ks in sorted(by_part.items())]
+    found_df = pd.concat(found, ignore_index=True).drop_duplicates(KEY)
+    out = batch.drop(columns=[c for c in _SAMPLE_COLUMNS if c != KEY and c in batch.columns]).merge(
+        found_df, on=KEY, how="left", validate="many_to_one")
+    return out[STORED_COLUMNS].astype({C.SEED: "int64", C.NUM_TOKENS: "int64", C.PROMPT_TOKENS: "int64"})
+
+
+def _write_buckets(batch: pd.DataFrame, url: str, buckets: int) -> pd.DataFrame:
+    """Write a batch of graded rows as one part file per question bucket (temp name, then moved);
+    returns its counter row."""
+    fs, path = fsspec.core.url_to_fs(url)
+    for b, part in batch.assign(**{BUCKET: bucket_of(batch[C.QUESTION_ID], buckets)}).groupby(BUCKET):
+        folder, name = f"{path}/{BUCKET}={b}", uuid.uuid4().hex
+        fs.makedirs(folder, exist_ok=True)
+        with fs.open(f"{folder}/_tmp-{name}.parquet", "wb") as f:
+            part.drop(columns=[BUCKET]).to_parquet(f, index=False)
+        fs.mv(f"{folder}/_tmp-{name}.parquet", f"{folder}/part-{name}.parquet")
+    return _count(batch)
+
+
+def _count(batch: pd.DataFrame) -> pd.DataFrame:
+    """One counter row per block of graded samples."""
+    reasons = batch[C.REASON].fillna("").replace("", "kept").value_counts().to_dict()
+    tokens = pd.to_numeric(batch[C.NUM_TOKENS], errors="coerce")
+    return pd.DataFrame([{"rows": len(batch), "correct": int(ok_mask(batch).sum()), "tokens": int(tokens[tokens >= 0].sum()),
+                          "verdicts": json.dumps({str(k): int(v) for k, v in reasons.items()})}])
+
+
+@ray.remote(num_cpus=1)
+def _select_bucket(bucket_url: str, out_url: str, rejects_url: str | None, p: int, seed: int,
+                   tokenizer: str | None, keep) -> dict:
+    graded = read_parquet_dir(bucket_url)
+    if keep is not None:
+        graded = graded[graded[C.QUESTION_ID].astype(str).isin(keep)]
+    graded = graded.drop_duplicates([C.QUESTION_ID, C.TEACHER, C.SAMPLE_INDEX])
+    good = graded[ok_mask(graded)]
+    selected = select_questions(good, p, seed, load_tokenize(tokenizer))
+    fs, path = fsspec.core.url_to_fs(out_url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as f:
+        selected.to_parquet(f, index=False)
+    if rejects_url:
+        write_rejects(generation_rejects(graded, selected).to_dict("records"), rejects_url)
+    per_q = selected.drop_duplicates(C.QUESTION_ID)[[POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE]].astype(float).dropna() \
+        if len(selected) else pd.DataFrame(columns=[POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE])
+    return {"rows": len(selected), "correct": len(good),
+            "questions": int(selected[C.QUESTION_ID].nunique()) if len(selected) else 0,
+            "questions_with_choice": len(per_q), "sum_selected": float(per_q[SELECTED_MEAN_DISTANCE].sum()),
+            "sum_pool": float(per_q[POOL_MEAN_DISTANCE].sum())}
+
+
+def generation_rejects(graded: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
+    """Every graded sample that is not in the corpus, with why: the grader's reason (stage ``verify``)
+    or ``not_among_farthest_P`` (stage ``select``)."""
+    keys = [C.QUESTION_ID, C.TEACHER, C.SAMPLE_INDEX]
+    ok = ok_mask(graded)
+    rejected = graded[~ok].assign(**{C.STAGE: "verify"})
+    kept = selected[keys].astype({C.QUESTION_ID: str}).assign(_kept=True)
+    good = graded[ok].astype({C.QUESTION_ID: str}).merge(kept, on=keys, how="left")
+    not_selected = good[good["_kept"].isna()].drop(columns="_kept").assign(
+        **{C.STAGE: "select", C.REASON: "not_among_farthest_P"})
+    rows = pd.concat([rejected, not_selected], ignore_index=True)
+    rows[C.REASON] = rows[C.REASON].where(rows[C.REASON].astype(str) != "", "rejected_by_grader")
+    return rows.drop(columns=[BUCKET], errors="ignore")
+
+
+def _clear(url: str) -> None:
+    """A phase's output directory is rewritten whole (a rerun must not mix in an older run's files)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+

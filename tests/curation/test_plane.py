@@ -1,0 +1,93 @@
+"""The streaming curation plane on the shared local cluster: generate what is missing from the workers,
+grade into question buckets, select per bucket; the same rows and verdicts as the driver-side path."""
+
+from __future__ import annotations
+
+import json
+
+import fsspec
+import pandas as pd
+import pytest
+
+from ray_distill import columns as C
+from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
+from ray_distill.curation import plane
+from ray_distill.curation.adapters import GradeBatch
+from ray_distill.curation.selection import select_questions, char_tokenize
+from ray_distill.generation.store import GenerationStore
+from ray_distill.synthetic.tasks import make_questions
+
+
+def _teacher(persona: str = "concise") -> TeacherConfig:
+    return TeacherConfig(name=persona, engine=EngineConfig(kind="scripted", persona=persona),
+                         sampling=SamplingConfig(temperature=0.8, max_tokens=256))
+
+
+def test_bucket_of_is_stable_and_spreads():
+    ids = pd.Series([f"q{i}" for i in range(400)])
+    b = plane.bucket_of(ids, 8)
+    assert b == plane.bucket_of(ids, 8) and set(b) == set(range(8))
+    assert min(pd.Series(b).value_counts()) > 20  # no bucket starved
+    assert plane.bucket_of(pd.Series(["q7"]), 1) == [0]
+
+
+def test_generation_rejects_name_stage_and_reason():
+    graded = pd.DataFrame({C.QUESTION_ID: ["a", "a", "a", "b"], C.TEACHER: "t", C.SAMPLE_INDEX: [0, 1, 2, 0],
+                           C.FORMAT_OK: [True, True, False, True], C.CORRECT: [True, True, True, False],
+                           C.REASON: ["", "", "missing_think_open", "wrong_answer"]})
+    rejects = plane.generation_rejects(graded, graded.iloc[[0]])
+    got = {(r[C.QUESTION_ID], r[C.SAMPLE_INDEX]): (r[C.STAGE], r[C.REASON]) for r in rejects.to_dict("records")}
+    assert got == {("a", 1): ("select", "not_among_farthest_P"), ("a", 2): ("verify", "missing_think_open"),
+                   ("b", 0): ("verify", "wrong_answer")}
+
+
+def test_curate_streams_into_the_store_buckets_and_selection(ray_local, tmp_path, monkeypatch):
+    monkeypatch.setattr(plane, "ROWS_PER_BUCKET", 50)  # several buckets at test size
+    questions = make_questions("arith", 40, 1, 3, seed=3)
+    qurl = plane.write_questions(questions, str(tmp_path / "work" / "questions.parquet"))
+    store = GenerationStore(str(tmp_path / "gens"))
+    teacher = _teacher()
+    grading = plane.Grading(max_tokens=200, require_think=True, tokenizer=None)
+    selection = plane.Selection(p=2, seed=0, tokenizer=None)
+    out = plane.curate(store, qurl, teacher, 4, str(tmp_path / "work"), grading, selection,
+                       rejects_url=str(tmp_path / "rejects"))
+    c = out.counters
+    assert (c["requested"], c["generated"], c["cached"], c["failed"]) == (160, 160, 0, 0)
+    assert c["completion_tokens"] > 0 and sum(c["verdicts"].values()) == 160 and c["verdicts"]["kept"] == c["correct"]
+    assert len(plane.bucket_dirs(out.graded_url)) == 4  # 160 rows / 50 per bucket
+
+    # every sample of a question sits in one bucket, and the rows are the driver-side path's rows
+    graded = out.read_graded()
+    assert graded.groupby(C.QUESTION_ID).size().eq(4).all() and len(graded) == 160
+    by_bucket = {b: set(plane.read_parquet_dir(b)[C.QUESTION_ID]) for b in plane.bucket_dirs(out.graded_url)}
+    assert sum(len(s) for s in by_bucket.values()) == 40
+    stored, _ = store.get_or_generate(questions, teacher.model_copy(
+        update={"sampling": teacher.sampling.model_copy(update={"n": 4})}))
+    key = [C.QUESTION_ID, C.SAMPLE_INDEX]
+    assert graded.sort_values(key)[C.COMPLETION].tolist() == stored.sort_values(key)[C.COMPLETION].tolist()
+    expected = GradeBatch(max_tokens=200, require_think=True)(stored)
+    assert int((expected[C.CORRECT] & expected[C.FORMAT_OK]).sum()) == c["correct"]
+
+    # selection per bucket = selection over everything
+    selected = out.read_selected()
+    ok = expected[expected[C.CORRECT] & expected[C.FORMAT_OK]]
+    whole = select_questions(ok, 2, 0, char_tokenize)
+    assert sorted(zip(selected[C.QUESTION_ID], selected[C.SAMPLE_INDEX])) == sorted(
+        zip(whole[C.QUESTION_ID], whole[C.SAMPLE_INDEX]))
+    assert out.selection["rows"] == len(selected)
+    fs = fsspec.filesystem("file")
+    rejects = [json.loads(line) for f in sorted(fs.find(str(tmp_path / "rejects"))) for line in open(f)]
+    assert len(rejects) + len(selected) == 160 and all(r[C.STAGE] in ("verify", "select") for r in rejects)
+
+    # the paper's order selects only among the questions compression kept; none kept: a clear error
+    keep = frozenset(q[C.QUESTION_ID] for q in questions[:5])
+    paper = plane.select_buckets(out.graded_url, str(tmp_path / "paper"), plane.Selection(2, 0, None, keep), None)
+    assert set(plane.read_parquet_dir(str(tmp_path / "paper"))[C.QUESTION_ID]) <= keep and 0 < paper["rows"] <= 10
+    with pytest.raises(RuntimeError, match="no verified-correct teacher samples"):
+        plane.select_buckets(out.graded_url, str(tmp_path / "none"), plane.Selection(2, 0, None, frozenset()), None)
+
+    # a rerun with a larger n generates only the new samples, and counts the rest as cached
+    more = plane.curate(store, qurl, teacher, 5, str(tmp_path / "work2"), grading)
+    assert (more.counters["generated"], more.counters["cached"], more.counters["requested"]) == (40, 160, 200)
+    assert more.counters["cached_completion_tokens"] == c["completion_tokens"]
+    assert more.selected_url is None and len(more.read_graded()) == 200
