@@ -40,6 +40,7 @@ R_NESTED = "multiple_think_blocks"
 R_TOO_LONG = "over_length_cap"
 R_NO_ANSWER = "no_final_answer"
 R_WRONG = "wrong_answer"
+R_GRADER_TIMEOUT = "grader_timeout"  # math-verify did not finish within MATH_TIMEOUT_S: not verified
 R_NO_CODE = "no_code_block"
 R_CODE_WRONG = "code_wrong_output"
 R_CODE_TIMEOUT = "code_timeout"
@@ -50,7 +51,8 @@ R_CODE_SANDBOX = "code_sandbox_error"
 _CODE_REASONS = {S.WRONG_OUTPUT: R_CODE_WRONG, S.TIMEOUT: R_CODE_TIMEOUT, S.RUNTIME_ERROR: R_CODE_ERROR,
                  S.MEMORY_LIMIT: R_CODE_MEMORY, S.OUTPUT_LIMIT: R_CODE_OUTPUT, S.SANDBOX_ERROR: R_CODE_SANDBOX}
 # Reasons about the answer itself: the format is fine.
-ANSWER_REASONS = frozenset({"", R_WRONG, R_NO_ANSWER, R_NO_CODE, *_CODE_REASONS.values()})
+ANSWER_REASONS = frozenset({"", R_WRONG, R_NO_ANSWER, R_GRADER_TIMEOUT, R_NO_CODE, *_CODE_REASONS.values()})
+MATH_TIMEOUT_S = 5
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
@@ -83,10 +85,39 @@ def final_answer_region(text: str) -> str:
     return text.rsplit(THINK_CLOSE, 1)[-1]
 
 
+class GraderTimeout(Exception):
+    """math-verify overran :data:`MATH_TIMEOUT_S` on one answer."""
+
+
 def _timeouts() -> int | None:
-    # math-verify's timeouts use SIGALRM, which only works in the main thread; Ray Data may call
-    # UDFs from other threads. Inputs here are short final-answer regions, so no timeout is safe.
-    return 5 if threading.current_thread() is threading.main_thread() else None
+    # math-verify's own timeouts use SIGALRM, which only works in the main thread.
+    return MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+def with_deadline(fn: Callable, *args, timeout_s: float | None = None):
+    """``fn(*args)``, or :class:`GraderTimeout` after ``timeout_s`` (default :data:`MATH_TIMEOUT_S`). In the main thread
+    math-verify's signal-based timeouts apply (``_timeouts``); elsewhere (Ray Data runs actor UDFs in
+    worker threads, evaluation grades in a thread pool) the call runs in a daemon thread that is
+    abandoned when it overruns: the batch goes on, the stuck call finishes (or not) on its own."""
+    if threading.current_thread() is threading.main_thread():
+        return fn(*args)  # an overrun there ends in math-verify's alarm: nothing parsed, not verified
+    timeout_s = timeout_s or MATH_TIMEOUT_S
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as err:  # handed to the caller
+            box["error"] = err
+
+    worker = threading.Thread(target=run, daemon=True, name="math-verify")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise GraderTimeout(f"math-verify took longer than {timeout_s}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def extract_answer(text: str) -> list:
@@ -95,7 +126,12 @@ def extract_answer(text: str) -> list:
 
 
 def answers_match(reference: str, text: str) -> tuple[bool, str]:
-    """(is the final answer of ``text`` equivalent to ``reference``, the extracted answer)."""
+    """(is the final answer of ``text`` equivalent to ``reference``, the extracted answer); raises
+    :class:`GraderTimeout` when math-verify overruns (in any thread)."""
+    return with_deadline(_answers_match, reference, text)
+
+
+def _answers_match(reference: str, text: str) -> tuple[bool, str]:
     pred = extract_answer(text)
     if not pred:
         return False, ""
@@ -119,7 +155,10 @@ def grade(
     answer without think tags as right; curation keeps only ``format_ok and correct``).
     """
     reason = _format_reason(text, max_tokens, count_tokens, require_think)
-    correct, predicted = answers_match(reference, text) if text.strip() else (False, "")
+    try:
+        correct, predicted = answers_match(reference, text) if text.strip() else (False, "")
+    except GraderTimeout:
+        return Verdict(format_ok=reason in ANSWER_REASONS, correct=False, predicted="", reason=reason or R_GRADER_TIMEOUT)
     if not reason and not correct:
         reason = R_WRONG if predicted else R_NO_ANSWER
     return Verdict(format_ok=reason in ANSWER_REASONS, correct=correct, predicted=predicted, reason=reason)

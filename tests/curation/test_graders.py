@@ -152,3 +152,41 @@ def test_sandbox_unavailable_is_an_error_not_a_pass(monkeypatch, tmp_path):
     box = G.sandbox_from_config({"backend": "bwrap"})
     with pytest.raises(S.SandboxUnavailable):
         S.detect_backend.__wrapped__(box.backend, box.python)
+
+
+def test_math_verify_has_a_deadline_in_worker_threads(monkeypatch):
+    """Ray Data runs actor UDFs in worker threads, where math-verify's signal-based timeouts cannot fire:
+    a stuck call is abandoned after the deadline and the row is rejected as grader_timeout."""
+    import threading
+    import time
+
+    from ray_distill.curation import graders as G
+
+    monkeypatch.setattr(G, "MATH_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(G, "_answers_match", lambda reference, text: time.sleep(3) or (True, "1"))
+    out: dict = {}
+
+    def worker():
+        start = time.perf_counter()
+        out["verdict"] = G.grade("<think>1</think>\\boxed{1}", "1")
+        out["seconds"] = time.perf_counter() - start
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(10)
+    assert out["verdict"].reason == G.R_GRADER_TIMEOUT and not out["verdict"].correct
+    assert out["verdict"].format_ok and out["seconds"] < 2
+    with pytest.raises(ZeroDivisionError):  # errors of the call still reach the caller
+        result: dict = {}
+        th = threading.Thread(target=lambda: result.setdefault("e", _catch(lambda: G.with_deadline(lambda: 1 / 0))))
+        th.start()
+        th.join()
+        raise result["e"]
+
+
+def _catch(fn):
+    try:
+        fn()
+    except Exception as err:  # returned for the assertion in the main thread
+        return err
+    return None
