@@ -180,12 +180,26 @@ class CostConfig(_Strict):
     )
 
 
+def check_tensor_parallel(tp: int, resources: ResourcesConfig) -> None:
+    """vLLM's tensor-parallel workers run inside the engine actor (multiprocessing executor), on the GPUs
+    Ray gave that actor, which are always on one node: so an actor needs exactly ``tp`` GPUs."""
+    if tp > 1 and resources.num_gpus != tp:
+        raise ValueError(f"tensor_parallel_size {tp} needs resources.num_gpus: {tp} per engine actor "
+                         f"(got {resources.num_gpus:g}): the {tp} vLLM workers run inside the actor, on its GPUs")
+
+
 class TeacherConfig(_Strict):
     name: str
     engine: EngineConfig
     sampling: SamplingConfig = SamplingConfig()
     resources: ResourcesConfig = ResourcesConfig()
     cost: CostConfig = CostConfig()
+
+    @model_validator(mode="after")
+    def _placement(self) -> TeacherConfig:
+        if self.engine.kind == "vllm":
+            check_tensor_parallel(self.engine.tensor_parallel_size, self.resources)
+        return self
 
 
 class StudentServingConfig(_Strict):
@@ -195,6 +209,11 @@ class StudentServingConfig(_Strict):
         ResourcesConfig(), description="Engine actors; on GPU clusters num_gpus = tensor_parallel_size.")
     tensor_parallel_size: int = Field(1, ge=1, description="Tensor parallelism of the student's vLLM engine.")
     max_model_len: int | None = Field(None, ge=1, description="Context of the student's vLLM engine (default: the model's).")
+
+    @model_validator(mode="after")
+    def _placement(self) -> StudentServingConfig:
+        check_tensor_parallel(self.tensor_parallel_size, self.resources)
+        return self
 
 
 class StudentConfig(_Strict):
@@ -236,6 +255,9 @@ class FormatConfig(_Strict):
     require_think: bool = True
     max_tokens: int = Field(512, ge=1, description="Length cap in student tokens.")
     code: CodeGraderConfig = Field(CodeGraderConfig(), description="Sandbox limits for questions with tests.")
+    num_graders: int | None = Field(
+        None, ge=1, description="Largest size of the grader actor pool (default: one per CPU of the cluster; the pool "
+        "starts with one actor and grows while rows wait).")
 
 
 class CompressionConfig(_Strict):

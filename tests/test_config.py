@@ -133,3 +133,17 @@ def test_dev_suite_defaults_to_a_carve_and_may_not_share_its_name(tmp_path):
 def test_every_shipped_job_selects_on_a_dev_suite_that_is_no_eval_suite(job):
     cfg = load_config(job)
     assert cfg.dev.name not in {s.name for s in cfg.eval.suites}
+
+
+def test_tensor_parallel_engines_need_that_many_gpus_per_actor():
+    from ray_distill.config import ConfigError, EngineConfig, ResourcesConfig, StudentServingConfig, TeacherConfig
+    from ray_distill.generation.engines import vllm_engine_kwargs
+
+    engine = EngineConfig(kind="vllm", model="org/model", tensor_parallel_size=4)
+    TeacherConfig(name="t", engine=engine, resources=ResourcesConfig(num_gpus=4))
+    for gpus in (0, 1, 8):
+        with pytest.raises((ValueError, ConfigError), match="tensor_parallel_size 4 needs resources.num_gpus: 4"):
+            TeacherConfig(name="t", engine=engine, resources=ResourcesConfig(num_gpus=gpus))
+    with pytest.raises((ValueError, ConfigError), match="num_gpus: 2"):
+        StudentServingConfig(tensor_parallel_size=2)
+    assert vllm_engine_kwargs(4)["distributed_executor_backend"] == "mp" and "distributed_executor_backend" not in vllm_engine_kwargs(1)

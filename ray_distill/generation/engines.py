@@ -130,7 +130,7 @@ class VLLMEngine:
         with loadable(model_ref(cfg.model, cfg.revision)) as (model, revision):
             self.llm = LLM(model=model, revision=revision, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
                            tensor_parallel_size=cfg.tensor_parallel_size, enforce_eager=cfg.enforce_eager,
-                           **vllm_engine_kwargs())
+                           **vllm_engine_kwargs(cfg.tensor_parallel_size))
         self.tokenizer = self.llm.get_tokenizer()
         self.chat_template, self.template_kwargs = cfg.chat_template, cfg.chat_template_kwargs
         self.api = cfg.api
@@ -177,11 +177,16 @@ class VLLMEngine:
         return out
 
 
-def vllm_engine_kwargs() -> dict:
-    """Engine settings the CPU build needs (none on GPUs); see :data:`VLLM_CPU_SETTINGS`."""
+def vllm_engine_kwargs(tensor_parallel_size: int = 1) -> dict:
+    """Engine settings the CPU build needs (see :data:`VLLM_CPU_SETTINGS`); with tensor parallelism, the
+    multiprocessing executor, so that the TP workers run inside this Ray actor on the GPUs Ray gave it
+    (vLLM's Ray executor would ask the cluster for a placement group of its own from inside the actor)."""
     import torch
 
-    return {} if torch.cuda.is_available() else dict(VLLM_CPU_SETTINGS)
+    kwargs = {} if torch.cuda.is_available() else dict(VLLM_CPU_SETTINGS)
+    if tensor_parallel_size > 1:
+        kwargs["distributed_executor_backend"] = "mp"
+    return kwargs
 
 
 def _external_id(request_id: str) -> str:
