@@ -29,7 +29,8 @@ from ray_distill.accounting import BudgetExceeded, ResourceMeter, StageEstimate,
 from ray_distill.curation import adaptive as A
 from ray_distill.curation.adapters import GradeBatch, select_dataset
 from ray_distill.curation.compression import compress, histogram, pass_rates
-from ray_distill.curation.selection import distance_report
+from ray_distill.curation.plane import (Grading, Selection, cluster_cpus, generate_missing, grade, read_parquet_dir,
+                                        select_buckets, write_graded, write_questions)
 from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY, mean_ci,
                                              rank_teachers, top_two_note, training_questions, winner)
 from ray_distill.curation.stats import token_entropy_under_model
@@ -52,18 +53,26 @@ logger = logging.getLogger(__name__)
 @dataclass
 class JobResult:
     run_dir: str
-    winner: str
-    ranking: list[dict]
-    rows: dict[str, int]  # rows kept after each stage, in order
-    scores_before: dict[str, dict]
-    scores_after: dict[str, dict]
-    stage_seconds: dict[str, float]
-    corpus_dir: str
-    model_path: str
+    winner: str = ""
+    ranking: list[dict] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # rows kept after each stage, in order
+    scores_before: dict[str, dict] = field(default_factory=dict)
+    scores_after: dict[str, dict] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    corpus_dir: str = ""
+    model_path: str = ""
     extra: dict = field(default_factory=dict)
+    until: str = "evaluate"  # the last stage that ran (the stage commands stop early)
 
 
-def run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner | None = None) -> JobResult:
+# The stage commands: `ray-distill generate|curate` run the job up to (and including) this stage;
+# `train` and `eval` run the job's train / evaluate stage on a given corpus / model.
+STOP_AFTER = {"generate": "generate", "curate": "corpus"}
+
+
+def run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner | None = None, until: str = "evaluate") -> JobResult:
+    """The whole job (``until="evaluate"``), or its first stages up to ``until`` (``generate``: teacher
+    samples in the store; ``corpus``: the curated corpus written)."""
     init_ray(cfg)
     cfg = resolve_models(cfg)
     runner = runner or StageRunner(tracker)
@@ -71,13 +80,13 @@ def run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner | None = None)
     if runner.meter is None:
         runner.meter = meter = ResourceMeter().start()
     try:
-        return _run_job(cfg, tracker, runner)
+        return _run_job(cfg, tracker, runner, until)
     finally:
         if meter is not None:
             meter.stop()
 
 
-def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult:
+def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str = "evaluate") -> JobResult:
     store = GenerationStore(join(cfg.storage, "generations"))
     rows: dict[str, int] = {}
     paper_order = cfg.compression.order == "paper"
@@ -101,10 +110,9 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
     teacher = next(tc for tc in cfg.teachers if tc.name == best)
     probe_length = _mean_tokens(probe_gen[best])
 
-    too_easy: list[dict] = []
     if not paper_order:  # compress first: the teacher never samples a question the student already solves
         with runner.stage("compress", rows_in=len(pool)) as (t, rec):
-            targets, too_easy = compress_questions(cfg, pool, base, t, rec)
+            targets, _ = compress_questions(cfg, pool, base, t, rec)
             rec.rows_out = rows["compressed"] = len(targets)
     else:
         targets = pool
@@ -115,45 +123,58 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
             rows["correct"] = int(_ok(graded).sum())
             rec.notes["correct"] = rows["correct"]
             _log_verdicts(t, graded)
+        # adaptive rounds grade in the driver; their graded rows go to storage for the same selection
+        work = join(cfg.run_dir, "data", "generate")
+        graded_url = write_graded(graded, join(work, "graded"))
+        if until == "generate":
+            return _partial(cfg, tracker, runner, rows, ranking, best, "generate", extra={"store": store.root})
     else:
+        m = _fixed_samples(cfg, probe_length)
+        fixed = _with_n(teacher, m)
+        work = join(cfg.run_dir, "data", "generate")
+        questions_url = write_questions(targets, join(work, "questions.parquet"))
         with runner.stage("generate", rows_in=len(targets)) as (t, rec):
-            m = _fixed_samples(cfg, probe_length)
             if cfg.budget.max_teacher_tokens is not None:
-                check_budget(cfg, [estimate_generation(store, "generate", targets, _with_n(teacher, m), probe_length)],
+                check_budget(cfg, [estimate_generation(store, "generate", targets, fixed, probe_length)],
                              runner.totals()["teacher_tokens"])
-            gen = generate(store, targets, _with_n(teacher, m), t, rec)
-            rec.rows_out = rows["generated"] = len(gen)
+            made = generate_missing(store, questions_url, fixed, m, work)
+            rec.teacher_tokens += made["completion_tokens"]
+            rec.notes.update({k: made[k] for k in ("generated", "failed")})
+        if until == "generate":
+            return _partial(cfg, tracker, runner, rows, ranking, best, "generate",
+                            extra={"store": store.root, "questions": questions_url})
         stopped = []
-        with runner.stage("verify", rows_in=len(gen)) as (t, rec):
-            graded = verify(cfg, gen, base)
-            rec.rows_out = rows["correct"] = int(_ok(graded).sum())
-            _log_verdicts(t, graded)
+        with runner.stage("verify") as (t, rec):
+            phase = grade(store, questions_url, fixed, m, work, grading(cfg, base), made)
+            rec.rows_in = rows["generated"] = phase.counters["requested"]
+            rec.rows_out = rows["correct"] = phase.counters["correct"]
+            t.log_metrics({f"{teacher.name}/{k}": v for k, v in phase.counters.items() if isinstance(v, int)})
+            t.log_metrics({f"verdict/{k}": v for k, v in phase.counters["verdicts"].items()})
+            graded_url = phase.graded_url
+    keep = None
     if paper_order:  # the paper's order: compress after sampling (teacher tokens on dropped questions are lost)
         with runner.stage("compress", rows_in=len(pool)) as (t, rec):
-            kept, too_easy = compress_questions(cfg, pool, base, t, rec)
-            kept_ids = {q[C.QUESTION_ID] for q in kept}
-            graded = graded[graded[C.QUESTION_ID].isin(kept_ids)]
+            kept, _ = compress_questions(cfg, pool, base, t, rec)
+            keep = frozenset(str(q[C.QUESTION_ID]) for q in kept)
             rec.rows_out = rows["compressed"] = len(kept)
-            rec.notes["correct_kept"] = rows["correct_compressed"] = int(_ok(graded).sum())
-    with runner.stage("select", rows_in=int(_ok(graded).sum())) as (t, rec):
-        selected = select(cfg, graded, base)
+    with runner.stage("select", rows_in=rows["correct"]) as (t, rec):
+        s = cfg.selection
+        report = select_buckets(graded_url, join(work, "selected"), Selection(s.keep_per_question, s.seed, base, keep),
+                                join(cfg.run_dir, "rejects", "generations"))
+        selected = read_parquet_dir(join(work, "selected"))  # the corpus: P rows per kept question
+        if keep is not None:
+            rec.notes["correct_kept"] = rows["correct_compressed"] = report["correct"]
         rec.rows_out = rows["diverse"] = len(selected)
-        rec.notes["questions"] = int(selected[C.QUESTION_ID].nunique()) if len(selected) else 0
-        rec.notes.update(distance_report(selected))
+        rec.notes.update({k: v for k, v in report.items() if k not in ("rows", "correct")})
     with runner.stage("corpus", rows_in=len(selected)) as (t, rec):
         corpus_dir = join(cfg.run_dir, "corpus")
-        corpus = write_job_corpus(cfg, selected, graded, too_easy, corpus_dir, t)
+        corpus = write_job_corpus(selected, corpus_dir, t)
         _write_rejects(cfg, stopped, "adaptive_sampling")
         rec.rows_out = len(corpus)
-    with runner.stage("train", rows_in=len(corpus)) as (t, rec):
-        result = train_sft(corpus, base, join(cfg.run_dir, "student"), cfg.train,
-                           storage_path=join(cfg.run_dir, "ray_train"), run_name="sft", tracker_handle=t.handle(),
-                           chat_template=cfg.student.chat_template)
-        rec.notes.update({k: v for k, v in result.metrics.items()
-                          if k in ("train_loss", "tokens_per_s", "non_pad_fraction", "restarts", "num_nodes")})
-    with runner.stage("evaluate") as (t, rec):
-        before = evaluate(cfg, base, suites, t, prefix="before", rec=rec)
-        after = evaluate(cfg, result.model_path, suites, t, prefix="after", rec=rec)
+    if until == "corpus":
+        return _partial(cfg, tracker, runner, rows, ranking, best, "corpus", corpus_dir=corpus_dir)
+    result = train_stage(cfg, corpus, base, runner)
+    before, after = evaluate_stage(cfg, {"before": base, "after": result.model_path}, suites, runner)
     tracker.log_metrics({f"rows/{k}": v for k, v in rows.items()})
     tracker.log_table(pd.DataFrame({"stage": list(rows), "rows": list(rows.values())}), "rows_per_stage.json")
     accounting = log_accounting(tracker, runner, len(corpus))
@@ -165,6 +186,73 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
 
 
 # ----------------------------------------------------------------------------- teacher token economy
+
+
+def train_stage(cfg: JobConfig, corpus: list[dict], base: str, runner: StageRunner):
+    """SFT of the base student on the corpus (Ray Train); the student goes to ``<run_dir>/student``."""
+    with runner.stage("train", rows_in=len(corpus)) as (t, rec):
+        result = train_sft(corpus, base, join(cfg.run_dir, "student"), cfg.train,
+                           storage_path=join(cfg.run_dir, "ray_train"), run_name="sft", tracker_handle=t.handle(),
+                           chat_template=cfg.student.chat_template)
+        rec.notes.update({k: v for k, v in result.metrics.items()
+                          if k in ("train_loss", "tokens_per_s", "non_pad_fraction", "restarts", "num_nodes")})
+    return result
+
+
+def evaluate_stage(cfg: JobConfig, models: dict[str, str], suites: Suites, runner: StageRunner) -> list[dict]:
+    """Every model of ``{prefix: model reference}`` on the eval suites; one score dict per model, in order."""
+    with runner.stage("evaluate") as (t, rec):
+        return [evaluate(cfg, model, suites, t, prefix=prefix, rec=rec) for prefix, model in models.items()]
+
+
+def _partial(cfg: JobConfig, tracker: Tracker, runner: StageRunner, rows: dict, ranking: list[dict], best: str,
+             until: str, corpus_dir: str = "", extra: dict | None = None) -> JobResult:
+    """The result of a job stopped after ``until`` (the stage commands), with what it spent."""
+    tracker.log_metrics({f"rows/{k}": v for k, v in rows.items()})
+    accounting = log_accounting(tracker, runner, rows.get("diverse", 0))
+    return JobResult(run_dir=cfg.run_dir, winner=best, ranking=ranking, rows=rows, corpus_dir=corpus_dir,
+                     stage_seconds={r.name: r.seconds for r in runner.records}, until=until,
+                     extra={"accounting": accounting, **(extra or {})})
+
+
+def train_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, corpus_url: str) -> JobResult:
+    """``ray-distill train``: the job's base student fine-tuned on the corpus at ``corpus_url`` (a
+    ``corpus.jsonl``/``.parquet`` file or a directory holding one, e.g. ``curate``'s ``<run_dir>/corpus``)."""
+    from ray_distill.data.corpus import read_corpus
+
+    init_ray(cfg)
+    cfg = resolve_models(cfg)
+    with runner.stage("student") as (t, rec):
+        base = prepare_student(cfg, t)
+    with runner.stage("corpus") as (t, rec):
+        corpus = read_corpus(corpus_url)
+        rec.rows_out = len(corpus)
+        t.log_params({"corpus": corpus_url})
+    result = train_stage(cfg, corpus, base, runner)
+    accounting = log_accounting(tracker, runner, len(corpus))
+    return JobResult(run_dir=cfg.run_dir, rows={"corpus": len(corpus)}, corpus_dir=corpus_url,
+                     model_path=result.model_path, stage_seconds={r.name: r.seconds for r in runner.records},
+                     until="train", extra={"accounting": accounting})
+
+
+def eval_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, model: str | None) -> JobResult:
+    """``ray-distill eval``: ``model`` (a path, URL or hub id; default: the job's exported student) and
+    the base student on the job's eval suites."""
+    from ray_distill.models import check_model
+
+    init_ray(cfg)
+    cfg = resolve_models(cfg)
+    model = model or join(cfg.run_dir, "student")
+    check_model(model, "--model")
+    with runner.stage("student") as (t, rec):
+        base = prepare_student(cfg, t)
+    with runner.stage("questions") as (t, rec):
+        suites = load_questions(cfg, t)[1]
+    before, after = evaluate_stage(cfg, {"before": base, "after": model}, suites, runner)
+    accounting = log_accounting(tracker, runner, 0)
+    return JobResult(run_dir=cfg.run_dir, scores_before=before, scores_after=after, model_path=model,
+                     stage_seconds={r.name: r.seconds for r in runner.records}, until="evaluate",
+                     extra={"accounting": accounting})
 
 
 def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[dict], teacher: TeacherConfig,
@@ -379,15 +467,24 @@ def generate(store: GenerationStore, questions: list[dict], teacher: TeacherConf
 
 
 def verify(cfg: JobConfig, gen: pd.DataFrame, base: str) -> pd.DataFrame:
-    """Grade every generated row (format + math-verify) on a Ray Data actor pool; rows in = rows out."""
+    """Grade generated rows held by the driver (probe, adaptive rounds, searches: bounded sets) on a
+    Ray Data actor pool sized to the cluster; rows in = rows out. The main generation grades on
+    storage instead (:func:`ray_distill.curation.plane.grade`)."""
+    g = grading(cfg, base)
     ds = ray.data.from_pandas(gen).map_batches(
-        GradeBatch, fn_constructor_kwargs={"max_tokens": cfg.format.max_tokens, "require_think": cfg.format.require_think,
-                                           "tokenizer_path": base, "code": cfg.format.code.model_dump()},
-        batch_format="pandas", batch_size=256, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+        GradeBatch, fn_constructor_kwargs={"max_tokens": g.max_tokens, "require_think": g.require_think,
+                                           "tokenizer_path": g.tokenizer, "code": g.code},
+        batch_format="pandas", batch_size=256, num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=g.num_graders or cluster_cpus()))
     graded = ds.to_pandas()
     if len(graded) != len(gen):
         raise RuntimeError(f"verify lost rows: {len(gen)} in, {len(graded)} out")
     return graded
+
+
+def grading(cfg: JobConfig, base: str) -> Grading:
+    return Grading(max_tokens=cfg.format.max_tokens, require_think=cfg.format.require_think, tokenizer=base,
+                   code=cfg.format.code.model_dump(), num_graders=cfg.format.num_graders)
 
 
 def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], dev: Suites, base: str,
@@ -411,9 +508,7 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], dev: Suites, base
                    TEACHER_ACCURACY: float(graded[C.CORRECT].mean()), "verified_rows": len(ok),
                    "train_rows": len(train) if s.enabled else 0, "shared_questions": len(shared) if s.enabled else 0,
                    "mean_length": float(graded[C.NUM_TOKENS].mean()),
-                   "entropy": token_entropy_under_model(base, texts, ok[C.PROMPT].tolist(),
-                                                         chat_template=cfg.student.chat_template)
-                   if texts else float("nan"),
+                   "entropy": student_entropy(cfg, base, texts, ok[C.PROMPT].tolist()) if texts else float("nan"),
                    "reason": "" if len(ok) else NO_VERIFIED_ROWS}
             if ok.empty:
                 tt.set_tags({"reason": NO_VERIFIED_ROWS})
@@ -442,6 +537,14 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], dev: Suites, base
     title = f"student avg@k on {cfg.dev.name} after smoke-test SFT" if s.enabled else "teacher's own probe accuracy"
     t.log_figure(_bar_chart(table, "teacher", by, title), "teacher_ranking.png")
     return ranking
+
+
+def student_entropy(cfg: JobConfig, base: str, texts: list[str], prompts: list[str]) -> float:
+    """``token_entropy_under_model`` of the base student, run as a Ray task on the student's serving
+    resources (a GPU on a cluster), not in the driver."""
+    r = cfg.student.serving.resources
+    task = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(token_entropy_under_model)
+    return ray.get(task.remote(base, texts, prompts, chat_template=cfg.student.chat_template))
 
 
 def smoke_student_scores(cfg: JobConfig, name: str, train: pd.DataFrame, dev: Suites, base: str, t: Tracker,
@@ -496,15 +599,9 @@ def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
     return select_dataset(ok, s.keep_per_question, s.seed, base).to_pandas()
 
 
-def write_job_corpus(cfg: JobConfig, selected: pd.DataFrame, graded: pd.DataFrame, too_easy: list[dict],
-                     out_dir: str, t: Tracker) -> list[dict]:
+def write_job_corpus(selected: pd.DataFrame, out_dir: str, t: Tracker) -> list[dict]:
     corpus = [to_chat_row(r) for r in selected.sort_values([C.QUESTION_ID, C.SAMPLE_INDEX]).to_dict("records")]
     paths = write_corpus(corpus, out_dir)
-    rejected = graded[~_ok(graded)].assign(stage="verify")
-    not_selected = graded[_ok(graded)].merge(selected[[C.QUESTION_ID, C.SAMPLE_INDEX]], how="left", indicator=True)
-    not_selected = not_selected[not_selected["_merge"] == "left_only"].drop(columns="_merge")
-    not_selected = not_selected.assign(stage="select", **{C.REASON: "not_among_farthest_P"})
-    write_rejects(pd.concat([rejected, not_selected]).to_dict("records"), join(cfg.run_dir, "rejects", "generations.jsonl"))
     t.log_dataset(pd.DataFrame(corpus), name="curated_corpus", source=paths["parquet"])
     for p in paths.values():
         if "://" not in p:

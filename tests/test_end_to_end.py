@@ -105,6 +105,15 @@ def test_quickstart_end_to_end(storage):
     assert "config.json" in {os.path.basename(a.path) for a in client.list_artifacts(train.info.run_id, "student")}
     assert losses[-1].value < losses[0].value
 
+    # the streaming plane: graded samples by question bucket and the selected rows on storage; every
+    # generated sample is in the corpus or in the rejects with its stage and reason
+    work = storage / "quickstart" / "data" / "generate"
+    assert list((work / "graded").glob("bucket=*/*.parquet")) and list((work / "selected").glob("part-*.parquet"))
+    rejects = [json.loads(line) for f in sorted((storage / "quickstart" / "rejects" / "generations").glob("*.jsonl"))
+               for line in f.read_text().splitlines()]
+    assert len(rejects) + metrics["rows/diverse"] == metrics["rows/generated"]
+    assert {r["stage"] for r in rejects} <= {"verify", "select"} and all(r["reason"] for r in rejects)
+
     corpus = storage / "quickstart" / "corpus" / "corpus.jsonl"
     corpus_rows = [json.loads(line) for line in corpus.read_text().splitlines()]
     assert [m["role"] for m in corpus_rows[0]["messages"]] == ["user", "assistant"]
@@ -123,6 +132,44 @@ def test_quickstart_end_to_end(storage):
         assert not set(dev["question"]) & {r["question"] for r in rows}, suite.name
     assert not set(dev["question_id"]) & {r["question_id"] for r in corpus_rows}
     assert not set(dev["question"]) & {r["messages"][0]["content"] for r in corpus_rows}
+
+
+def test_stage_commands_share_the_stores_and_artifacts(storage):
+    """generate → curate → train → eval, each its own command (and MLflow run) on the same storage: curate
+    finds every teacher sample generate stored, train takes curate's corpus, eval the exported student.
+    (One teacher, no smoke test or compression: the stage boundaries are the point; `run` covers the rest.)"""
+    small = [f"storage={storage}", *SMALL, "name=stages", "smoke_test.enabled=false", "compression.enabled=false",
+             "questions.synthetic.num_questions=40", "dev.suite.synthetic.num_questions=10", "train.epochs=1",
+             "eval.suites=[{name: max_2to3, domain: ood, synthetic: {family: max, num_questions: 10, "
+             "min_difficulty: 2, max_difficulty: 3, seed: 102}}]", "eval.k=1"]
+    job = str(ROOT / "jobs/quickstart.yaml")
+    gen = _cli("generate", job, *small, cwd=storage)
+    assert gen.returncode == 0, gen.stdout[-3000:] + gen.stderr[-5000:]
+    assert "store: " in gen.stdout and not (storage / "stages" / "corpus").exists()
+    cur = _cli("curate", job, *small, cwd=storage)
+    assert cur.returncode == 0, cur.stdout[-3000:] + cur.stderr[-5000:]
+    assert (storage / "stages" / "corpus" / "corpus.jsonl").exists() and not (storage / "stages" / "student").exists()
+    trained = _cli("train", job, *small, "--corpus", str(storage / "stages" / "corpus"), cwd=storage)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-5000:]
+    assert (storage / "stages" / "student" / "config.json").exists()
+    ev = _cli("eval", job, *small, "--model", str(storage / "stages" / "student"), cwd=storage)
+    assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-5000:]
+    assert "Student avg@k" in ev.stdout and "max_2to3" in ev.stdout
+
+    runs = {r.info.run_name: r for r in _runs(storage)}
+    stages = {name: {r.info.run_name for r in _runs(storage) if r.data.tags.get("mlflow.parentRunId") == run.info.run_id}
+              for name, run in runs.items() if name.startswith("stages-")}
+    assert stages["stages-generate"] >= {"generate_probe", "generate"} and "verify" not in stages["stages-generate"]
+    assert stages["stages-curate"] >= {"generate", "verify", "select", "corpus"} and "train" not in stages["stages-curate"]
+    assert stages["stages-train"] == {"student", "corpus", "train"}
+    assert stages["stages-eval"] == {"student", "questions", "evaluate"}
+    # curate generated nothing: generate had stored every sample it needs
+    curate_run = runs["stages-curate"]
+    assert curate_run.data.metrics["total/teacher_tokens"] == 0
+    assert runs["stages-generate"].data.metrics["total/teacher_tokens"] > 0
+    assert {"after/max_2to3/avg_at_k", "before/max_2to3/avg_at_k"} <= set(
+        next(r for r in _runs(storage) if r.info.run_name == "evaluate"
+             and r.data.tags.get("mlflow.parentRunId") == runs["stages-eval"].info.run_id).data.metrics)
 
 
 def _table(client: MlflowClient, run_id: str, name: str, tmp: Path) -> pd.DataFrame:
