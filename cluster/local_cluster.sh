@@ -34,7 +34,7 @@
 # logs to the server and writes under $RAY_DISTILL_STORAGE, never into Ray's copy of the working dir.
 #
 # Every Ray/MLflow process gets its own ports (no defaults, so other clusters on the same machine
-# are untouched) and the Ray processes their own --temp-dir. Each node is started with
+# are untouched) and the Ray processes of each node their own --temp-dir, TMPDIR and HF_HOME. Each node is started with
 # `ray start --block` in its own session; `stop` signals those sessions by process-group id, never
 # `ray stop` (which would stop every Ray cluster of this user on the machine).
 set -euo pipefail
@@ -125,6 +125,9 @@ cmd_start() {
   # One Ray temp dir per node: two nodes sharing one would share runtime_resources/, and the second
   # node's runtime-env agent re-extracting the job's working_dir deletes the driver's cwd under it.
   mkdir -p "$DIR/ray-head" "$DIR/ray-worker"
+  # Nodes share nothing but storage: each has its own TMPDIR and Hugging Face cache (HF_HOME), so what a
+  # process materialises locally (a model copied from a storage URL, a hub download) is its node's own.
+  mkdir -p "$DIR/node-head/tmp" "$DIR/node-head/hf" "$DIR/node-worker/tmp" "$DIR/node-worker/hf"
 
   # Token auth, on. A token of this cluster's own (never the shared ~/.ray/auth_token).
   export RAY_AUTH_MODE=token
@@ -146,7 +149,7 @@ cmd_start() {
   local p=()
   for _ in $(seq 1 12); do p+=("$(free_port)"); done
   local common=(--disable-usage-stats --block)
-  start_bg head "$DIR/head.log" "$RAY_BIN" start --head --port "$ray_port" --num-cpus "$head_cpus" \
+  start_bg head "$DIR/head.log" env TMPDIR="$DIR/node-head/tmp" HF_HOME="$DIR/node-head/hf" "$RAY_BIN" start --head --port "$ray_port" --num-cpus "$head_cpus" \
     --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$dash_port" \
     --ray-client-server-port "${p[0]}" --node-manager-port "${p[1]}" --object-manager-port "${p[2]}" \
     --dashboard-agent-listen-port "${p[3]}" --dashboard-agent-grpc-port "${p[4]}" \
@@ -154,7 +157,7 @@ cmd_start() {
   wait_for 90 head "the head node's dashboard on port $dash_port" dashboard_get "$dash_port" /api/version
 
   # Nodes one by one: the worker joins once the head is up.
-  start_bg worker "$DIR/worker.log" "$RAY_BIN" start --address "127.0.0.1:$ray_port" --num-cpus "$worker_cpus" \
+  start_bg worker "$DIR/worker.log" env TMPDIR="$DIR/node-worker/tmp" HF_HOME="$DIR/node-worker/hf" "$RAY_BIN" start --address "127.0.0.1:$ray_port" --num-cpus "$worker_cpus" \
     --resources '{"worker": 1}' --node-manager-port "${p[7]}" --object-manager-port "${p[8]}" \
     --dashboard-agent-listen-port "${p[9]}" --dashboard-agent-grpc-port "${p[10]}" \
     --runtime-env-agent-port "${p[11]}" --metrics-export-port "$(free_port)" --temp-dir "$DIR/ray-worker" \

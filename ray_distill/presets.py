@@ -22,7 +22,7 @@ import os
 import tempfile
 from collections.abc import Callable
 
-from ray_distill.data.fs import exists, join, local_dir, put_dir, write_text
+from ray_distill.data.fs import absolute, exists, join, put_dir, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def preset_url(name: str, storage: str) -> str:
 
 
 def build_preset(name: str, storage: str) -> str:
-    """A local directory holding preset ``name``, built on first use into ``<storage>/cache/models``."""
+    """The storage URL (absolute when local) of preset ``name``, built on first use into
+    ``<storage>/cache/models``; each process that loads it materialises it itself (``models.loadable``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
     url = preset_url(name, storage)
@@ -88,4 +89,4 @@ def build_preset(name: str, storage: str) -> str:
             build(tmp)
             put_dir(tmp, url)
         write_text(join(url, _READY), json.dumps({"preset": name, "version": PRESETS[name][0]}))
-    return local_dir(url)
+    return absolute(url)

@@ -12,7 +12,7 @@ import logging
 import tempfile
 
 from ray_distill.config import JobConfig
-from ray_distill.data.fs import exists, join, local_dir, write_text
+from ray_distill.data.fs import absolute, exists, join, write_text
 from ray_distill.models import check_model, is_hub_id, model_ref
 from ray_distill.presets import build_preset, is_preset, preset_url
 from ray_distill.tracking import Tracker
@@ -24,13 +24,15 @@ _READY = "READY"
 
 def prepare_student(cfg: JobConfig, tracker: Tracker) -> str:
     """The base student as a model reference (``ray_distill.models``): a hub id ``org/name[@revision]``
-    as it is, or a local directory (weights, config, tokenizer, chat template)."""
+    as it is, or the storage URL of a ``save_pretrained`` directory (weights, config, tokenizer, chat
+    template; a local path is made absolute). Never a driver-local copy of a remote URL: every process
+    that loads it (actors, Train workers, graders) materialises it on its own node (``models.loadable``)."""
     s = cfg.student
     if s.model:
         check_model(s.model, "student.model")
         ref = model_ref(s.model, s.revision)
         tracker.log_params({"student": ref})
-        return ref if is_hub_id(ref) else local_dir(s.model)
+        return ref if is_hub_id(ref) else absolute(s.model)
     if is_preset(s.preset):
         url = preset_url(s.preset, cfg.storage)
         tracker.log_params({"student.base.path": url})
@@ -43,10 +45,10 @@ def prepare_student(cfg: JobConfig, tracker: Tracker) -> str:
     if exists(join(url, _READY)):
         logger.info("base student %s found in cache: %s", s.preset, url)
         tracker.set_tags({"student.cached": "true"})
-        return local_dir(url)
+        return absolute(url)
     _pretrain(cfg, url, tracker)
     write_text(join(url, _READY), json.dumps(spec))
-    return local_dir(url)
+    return absolute(url)
 
 
 def _pretrain(cfg: JobConfig, url: str, tracker: Tracker) -> None:

@@ -204,6 +204,9 @@ def test_documented_ray_job_submit_line_runs_as_written(cluster):
     assert f"storage: {storage} (relative to RAY_DISTILL_STORAGE)" in out, out[-4000:]
     assert f"MLflow: {uri} (from MLFLOW_TRACKING_URI), experiment 'ray-distill' (default), run " in out
     assert (storage / "cluster-smoke" / "student" / "config.json").exists()
+    # the streaming plane's outputs, written by workers on both nodes (each node has its own TMPDIR and HF_HOME)
+    assert list((storage / "cluster-smoke" / "data" / "generate" / "graded").glob("bucket=*/part-*.parquet"))
+    assert list((storage / "cluster-smoke" / "rejects" / "generations").glob("part-*.jsonl"))
     assert not _in_ray_packages(cluster, "outputs") and not _in_ray_packages(cluster, "mlflow.db")
 
     # Both nodes did work: tasks/actors of this job ran on the head and on the worker node.
