@@ -1,6 +1,10 @@
 """The ``ray-distill`` command line.
 
     ray-distill run jobs/quickstart.yaml train.epochs=2      # the whole DED job
+    ray-distill generate jobs/quickstart.yaml                # ... up to the teacher samples in the store
+    ray-distill curate jobs/quickstart.yaml                  # ... up to the curated corpus
+    ray-distill train jobs/quickstart.yaml --corpus outputs/quickstart/corpus   # SFT on a corpus
+    ray-distill eval jobs/quickstart.yaml --model outputs/quickstart/student    # a model on the suites
     ray-distill tune jobs/quickstart_tune.yaml               # data-budget search with Ray Tune
     ray-distill ablate jobs/ablation.yaml                    # the paper's ablation in miniature
     ray-distill validate jobs/quickstart.yaml                # load + validate a job file only
@@ -179,6 +183,56 @@ def run(job: JobFile, overrides: Overrides = None, verbose: Verbose = False, dry
     _print_where(cfg, tracker, target)
 
 
+def _stage_command(job: str, overrides: list[str] | None, verbose: bool, kind: str, body) -> None:
+    cfg = _load(job, overrides)
+    _setup_logging(verbose)
+    result, tracker, wall, target = _tracked(cfg, job, kind, f"{cfg.name}-{kind}", body, verbose)
+    print_summary(result, wall, tracker)
+    _print_where(cfg, tracker, target)
+
+
+@app.command()
+def generate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) -> None:
+    """Run the job up to the teacher's samples: student, questions, probe + smoke test (the teacher),
+    compression, then the winner's M samples per kept question into the generation store."""
+    from ray_distill.pipeline import run_job
+
+    _stage_command(job, overrides, verbose, "generate", lambda cfg, t, r: run_job(cfg, t, r, until="generate"))
+
+
+@app.command()
+def curate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) -> None:
+    """Run the job up to the curated corpus (verify, compress, select; stored samples are reused), written as
+    chat ``messages`` under <storage>/<name>/corpus for any trainer."""
+    from ray_distill.pipeline import run_job
+
+    _stage_command(job, overrides, verbose, "curate", lambda cfg, t, r: run_job(cfg, t, r, until="corpus"))
+
+
+@app.command()
+def train(job: JobFile, overrides: Overrides = None, verbose: Verbose = False,
+          corpus: Annotated[str | None, typer.Option(help="Corpus to train on: a corpus.jsonl/.parquet file or a directory "
+                                                     "holding one, any fsspec URL (default: the job's own corpus).")] = None) -> None:
+    """Fine-tune the job's base student (its `student` and `train` settings) on a chat corpus; the student is
+    exported to <storage>/<name>/student."""
+    from ray_distill.data.fs import join
+    from ray_distill.pipeline import train_job
+
+    cfg = _load(job, overrides)
+    url = corpus or join(cfg.run_dir, "corpus")
+    _stage_command(job, overrides, verbose, "train", lambda cfg, t, r: train_job(cfg, t, r, url))
+
+
+@app.command(name="eval")
+def eval_(job: JobFile, overrides: Overrides = None, verbose: Verbose = False,
+          model: Annotated[str | None, typer.Option(help="Model to evaluate: a save_pretrained directory (any fsspec "
+                                                    "URL) or a hub id org/name[@revision] (default: the job's student).")] = None) -> None:
+    """Evaluate a model and the job's base student on the job's eval suites (avg@k with 95% CIs, vLLM)."""
+    from ray_distill.pipeline import eval_job
+
+    _stage_command(job, overrides, verbose, "eval", lambda cfg, t, r: eval_job(cfg, t, r, model))
+
+
 @app.command()
 def tune(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) -> None:
     """Search data budgets with Ray Tune on stored generations; each trial = select → train → evaluate."""
@@ -302,48 +356,58 @@ def print_estimates(cfg: JobConfig) -> None:
 
 
 def print_summary(result, wall: float, tracker) -> None:
-    from ray_distill.curation.smoke_test import STUDENT_SCORE, top_two_note
-
-    by = result.ranking[0]["ranked_by"]
-    title = ("Teacher smoke test (the best student on the dev suite wins; 95% CI)" if by == STUDENT_SCORE else
-             "Teachers ranked by their own probe accuracy (smoke test off; 95% CI)")
-    diagnostics = [c for c in ("teacher_accuracy", "mean_length", "entropy") if c != by]
-    ranking = Table(title=title, min_width=60)
-    for col in ("rank", "teacher", by, "train rows", *diagnostics, "reason"):
-        ranking.add_column(col)
-    for r in result.ranking:
-        score = "–" if r["reason"] else f"{r[by]:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        ranking.add_row(str(r["rank"]), r["teacher"], score, f"{r['train_rows']:,}" if r["train_rows"] else "–",
-                        *[f"{r[c]:.3f}" for c in diagnostics], r["reason"])
-    rows = Table(title="Rows kept at each stage", min_width=40)
-    rows.add_column("stage")
-    rows.add_column("rows", justify="right")
-    for name, n in result.rows.items():
-        rows.add_row(name, f"{n:,}")
-    scores = Table(title="Student avg@k (95% CI)", min_width=40)
-    for col in ("suite", "before", "after"):
-        scores.add_column(col)
-    for suite, after in result.scores_after.items():
-        before = result.scores_before.get(suite, {})
-        scores.add_row(suite, _fmt_score(before), _fmt_score(after))
+    """The tables of a job's result; a stage command prints those of the stages it ran."""
+    acc = result.extra.get("accounting", [])
+    teacher_total = sum(r["teacher_tokens"] for r in acc)
+    corpus_rows = result.rows.get("diverse", 0)
+    if result.ranking:
+        _print_ranking(result.ranking)
+    if result.rows:
+        rows = Table(title="Rows kept at each stage", min_width=40)
+        rows.add_column("stage")
+        rows.add_column("rows", justify="right")
+        for name, n in result.rows.items():
+            rows.add_row(name, f"{n:,}")
+        out.print(rows)
+    if result.scores_after:
+        scores = Table(title="Student avg@k (95% CI)", min_width=40)
+        for col in ("suite", "before", "after"):
+            scores.add_column(col)
+        for suite, after in result.scores_after.items():
+            scores.add_row(suite, _fmt_score(result.scores_before.get(suite, {})), _fmt_score(after))
+        out.print(scores)
     spend = Table(title="What each stage spent", min_width=60)
     for col in ("stage", "seconds", "teacher tokens", "student tokens", "CPU-s", "GPU-s"):
         spend.add_column(col, justify="left" if col == "stage" else "right")
-    acc = result.extra.get("accounting", [])
     for r in acc:
         spend.add_row(r["stage"], f"{r['wall_s']:.1f}", f"{r['teacher_tokens']:,}", f"{r['student_tokens']:,}",
                       f"{r['cpu_s']:.0f}", f"{r['gpu_s']:.0f}")
-    teacher_total = sum(r["teacher_tokens"] for r in acc)
-    corpus_rows = result.rows.get("diverse", 0)
     spend.add_row("[bold]total[/]", f"{wall:.1f}", f"{teacher_total:,}", f"{sum(r['student_tokens'] for r in acc):,}",
                   f"{sum(r['cpu_s'] for r in acc):.0f}", f"{sum(r['gpu_s'] for r in acc):.0f}")
-    out.print(ranking)
-    out.print(top_two_note(result.ranking))
-    for t in (rows, scores, spend):
-        out.print(t)
+    out.print(spend)
     if corpus_rows:
         out.print(f"teacher tokens per kept corpus sample: {teacher_total / corpus_rows:,.1f}")
-    out.print(f"winner: [bold]{result.winner}[/]   corpus: {result.corpus_dir}   student: {result.model_path}")
+    where = {"winner": result.winner, "store": result.extra.get("store", ""), "corpus": result.corpus_dir,
+             "student" if result.until != "evaluate" or result.winner else "model": result.model_path}
+    out.print("   ".join(f"{k}: [bold]{v}[/]" if k == "winner" else f"{k}: {v}" for k, v in where.items() if v))
+
+
+def _print_ranking(ranking: list[dict]) -> None:
+    from ray_distill.curation.smoke_test import STUDENT_SCORE, top_two_note
+
+    by = ranking[0]["ranked_by"]
+    title = ("Teacher smoke test (the best student on the dev suite wins; 95% CI)" if by == STUDENT_SCORE else
+             "Teachers ranked by their own probe accuracy (smoke test off; 95% CI)")
+    diagnostics = [c for c in ("teacher_accuracy", "mean_length", "entropy") if c != by]
+    table = Table(title=title, min_width=60)
+    for col in ("rank", "teacher", by, "train rows", *diagnostics, "reason"):
+        table.add_column(col)
+    for r in ranking:
+        score = "–" if r["reason"] else f"{r[by]:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        table.add_row(str(r["rank"]), r["teacher"], score, f"{r['train_rows']:,}" if r["train_rows"] else "–",
+                      *[f"{r[c]:.3f}" for c in diagnostics], r["reason"])
+    out.print(table)
+    out.print(top_two_note(ranking))
 
 
 def _fmt_score(m: dict) -> str:

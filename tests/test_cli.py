@@ -12,14 +12,15 @@ QUICKSTART = str(ROOT / "jobs" / "quickstart.yaml")
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["tune"], ["validate"], ["submit"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["generate"], ["curate"], ["train"], ["eval"], ["tune"], ["validate"],
+                                     ["submit"]])
 def test_help_on_every_command(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage" in result.output
 
 
-@pytest.mark.parametrize("command", ["run", "tune", "validate"])
+@pytest.mark.parametrize("command", ["run", "generate", "curate", "train", "eval", "tune", "validate"])
 def test_bad_override_is_one_line(command):
     result = runner.invoke(app, [command, QUICKSTART, "train.epoch=3"])
     assert result.exit_code == 2

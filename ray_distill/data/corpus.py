@@ -81,6 +81,48 @@ def write_corpus(rows: Iterable[dict] | pd.DataFrame, out_dir: str) -> dict[str,
     return paths
 
 
+def read_corpus(url: str) -> list[dict]:
+    """A chat corpus to train on: ``corpus.parquet``/``corpus.jsonl`` (or a directory holding one, as
+    :func:`write_corpus` writes it), or any Parquet / JSON-lines file whose rows have ``messages`` (a list
+    of ``{role, content}`` ending with an assistant turn: TRL's and LLaMA-Factory's format). A bad file or
+    row raises :class:`DataError` naming the file and the row."""
+    import fsspec
+
+    from ray_distill.data.questions import DataError
+
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.isdir(path):
+        found = [f"{path.rstrip('/')}/{n}" for n in (CORPUS_PARQUET, CORPUS_JSONL) if fs.exists(f"{path.rstrip('/')}/{n}")]
+        if not found:
+            raise DataError(f"{url}: no {CORPUS_PARQUET} or {CORPUS_JSONL} in this directory")
+        path = found[0]
+    if not fs.exists(path):
+        raise DataError(f"{url}: no such corpus file")
+    try:
+        if path.endswith(".parquet"):
+            with fs.open(path, "rb") as f:
+                records = pd.read_parquet(f).to_dict("records")
+        else:
+            with fs.open(path, "r", encoding="utf-8-sig") as f:
+                records = pd.read_json(f, lines=True, dtype=False).to_dict("records")
+    except Exception as err:
+        raise DataError(f"{url}: unreadable corpus file ({type(err).__name__}: {err})") from None
+    rows = []
+    for i, r in enumerate(records, start=1):
+        messages = r.get(C.MESSAGES)
+        messages = list(messages) if messages is not None and not isinstance(messages, str) else None
+        if not messages or any(not isinstance(m, dict) or not {"role", "content"} <= set(m) for m in messages):
+            raise DataError(f"{url}: row {i}: 'messages' must be a list of {{role, content}} turns")
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{url}: row {i}: the last turn of 'messages' must be the assistant's (the supervised answer)")
+        rows.append({C.MESSAGES: [{"role": str(m["role"]), "content": str(m["content"])} for m in messages],
+                     C.QUESTION_ID: str(r.get(C.QUESTION_ID, i)), C.TEACHER: str(r.get(C.TEACHER, "")),
+                     C.SAMPLE_INDEX: int(r.get(C.SAMPLE_INDEX, 0) or 0)})
+    if not rows:
+        raise DataError(f"{url}: the corpus is empty")
+    return rows
+
+
 def write_rejects(rows: Iterable[dict] | pd.DataFrame, path: str) -> str:
     """Write rejected rows (jsonl or parquet by extension); each must carry a ``stage`` and a ``reason``.
 

@@ -66,3 +66,27 @@ def test_write_rejects(tmp_path):
         write_rejects([{C.REASON: "x"}], str(tmp_path / "r2.jsonl"))
     empty = write_rejects([], str(tmp_path / "none.jsonl"))
     assert open(empty).read() == ""
+
+
+def test_read_corpus_round_trip_and_foreign_files(tmp_path):
+    """``ray-distill train`` reads what ``curate`` writes, and any chat-messages file other tools write."""
+    from ray_distill.data.corpus import read_corpus, write_corpus
+    from ray_distill.data.questions import DataError
+
+    rows = [{C.QUESTION_ID: f"q{i}", C.TEACHER: "t", C.SAMPLE_INDEX: 0, C.QUESTION: f"{i}+1",
+             C.COMPLETION: f"<think>{i}+1={i + 1}</think>\\boxed{{{i + 1}}}"} for i in range(3)]
+    write_corpus(rows, str(tmp_path / "corpus"))
+    back = read_corpus(str(tmp_path / "corpus"))
+    assert [r[C.MESSAGES][1]["content"] for r in back] == [r[C.COMPLETION] for r in rows]
+    assert read_corpus(str(tmp_path / "corpus" / "corpus.jsonl")) == back
+    foreign = tmp_path / "sft.jsonl"
+    foreign.write_text('\ufeff{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, '
+                       '{"role": "assistant", "content": "a"}]}\n')
+    (only,) = read_corpus(str(foreign))
+    assert [m["role"] for m in only[C.MESSAGES]] == ["system", "user", "assistant"] and only[C.QUESTION_ID] == "1"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "u"}]}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: row 1: the last turn"):
+        read_corpus(str(bad))
+    with pytest.raises(DataError, match="no corpus.parquet or corpus.jsonl"):
+        read_corpus(str(tmp_path))
