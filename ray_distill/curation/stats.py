@@ -58,7 +58,8 @@ def token_entropy_under_model(model_path: str, texts: list[str], prompts: list[s
     if not texts:
         raise ValueError("token_entropy_under_model: no texts")
     tokenizer = load_tokenizer(model_path, chat_template)
-    model = load_causal_lm(model_path, dtype=torch.float32).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU when the task was given one
+    model = load_causal_lm(model_path, dtype=torch.float32).to(device).eval()
     max_len = int(getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length)
     rows = [encode_turns(tokenizer, prompts[i], texts[i], max_len) for i in _subset(len(texts), max_rows)]
     rows = [r for r in rows if r[1] < len(r[0])]  # keep rows with at least one assistant token
@@ -123,7 +124,8 @@ def _batch_entropy(model, batch: list[tuple[list[int], int]], pad_id: int) -> tu
         input_ids[b, : len(ids)] = torch.tensor(ids)
         attention[b, : len(ids)] = 1
         scored[b, max(start - 1, 0) : len(ids) - 1] = True
-    logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+    device = next(model.parameters()).device
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     entropy = -(logp.exp() * logp).sum(-1) / math.log(2)
-    return float(entropy[scored].sum()), int(scored.sum())
+    return float(entropy[scored.to(device)].sum()), int(scored.sum())
