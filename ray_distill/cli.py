@@ -144,8 +144,10 @@ def _tracked(cfg: JobConfig, job: str, kind: str, run_name: str, body, verbose: 
 @app.command()
 def validate(job: JobFile, overrides: Overrides = None) -> None:
     """Load and validate a job file (with overrides) and print the resolved configuration (stdout), and where
-    storage, MLflow and the Ray cluster come from (stderr)."""
+    storage, MLflow and the Ray cluster come from (stderr); then check what can be checked before a cluster is
+    touched (question and suite files readable, storage protocol known, P <= M): errors exit 2."""
     from ray_distill.environment import in_ray_job, ray_address
+    from ray_distill.preflight import preflight
 
     cfg = _load(job, overrides)
     try:
@@ -160,6 +162,12 @@ def validate(job: JobFile, overrides: Overrides = None) -> None:
     out.print_json(data=redact_value(cfg.model_dump(mode="json")))
     for line in (f"storage: {cfg.storage} ({cfg.storage_source})", target.describe(), ray_line):
         console.print(redact_text(line), highlight=False, soft_wrap=True)
+    problems = preflight(cfg)  # files readable, storage protocol known, P <= M
+    for p in problems:
+        color = "red" if p.level == "error" else "yellow"
+        console.print(f"[bold {color}]{p.level}:[/] {p.key}: {p.message}", highlight=False, soft_wrap=True)
+    if any(p.level == "error" for p in problems):
+        raise typer.Exit(2)
 
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the teacher tokens and cost each generation stage "
