@@ -462,7 +462,9 @@ def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker,
     if not cfg.compression.enabled:
         return pool, []
     c = cfg.compression
-    samples = student_samples(cfg, pool, base)
+    store = student_store(cfg)
+    samples = student_samples(cfg, pool, base, store)
+    _log_student_counters(t, store, "compress")
     if rec is not None:
         rec.student_tokens += int(samples[C.NUM_TOKENS].sum())
     rates = pass_rates(samples)
@@ -481,11 +483,24 @@ def student_pass_rates(cfg: JobConfig, pool: list[dict], base: str) -> pd.DataFr
     return pass_rates(student_samples(cfg, pool, base))
 
 
-def student_samples(cfg: JobConfig, pool: list[dict], base: str) -> pd.DataFrame:
-    """k graded vLLM samples of the base student per question (compression's evidence)."""
+def student_samples(cfg: JobConfig, pool: list[dict], base: str, store: GenerationStore | None = None) -> pd.DataFrame:
+    """k graded vLLM samples of the base student per question (compression's evidence), from the job's
+    generation store when it has them."""
     c = cfg.compression
     return grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed,
-                                        student=cfg.student), cfg.format.code.model_dump())
+                                        student=cfg.student, store=store or student_store(cfg)),
+                         cfg.format.code.model_dump())
+
+
+def student_store(cfg: JobConfig) -> GenerationStore:
+    """The job's generation store, where student samples are kept like the teachers' (under ``student``)."""
+    return GenerationStore(join(cfg.storage, "generations"))
+
+
+def _log_student_counters(t: Tracker, store: GenerationStore, prefix: str) -> None:
+    """``<prefix>/student_generated`` and ``_cached``: 0 generated on a rerun (the store had them all)."""
+    totals = store.totals["student"]
+    t.log_metrics({f"{prefix}/student_{k}": int(totals[k]) for k in ("generated", "cached")})
 
 
 def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
@@ -519,8 +534,10 @@ def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Track
     if not suites:
         logger.warning("no evaluation suites configured: %s evaluation skipped", prefix)
         return {}
+    store = student_store(cfg)
     scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, student=cfg.student,
-                             code=cfg.format.code.model_dump())
+                             code=cfg.format.code.model_dump(), store=store)
+    _log_student_counters(t, store, prefix)
     if rec is not None:
         rec.student_tokens += int(sum(m.get("tokens", m["mean_length"] * m["k"] * m["n_questions"])
                                       for m in scores.values()))
