@@ -33,7 +33,7 @@ from ray_distill.curation.selection import distance_report
 from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY, mean_ci,
                                              rank_teachers, top_two_note, training_questions, winner)
 from ray_distill.curation.stats import token_entropy_under_model
-from ray_distill.data.corpus import to_chat_row, write_corpus, write_rejects
+from ray_distill.data.corpus import corpus_hash, to_chat_row, write_corpus, write_rejects
 from ray_distill.data.dev import carve
 from ray_distill.data.fs import join
 from ray_distill.data.sources import decontaminate, load_source
@@ -525,6 +525,7 @@ def write_job_corpus(cfg: JobConfig, selected: pd.DataFrame, graded: pd.DataFram
         if "://" not in p:
             t.log_artifact(p, "corpus")
     t.log_metrics({"corpus_rows": len(corpus), "corpus_questions": int(selected[C.QUESTION_ID].nunique())})
+    t.set_tags({"ray_distill.corpus_sha256": corpus_hash(corpus)})  # same config + seed: same hash
     return corpus
 
 
