@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from ray_distill.redact import redact, redact_text
+from ray_distill.redact import redact, redact_text, redact_value
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ class MLflowTracker:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, redact_text(_param_value(v))) for k, v in params.items()]  # no credentials in params
+        # redacted before the length cap, which could cut a URI between its password and its '@'
+        items = [Param(k, _param_value(redact_value(v))) for k, v in params.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
 
