@@ -83,6 +83,9 @@ def sample_student(
     if store is None:
         df = generate_dataset(ray.data.from_pandas(pd.DataFrame(questions)), engine).to_pandas()
     else:  # one row per (question, sample index) in question order; extra columns (suite, ...) put back
+        # a store row is one request: batch_size questions x k samples per engine wave, as without a store
+        res = engine.resources
+        engine = engine.model_copy(update={"resources": res.model_copy(update={"batch_size": res.batch_size * k})})
         df, _ = store.get_or_generate(questions, engine, k, digest=model_digest(model_path))
         qdf = pd.DataFrame(questions)
         extra = qdf.drop(columns=[c for c in qdf.columns if c in C.GENERATION_COLUMNS])
