@@ -28,6 +28,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from ray_distill.config import ConfigError, JobConfig, load_config, to_flat_dict
+from ray_distill.redact import RedactingFilter, redact, redact_text, redact_value
 
 logger = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Data-efficient reasoning distillation on Ray.")
@@ -40,7 +41,9 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show library log
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    handler = RichHandler(console=console, show_path=False)
+    handler.addFilter(RedactingFilter())  # no credentials of a URI in any log line
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
     for noisy in ("ray", "vllm", "mlflow", "alembic", "urllib3", "filelock", "httpx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:
@@ -52,7 +55,7 @@ def _load(job: str, overrides: list[str] | None) -> JobConfig:
     try:
         return load_config(job, overrides or [])
     except ConfigError as err:
-        console.print(f"[bold red]config error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]config error:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -68,7 +71,7 @@ def _failing(tracker, verbose: bool):
         tracker.end("FAILED")
         if verbose:
             raise
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except BaseException:
         tracker.end("FAILED")
@@ -76,7 +79,7 @@ def _failing(tracker, verbose: bool):
 
 
 def _error(err: BaseException, label: str = "error") -> typer.Exit:
-    console.print(f"[bold red]{label}:[/] {err}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]{label}:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -108,7 +111,7 @@ def _prepare(cfg: JobConfig):
     if cfg.tracking.enabled and target.uri.startswith("sqlite:") and (ray_job or nodes > 1):
         logger.warning("%s: a SQLite file on a cluster works only on a file system every node shares; "
                        "use an MLflow server (MLFLOW_TRACKING_URI)", target.describe())
-    logger.info("storage: %s (%s)", cfg.storage, cfg.storage_source)
+    logger.info("storage: %s (%s)", redact(cfg.storage), cfg.storage_source)
     logger.info("%s", target.describe())
     return target
 
@@ -117,7 +120,6 @@ def _tracked(cfg: JobConfig, job: str, kind: str, run_name: str, body, verbose: 
     """Run ``body(cfg, tracker, runner)`` under a parent MLflow run (params, wall time, FAILED on error),
     with the CPU/GPU-seconds of every stage metered; returns ``(result, tracker, wall_seconds, target)``."""
     from ray_distill.accounting import ResourceMeter
-    from ray_distill.environment import redact
     from ray_distill.progress import StageRunner
     from ray_distill.tracking import start_tracker
 
@@ -146,8 +148,10 @@ def _tracked(cfg: JobConfig, job: str, kind: str, run_name: str, body, verbose: 
 @app.command()
 def validate(job: JobFile, overrides: Overrides = None) -> None:
     """Load and validate a job file (with overrides) and print the resolved configuration (stdout), and where
-    storage, MLflow and the Ray cluster come from (stderr)."""
+    storage, MLflow and the Ray cluster come from (stderr); then check what can be checked before a cluster is
+    touched (question and suite files readable, storage protocol known, P <= M): errors exit 2."""
     from ray_distill.environment import in_ray_job, ray_address
+    from ray_distill.preflight import preflight
 
     cfg = _load(job, overrides)
     try:
@@ -159,9 +163,15 @@ def validate(job: JobFile, overrides: Overrides = None) -> None:
         ray_line = f"Ray: {address} (from {source})" if address else "Ray: a local cluster, started by the job"
     except ConfigError as err:  # e.g. RAY_ADDRESS set for `ray job submit`: fine for submitting, not for `run`
         ray_line = f"Ray: `run` here would stop: {err}"
-    out.print_json(cfg.model_dump_json())
+    out.print_json(data=redact_value(cfg.model_dump(mode="json")))
     for line in (f"storage: {cfg.storage} ({cfg.storage_source})", target.describe(), ray_line):
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(redact_text(line), highlight=False, soft_wrap=True)
+    problems = preflight(cfg)  # files readable, storage protocol known, P <= M
+    for p in problems:
+        color = "red" if p.level == "error" else "yellow"
+        console.print(f"[bold {color}]{p.level}:[/] {p.key}: {p.message}", highlight=False, soft_wrap=True)
+    if any(p.level == "error" for p in problems):
+        raise typer.Exit(2)
 
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the teacher tokens and cost each generation stage "
@@ -283,7 +293,7 @@ def ablate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) 
 
 def _print_where(cfg: JobConfig, tracker, target) -> None:
     """Where the outputs and the runs went, and which setting chose each (config, environment, default)."""
-    out.print(f"storage: {cfg.storage} ({cfg.storage_source})", highlight=False, soft_wrap=True)
+    out.print(f"storage: {redact(cfg.storage)} ({cfg.storage_source})", highlight=False, soft_wrap=True)
     if tracker.run_id:
         out.print(f"{target.describe()}, run {tracker.run_id}", highlight=False, soft_wrap=True)
 
@@ -318,10 +328,10 @@ def submit(
         code = submit_job(job, overrides or [], address=address, env_names=env or [], working_dir=working_dir,
                           extra=extra, wait=wait, install=install, timeout_s=timeout)  # type: ignore[arg-type]
     except ConfigError as err:
-        console.print(f"[bold red]config error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]config error:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except (SubmitError, ConnectionError, AuthenticationError) as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 
@@ -334,7 +344,7 @@ def print_estimates(cfg: JobConfig) -> None:
     try:
         estimates = dry_run(cfg)
     except (ConfigError, DataError) as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     table = Table(title=f"Dry run of {cfg.name}: teacher tokens per generation stage, before any is spent")
     for col in ("stage", "teacher", "requests", "in store", "tok/sample", "expected", "at most", "cost"):

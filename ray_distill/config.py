@@ -246,8 +246,11 @@ class CodeGraderConfig(_Strict):
     max_processes: int = Field(16, ge=1, description="Processes and threads the program may run at once.")
     max_output_bytes: int = Field(1 << 20, ge=1024, description="Cap on stdout, stderr and any file written.")
     max_open_files: int = Field(64, ge=16, description="Open file descriptors.")
+    max_tmp_bytes: int = Field(16 << 20, ge=1 << 16, description="Cap on all the program writes to its private /tmp "
+                               "(its working directory; a tmpfs of this size).")
     backend: Literal["auto", "bwrap", "unshare"] = Field(
-        "auto", description="Namespace tool: bwrap (read-only root, preferred), unshare (network/pid only).")
+        "auto", description="Namespace tool: auto = bwrap (read-only root), refusing to run when it does not work "
+        "here; unshare (network/pid/mount namespaces, writable root) only when set explicitly.")
     python: str | None = Field(None, description="Interpreter inside the sandbox; default: this one or python3.")
 
 

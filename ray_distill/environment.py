@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray_distill.config import ConfigError
+from ray_distill.redact import redact  # noqa: F401  (re-exported: callers import it from here)
 
 STORAGE_ENV = "RAY_DISTILL_STORAGE"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -216,6 +217,3 @@ def job_env_vars(environ: Mapping[str, str]) -> dict[str, Any]:
         return {}
 
 
-def redact(uri: str) -> str:
-    """Hide credentials in URIs such as ``https://user:token@host`` or ``postgresql://u:p@db/x``."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1***@", uri)

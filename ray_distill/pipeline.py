@@ -34,7 +34,7 @@ from ray_distill.curation.plane import (Grading, Selection, cluster_cpus, genera
 from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY, mean_ci,
                                              rank_teachers, top_two_note, training_questions, winner)
 from ray_distill.curation.stats import token_entropy_under_model
-from ray_distill.data.corpus import to_chat_row, write_corpus, write_rejects
+from ray_distill.data.corpus import corpus_hash, to_chat_row, write_corpus, write_rejects
 from ray_distill.data.dev import carve
 from ray_distill.data.fs import join
 from ray_distill.data.sources import decontaminate, load_source
@@ -565,7 +565,9 @@ def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker,
     if not cfg.compression.enabled:
         return pool, []
     c = cfg.compression
-    samples = student_samples(cfg, pool, base)
+    store = student_store(cfg)
+    samples = student_samples(cfg, pool, base, store)
+    _log_student_counters(t, store, "compress")
     if rec is not None:
         rec.student_tokens += int(samples[C.NUM_TOKENS].sum())
     rates = pass_rates(samples)
@@ -584,11 +586,24 @@ def student_pass_rates(cfg: JobConfig, pool: list[dict], base: str) -> pd.DataFr
     return pass_rates(student_samples(cfg, pool, base))
 
 
-def student_samples(cfg: JobConfig, pool: list[dict], base: str) -> pd.DataFrame:
-    """k graded vLLM samples of the base student per question (compression's evidence)."""
+def student_samples(cfg: JobConfig, pool: list[dict], base: str, store: GenerationStore | None = None) -> pd.DataFrame:
+    """k graded vLLM samples of the base student per question (compression's evidence), from the job's
+    generation store when it has them."""
     c = cfg.compression
     return grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed,
-                                        student=cfg.student), cfg.format.code.model_dump())
+                                        student=cfg.student, store=store or student_store(cfg)),
+                         cfg.format.code.model_dump())
+
+
+def student_store(cfg: JobConfig) -> GenerationStore:
+    """The job's generation store, where student samples are kept like the teachers' (under ``student``)."""
+    return GenerationStore(join(cfg.storage, "generations"))
+
+
+def _log_student_counters(t: Tracker, store: GenerationStore, prefix: str) -> None:
+    """``<prefix>/student_generated`` and ``_cached``: 0 generated on a rerun (the store had them all)."""
+    totals = store.totals["student"]
+    t.log_metrics({f"{prefix}/student_{k}": int(totals[k]) for k in ("generated", "cached")})
 
 
 def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
@@ -607,6 +622,7 @@ def write_job_corpus(selected: pd.DataFrame, out_dir: str, t: Tracker) -> list[d
         if "://" not in p:
             t.log_artifact(p, "corpus")
     t.log_metrics({"corpus_rows": len(corpus), "corpus_questions": int(selected[C.QUESTION_ID].nunique())})
+    t.set_tags({"ray_distill.corpus_sha256": corpus_hash(corpus)})  # same config + seed: same hash
     return corpus
 
 
@@ -616,8 +632,10 @@ def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Track
     if not suites:
         logger.warning("no evaluation suites configured: %s evaluation skipped", prefix)
         return {}
+    store = student_store(cfg)
     scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, student=cfg.student,
-                             code=cfg.format.code.model_dump())
+                             code=cfg.format.code.model_dump(), store=store)
+    _log_student_counters(t, store, prefix)
     if rec is not None:
         rec.student_tokens += int(sum(m.get("tokens", m["mean_length"] * m["k"] * m["n_questions"])
                                       for m in scores.values()))

@@ -10,7 +10,10 @@ return value is the job's exit status (0 = SUCCEEDED).
 
 Secrets travel **by name**: ``env_names=["HF_TOKEN"]`` reads ``HF_TOKEN`` from the local environment and
 hands it to the job's ``runtime_env.env_vars``; values are never printed or logged (the summary lists
-names only).
+names only). The cluster stores the runtime_env with the job, though, and anyone who can reach its Jobs
+API or dashboard can read it back: a convenience for private clusters, so every use prints
+:data:`ENV_WARNING`. On a shared cluster give the nodes the secret from the platform instead (a
+Kubernetes Secret via ``secretKeyRef``, as in ``cluster/kuberay/``).
 
 By default the cluster's nodes are expected to have ``ray-distill`` installed already (a cluster image,
 or the local test cluster). ``install="pip"`` / ``install="uv"`` instead installs the package's
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from ray_distill.config import load_config
+from ray_distill.redact import redact_text
 
 # Never shipped with the working directory (Ray's own limit on a working_dir package is a few hundred MiB).
 DEFAULT_EXCLUDES = [
@@ -56,6 +60,11 @@ class SubmitError(RuntimeError):
     """The submission itself is wrong (missing secret variable, job file outside the working dir, ...)."""
 
 
+ENV_WARNING = ("warning: --env {names}: the value(s) go into the job's runtime_env, which anyone with access to "
+               "this cluster's Jobs API or dashboard can read back; on a shared cluster give the nodes the secret "
+               "from the platform instead (e.g. a Kubernetes Secret via secretKeyRef, see cluster/kuberay/)")
+
+
 @dataclass
 class Submission:
     """What goes to the cluster: the entrypoint command and the runtime environment."""
@@ -68,7 +77,7 @@ class Submission:
         """A log-safe summary: environment variables by name only."""
         env = ", ".join(self.env_names) or "none"
         extra = {k: v for k, v in self.runtime_env.items() if k not in ("env_vars", "excludes")}
-        return f"entrypoint: {self.entrypoint}\nruntime_env: {extra}\nenv vars (by name): {env}"
+        return redact_text(f"entrypoint: {self.entrypoint}\nruntime_env: {extra}\nenv vars (by name): {env}")
 
 
 def build_submission(
@@ -130,7 +139,8 @@ def submit_job(
     running after that many seconds is stopped (status STOPPED, return 1)."""
     log = log_stream or sys.stdout
     sub = build_submission(job_path, overrides, env_names, working_dir, extra, install)
-
+    if sub.env_names:
+        _say(log, ENV_WARNING.format(names=", ".join(sub.env_names)))
     client = job_client(address)
     job_id = client.submit_job(entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, submission_id=submission_id,
                                metadata={"ray_distill.job": job_path})

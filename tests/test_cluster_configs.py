@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from ray_distill.config import load_config
+from ray_distill.redact import redact, redact_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -59,6 +60,38 @@ def test_kuberay_manifests_have_head_gpu_groups_and_auth():
             assert "ray-distill run" in doc["spec"]["entrypoint"], name
             assert doc["spec"]["shutdownAfterJobFinishes"] is True, name
             yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
+
+
+SECRET_WORDS = {"TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIALS"}
+
+
+def _secret_like(var: str) -> bool:
+    return bool(SECRET_WORDS & set(var.upper().split("_")))  # HF_TOKEN yes, TOKENIZERS_PARALLELISM no
+
+
+def test_kuberay_secrets_come_from_the_platform_never_from_the_job_spec():
+    """Every Ray container reads HF_TOKEN, S3 keys, ... through secretKeyRef; no secret-looking variable has a
+    literal value, none travels in the RayJob's runtime env (readable through the Jobs API), no URI in a
+    manifest carries credentials, and the usage comments do not suggest `submit --env`."""
+    for name, doc in _kuberay().items():
+        spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+        for pod in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            for c in pod["template"]["spec"]["containers"]:
+                env = {e["name"]: e for e in c["env"]}
+                assert "envFrom" not in c, (name, c["name"])
+                for var in ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                    ref = env[var]["valueFrom"]["secretKeyRef"]
+                    assert ref["key"] == var and ref["name"] and ref["optional"] is True, (name, var)
+                for var, e in env.items():
+                    if _secret_like(var):
+                        assert "value" not in e and "secretKeyRef" in e["valueFrom"], (name, c["name"], var)
+        if doc["kind"] == "RayJob":
+            job_env = (yaml.safe_load(doc["spec"]["runtimeEnvYAML"]) or {}).get("env_vars", {})
+            assert not [v for v in job_env if _secret_like(v)], name
+            assert redact(doc["spec"]["entrypoint"]) == doc["spec"]["entrypoint"], name
+    for path in CLUSTER.joinpath("kuberay").glob("*.yaml"):
+        text = path.read_text()
+        assert redact_text(text) == text and "--env " not in text, path
 
 
 def _assert_token_auth(name: str, spec: dict) -> None:

@@ -63,6 +63,24 @@ def test_build_submission_entrypoint_and_runtime_env(monkeypatch):
     assert "s3cr3t-value" not in sub.describe() and "RD_TEST_SECRET" in sub.describe()
 
 
+def test_env_warns_that_the_value_is_readable_through_the_jobs_api(monkeypatch):
+    """--env keeps working, but says on every use (before the cluster is contacted) where the value ends up."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("RD_TEST_SECRET", "s3cr3t-value")
+    for names, warned in ((["RD_TEST_SECRET"], True), ([], False)):
+        log = io.StringIO()
+        with pytest.raises(ConnectionError):  # nothing listens there: the warning came first
+            submit_job(JOB, [], address="http://127.0.0.1:1", env_names=names, log_stream=log)
+        assert ("warning: --env RD_TEST_SECRET" in log.getvalue() and "Jobs API" in log.getvalue()) is warned
+        assert "s3cr3t-value" not in log.getvalue()
+
+
+def test_describe_redacts_credentials_in_overrides(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    sub = build_submission(JOB, ["tracking.tracking_uri=https://u:pw@mlflow:5000"])
+    assert "https://***@mlflow:5000" in sub.describe() and "pw@" not in sub.describe()
+
+
 def test_build_submission_rejects_bad_submissions(monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("RD_NOT_SET", raising=False)

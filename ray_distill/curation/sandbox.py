@@ -4,21 +4,33 @@
     results = sandbox.run_tests(program, {"type": "stdio", "cases": [{"input": "1 2\\n", "output": "3"}]})
     results[0].passed, results[0].reason   # True, ""  -- or False, "timeout" / "wrong_output" / ...
 
-Each test runs in a fresh temporary working directory (removed afterwards) with a clean environment
-and no network:
+Each test runs with a clean environment and no network, in a private ``/tmp`` (its working directory,
+``HOME`` and ``TMPDIR``) that is a tmpfs of at most ``Limits.max_tmp_bytes`` (so at most that many bytes and,
+every non-empty file taking a page, at most ``max_tmp_bytes / 4096`` files with content), gone when the test
+ends. The program, its call arguments and the launcher's result travel through a read-only input directory
+and an inherited file descriptor, so nothing the program writes lands on the host's disks:
 
-- ``bwrap`` (bubblewrap): new user, network, pid, ipc and uts namespaces, the root file system bound
-  read-only, a private ``/tmp``, only the work dir writable, killed with its parent;
-- fallback ``unshare -rn --pid --fork --kill-child`` (util-linux): new user, network and pid namespaces.
-  It does not make the root file system read-only: the program can write wherever its uid may (so a
-  warning is logged once). When neither works, :class:`SandboxUnavailable` is raised: code is never
-  run unsandboxed.
+- ``bwrap`` (bubblewrap, what ``backend: auto`` means): new user, network, pid, ipc and uts namespaces, the
+  root file system bound read-only, its own ``/proc`` (only the sandbox's processes), the capped ``/tmp``
+  (``--size``), killed with its parent;
+- ``unshare --user --map-root-user --net --pid --fork --kill-child --mount-proc`` (util-linux), only when
+  configured explicitly (``backend: unshare``; a warning is logged once): new user, network, pid and mount
+  namespaces with a fresh ``/proc`` (the program cannot read other processes' command lines or
+  environments), and the capped ``/tmp`` (a tmpfs with ``size`` and ``nr_inodes`` that the launcher mounts
+  in its private mount namespace). It does not make the root file system read-only: the program can write
+  wherever its uid may.
+
+``auto`` never falls back from bwrap to unshare on its own: when bwrap does not work here,
+:class:`SandboxUnavailable` says why and names both fixes (install/enable bubblewrap, or accept the weaker
+isolation with ``format.code.backend: unshare``). Code is never run unsandboxed.
 
 When the caller is root, the sandbox runs as an unprivileged uid (65534, ``nobody``): root ignores
-``RLIMIT_NPROC``. Inside, a launcher sets rlimits (CPU seconds, address space, processes, file size,
-open files, no core files) and then runs the program in the same interpreter. A wall-clock timeout
-kills the whole process group (and with it the pid namespace). Stdout and stderr go to files whose
-size ``RLIMIT_FSIZE`` caps.
+``RLIMIT_NPROC``. A non-root caller (e.g. a Ray worker as ``ray`` in the KubeRay image) runs it as itself;
+both backends need unprivileged user namespaces (``kernel.unprivileged_userns_clone``; seccomp/AppArmor
+profiles of some container runtimes forbid them: then the sandbox refuses to run). Inside, a launcher sets
+rlimits (CPU seconds, address space, processes, file size, open files, no core files) and then runs the
+program in the same interpreter. A wall-clock timeout kills the whole process group (and with it the pid
+namespace). Stdout and stderr go to files whose size ``RLIMIT_FSIZE`` caps.
 
 Test styles (the canonical form of ``ray_distill.data.questions.normalize_tests``):
 
@@ -38,7 +50,6 @@ import math
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -58,17 +69,35 @@ SANDBOX_ERROR = "sandbox_error"
 BACKENDS = ("bwrap", "unshare")
 SANDBOX_UID = 65534  # "nobody": the uid a root caller drops to
 _CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
-_PROGRAM, _CALL, _RESULT, _STARTED = "solution.py", "_call.json", "_result.json", "_started"
+_PROGRAM, _CALL = "solution.py", "_call.json"
+_STARTED = b"S"  # the launcher's first byte on the result descriptor: it ran (tells a sandbox failure from a crash)
+_PRIVATE_TMP = "/tmp"  # the program's working directory, HOME and TMPDIR inside the sandbox (a capped tmpfs)
 _DETAIL_CHARS = 300
 
-# Runs inside the sandbox: set rlimits, then run the program as __main__ (stdio) or as a module
-# whose function is called (call). The "_started" marker tells a sandbox failure from a crash.
+# Runs inside the sandbox: read the inputs, (unshare) mount the capped private /tmp, move into it, set
+# rlimits, then run the program as __main__ (stdio) or as a module whose function is called (call).
+# The first byte on the result descriptor says the launcher got that far; the call result follows it.
 _LAUNCHER = r"""
-import json, resource, runpy, sys
+import json, os, resource, runpy, sys
 cfg = json.loads(sys.argv[1])
+inputs = {}
+for name in os.listdir(cfg["inputs"]):
+    with open(os.path.join(cfg["inputs"], name), "rb") as f:
+        inputs[name] = f.read()
+if cfg["mount_tmp"]:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    opts = "size=%d,nr_inodes=%d,mode=700" % (cfg["tmp_bytes"], max(16, cfg["tmp_bytes"] // 4096))
+    if libc.mount(b"tmpfs", cfg["tmp"].encode(), b"tmpfs", 2 | 4, opts.encode()) != 0:  # MS_NOSUID | MS_NODEV
+        raise OSError(ctypes.get_errno(), "cannot mount the private tmp: " + os.strerror(ctypes.get_errno()))
+os.chdir(cfg["tmp"])
+for name, data in inputs.items():
+    with open(name, "wb") as f:
+        f.write(data)
+out = cfg["result_fd"]
 for name, (soft, hard) in cfg["rlimits"].items():
     resource.setrlimit(getattr(resource, name), (soft, hard))
-open("_started", "w").close()
+os.write(out, b"S")
 sys.argv = ["solution.py"]
 sys.path.insert(0, ".")
 if cfg["mode"] == "stdio":
@@ -87,8 +116,7 @@ else:
         text = json.dumps({"value": value})
     except (TypeError, ValueError) as err:
         text = json.dumps({"unserializable": "%s: %s" % (type(value).__name__, err)})
-    with open("_result.json", "w") as f:
-        f.write(text)
+    os.write(out, text.encode())
 """
 
 
@@ -103,6 +131,7 @@ class Limits:
     max_processes: int = 16  # tasks (processes and threads) inside the sandbox
     max_output_bytes: int = 1 << 20  # stdout, stderr and any file the program writes
     max_open_files: int = 64
+    max_tmp_bytes: int = 16 << 20  # everything the program writes to its private /tmp (tmpfs size)
 
     @property
     def cpu_s(self) -> int:
@@ -147,9 +176,10 @@ def _json_normal(value):
 
 @functools.lru_cache(maxsize=None)
 def detect_backend(prefer: str = "auto", python: str | None = None) -> str:
-    """The first backend (``bwrap``, then ``unshare``) that runs a trivial program here, or
-    :class:`SandboxUnavailable`. ``prefer`` names one backend to use, or ``"auto"``."""
-    candidates = BACKENDS if prefer == "auto" else (prefer,)
+    """The backend that runs a trivial program here, or :class:`SandboxUnavailable`. ``prefer`` names one
+    backend to use; ``"auto"`` means bwrap and never silently downgrades to the weaker ``unshare``: that
+    takes an explicit ``backend: unshare``."""
+    candidates = ("bwrap",) if prefer == "auto" else (prefer,)
     if prefer not in ("auto", *BACKENDS):
         raise ValueError(f"unknown sandbox backend {prefer!r}; expected auto or one of {BACKENDS}")
     errors = []
@@ -162,10 +192,15 @@ def detect_backend(prefer: str = "auto", python: str | None = None) -> str:
         probe = probe_box._execute("print(6 * 7)", "stdio", "", None)
         if probe.returncode == 0 and probe.stdout.strip() == "42":
             if backend == "unshare":
-                logger.warning("sandbox: bwrap unavailable, using 'unshare' (no network, but the root file system "
-                               "is not read-only); install bubblewrap for full isolation")
+                logger.warning("sandbox: using 'unshare' as configured (no network, own /proc, capped /tmp, but the "
+                               "root file system is not read-only); bwrap isolates more")
             return backend
         errors.append(f"{backend}: {_last_line(probe.stderr) or f'exit code {probe.returncode}'}")
+    if prefer == "auto":
+        raise SandboxUnavailable(
+            f"no working code sandbox ({'; '.join(errors)}): backend 'auto' needs bubblewrap (apt-get install -y "
+            f"bubblewrap) with unprivileged user namespaces; to accept weaker isolation (writable root file system) "
+            f"set format.code.backend: unshare explicitly")
     raise SandboxUnavailable(f"no working code sandbox ({'; '.join(errors)}); install bubblewrap "
                              f"(apt-get install -y bubblewrap) or util-linux 'unshare' with user namespaces enabled")
 
@@ -248,13 +283,14 @@ class Sandbox:
             shutil.rmtree(work, ignore_errors=True)
 
     def _execute_in(self, work: str, program: str, mode: str, stdin: str, call: dict | None) -> _Run:
+        """``work`` holds the inputs (read-only inside); the program runs in the private, capped /tmp."""
         drop = os.geteuid() == 0
         _write(os.path.join(work, _PROGRAM), program)
         if call is not None:
             _write(os.path.join(work, _CALL), json.dumps(call))
-        if drop:
-            for name in [work, *(os.path.join(work, n) for n in os.listdir(work))]:
-                os.chown(name, SANDBOX_UID, SANDBOX_UID)
+        os.chmod(work, 0o755)
+        for name in os.listdir(work):
+            os.chmod(os.path.join(work, name), 0o444)
         lim = self.limits
         rlimits = {
             "RLIMIT_CPU": (lim.cpu_s, lim.cpu_s + 1),
@@ -264,32 +300,37 @@ class Sandbox:
             "RLIMIT_NOFILE": (lim.max_open_files,) * 2,
             "RLIMIT_CORE": (0, 0),
         }
-        inner = [self.python, "-I", "-c", _LAUNCHER, json.dumps({"mode": mode, "rlimits": rlimits})]
-        env = {"PATH": _CLEAN_PATH, "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        env = {"PATH": _CLEAN_PATH, "HOME": _PRIVATE_TMP, "TMPDIR": _PRIVATE_TMP, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         ids = {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []} if drop else {}
-        with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr:
+        with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr, \
+                tempfile.TemporaryFile() as fres:
             fin.write(stdin.encode("utf-8"))
             fin.seek(0)
-            proc = subprocess.Popen(self._wrap(inner, work), cwd=work, env=env, stdin=fin, stdout=fout, stderr=ferr,
-                                    start_new_session=True, close_fds=True, **ids)
+            cfg = {"mode": mode, "rlimits": rlimits, "inputs": work, "tmp": _PRIVATE_TMP, "tmp_bytes": lim.max_tmp_bytes,
+                   "mount_tmp": self.resolve() == "unshare", "result_fd": fres.fileno()}
+            inner = [self.python, "-I", "-c", _LAUNCHER, json.dumps(cfg)]
+            proc = subprocess.Popen(self._wrap(inner, work), cwd="/", env=env, stdin=fin, stdout=fout, stderr=ferr,
+                                    start_new_session=True, close_fds=True, pass_fds=(fres.fileno(),), **ids)
             timed_out = False
             try:
                 proc.wait(timeout=lim.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
             _kill_group(proc)
-            out, err = _read(fout), _read(ferr)
-            result = _read_result(os.path.join(work, _RESULT), lim.max_output_bytes)
-            return _Run(returncode=proc.returncode, timed_out=timed_out, started=os.path.exists(os.path.join(work, _STARTED)),
+            out, err, res = _read(fout), _read(ferr), _read(fres, lim.max_output_bytes + 1)
+            started = res.startswith(_STARTED)
+            result = res[1:].decode("utf-8", "replace") if started and len(res) > 1 else None
+            return _Run(returncode=proc.returncode, timed_out=timed_out, started=started,
                         stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
                         output_bytes=max(len(out), len(err), len(result or "")), result=result)
 
     def _wrap(self, inner: list[str], work: str) -> list[str]:
         if self.resolve() == "bwrap":
-            return ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
-                    "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--bind", work, work, "--chdir", work,
-                    "--", *inner]
-        return ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--", *inner]
+            return ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--dev", "/dev",
+                    "--proc", "/proc", "--size", str(self.limits.max_tmp_bytes), "--perms", "0700", "--tmpfs", _PRIVATE_TMP,
+                    "--ro-bind", work, work, "--chdir", "/", "--", *inner]
+        return ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
+                "--", *inner]
 
 
 def _failure(run: _Run, lim: Limits) -> tuple[str, str] | None:
@@ -364,21 +405,9 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _read(f) -> bytes:
+def _read(f, limit: int = -1) -> bytes:
     f.seek(0)
-    return f.read()
-
-
-def _read_result(path: str, limit: int) -> str | None:
-    """The harness's result file; never follows a link the program may have planted."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        return f.read(limit).decode("utf-8", "replace")
+    return f.read(limit)
 
 
 def _last_line(text: str) -> str:

@@ -8,11 +8,15 @@ format TRL's ``SFTTrainer`` and LLaMA-Factory's sharegpt/openai loaders read) pl
 ``question_id``, ``teacher``, ``sample_index``. ``manifest.jsonl`` has one line per corpus row with
 the verdicts, pass rate and selection distance, for audit. ``write_corpus`` takes curated rows
 (question + completion + verdicts) or rows already made by :func:`to_chat_row`. Rows are written sorted by
-(question_id, teacher, sample_index), so the same selection gives byte-identical files.
+(question_id, teacher, sample_index), so the same selection gives byte-identical files;
+:func:`corpus_hash` is the content hash of those rows (logged with every write, tagged on the MLflow run:
+two runs with the same config and seed give the same hash).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -61,6 +65,17 @@ def _prompt(row: dict) -> str:
     return row[C.QUESTION] if prompt is None or (isinstance(prompt, float) and prompt != prompt) else prompt
 
 
+def corpus_hash(rows: Iterable[dict] | pd.DataFrame) -> str:
+    """sha256 of the corpus content: the ``messages`` and ids of every row (what ``corpus.parquet`` holds),
+    in the written order; independent of the file format and of the order ``rows`` come in."""
+    chat = sorted((r if C.MESSAGES in r else to_chat_row(r) for r in _records(rows)), key=_key)
+    h = hashlib.sha256()
+    for row in chat:
+        h.update(json.dumps({k: row[k] for k in CORPUS_COLUMNS}, sort_keys=True, ensure_ascii=False, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
 def write_corpus(rows: Iterable[dict] | pd.DataFrame, out_dir: str) -> dict[str, str]:
     """Write ``corpus.parquet``, ``corpus.jsonl`` and ``manifest.jsonl`` under ``out_dir``.
 
@@ -77,7 +92,8 @@ def write_corpus(rows: Iterable[dict] | pd.DataFrame, out_dir: str) -> dict[str,
         "jsonl": write_rows(corpus, f"{base}/{CORPUS_JSONL}"),
         "manifest": write_rows(manifest, f"{base}/{MANIFEST}"),
     }
-    logger.info("corpus: %d rows, %d questions -> %s", len(chat), len({c[C.QUESTION_ID] for c in chat}), base)
+    logger.info("corpus: %d rows, %d questions, sha256 %s -> %s", len(chat), len({c[C.QUESTION_ID] for c in chat}),
+                corpus_hash(chat), base)
     return paths
 
 

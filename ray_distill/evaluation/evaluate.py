@@ -32,6 +32,7 @@ from ray_distill import columns as C
 from ray_distill.config import EngineConfig, SamplingConfig, StudentConfig, TeacherConfig
 from ray_distill.curation.graders import Verdict, grade_rows, sandbox_from_config
 from ray_distill.generation.actor import generate_dataset
+from ray_distill.generation.store import GenerationStore, model_digest
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +64,12 @@ def sample_student(
     max_tokens: int,
     seed: int = 0,
     student: StudentConfig | None = None,
+    store: GenerationStore | None = None,
 ) -> pd.DataFrame:
     """``k`` samples per question (``GENERATION_COLUMNS`` + any extra question columns); ``student``: the
-    job's student settings (serving resources, chat template; None: the defaults)."""
+    job's student settings (serving resources, chat template; None: the defaults). With a ``store`` the
+    samples are drawn once and read back afterwards (keyed by the checkpoint's content digest), so a rerun
+    or a resumed job does not resample the student; failed requests are retried on the next call."""
     if not questions:
         raise ValueError("sample_student needs at least one question")
     student = student or StudentConfig()
@@ -76,7 +80,17 @@ def sample_student(
         resources=student.serving.resources,
     )
     start = time.perf_counter()
-    df = generate_dataset(ray.data.from_pandas(pd.DataFrame(questions)), engine).to_pandas()
+    if store is None:
+        df = generate_dataset(ray.data.from_pandas(pd.DataFrame(questions)), engine).to_pandas()
+    else:  # one row per (question, sample index) in question order; extra columns (suite, ...) put back
+        # a store row is one request: batch_size questions x k samples per engine wave, as without a store
+        res = engine.resources
+        engine = engine.model_copy(update={"resources": res.model_copy(update={"batch_size": res.batch_size * k})})
+        df, _ = store.get_or_generate(questions, engine, k, digest=model_digest(model_path))
+        qdf = pd.DataFrame(questions)
+        extra = qdf.drop(columns=[c for c in qdf.columns if c in C.GENERATION_COLUMNS])
+        if len(extra.columns):
+            df = pd.concat([df, extra.loc[extra.index.repeat(k)].reset_index(drop=True)], axis=1)
     if len(df) != len(questions) * k:
         raise RuntimeError(f"student sampling returned {len(df)} rows for {len(questions)} questions x k={k}")
     seconds = time.perf_counter() - start
@@ -176,14 +190,16 @@ def evaluate_suites(
     seed: int = 0,
     student: StudentConfig | None = None,
     code: dict | None = None,
+    store: GenerationStore | None = None,
 ) -> dict[str, dict]:
-    """``{suite: avg_at_k(...)}`` for every suite, sampled in one engine pass; code rows graded in the
-    sandbox of ``code`` (the job's ``format.code``)."""
+    """``{suite: avg_at_k(...)}`` for every suite, sampled in one engine pass (read back from ``store``
+    when it has them, see :func:`sample_student`); code rows graded in the sandbox of ``code`` (the job's
+    ``format.code``)."""
     empty = [name for name, rows in suites.items() if not rows]
     if empty:
         raise ValueError(f"evaluation suites without questions: {empty}")
     rows = [{**q, SUITE: name} for name, qs in suites.items() for q in qs]
-    graded = grade_samples(sample_student(rows, model_path, k, temperature, max_tokens, seed, student), code)
+    graded = grade_samples(sample_student(rows, model_path, k, temperature, max_tokens, seed, student, store), code)
     scores = {name: avg_at_k(graded[graded[SUITE] == name]) for name in suites}
     for name, s in scores.items():
         logger.info("eval %s: avg@%d %.3f [%.3f, %.3f], pass@%d %.3f, mean length %.1f over %d questions",

@@ -116,7 +116,11 @@ class ScriptedEngine:
 # ("RuntimeError: CPU Generator does not use offset"): any batch whose prompts exceed one step's token
 # budget (e.g. 60 SmolLM2 chat prompts x 2 seeded samples) crashed the engine. Without chunked prefill
 # a prompt is always prefilled in one step, so every request keeps its own seed (same seed, same text).
-VLLM_CPU_SETTINGS: dict = {"enable_chunked_prefill": False}
+# No prefix caching either: with it, a request's prefill reuses KV blocks that whichever earlier batch
+# this engine actor happened to run left behind, so its logits (and a sampled text) could depend on the
+# actor's history, i.e. on Ray Data's scheduling; on CPU a request's text then depends only on its own
+# batch (fixed by the batch size) and seed, and two runs from scratch give the same samples.
+VLLM_CPU_SETTINGS: dict = {"enable_chunked_prefill": False, "enable_prefix_caching": False}
 
 
 class VLLMEngine:

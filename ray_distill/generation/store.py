@@ -7,7 +7,13 @@
 
 Every sample is stored under a key: sha256 of (question text hash, teacher name, engine kind, model,
 persona, revision, sampling params except ``n``, prompt-template hash, sample index; the API mode for
-``openai``). A larger ``n``, a rerun or a crash restart therefore only generates what is missing.
+``openai``; the content digest of the model's files when the caller passes one, :func:`model_digest`).
+A larger ``n``, a rerun or a crash restart therefore only generates what is missing.
+
+The student is stored like a teacher (under the name ``student``, with the digest of its checkpoint: the
+same path retrained to other weights is another model): compression, smoke-test and evaluation samples
+are drawn once, and a rerun or a resumed job reads them back. ``store.totals[name]`` adds up the row
+counters of every call of this store object (how many samples it generated, how many it found).
 
 Layout: ``<root>/<teacher>/part-<uuid>.parquet`` (successes, ``GENERATION_COLUMNS`` + ``generation_key``)
 and ``<root>/<teacher>/rejects/part-<uuid>.parquet`` (failed requests, kept for inspection and
@@ -23,8 +29,11 @@ import hashlib
 import json
 import logging
 import time
+import os
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import Mapping
+from functools import lru_cache
 
 import fsspec
 import numpy as np
@@ -47,7 +56,7 @@ STORED_DEFAULTS = {C.PROMPT_TOKENS: -1}  # for parts written before the column e
 Counts = int | Mapping[str, int] | None  # samples per question: one n for all, or one per question id
 
 
-def teacher_fingerprint(teacher: TeacherConfig) -> dict:
+def teacher_fingerprint(teacher: TeacherConfig, model_digest: str | None = None) -> dict:
     """Everything about a teacher that changes its samples (the chat template and its variables
     included; the prompt template is in the hashed prompt text). Not in it: ``n`` (it only adds samples),
     ``base_url`` (where a model is served, not which model: a moved server keeps its samples; the
@@ -72,7 +81,34 @@ def teacher_fingerprint(teacher: TeacherConfig) -> dict:
         fp["chat_template"] = hashlib.sha256(e.chat_template.encode()).hexdigest()[:16]
     if e.chat_template_kwargs:
         fp["chat_template_kwargs"] = e.chat_template_kwargs
+    if model_digest:  # set only when given, so teacher keys stay what they were
+        fp["model_digest"] = model_digest
     return fp
+
+
+def model_digest(path: str) -> str:
+    """A digest of a model directory's files (relative name, size, sha256 of the bytes) on any fsspec URL;
+    ``path`` itself for a hub id (``org/name[@revision]``: pin a commit for reproducible reruns). Computed
+    once per process for each set of (name, size, mtime) of the files."""
+    fs, root = fsspec.core.url_to_fs(path)
+    if not fs.isdir(root):
+        return path
+    files = sorted((f, info) for f, info in fs.find(root, detail=True).items())
+    signature = tuple((f, int(info.get("size") or 0), str(info.get("mtime") or info.get("LastModified") or
+                                                          info.get("ETag") or "")) for f, info in files)
+    return _digest(path, signature)
+
+
+@lru_cache(maxsize=64)
+def _digest(path: str, signature: tuple) -> str:
+    fs, root = fsspec.core.url_to_fs(path)
+    h = hashlib.sha256()
+    for name, size, _ in signature:
+        h.update(f"{os.path.relpath(name, root)}\0{size}\0".encode())
+        with fs.open(name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:32]
 
 
 def generation_key(question: str, fingerprint: dict, sample_index: int) -> str:
@@ -85,6 +121,7 @@ class GenerationStore:
         self.root = root.rstrip("/")
         self.fs, self.root_path = fsspec.core.url_to_fs(self.root)
         self.flush_rows = flush_rows
+        self.totals: defaultdict[str, Counter] = defaultdict(Counter)  # row counters of this object's calls
 
     def teacher_dir(self, teacher_name: str) -> str:
         if not teacher_name or "/" in teacher_name or teacher_name.startswith((".", "_")):
@@ -127,15 +164,16 @@ class GenerationStore:
         return final
 
     def get_or_generate(
-        self, questions: list[dict], teacher: TeacherConfig, n: Counts = None
+        self, questions: list[dict], teacher: TeacherConfig, n: Counts = None, digest: str | None = None,
     ) -> tuple[pd.DataFrame, dict[str, int]]:
         """Samples ``0..n-1`` (default ``teacher.sampling.n``; a mapping gives each question id its own
         ``n``) of every question, generating only the missing ones, all in one actor pool. Returns one
         row per requested (question, sample index), in request order, with ``STORED_COLUMNS``; rows
         whose request failed this time carry a non-empty ``error``. Counters
         (:func:`generation_counters`): row counts (requested = cached + generated + failed) and the
-        prompts, tokens and wall time spent by this call, plus the tokens of the cached samples."""
-        requests = request_frame(questions, teacher, n)
+        prompts, tokens and wall time spent by this call, plus the tokens of the cached samples.
+        ``digest``: the model's content digest (:func:`model_digest`), part of every key when given."""
+        requests = request_frame(questions, teacher, n, digest)
         cached = self.load(teacher.name, set(requests[KEY]))
         todo = requests[~requests[KEY].isin(cached[KEY])].drop_duplicates(KEY)
         start = time.perf_counter()
@@ -147,13 +185,15 @@ class GenerationStore:
         if len(out) != len(requests):
             raise RuntimeError(f"{len(requests) - len(out)} requested samples are missing after generation")
         counters = generation_counters(requests, cached, todo, new_ok, new_bad, wall_s)
+        self.totals[teacher.name].update({k: counters[k] for k in ("requested", "cached", "generated", "failed")})
         logger.info("generation store %s/%s: %s", self.root, teacher.name, counters)
         return out, counters
 
-    def lookup(self, questions: list[dict], teacher: TeacherConfig, n: Counts = None) -> pd.DataFrame:
-        """The stored ones among the samples ``get_or_generate(questions, teacher, n)`` asks for, in
+    def lookup(self, questions: list[dict], teacher: TeacherConfig, n: Counts = None,
+               digest: str | None = None) -> pd.DataFrame:
+        """The stored ones among the samples ``get_or_generate(questions, teacher, n, digest)`` asks for, in
         request order, in the same layout; generates nothing."""
-        requests = request_frame(questions, teacher, n)
+        requests = request_frame(questions, teacher, n, digest)
         return _answer(requests, self.load(teacher.name, set(requests[KEY])), how="inner")
 
     def count_cached(self, questions: list[dict], teacher: TeacherConfig, n: Counts = None) -> int:
@@ -254,13 +294,13 @@ def sample_counts(question_ids: list[str], n: int | Mapping[str, int]) -> list[i
     return counts
 
 
-def request_frame(questions: list[dict], teacher: TeacherConfig, n: Counts) -> pd.DataFrame:
+def request_frame(questions: list[dict], teacher: TeacherConfig, n: Counts, digest: str | None = None) -> pd.DataFrame:
     """One row per (question, sample index < its n) with its content key (``n``: see ``get_or_generate``)."""
     qdf = with_question_defaults(pd.DataFrame(questions), "questions")
     counts = sample_counts(qdf[C.QUESTION_ID].astype(str).tolist(), n if n is not None else teacher.sampling.n)
     req = qdf[C.QUESTION_COLUMNS].iloc[np.repeat(np.arange(len(qdf)), counts)].reset_index(drop=True)
     req[C.SAMPLE_INDEX] = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.arange(0)
-    fp = teacher_fingerprint(teacher)
+    fp = teacher_fingerprint(teacher, digest)
     # the key hashes what the teacher is sent (the prompt: the question itself when there is no template)
     req[KEY] = [generation_key(q, fp, int(i)) for q, i in zip(req[C.PROMPT], req[C.SAMPLE_INDEX])]
     return req

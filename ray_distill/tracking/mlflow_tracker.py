@@ -1,4 +1,7 @@
-"""MLflow tracker over ``MlflowClient`` (explicit run ids: safe across threads, Ray workers, Tune trials)."""
+"""MLflow tracker over ``MlflowClient`` (explicit run ids: safe across threads, Ray workers, Tune trials).
+
+Params, tags and dataset sources pass through :func:`ray_distill.redact.redact_text` on their way to
+MLflow: a signed URL or ``user:password@`` in the config never reaches the tracking server."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pandas as pd
+
+from ray_distill.redact import redact, redact_text, redact_value
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +117,8 @@ class MLflowTracker:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        # redacted before the length cap, which could cut a URI between its password and its '@'
+        items = [Param(k, _param_value(redact_value(v))) for k, v in params.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
 
@@ -128,7 +134,7 @@ class MLflowTracker:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+            self.client.set_tag(self.run_id, k, redact_text(str(v)))
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         if os.path.isdir(local_path):
@@ -149,7 +155,7 @@ class MLflowTracker:
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = mlflow.data.from_pandas(_jsonable(df), source=source, name=name)
+        dataset = mlflow.data.from_pandas(_jsonable(df), source=redact(source), name=name)
         tag = InputTag(key="mlflow.data.context", value=context)
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])
 
@@ -199,7 +205,7 @@ def start_tracker(
     if "://" not in artifacts:
         artifacts = os.path.abspath(artifacts)
     tracker = MLflowTracker.create(uri, experiment, run_name, tags, artifact_location=artifacts)
-    logger.info("MLflow run %s in %s (experiment %r)", tracker.run_id, _redact(uri), experiment)
+    logger.info("MLflow run %s in %s (experiment %r)", tracker.run_id, redact(uri), experiment)
     return tracker
 
 
@@ -217,8 +223,3 @@ def _jsonable(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _redact(uri: str) -> str:
-    """Hide credentials in URIs such as https://user:token@host."""
-    from ray_distill.environment import redact
-
-    return redact(uri)

@@ -4,13 +4,19 @@ failed tests with the right reason, and the caller goes on."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from ray_distill.curation import sandbox as S
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Generous wall clock: on a loaded machine, starting Python inside the sandbox can take over a second.
 FAST = S.Limits(timeout_s=5.0, memory_mb=256, max_processes=8, max_output_bytes=64 * 1024)
@@ -133,8 +139,78 @@ def test_clean_environment(box, monkeypatch):
 
 def test_no_sandbox_raises_instead_of_running(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # neither bwrap nor unshare can be found
-    with pytest.raises(S.SandboxUnavailable, match="bwrap: not installed; unshare: not installed"):
+    with pytest.raises(S.SandboxUnavailable, match="bwrap: not installed"):
         S.detect_backend.__wrapped__("auto")
+    with pytest.raises(S.SandboxUnavailable, match="unshare: not installed"):
+        S.detect_backend.__wrapped__("unshare")
+
+
+def test_auto_never_downgrades_to_unshare(monkeypatch, tmp_path):
+    """With only unshare on the PATH, auto refuses loudly and names the explicit setting; unshare as configured runs."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    os.symlink(shutil.which("unshare"), tmp_path / "unshare")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(S.SandboxUnavailable, match="backend 'auto' needs bubblewrap.*format.code.backend: unshare"):
+        S.detect_backend.__wrapped__("auto")
+    assert S.detect_backend.__wrapped__("unshare") == "unshare"
+
+
+SECRET_ENV = "RAY_DISTILL_VICTIM_SECRET"
+# Looks for the secret in every process's environment and command line it can see.
+SNOOP = f"""import os
+found = []
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    for what in ('environ', 'cmdline'):
+        try:
+            with open(f'/proc/{{pid}}/{{what}}', 'rb') as f:
+                if b'{SECRET_ENV}' in f.read():
+                    found.append(pid + '/' + what)
+        except OSError:
+            pass
+print('found ' + ' '.join(found) if found else 'ok')
+"""
+
+
+def test_program_cannot_read_other_processes_environments(box):
+    """A process of the very uid the program runs as holds a secret in its environment and command line: the
+    program's /proc shows only the sandbox's own processes (bwrap --proc, unshare --mount-proc)."""
+    uid = S.SANDBOX_UID if os.geteuid() == 0 else os.geteuid()
+    ids = {"user": uid, "group": uid, "extra_groups": []} if os.geteuid() == 0 else {}
+    victim = subprocess.Popen(["sh", "-c", "sleep 60; :", SECRET_ENV], env={SECRET_ENV: "s3cret", "PATH": "/usr/bin:/bin"}, **ids)
+    try:
+        result = _stdio(box, SNOOP)
+        assert result.passed, result
+        assert victim.poll() is None, "the victim was not running"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+# Fills the private tmp: files of just under RLIMIT_FSIZE each until the file system refuses.
+FILL = """import errno, os
+total, files = 0, 0
+try:
+    while files < 100000:
+        with open('f%d' % files, 'wb') as f:
+            files += 1
+            for _ in range(15):
+                f.write(b'x' * 4096)
+                f.flush()
+                total += 4096
+except OSError as err:
+    print('full' if err.errno in (errno.ENOSPC, errno.EDQUOT) else 'error %s' % err, total, files)
+"""
+
+
+def test_private_tmp_is_capped(box):
+    """Whatever the program writes (files of any size, in its working directory = /tmp) stops at max_tmp_bytes."""
+    cap = 1 << 20
+    small = S.Sandbox(FAST.__class__(**{**FAST.__dict__, "max_tmp_bytes": cap}), backend=box.resolve())
+    run = small._execute(FILL, "stdio", "", None)
+    word, total, files = run.stdout.split()
+    assert word == "full" and int(total) <= cap and int(files) <= cap // 4096 + 1, run.stdout
+    assert box.run_stdio_case("open('a', 'w').write('x' * 1000)\nprint(open('a').read()[:2])", "", "xx").passed
 
 
 def _tasks_of(uid: int) -> int:
@@ -148,3 +224,56 @@ def _tasks_of(uid: int) -> int:
         except (OSError, IndexError):
             pass
     return n
+
+
+NON_ROOT_UID = 1000  # the KubeRay image's `ray` user
+# Run as a non-root uid: the sandbox as a Ray worker of the KubeRay image would use it (no uid drop).
+AS_WORKER = """import json, os, shutil, subprocess, sys
+from ray_distill.curation import sandbox as S
+from tests.curation.test_sandbox import FAST, FILL, SECRET_ENV, SNOOP
+assert os.geteuid() != 0
+victim = subprocess.Popen(["sh", "-c", "sleep 60; :", SECRET_ENV], env={SECRET_ENV: "s3cret", "PATH": "/usr/bin:/bin"})
+out = {"uid": os.geteuid()}
+try:
+    for backend in sys.argv[1:]:
+        # the system python3: this test's interpreter may sit under a directory only root may search
+        box = S.Sandbox(S.Limits(**{**FAST.__dict__, "max_tmp_bytes": 1 << 20}), backend=backend,
+                        python=shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin"))
+        escape = "/var/tmp/ray-distill-escape-%d-%s" % (os.getpid(), backend)  # world-writable on the host
+        out[backend] = {
+            "solves": box.run_stdio_case("print(sum(map(int, input().split())))", "1 2", "3").passed,
+            "snoop": box._execute(SNOOP, "stdio", "", None).stdout.strip(),
+            "fill": box._execute(FILL, "stdio", "", None).stdout.split(),
+            "escape": box.run_stdio_case("open(%r, 'w').write('x')" % escape, "", "").reason,
+            "escaped": os.path.exists(escape),
+        }
+        if os.path.exists(escape):
+            os.remove(escape)
+finally:
+    assert victim.poll() is None, "the victim was not running"
+    victim.kill()
+print(json.dumps(out))
+"""
+
+
+def test_contained_when_the_worker_is_not_root():
+    """As a non-root worker (uid 1000 via setpriv when the tests run as root): code runs and is graded, the
+    program sees no other process's environment (a same-uid process holds a secret), its tmp is capped;
+    with bwrap it cannot write anywhere else either (with unshare it writes wherever the uid may: documented)."""
+    backends = [b for b in S.BACKENDS if shutil.which(b)]
+    cmd = [sys.executable, "-c", AS_WORKER, *backends]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: cannot become a non-root uid")
+        cmd = ["setpriv", f"--reuid={NON_ROOT_UID}", f"--regid={NON_ROOT_UID}", "--clear-groups", *cmd]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "TMPDIR": "/tmp", "HOME": "/tmp"}
+    proc = subprocess.run(cmd, env=env, cwd="/tmp", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["uid"] != 0
+    for backend in backends:
+        r = out[backend]
+        assert r["solves"] and r["snoop"] == "ok", (backend, r)
+        assert r["fill"][0] == "full" and int(r["fill"][1]) <= 1 << 20, (backend, r)
+        if backend == "bwrap":
+            assert r["escape"] == S.RUNTIME_ERROR and not r["escaped"], r

@@ -90,3 +90,15 @@ def test_read_corpus_round_trip_and_foreign_files(tmp_path):
         read_corpus(str(bad))
     with pytest.raises(DataError, match="no corpus.parquet or corpus.jsonl"):
         read_corpus(str(tmp_path))
+
+
+def test_corpus_hash_is_the_content_in_any_order():
+    from ray_distill.data.corpus import corpus_hash
+
+    rows = [_row("b", 1), _row("a", 0), _row("b", 0)]
+    h = corpus_hash(rows)
+    assert len(h) == 64 and h == corpus_hash(list(reversed(rows))) == corpus_hash(pd.DataFrame(rows))
+    assert h == corpus_hash([to_chat_row(r) for r in rows])  # chat rows or curated rows: same content
+    assert h == corpus_hash([{**r, C.SELECTION_DISTANCE: 9.0} for r in rows])  # manifest-only fields do not count
+    assert h != corpus_hash([*rows[:2], {**rows[2], C.COMPLETION: "<think>x</think>\\boxed{1}"}])
+    assert h != corpus_hash(rows[:2])

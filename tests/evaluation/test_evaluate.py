@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from ray_distill.evaluation.evaluate import evaluate_suites
+from ray_distill.generation.store import GenerationStore, model_digest
 from ray_distill.synthetic.tasks import make_questions
 
 
-def test_evaluate_suites_one_pass(ray_local, tiny_student_path):
+def test_evaluate_suites_one_pass(ray_local, tiny_student_path, tmp_path):
+    """Scores of one pass; then the student samples come back from the generation store like a teacher's: the
+    same call again (a rerun, a resumed job: another store object on the same root) makes 0 student generation
+    calls and scores the same; a fresh store (a clean rerun) samples again and gets the very same completions
+    (per-request seeds, one engine pass, vLLM on CPU)."""
     suites = {"arith": make_questions("arith", 6, 1, 2, seed=9), "max": make_questions("max", 4, 1, 2, seed=9)}
-    scores = evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16)
+    store = GenerationStore(str(tmp_path / "a"))
+    scores = evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16, store=store)
     assert set(scores) == {"arith", "max"}
     for name, m in scores.items():
         assert set(m) == {"avg_at_k", "pass_at_1", "pass_at_k", "ci_low", "ci_high", "n_questions", "k",
@@ -20,3 +28,18 @@ def test_evaluate_suites_one_pass(ray_local, tiny_student_path):
         assert m["avg_at_k"] == m["pass_at_1"] <= m["pass_at_k"] <= 1.0
         assert m["n_errors"] == 0
         assert 0 < m["mean_length"] <= 16
+    assert dict(store.totals["student"]) == {"requested": 20, "cached": 0, "generated": 20, "failed": 0}
+
+    rerun_store = GenerationStore(str(tmp_path / "a"))
+    rerun = evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16, store=rerun_store)
+    assert dict(rerun_store.totals["student"]) == {"requested": 20, "cached": 20, "generated": 0, "failed": 0}
+    assert rerun == scores
+    clean_store = GenerationStore(str(tmp_path / "b"))
+    assert evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16, store=clean_store) == scores
+    assert clean_store.totals["student"]["generated"] == 20
+
+    def completions(s: GenerationStore) -> pd.Series:
+        return s.load("student").set_index("generation_key")["completion"].sort_index()
+
+    pd.testing.assert_series_equal(completions(store), completions(clean_store))
+    assert len(model_digest(tiny_student_path)) == 32 and model_digest("org/name@main") == "org/name@main"

@@ -63,7 +63,8 @@ def test_vllm_output_gets_the_opened_reasoning_back_and_cpu_settings_avoid_the_s
     assert c["text"] == "<think>\n13+14=27</think>\\boxed{27}" and c["num_tokens"] == 3
     assert _to_completion(out, 20)["text"] == out.text
     # no chunked prefill on CPU: a discarded partial-prefill token makes vLLM rewind a seeded CPU generator
-    assert VLLM_CPU_SETTINGS == {"enable_chunked_prefill": False} and vllm_engine_kwargs() == VLLM_CPU_SETTINGS
+    assert VLLM_CPU_SETTINGS == {"enable_chunked_prefill": False, "enable_prefix_caching": False}
+    assert vllm_engine_kwargs() == VLLM_CPU_SETTINGS
 
 
 def test_store_key_names_preset_chat_template_and_its_variables():

@@ -90,3 +90,51 @@ def test_sigkill_mid_generation_then_rerun_generates_only_the_rest(ray_local, op
     assert df[KEY].is_unique and (df[C.ERROR] == "").all()
     expected = "<think>" + df[C.QUESTION] + " (seed " + df[C.SEED].astype(str) + ")</think>\\boxed{3}"
     assert (df[C.COMPLETION] == expected).all()  # the stub's answer for exactly this question and seed
+
+
+def _actor_pids(title: str) -> list[int]:
+    """Processes whose command line (Ray's process title for an actor) contains ``title``."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if title.encode() in f.read() and int(pid) != os.getpid():
+                    pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.slow
+def test_engine_actor_killed_mid_generation_loses_and_repeats_nothing(ray_local, openai_stub, tmp_path, monkeypatch):
+    """SIGKILL the engine actor while it generates: Ray Data restarts it (max_restarts) and retries its batch,
+    and the one call returns every requested sample exactly once; the store holds each once."""
+    import threading
+
+    monkeypatch.setenv("STUB_API_KEY", "sk-actor-kill-test")
+    questions = make_questions("arith", 60, 1, 3, seed=12)
+    with openai_stub(delay_s=0.03) as server:
+        teacher = TeacherConfig(
+            name="flaky", sampling=SamplingConfig(n=2, seed=2),
+            engine=EngineConfig(kind="openai", model="stub", base_url=server.base_url, api_key_env="STUB_API_KEY",
+                                max_concurrency=2),
+            resources=ResourcesConfig(batch_size=8, num_cpus=0.5))
+        store = GenerationStore(str(tmp_path / "gens"), flush_rows=8)
+        result: dict = {}
+        worker = threading.Thread(target=lambda: result.update(out=store.get_or_generate(questions, teacher)))
+        worker.start()
+        deadline = time.monotonic() + 90
+        while not store.part_files("flaky") and worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        killed = _actor_pids("GenerateBatch")
+        assert store.part_files("flaky") and worker.is_alive() and killed, "not mid-generation"
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        worker.join(timeout=180)
+        assert not worker.is_alive() and "out" in result
+    df, counters = result["out"]
+    assert (counters["requested"], counters["generated"], counters["failed"]) == (120, 120, 0)
+    assert len(df) == 120 and df[KEY].is_unique and (df[C.ERROR] == "").all()
+    raw_rows = sum(len(pq.read_table(p, filesystem=store.fs)) for p in store.part_files("flaky"))
+    assert raw_rows == len(store.load("flaky")) == 120  # no part written twice
+    assert len(server.requests) >= 120  # the killed batch's requests were sent again

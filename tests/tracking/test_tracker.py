@@ -43,3 +43,18 @@ def test_null_tracker_is_silent():
     with t.child("x") as c:
         c.log_metrics({"a": 1})
     assert t.handle() is None and tracker_from_handle(None).run_id is None
+
+
+def test_params_tags_and_dataset_sources_reach_mlflow_redacted(tmp_path):
+    t = start_tracker(True, None, "exp", str(tmp_path), "job")
+    t.log_params({"questions.path": "https://u:pw@h/q.jsonl?token=t0k", "suites": ["s3://b/k?X-Amz-Signature=5ig"],
+                  "train.lr": 0.01})
+    t.set_tags({"source": "https://h/x?sig=5ig"})
+    t.log_dataset(pd.DataFrame({"a": [1]}), "corpus", "https://u:pw@h/corpus.parquet")
+    t.end()
+    run = MlflowClient(t.handle().tracking_uri).get_run(t.run_id)
+    assert run.data.params == {"questions.path": "https://***@h/q.jsonl?token=***",
+                               "suites": '["s3://b/k?X-Amz-Signature=***"]', "train.lr": "0.01"}
+    assert run.data.tags["source"] == "https://h/x?sig=***"
+    text = str(run.inputs.dataset_inputs[0].dataset.source)
+    assert "corpus.parquet" in text and "pw" not in text

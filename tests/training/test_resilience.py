@@ -124,3 +124,48 @@ def test_two_node_cluster_trains_one_worker_per_node(tiny_student_path):
     finally:
         subprocess.run([script, "stop"], env=env, capture_output=True, text=True, timeout=120)
         shutil.rmtree(state, ignore_errors=True)
+
+
+KILLED_DRIVER = """
+import json, sys
+import ray
+from ray_distill.config import TrainConfig
+from ray_distill.synthetic.tasks import base_corpus
+from ray_distill.training import train_sft
+
+args = json.loads(sys.argv[1])
+ray.init(address=args["address"], log_to_driver=False, configure_logging=False)
+train_sft(base_corpus(240, seed=2), args["student"], args["out"], TrainConfig.model_validate(args["cfg"]),
+          storage_path=args["storage"], run_name="kill")
+print("finished")
+"""
+
+
+@pytest.mark.slow
+def test_killed_driver_rerun_resumes_from_the_last_checkpoint(ray_local, tiny_student_path, tmp_path):
+    """The driver (the job's process: `ray-distill run`) is SIGKILLed mid-training; its Ray Train run dies
+    with it. The rerun of the same training (same storage, run name and inputs) resumes from the last
+    registered checkpoint instead of step 0, and finishes every step exactly once."""
+    cfg = TrainConfig(num_workers=1, epochs=2, batch_size=8, lr=3e-3, max_seq_len=64, checkpoint_every_steps=6)
+    storage = tmp_path / "ray"
+    args = {"address": ray_local.get_runtime_context().gcs_address, "student": tiny_student_path,
+            "out": str(tmp_path / "student"), "storage": str(storage), "cfg": cfg.model_dump()}
+    driver = subprocess.Popen([sys.executable, "-c", KILLED_DRIVER, json.dumps(args)], start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while not registered_step_checkpoint(storage) and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.1)
+        assert registered_step_checkpoint(storage), driver.poll()
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert b"finished" not in driver.stdout.read()
+    deadline = time.time() + 60  # the dead driver's workers go with its job
+    while alive_train_worker_pids() and time.time() < deadline:
+        time.sleep(0.2)
+
+    m = train_sft(base_corpus(240, seed=2), tiny_student_path, str(tmp_path / "student"), cfg,
+                  storage_path=str(storage), run_name="kill").metrics
+    assert m["restarts"] == 1 and 6 <= m["resumed_from_step"] < m["steps"], m  # from a checkpoint, not step 0
+    assert m["epochs"] == 2 and m["steps"] == 60  # 30 steps per epoch, each done once
