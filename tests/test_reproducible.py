@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from ray_distill import columns as C
 from ray_distill.config import config_from_dict
 from ray_distill.data.corpus import corpus_hash
 from ray_distill.generation.store import GenerationStore
