@@ -326,6 +326,11 @@ def print_summary(result, wall: float, tracker) -> None:
     for suite, after in result.scores_after.items():
         before = result.scores_before.get(suite, {})
         scores.add_row(suite, _fmt_score(before), _fmt_score(after))
+    macro = result.extra.get("macro", {})
+    if len(result.scores_after) > 1:  # each suite counts once, whatever its size
+        for group in macro.get("after", {}):
+            scores.add_row(f"macro ({group})", f"{macro['before'].get(group, float('nan')):.3f}",
+                           f"{macro['after'][group]:.3f}")
     spend = Table(title="What each stage spent", min_width=60)
     for col in ("stage", "seconds", "teacher tokens", "student tokens", "CPU-s", "GPU-s"):
         spend.add_column(col, justify="left" if col == "stage" else "right")
