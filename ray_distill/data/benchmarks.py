@@ -93,6 +93,22 @@ def build_choices(row: dict) -> dict:
             C.ANSWER: LETTERS[order.index(0)]}
 
 
+DIFFICULTY_WORDS = {"easy": 1, "medium": 2, "hard": 3}  # LiveCodeBench, Codeforces-style labels
+
+
+def _difficulty_word(row: dict) -> dict:
+    """A difficulty label (``easy``/``medium``/``hard``) as the integer knob; other values as they are."""
+    value = row.get(C.DIFFICULTY)
+    if isinstance(value, str) and value.strip().lower() in DIFFICULTY_WORDS:
+        return {**row, C.DIFFICULTY: DIFFICULTY_WORDS[value.strip().lower()]}
+    return row
+
+
+def _code(suite: SuiteConfig) -> Callable[[dict], dict]:
+    window = _date_window(suite)
+    return _chain([_difficulty_word, *([window] if window else [])])
+
+
 def _date_window(suite: SuiteConfig) -> Callable[[dict], dict] | None:
     if suite.date_from is None and suite.date_to is None:
         return None
@@ -139,7 +155,7 @@ PRESETS: dict[str, Preset] = {
                                  C.TESTS: ("public_test_cases", "input_output", "test_cases", "tests"),
                                  C.QUESTION_ID: ("question_id", "id", "problem_id", "task_id"),
                                  "date": ("contest_date", "date", "release_date")},
-                   (C.QUESTION, C.TESTS), prepare=_date_window),
+                   (C.QUESTION, C.TESTS), prepare=_code),
 }
 
 

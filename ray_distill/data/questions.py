@@ -1,4 +1,5 @@
-"""Question files: read and validate ``.jsonl``/``.json`` (JSON lines) and ``.parquet`` on any fsspec URL.
+"""Question files: read and validate ``.jsonl``/``.json`` (JSON lines) and ``.parquet`` on any fsspec URL
+(``.csv`` too, read only).
 
     rows, rejects = read_questions("s3://bucket/math.jsonl")
     write_rows(rejects, "outputs/job/rejects/questions.jsonl")
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
+CSV_SUFFIXES = (".csv",)  # read only (GPQA is published as CSV)
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 _RAW_CHARS = 2000  # rejects keep at most this much of the offending line
 
@@ -164,7 +166,9 @@ def file_kind(path: str) -> str:
         return "jsonl"
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
-    raise DataError(f"{path}: unsupported file type (expected one of {JSONL_SUFFIXES + PARQUET_SUFFIXES})")
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    raise DataError(f"{path}: unsupported file type (expected one of {JSONL_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES})")
 
 
 def file_stem(path: str) -> str:
@@ -179,7 +183,7 @@ def read_questions(path: str, mapping: RowMapping | None = None) -> tuple[list[d
     file is unreadable or holds no valid row, :class:`FieldError` when ``mapping`` names a column the
     file lacks."""
     kind = file_kind(path)
-    records = list(_jsonl_records(path) if kind == "jsonl" else _parquet_records(path))
+    records = list(_jsonl_records(path) if kind == "jsonl" else _table_records(path, kind))
     mapping = mapping or RowMapping()
     fields = resolve_fields(mapping, _columns(records), path)
     rows, rejects = validate_records(records, path, fields, mapping.answer_from, mapping.prepare)
@@ -433,6 +437,8 @@ def _difficulty(obj: dict) -> int:
         return value
     if isinstance(value, float) and value.is_integer():  # parquet int columns with nulls arrive as float
         return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():  # CSV columns are read as text
+        return int(value)
     raise RowError(f"{R_TYPE}: 'difficulty' must be an integer, got {value!r}")
 
 
@@ -473,14 +479,24 @@ def _refuse_json_array(raw: str, path: str, line: int) -> None:
         raise DataError(f"{path}: looks like a JSON array; expected JSON lines (one object per line)")
 
 
-def _parquet_records(path: str) -> Iterator[tuple[int, str, Any]]:
+def _table_records(path: str, kind: str = "parquet") -> Iterator[tuple[int, str, Any]]:
+    """Rows of a parquet or CSV file (CSV: header row, every column read as text, compression inferred)."""
     try:
-        with fsspec.open(path, "rb") as f:
-            table = pq.read_table(f)
+        if kind == "csv":
+            from pyarrow import csv
+
+            with fsspec.open(path, "rb", compression="infer") as f:
+                data = f.read().removeprefix(codecs.BOM_UTF8)
+            names = csv.open_csv(pa.py_buffer(data)).schema.names if data.strip() else []  # the header only
+            table = csv.read_csv(pa.py_buffer(data),
+                                 convert_options=csv.ConvertOptions(column_types={n: pa.string() for n in names}))
+        else:
+            with fsspec.open(path, "rb") as f:
+                table = pq.read_table(f)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{path}: not a readable parquet file ({_first_line(err)})") from None
+        raise DataError(f"{path}: not a readable {kind} file ({_first_line(err)})") from None
     for i, obj in enumerate(table.to_pylist(), start=1):
         yield i, json.dumps(obj, ensure_ascii=False, default=str), obj
 
@@ -489,6 +505,8 @@ def write_rows(rows: Iterable[dict], path: str) -> str:
     """Write rows as JSON lines (``.jsonl``/``.json``) or parquet by extension, creating parent dirs."""
     rows = list(rows)
     kind = file_kind(path)
+    if kind == "csv":
+        raise DataError(f"{path}: question files are written as .jsonl or .parquet, not .csv")
     fs, fs_path = fsspec.core.url_to_fs(path)
     parent = fs._parent(fs_path)
     if parent:
