@@ -259,3 +259,37 @@ def test_suite_options_are_validated():
     cfg = config_from_dict(suite(k=16, pass_k=[1, 8], temperature=0.0, fields={"date": "released"},
                                  date_from="2024-01-01"))
     assert cfg.eval.sampling(cfg.eval.suites[0]) == {"k": 16, "temperature": 0.0, "max_tokens": 128}
+
+
+# ----------------------------------------------------------------------------- the README's section
+
+
+def _contains(big, small) -> bool:
+    """Every key/value of ``small`` is in ``big`` (list items: each matches some item of ``big``)."""
+    if isinstance(small, dict):
+        return isinstance(big, dict) and all(k in big and _contains(big[k], v) for k, v in small.items())
+    if isinstance(small, list):
+        return isinstance(big, list) and all(any(_contains(b, s) for b in big) for s in small)
+    return big == small
+
+
+def test_every_yaml_of_the_readme_public_data_section_is_part_of_a_job_file_that_validates():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from ray_distill.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Public data sets and benchmarks", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) >= 2
+    for block in blocks:
+        job = re.match(r"# (jobs/\S+\.yaml)", block).group(1)
+        cfg = load_config(root / job)
+        assert _contains(yaml.safe_load((root / job).read_text()), yaml.safe_load(block)), job
+        if job == "jobs/paper_math.yaml":
+            assert {s.preset for s in cfg.eval.suites} == {"aime", "math500", "gpqa"}
+    assert "ray-distill run jobs/public_data.yaml" in section  # run by tests/test_public_data_job.py
