@@ -115,6 +115,9 @@ class _FileSource(_Strict):
     def _check_file_options(self) -> None:
         if getattr(self, "synthetic", None) is not None and (self.fields or self.answer_from != "field"):
             raise ValueError("'fields' and 'answer_from' apply to a question file ('path'), not to synthetic questions")
+        choices = [t for t in ("correct_answer", "incorrect_answers") if t in self.fields]
+        if choices and getattr(self, "preset", None) != "gpqa":
+            raise ValueError(f"fields.{choices[0]} builds multiple-choice questions: a suite with preset gpqa")
 
 
 class QuestionsConfig(_FileSource):

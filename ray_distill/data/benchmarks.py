@@ -15,7 +15,8 @@ are asked and how their answers are graded, so that a suite is a preset plus a f
   answer is the correct option's letter; rows carry ``answer_format: choice`` and are graded by letter
   (``curation.graders.grade_choice``).
 - ``code``: LiveCodeBench-style ``question_content``/``public_test_cases``/``question_id``/``contest_date``
-  (or ``question``/``input_output``/``id``); graded by running the tests in the sandbox. ``date_from`` /
+  (or ``question``/``input_output``/``id``; a difficulty label ``easy``/``medium``/``hard`` becomes 1/2/3);
+  graded by running the tests in the sandbox. ``date_from`` /
   ``date_to`` keep the questions of a contest-date window (others are rejected, reason
   ``outside_date_window``: LiveCodeBench's answer to contamination is to score only problems published
   after the model's training cut-off).

@@ -45,6 +45,9 @@ def test_unknown_target_and_bad_columns_are_one_line_config_errors():
         config_from_dict(_job(path="q.parquet", fields={"question": ["a", "b"]}))
     with pytest.raises(ConfigError, match=r"fields\.answer: column names must be non-empty strings"):
         config_from_dict(_job(path="q.parquet", fields={"answer": " "}))
+    with pytest.raises(ConfigError, match=r"fields\.correct_answer builds multiple-choice questions: a suite with "
+                                          "preset gpqa"):
+        config_from_dict(_job(path="q.parquet", fields={"correct_answer": "Correct Answer"}))
     with pytest.raises(ConfigError, match="apply to a question file"):
         config_from_dict(_job(synthetic={"num_questions": 3}, fields={"question": "problem"}))
     err = pytest.raises(ConfigError, config_from_dict, {**_job(path="q.jsonl"), "eval": {"suites": [
