@@ -579,6 +579,13 @@ class JobConfig(_Strict):
                                  "reported eval suite; give the dev suite questions of its own")
         return self
 
+    @model_validator(mode="after")
+    def _dev_pass_k_within_k(self) -> JobConfig:
+        suite = self.dev.suite
+        if suite is not None and any(p > (suite.k or self.eval.k) for p in suite.pass_k):
+            raise ValueError(f"dev.suite.pass_k {suite.pass_k}: each must be at most the suite's k={suite.k or self.eval.k}")
+        return self
+
     @property
     def storage_source(self) -> str:
         """``as configured`` (an URL or absolute path), ``relative to RAY_DISTILL_STORAGE`` or ``relative to
