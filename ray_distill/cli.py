@@ -385,6 +385,11 @@ def print_summary(result, wall: float, tracker) -> None:
             scores.add_column(col)
         for suite, after in result.scores_after.items():
             scores.add_row(suite, _fmt_score(result.scores_before.get(suite, {})), _fmt_score(after))
+        macro = result.extra.get("macro", {})
+        if len(result.scores_after) > 1:  # each suite counts once, whatever its size
+            for group in macro.get("after", {}):
+                scores.add_row(f"macro ({group})", f"{macro.get('before', {}).get(group, float('nan')):.3f}",
+                               f"{macro['after'][group]:.3f}")
         out.print(scores)
     spend = Table(title="What each stage spent", min_width=60)
     for col in ("stage", "seconds", "teacher tokens", "student tokens", "CPU-s", "GPU-s"):

@@ -8,6 +8,7 @@ FAMILY = "family"  # task family / source name
 DIFFICULTY = "difficulty"  # integer difficulty knob (synthetic world) or -1
 TESTS = "tests"  # canonical JSON test suite of a code question ("" for math: graded by answer)
 PROMPT = "prompt"  # the user message sent to a model: the question through its source's prompt template
+ANSWER_FORMAT = "answer_format"  # optional, on suite rows: "choice" grades by option letter ("" or absent: default)
 
 # generations
 TEACHER = "teacher"

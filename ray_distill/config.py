@@ -9,6 +9,7 @@ with a one-line message naming the file and the dotted key.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -76,8 +77,52 @@ def check_prompt_template(v: PromptTemplate) -> PromptTemplate:
     return v
 
 
-class QuestionsConfig(_Strict):
-    path: str | None = Field(None, description="jsonl/parquet question file (any fsspec URL).")
+# Target names a ``fields:`` mapping may set (row field <- the file's column). The first six are question
+# columns; correct_answer/incorrect_answers build a multiple-choice question (preset gpqa), date is what a
+# suite's date window compares (preset code).
+FIELD_TARGETS = ("question", "answer", "question_id", "tests", "family", "difficulty",
+                 "correct_answer", "incorrect_answers", "date")
+LIST_TARGETS = ("incorrect_answers",)
+FIELDS_DESCRIPTION = (
+    "Where each row field comes from in the file: {target: column}, e.g. {question: problem, answer: solution, "
+    f"question_id: id, tests: input_output}}; targets: {', '.join(FIELD_TARGETS)} (incorrect_answers: a list of "
+    "columns). Unmapped targets are read from the column of their own name.")
+ANSWER_FROM_DESCRIPTION = (
+    "field: the answer column as it is; last_boxed: the content of its last \\boxed{} (a worked solution, as in "
+    "NuminaMath or s1K); a row without one is rejected (reason no_boxed_answer), never guessed.")
+
+
+def check_fields(v: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+    for target, column in v.items():
+        if target not in FIELD_TARGETS:
+            raise ValueError(f"unknown target field {target!r}; known: {', '.join(FIELD_TARGETS)}")
+        columns = column if isinstance(column, list) else [column]
+        if isinstance(column, list) and target not in LIST_TARGETS:
+            raise ValueError(f"fields.{target}: one column name, got a list")
+        if not columns or not all(isinstance(c, str) and c.strip() for c in columns):
+            raise ValueError(f"fields.{target}: column names must be non-empty strings, got {column!r}")
+    return v
+
+
+class _FileSource(_Strict):
+    """How a question file's records become question rows (shared by the training source and the suites)."""
+
+    fields: dict[str, str | list[str]] = Field(default_factory=dict, description=FIELDS_DESCRIPTION)
+    answer_from: Literal["field", "last_boxed"] = Field("field", description=ANSWER_FROM_DESCRIPTION)
+
+    _fields = field_validator("fields")(check_fields)
+
+    def _check_file_options(self) -> None:
+        if getattr(self, "synthetic", None) is not None and (self.fields or self.answer_from != "field"):
+            raise ValueError("'fields' and 'answer_from' apply to a question file ('path'), not to synthetic questions")
+        choices = [t for t in ("correct_answer", "incorrect_answers") if t in self.fields]
+        if choices and getattr(self, "preset", None) != "gpqa":
+            raise ValueError(f"fields.{choices[0]} builds multiple-choice questions: a suite with preset gpqa")
+
+
+class QuestionsConfig(_FileSource):
+    path: str | None = Field(
+        None, description="jsonl/parquet question file (any fsspec URL, e.g. hf://datasets/<org>/<name>/<file>).")
     synthetic: SyntheticQuestions | None = Field(None, description="Built-in synthetic questions.")
     prompt: PromptTemplate = Field(None, description=PROMPT_DESCRIPTION)
     decontamination: DecontaminationConfig = Field(
@@ -89,6 +134,7 @@ class QuestionsConfig(_Strict):
     def _one_source(self) -> QuestionsConfig:
         if (self.path is None) == (self.synthetic is None):
             raise ValueError("set exactly one of 'path' or 'synthetic'")
+        self._check_file_options()
         return self
 
 
@@ -386,12 +432,27 @@ class TrainConfig(_Strict):
         return self
 
 
-class SuiteConfig(_Strict):
+SUITE_PRESETS = ("aime", "math500", "gpqa", "code")
+
+
+class SuiteConfig(_FileSource):
     name: str
     domain: Literal["in_domain", "ood"] = "in_domain"
-    path: str | None = Field(None, description="Question file (any fsspec URL).")
+    path: str | None = Field(
+        None, description="Question file (any fsspec URL, e.g. hf://datasets/<org>/<name>/<file>).")
     synthetic: SyntheticQuestions | None = None
-    prompt: PromptTemplate = Field(None, description=PROMPT_DESCRIPTION)
+    preset: Literal["aime", "math500", "gpqa", "code"] | None = Field(
+        None, description="A benchmark's file layout, prompt and answer format (see ray_distill.data.benchmarks): "
+        "aime (integer answer), math500 (\\boxed{} answer), gpqa (multiple choice, graded by letter), code "
+        "(tests; date_from/date_to window). 'fields' and 'prompt' override its defaults.")
+    prompt: PromptTemplate = Field(None, description=PROMPT_DESCRIPTION + " Default: the preset's.")
+    k: int | None = Field(None, ge=1, description="Samples per question (avg@k) of this suite; default eval.k.")
+    temperature: float | None = Field(None, ge=0.0, description="Sampling temperature; default eval.temperature.")
+    max_tokens: int | None = Field(None, ge=1, description="Completion tokens per sample; default eval.max_tokens.")
+    pass_k: list[int] = Field(
+        default_factory=list, description="Also report unbiased pass@k for these k (each at most the suite's k).")
+    date_from: dt.date | None = Field(None, description="Keep questions dated on or after this day (fields.date).")
+    date_to: dt.date | None = Field(None, description="Keep questions dated on or before this day (fields.date).")
 
     _prompt = field_validator("prompt")(check_prompt_template)
 
@@ -399,14 +460,38 @@ class SuiteConfig(_Strict):
     def _one_source(self) -> SuiteConfig:
         if (self.path is None) == (self.synthetic is None):
             raise ValueError("set exactly one of 'path' or 'synthetic'")
+        self._check_file_options()
+        if self.preset is not None and self.synthetic is not None:
+            raise ValueError("a preset reads a benchmark file ('path'), not synthetic questions")
+        windowed = self.date_from is not None or self.date_to is not None
+        if windowed and self.preset != "code" and "date" not in self.fields:
+            raise ValueError("date_from/date_to need a date column: preset code, or fields.date")
+        if self.date_from is not None and self.date_to is not None and self.date_from > self.date_to:
+            raise ValueError(f"date_from {self.date_from} is after date_to {self.date_to}")
+        if self.k is not None and any(p > self.k for p in self.pass_k):
+            raise ValueError(f"pass_k {self.pass_k}: each must be at most the suite's k={self.k}")
         return self
 
 
 class EvalConfig(_Strict):
-    k: int = Field(4, ge=1, description="Samples per question for avg@k.")
+    k: int = Field(4, ge=1, description="Samples per question for avg@k (a suite's own k overrides it).")
     temperature: float = Field(0.0, ge=0.0)
     max_tokens: int = Field(128, ge=1)
     suites: list[SuiteConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _pass_k_within_k(self) -> EvalConfig:
+        for i, suite in enumerate(self.suites):
+            k = suite.k or self.k
+            if any(p > k for p in suite.pass_k):
+                raise ValueError(f"suites.{i}.pass_k {suite.pass_k}: each must be at most the suite's k={k}")
+        return self
+
+    def sampling(self, suite: SuiteConfig) -> dict[str, Any]:
+        """``{k, temperature, max_tokens}`` of ``suite``: its own settings, else this section's."""
+        return {"k": suite.k or self.k,
+                "temperature": self.temperature if suite.temperature is None else suite.temperature,
+                "max_tokens": suite.max_tokens or self.max_tokens}
 
 
 class DevConfig(_Strict):
@@ -517,6 +602,13 @@ class JobConfig(_Strict):
             if clash:
                 raise ValueError(f"{clash} as eval.suites.{i} ({suite.name!r}): selection must not score on a "
                                  "reported eval suite; give the dev suite questions of its own")
+        return self
+
+    @model_validator(mode="after")
+    def _dev_pass_k_within_k(self) -> JobConfig:
+        suite = self.dev.suite
+        if suite is not None and any(p > (suite.k or self.eval.k) for p in suite.pass_k):
+            raise ValueError(f"dev.suite.pass_k {suite.pass_k}: each must be at most the suite's k={suite.k or self.eval.k}")
         return self
 
     @property

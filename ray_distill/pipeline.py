@@ -31,7 +31,7 @@ from ray_distill.curation.adapters import GradeBatch, select_dataset
 from ray_distill.curation.compression import compress, histogram, pass_rates
 from ray_distill.curation.plane import (Grading, Selection, cluster_cpus, generate_missing, grade, read_parquet_dir,
                                         select_buckets, write_graded, write_questions)
-from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY, mean_ci,
+from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY,
                                              rank_teachers, top_two_note, training_questions, winner)
 from ray_distill.curation.stats import token_entropy_under_model
 from ray_distill.data.corpus import corpus_hash, to_chat_row, write_corpus, write_rejects
@@ -39,6 +39,7 @@ from ray_distill.data.dev import carve
 from ray_distill.data.fs import join
 from ray_distill.data.sources import decontaminate, load_source
 from ray_distill.evaluation.evaluate import evaluate_suites, grade_samples, sample_student
+from ray_distill.evaluation.metrics import macro_average, wilson_interval
 from ray_distill.generation.store import GenerationStore
 from ray_distill.models import resolve_chat_template, resolve_engine
 from ray_distill.progress import StageRecord, StageRunner
@@ -181,7 +182,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
     return JobResult(
         run_dir=cfg.run_dir, winner=best, ranking=ranking, rows=rows, scores_before=before, scores_after=after,
         stage_seconds={r.name: r.seconds for r in runner.records}, corpus_dir=corpus_dir,
-        model_path=result.model_path, extra={"accounting": accounting},
+        model_path=result.model_path, extra={"accounting": accounting, "macro": macro_scores(cfg, before, after)},
     )
 
 
@@ -518,7 +519,7 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], dev: Suites, base
                 per_question[name] = m["question_rates"]
             else:  # ranked by the teacher's own accuracy: its CI and paired margins over the probe questions
                 per_question[name] = graded.groupby(C.QUESTION_ID)[C.CORRECT].mean().astype(float).to_dict()
-                res["ci_low"], res["ci_high"] = mean_ci(per_question[name].values())[1:]
+                res["ci_low"], res["ci_high"] = wilson_interval(res[TEACHER_ACCURACY], max(1, len(per_question[name])))
             tt.log_metrics({k: v for k, v in res.items() if isinstance(v, float | int)})
             results.append(res)
     trained = {r["train_rows"] for r in results if r["train_rows"]}
@@ -633,18 +634,29 @@ def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Track
         logger.warning("no evaluation suites configured: %s evaluation skipped", prefix)
         return {}
     store = student_store(cfg)
+    configured = {s.name: s for s in [*e.suites, *([cfg.dev.suite] if cfg.dev.suite else [])]}
+    settings = {name: e.sampling(configured[name]) for name in suites if name in configured}
+    pass_k = {name: configured[name].pass_k for name in suites if name in configured}
     scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, student=cfg.student,
-                             code=cfg.format.code.model_dump(), store=store)
+                             code=cfg.format.code.model_dump(), settings=settings, pass_k=pass_k, store=store)
     _log_student_counters(t, store, prefix)
     if rec is not None:
         rec.student_tokens += int(sum(m.get("tokens", m["mean_length"] * m["k"] * m["n_questions"])
                                       for m in scores.values()))
     t.log_metrics({f"{prefix}/{suite}/{k}": v for suite, m in scores.items() for k, v in m.items()
                    if isinstance(v, (int, float))})
+    domains = {name: configured[name].domain for name in suites if name in configured}
+    t.log_metrics({f"{prefix}/macro_{group}/avg_at_k": v for group, v in macro_average(scores, domains).items()})
     return scores
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def macro_scores(cfg: JobConfig, before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """``{"before"|"after": {"all"|"in_domain"|"ood": macro avg@k}}``: each suite counts once."""
+    domains = {s.name: s.domain for s in cfg.eval.suites}
+    return {"before": macro_average(before, domains), "after": macro_average(after, domains)}
 
 
 def in_domain_score(cfg: JobConfig, scores: dict[str, dict]) -> float:

@@ -8,9 +8,11 @@
 - math: the final answer (the text after ``</think>``; ``\\boxed{}`` preferred) checked against the
   reference with math-verify, so LaTeX/number/fraction equivalence comes from the library;
 - code: the last fenced ```python block after ``</think>`` run against the question's tests in the
-  sandbox (``curation.sandbox``); correct iff every test passes.
+  sandbox (``curation.sandbox``); correct iff every test passes;
+- multiple choice (rows with ``answer_format: choice``, e.g. a GPQA suite): the option letter of the
+  final answer (the last ``\\boxed{}``, else a closing "answer is (X)") equals the reference letter.
 
-:func:`grade_row` dispatches on the question: non-empty ``tests`` -> code, otherwise math.
+:func:`grade_row` dispatches on the question: non-empty ``tests`` -> code, ``choice`` -> letter, otherwise math.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ R_NO_ANSWER = "no_final_answer"
 R_WRONG = "wrong_answer"
 R_GRADER_TIMEOUT = "grader_timeout"  # math-verify did not finish within MATH_TIMEOUT_S: not verified
 R_NO_CODE = "no_code_block"
+R_NO_CHOICE = "no_option_letter"
 R_CODE_WRONG = "code_wrong_output"
 R_CODE_TIMEOUT = "code_timeout"
 R_CODE_ERROR = "code_runtime_error"
@@ -51,8 +54,10 @@ R_CODE_SANDBOX = "code_sandbox_error"
 _CODE_REASONS = {S.WRONG_OUTPUT: R_CODE_WRONG, S.TIMEOUT: R_CODE_TIMEOUT, S.RUNTIME_ERROR: R_CODE_ERROR,
                  S.MEMORY_LIMIT: R_CODE_MEMORY, S.OUTPUT_LIMIT: R_CODE_OUTPUT, S.SANDBOX_ERROR: R_CODE_SANDBOX}
 # Reasons about the answer itself: the format is fine.
-ANSWER_REASONS = frozenset({"", R_WRONG, R_NO_ANSWER, R_GRADER_TIMEOUT, R_NO_CODE, *_CODE_REASONS.values()})
+ANSWER_REASONS = frozenset({"", R_WRONG, R_NO_ANSWER, R_GRADER_TIMEOUT, R_NO_CODE, R_NO_CHOICE,
+                            *_CODE_REASONS.values()})
 MATH_TIMEOUT_S = 5
+CHOICE = "choice"  # answer_format of multiple-choice rows
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
@@ -164,6 +169,37 @@ def grade(
     return Verdict(format_ok=reason in ANSWER_REASONS, correct=correct, predicted=predicted, reason=reason)
 
 
+def extract_choice(text: str) -> str:
+    """The option letter (A-J) of the final answer: the last ``\\boxed{}`` holding a letter (``B``, ``(B)``,
+    ``B) 42``, ``\\text{B}``), else the last "answer is (B)" / "Answer: B"; "" when there is none."""
+    from ray_distill.data.questions import last_boxed
+
+    region = final_answer_region(text)
+    boxed = last_boxed(region)
+    if boxed is not None:
+        inner = re.sub(r"^\\text(?:bf)?\{(.*)\}$", r"\1", boxed.strip()).strip()
+        m = _BOXED_LETTER.match(inner)
+        return m.group(1) if m else ""
+    hits = _ANSWER_LETTER.findall(region)
+    return hits[-1] if hits else ""
+
+
+_BOXED_LETTER = re.compile(r"^\(?([A-J])\)?(?:[).:\s]|$)")
+_ANSWER_LETTER = re.compile(r"(?:[Aa]nswer|ANSWER)\s*(?:is|:)?\s*:?\s*\(?([A-J])\)?(?![A-Za-z])")
+
+
+def grade_choice(text: str, reference: str, max_tokens: int | None = None,
+                 count_tokens: Callable[[str], int] | None = None, require_think: bool = True) -> Verdict:
+    """Grade a multiple-choice response: the same format rules, then its option letter against the
+    reference letter (no equivalence checking: a letter is right or wrong)."""
+    reason = _format_reason(text, max_tokens, count_tokens, require_think)
+    predicted = extract_choice(text) if text.strip() else ""
+    correct = bool(predicted) and predicted == reference.strip().upper()
+    if not reason and not correct:
+        reason = R_WRONG if predicted else R_NO_CHOICE
+    return Verdict(format_ok=reason in ANSWER_REASONS, correct=correct, predicted=predicted, reason=reason)
+
+
 def _format_reason(text: str, max_tokens: int | None, count_tokens: Callable[[str], int] | None,
                    require_think: bool) -> str:
     reason = check_format(text, require_think)
@@ -215,10 +251,13 @@ def grade_row(
     count_tokens: Callable[[str], int] | None = None,
     require_think: bool = True,
     sandbox: S.Sandbox | None = None,
+    answer_format: str = "",
 ) -> Verdict:
     """Grade one response to one question: as code when the question has ``tests`` (the canonical
-    JSON string of the ``tests`` column), else as math against ``reference``. Without ``sandbox``,
-    a default one (:func:`default_sandbox`) runs the code."""
+    JSON string of the ``tests`` column), by option letter when ``answer_format`` is ``choice``, else
+    as math against ``reference``. Without ``sandbox``, a default one (:func:`default_sandbox`) runs the code."""
+    if not tests and answer_format == CHOICE:
+        return grade_choice(text, reference, max_tokens, count_tokens, require_think)
     if not tests:
         return grade(text, reference, max_tokens, count_tokens, require_think)
     return grade_code(text, parse_tests(tests), sandbox or default_sandbox(), max_tokens, count_tokens, require_think)
@@ -232,12 +271,16 @@ def grade_rows(
     count_tokens: Callable[[str], int] | None = None,
     require_think: bool = True,
     sandbox: S.Sandbox | None = None,
+    formats: list[str] | None = None,
 ) -> list[Verdict]:
-    """:func:`grade_row` over rows, in order. Math rows are graded in the calling thread (math-verify's
-    timeouts use signals); code rows, whose tests are sandboxed subprocesses, in a thread pool of one
-    thread per core (at most :data:`MAX_GRADING_THREADS`)."""
+    """:func:`grade_row` over rows, in order (``formats``: each row's ``answer_format``; None: all default).
+    Math rows are graded in the calling thread (math-verify's timeouts use signals); code rows, whose tests
+    are sandboxed subprocesses, in a thread pool of one thread per core (at most :data:`MAX_GRADING_THREADS`)."""
+    formats = formats or [""] * len(texts)
+
     def one(i: int) -> Verdict:
-        return grade_row(texts[i], references[i], tests[i], max_tokens, count_tokens, require_think, sandbox)
+        return grade_row(texts[i], references[i], tests[i], max_tokens, count_tokens, require_think, sandbox,
+                         formats[i])
 
     verdicts: list[Verdict | None] = [None if t else one(i) for i, t in enumerate(tests)]
     code = [i for i, t in enumerate(tests) if t]

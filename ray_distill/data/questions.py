@@ -1,4 +1,5 @@
-"""Question files: read and validate ``.jsonl``/``.json`` (JSON lines) and ``.parquet`` on any fsspec URL.
+"""Question files: read and validate ``.jsonl``/``.json`` (JSON lines) and ``.parquet`` on any fsspec URL
+(``.csv`` too, read only).
 
     rows, rejects = read_questions("s3://bucket/math.jsonl")
     write_rows(rejects, "outputs/job/rejects/questions.jsonl")
@@ -20,6 +21,14 @@ sets often store them):
 The canonical form is ``{"type": "stdio", "cases": [{"input", "output"}]}`` or
 ``{"type": "call", "fn_name", "cases": [{"args", "expected"}]}`` (see ``curation.sandbox``).
 
+Files laid out differently (public data sets: ``problem``/``solution``/``id``, ``input_output``, ...) are
+read through a :class:`RowMapping`: ``fields`` names the file's column of each row field (explicit, or the
+first present of a preset's candidates), ``answer_from="last_boxed"`` takes the reference answer from the
+last ``\\boxed{}`` of a worked solution (:func:`last_boxed`), and ``prepare`` (a benchmark preset's hook,
+see ``data.benchmarks``) may rebuild or reject a mapped record before it is validated. A mapped column the
+file does not have at all raises :class:`FieldError` naming the file and the field. A UTF-8 byte order
+mark at the start of a JSON-lines file is skipped.
+
 A bad row is not fatal: it goes to the rejects list as ``{"file", "line", "reason", "raw"}`` (``line``
 is 1-based: the line of a JSON-lines file, the row of a parquet file; ``reason`` is
 ``"<code>: <detail>"``). A file that cannot be read at all (missing, not UTF-8, not parquet, no valid
@@ -28,11 +37,14 @@ row) raises :class:`DataError` with a one-line message naming the file.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -45,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
+CSV_SUFFIXES = (".csv",)  # read only (GPQA is published as CSV)
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 _RAW_CHARS = 2000  # rejects keep at most this much of the offending line
 
@@ -56,6 +69,10 @@ R_EMPTY = "empty_field"
 R_TYPE = "wrong_type"
 R_DUPLICATE = "duplicate_id"
 R_TESTS = "invalid_tests"
+R_NO_BOXED = "no_boxed_answer"
+
+# Columns that look like a question id: ignoring one silently would merge nothing and reject nothing.
+_ID_LIKE = ("id", "ID", "Id", "unique_id", "problem_id", "task_id", "uid", "Record ID")
 
 
 class DataError(ValueError):
@@ -64,6 +81,75 @@ class DataError(ValueError):
 
 class RowError(ValueError):
     """One row is invalid; ``str(err)`` is its reject reason."""
+
+
+class FieldError(DataError):
+    """A ``fields`` mapping names a column the file does not have; ``field`` is the target (``question``)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class RowMapping:
+    """How a file's records become question rows (see the module docstring).
+
+    ``fields``: target -> column (``incorrect_answers``: a list of columns), each must exist in the file;
+    ``defaults``: target -> candidate columns, the first the file has is used (a preset's layout);
+    ``required``: targets that must resolve to a column; ``answer_from``: ``field`` or ``last_boxed``;
+    ``prepare``: called on every mapped record (target names as keys), returns the record to validate or
+    raises :class:`RowError` (the row is rejected with that reason)."""
+
+    fields: Mapping[str, str | list[str]] = field(default_factory=dict)
+    defaults: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    answer_from: str = "field"
+    prepare: Callable[[dict], dict] | None = None
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last well-formed ``\\boxed{...}`` (or ``\\fbox{...}``) of ``text``, nested and
+    escaped braces included (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``); ``\\boxed 5`` -> ``5``.
+    None when there is none, or it is empty."""
+    found = None
+    for m in _BOXED.finditer(text):
+        content = _braced(text, m.end())
+        if content is not None and content.strip():
+            found = content.strip()
+    return found
+
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+def _braced(text: str, i: int) -> str | None:
+    """The group opening at ``text[i]`` (after spaces): a ``{...}`` with balanced braces, or one
+    space-separated token (``\\boxed 5``); None when unbalanced."""
+    j = i
+    while j < len(text) and text[j] == " ":
+        j += 1
+    if j >= len(text):
+        return None
+    if text[j] != "{":
+        if j == i:  # "\boxedx": not a boxed command (the regex already refuses letters)
+            return None
+        token = re.match(r"[^\s$]+", text[j:])
+        return token.group(0) if token else None
+    depth, k = 0, j
+    while k < len(text):
+        c = text[k]
+        if c == "\\":
+            k += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[j + 1 : k]
+        k += 1
+    return None
 
 
 def question_hash(question: str) -> str:
@@ -80,7 +166,9 @@ def file_kind(path: str) -> str:
         return "jsonl"
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
-    raise DataError(f"{path}: unsupported file type (expected one of {JSONL_SUFFIXES + PARQUET_SUFFIXES})")
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    raise DataError(f"{path}: unsupported file type (expected one of {JSONL_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES})")
 
 
 def file_stem(path: str) -> str:
@@ -90,12 +178,15 @@ def file_stem(path: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def read_questions(path: str) -> tuple[list[dict], list[dict]]:
+def read_questions(path: str, mapping: RowMapping | None = None) -> tuple[list[dict], list[dict]]:
     """Read a question file; return ``(valid rows, rejects)``. Raises :class:`DataError` when the
-    file is unreadable or holds no valid row."""
+    file is unreadable or holds no valid row, :class:`FieldError` when ``mapping`` names a column the
+    file lacks."""
     kind = file_kind(path)
-    records = _jsonl_records(path) if kind == "jsonl" else _parquet_records(path)
-    rows, rejects = validate_records(records, path)
+    records = list(_jsonl_records(path) if kind == "jsonl" else _table_records(path, kind))
+    mapping = mapping or RowMapping()
+    fields = resolve_fields(mapping, _columns(records), path)
+    rows, rejects = validate_records(records, path, fields, mapping.answer_from, mapping.prepare)
     if not rows:
         first = f"; first reject: line {rejects[0]['line']}: {rejects[0]['reason']}" if rejects else ""
         raise DataError(f"{path}: no valid question rows ({len(rejects)} rejected){first}")
@@ -106,18 +197,80 @@ def read_questions(path: str) -> tuple[list[dict], list[dict]]:
     return rows, rejects
 
 
-def validate_records(records: Iterable[tuple[int, str, Any]], path: str) -> tuple[list[dict], list[dict]]:
-    """Validate ``(line, raw text, parsed object | RowError)`` records into rows and rejects."""
+def resolve_fields(mapping: RowMapping, columns: list[str], path: str) -> dict[str, str | list[str]]:
+    """target -> column(s) of this file: the explicit ``fields`` (each must be a column of the file), then
+    for the other targets the first of the ``defaults`` candidates the file has. :class:`FieldError`
+    names the file and the field of a missing column, or of a ``required`` target left without one."""
+    present = set(columns)
+    shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
+    fields: dict[str, str | list[str]] = {}
+    for target, column in mapping.fields.items():
+        missing = [c for c in (column if isinstance(column, list) else [column]) if c not in present]
+        if missing and columns:
+            raise FieldError(target, f"fields.{target}: column {missing[0]!r} not in {path} (columns: {shown})")
+        fields[target] = column
+    for target, candidates in mapping.defaults.items():
+        if target in fields:
+            continue
+        if target == "incorrect_answers":  # every candidate the file has, in order
+            hits = [c for c in candidates if c in present]
+            if hits:
+                fields[target] = hits
+            continue
+        hit = next((c for c in candidates if c in present), None)
+        if hit is not None:
+            fields[target] = hit
+    for target in mapping.required:
+        if target not in fields and target not in present and columns:
+            tried = mapping.defaults.get(target, ())
+            raise FieldError(target, f"fields.{target}: {path} has no column for it (tried {list(tried) or [target]}; "
+                             f"columns: {shown}); map one with fields: {{{target}: <column>}}")
+    return fields
+
+
+def _columns(records: list[tuple[int, str, Any]]) -> list[str]:
+    """The keys of the file's objects, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for _, _, obj in records:
+        if isinstance(obj, dict):
+            seen.update(dict.fromkeys(map(str, obj)))
+    return list(seen)
+
+
+def map_record(obj: dict, fields: Mapping[str, str | list[str]]) -> dict:
+    """``obj`` with every mapped target set from its column (a list of columns gives a list of values)."""
+    out = dict(obj)
+    for target, column in fields.items():
+        out[target] = [obj.get(c) for c in column] if isinstance(column, list) else obj.get(column)
+    return out
+
+
+def validate_records(records: Iterable[tuple[int, str, Any]], path: str,
+                     fields: Mapping[str, str | list[str]] | None = None, answer_from: str = "field",
+                     prepare: Callable[[dict], dict] | None = None) -> tuple[list[dict], list[dict]]:
+    """Validate ``(line, raw text, parsed object | RowError)`` records into rows and rejects; ``fields``,
+    ``answer_from`` and ``prepare`` as in :class:`RowMapping` (``fields`` already resolved). A repeated
+    ``question_id`` is rejected (``duplicate_id``), the first occurrence kept."""
+    fields = dict(fields or {})
+    labels = {t: f"{c!r} (fields.{t})" for t, c in fields.items() if isinstance(c, str)}
     rows: list[dict] = []
     rejects: list[dict] = []
     first_line: dict[str, int] = {}
     ignored: set[str] = set()
+    used = {c for col in fields.values() for c in (col if isinstance(col, list) else [col])}
     stem = file_stem(path)
     for line, raw, obj in records:
         try:
             if isinstance(obj, RowError):
                 raise obj
-            row = normalize_row(obj, default_family=stem)
+            if not isinstance(obj, dict):
+                raise RowError(f"{R_NOT_OBJECT}: got {type(obj).__name__}")
+            mapped = map_record(obj, fields)
+            if answer_from == "last_boxed":
+                mapped = _answer_from_boxed(mapped, labels.get(C.ANSWER, repr(C.ANSWER)))
+            if prepare is not None:
+                mapped = prepare(mapped)
+            row = normalize_row(mapped, default_family=stem, labels=labels)
             qid = row[C.QUESTION_ID]
             if qid in first_line:
                 raise RowError(f"{R_DUPLICATE}: question_id {qid!r} already at line {first_line[qid]}")
@@ -125,25 +278,45 @@ def validate_records(records: Iterable[tuple[int, str, Any]], path: str) -> tupl
             rejects.append({"file": path, "line": line, "reason": str(err), "raw": raw[:_RAW_CHARS]})
             continue
         first_line[qid] = line
-        ignored.update(set(obj) - set(C.QUESTION_COLUMNS))
+        ignored.update(set(obj) - set(C.QUESTION_COLUMNS) - used)
         rows.append(row)
     if ignored:
         logger.info("%s: ignoring fields %s", path, sorted(ignored))
+    for name in _ID_LIKE:
+        if name in ignored and C.QUESTION_ID not in fields:
+            logger.warning("%s: column %r is ignored (question ids are hashes of the question text); map it with "
+                           "fields: {question_id: %s} to use it (a repeated id is then rejected)", path, name, name)
     return rows, rejects
 
 
-def normalize_row(obj: Any, default_family: str) -> dict:
-    """One raw record -> a question row, or :class:`RowError` with the reason."""
+def _answer_from_boxed(obj: dict, label: str) -> dict:
+    """``obj`` with its answer replaced by the last ``\\boxed{}`` of it; a question with tests and no
+    answer is left as it is (code)."""
+    value = obj.get(C.ANSWER)
+    if _is_missing(value) or (isinstance(value, str) and not value.strip()):
+        return obj
+    text = _text(obj, C.ANSWER, required=False, label=label) or ""
+    boxed = last_boxed(text)
+    if boxed is None:
+        raise RowError(f"{R_NO_BOXED}: no \\boxed{{}} answer in {label}")
+    return {**obj, C.ANSWER: boxed}
+
+
+def normalize_row(obj: Any, default_family: str, labels: Mapping[str, str] | None = None) -> dict:
+    """One raw record -> a question row, or :class:`RowError` with the reason (``labels``: how a field is
+    named in reasons, e.g. ``"'problem' (fields.question)"``)."""
     if not isinstance(obj, dict):
         raise RowError(f"{R_NOT_OBJECT}: got {type(obj).__name__}")
-    question = _text(obj, C.QUESTION, required=True)
+    labels = labels or {}
+    question = _text(obj, C.QUESTION, required=True, label=labels.get(C.QUESTION))
     tests = "" if _is_missing(obj.get(C.TESTS)) else normalize_tests(obj[C.TESTS])
-    answer = _text(obj, C.ANSWER, required=not tests) or ""
+    answer = _text(obj, C.ANSWER, required=not tests, label=labels.get(C.ANSWER)) or ""
     return {
-        C.QUESTION_ID: _text(obj, C.QUESTION_ID, required=False) or question_hash(question),
+        C.QUESTION_ID: _text(obj, C.QUESTION_ID, required=False, label=labels.get(C.QUESTION_ID))
+        or question_hash(question),
         C.QUESTION: question,
         C.ANSWER: answer,
-        C.FAMILY: _text(obj, C.FAMILY, required=False) or default_family,
+        C.FAMILY: _text(obj, C.FAMILY, required=False, label=labels.get(C.FAMILY)) or default_family,
         C.DIFFICULTY: _difficulty(obj),
         C.TESTS: tests,
     }
@@ -239,18 +412,19 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _text(obj: dict, key: str, required: bool) -> str | None:
+def _text(obj: dict, key: str, required: bool, label: str | None = None) -> str | None:
     value = obj.get(key)
+    label = label or repr(key)
     if _is_missing(value):
         if required:
-            raise RowError(f"{R_MISSING}: {key!r}")
+            raise RowError(f"{R_MISSING}: {label}")
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise RowError(f"{R_TYPE}: {key!r} must be a string, got {type(value).__name__}")
+        raise RowError(f"{R_TYPE}: {label} must be a string, got {type(value).__name__}")
     text = value if isinstance(value, str) else str(value)
     if not text.strip():
         if required:
-            raise RowError(f"{R_EMPTY}: {key!r}")
+            raise RowError(f"{R_EMPTY}: {label}")
         return None
     return text
 
@@ -263,6 +437,8 @@ def _difficulty(obj: dict) -> int:
         return value
     if isinstance(value, float) and value.is_integer():  # parquet int columns with nulls arrive as float
         return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():  # CSV columns are read as text
+        return int(value)
     raise RowError(f"{R_TYPE}: 'difficulty' must be an integer, got {value!r}")
 
 
@@ -271,6 +447,8 @@ def _jsonl_records(path: str) -> Iterator[tuple[int, str, Any]]:
     try:
         with fsspec.open(path, "rb", compression="infer") as f:
             for line, raw_bytes in enumerate(f, start=1):
+                if line == 1:  # a byte order mark (editors on Windows write one) is not part of the JSON
+                    raw_bytes = raw_bytes.removeprefix(codecs.BOM_UTF8)
                 raw = _decode(raw_bytes, path, line)
                 if not raw.strip():
                     continue
@@ -301,14 +479,24 @@ def _refuse_json_array(raw: str, path: str, line: int) -> None:
         raise DataError(f"{path}: looks like a JSON array; expected JSON lines (one object per line)")
 
 
-def _parquet_records(path: str) -> Iterator[tuple[int, str, Any]]:
+def _table_records(path: str, kind: str = "parquet") -> Iterator[tuple[int, str, Any]]:
+    """Rows of a parquet or CSV file (CSV: header row, every column read as text, compression inferred)."""
     try:
-        with fsspec.open(path, "rb") as f:
-            table = pq.read_table(f)
+        if kind == "csv":
+            from pyarrow import csv
+
+            with fsspec.open(path, "rb", compression="infer") as f:
+                data = f.read().removeprefix(codecs.BOM_UTF8)
+            names = csv.open_csv(pa.py_buffer(data)).schema.names if data.strip() else []  # the header only
+            table = csv.read_csv(pa.py_buffer(data),
+                                 convert_options=csv.ConvertOptions(column_types={n: pa.string() for n in names}))
+        else:
+            with fsspec.open(path, "rb") as f:
+                table = pq.read_table(f)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{path}: not a readable parquet file ({_first_line(err)})") from None
+        raise DataError(f"{path}: not a readable {kind} file ({_first_line(err)})") from None
     for i, obj in enumerate(table.to_pylist(), start=1):
         yield i, json.dumps(obj, ensure_ascii=False, default=str), obj
 
@@ -317,6 +505,8 @@ def write_rows(rows: Iterable[dict], path: str) -> str:
     """Write rows as JSON lines (``.jsonl``/``.json``) or parquet by extension, creating parent dirs."""
     rows = list(rows)
     kind = file_kind(path)
+    if kind == "csv":
+        raise DataError(f"{path}: question files are written as .jsonl or .parquet, not .csv")
     fs, fs_path = fsspec.core.url_to_fs(path)
     parent = fs._parent(fs_path)
     if parent:

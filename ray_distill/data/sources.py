@@ -1,4 +1,6 @@
-"""Question sources: a file on any fsspec URL or the built-in synthetic world, plus decontamination."""
+"""Question sources: a file on any fsspec URL (``hf://datasets/<org>/<name>/<file>`` included, through
+huggingface_hub's fsspec file system) read through its ``fields:``/``answer_from``/preset mapping
+(``data.benchmarks``), or the built-in synthetic world; plus decontamination."""
 
 from __future__ import annotations
 
@@ -20,8 +22,12 @@ def load_source(source: QuestionsConfig | SuiteConfig, exclude: set[str] | None 
     """(valid rows, rejected rows) of a question source, each row with its ``prompt`` (the question through
     the source's prompt template); synthetic sources never reject. ``where`` names the source's config key
     in errors (default: ``questions`` or ``eval.suites[<name>]``)."""
+    from ray_distill.data.benchmarks import answer_format, prompt_template
+
     rows, rejects = _load_rows(source, exclude, where or _where(source))
-    return [{**r, C.PROMPT: render_question(source.prompt, r[C.QUESTION], r[C.FAMILY])} for r in rows], rejects
+    template, fmt = prompt_template(source), answer_format(source)
+    extra = {C.ANSWER_FORMAT: fmt} if fmt else {}
+    return [{**r, C.PROMPT: render_question(template, r[C.QUESTION], r[C.FAMILY]), **extra} for r in rows], rejects
 
 
 def render_question(template: str | dict[str, str] | None, question: str, family: str) -> str:
@@ -43,9 +49,13 @@ def _load_rows(source: QuestionsConfig | SuiteConfig, exclude: set[str] | None,
         except ValueError as err:  # an impossible request is a configuration error, not a crash
             raise ConfigError(f"{where}.synthetic: {err}") from None
         return [{C.TESTS: "", **r} for r in rows], []  # synthetic questions are math: no tests
-    from ray_distill.data.questions import read_questions
+    from ray_distill.data.benchmarks import row_mapping
+    from ray_distill.data.questions import FieldError, read_questions
 
-    return read_questions(source.path)
+    try:
+        return read_questions(source.path, row_mapping(source))
+    except FieldError as err:  # the mapping is configuration: name its key
+        raise ConfigError(f"{where}.{err}") from None
 
 
 def _where(source: QuestionsConfig | SuiteConfig) -> str:

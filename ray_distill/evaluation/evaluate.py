@@ -1,5 +1,5 @@
 """Evaluation of a student served by vLLM over several suites: avg@k, pass@1, pass@k (unbiased
-estimator), a 95% CI, mean response length.
+estimator, for any k up to the samples drawn), a 95% Wilson interval, mean response length.
 
     scores = evaluate_suites("/ckpt/student", {"arith": arith_rows, "max": max_rows}, k=4,
                              temperature=0.7, max_tokens=128)
@@ -10,8 +10,10 @@ estimator), a 95% CI, mean response length.
 - :func:`grade_samples`: the one grading entry point (``curation.graders.grade_row``: math by
   reference answer, code by running the question's ``tests`` in the sandbox, in parallel threads) on
   every sample; a failed generation (non-empty ``error``) is graded incorrect, never dropped.
-- :func:`avg_at_k`: pure; avg@k, pass@1 and pass@k (Chen et al. 2021), a 95% CI over questions.
-- :func:`evaluate_suites`: all suites in one engine pass, then split by suite.
+- :func:`avg_at_k`: pure; avg@k, pass@1 and pass@k (Chen et al. 2021), a 95% Wilson interval over
+  questions (``evaluation.metrics``).
+- :func:`evaluate_suites`: all suites in one engine pass per distinct (temperature, max_tokens), each
+  suite with its own k, then split by suite.
 
 Suites are question rows from any source (``SuiteConfig``: a jsonl/parquet file on any fsspec URL or
 a synthetic family); extra columns (e.g. a code question's tests) travel with every sample to the
@@ -21,7 +23,6 @@ grader.
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import numpy as np
@@ -31,14 +32,16 @@ import ray.data
 from ray_distill import columns as C
 from ray_distill.config import EngineConfig, SamplingConfig, StudentConfig, TeacherConfig
 from ray_distill.curation.graders import Verdict, grade_rows, sandbox_from_config
+from ray_distill.evaluation.metrics import pass_at_k, wilson_interval
 from ray_distill.generation.actor import generate_dataset
 from ray_distill.generation.store import GenerationStore, model_digest
+
+__all__ = ["avg_at_k", "evaluate_suites", "grade_samples", "pass_at_k", "sample_student", "wilson_interval"]
 
 logger = logging.getLogger(__name__)
 
 SUITE = "suite"  # evaluation suite name, carried through generation
 R_GENERATION_ERROR = "generation_error"
-Z_95 = 1.959963984540054
 
 
 def student_engine_config(model: str, student: StudentConfig) -> EngineConfig:
@@ -108,10 +111,12 @@ def grade_samples(df: pd.DataFrame, code: dict | None = None) -> pd.DataFrame:
     ``generation_error``: it stays in the table and counts against the student."""
     texts, refs = df[C.COMPLETION].fillna("").astype(str).tolist(), df[C.ANSWER].fillna("").astype(str).tolist()
     tests = df[C.TESTS].fillna("").astype(str).tolist() if C.TESTS in df.columns else [""] * len(df)  # code rows
+    formats = (df[C.ANSWER_FORMAT].fillna("").astype(str).tolist() if C.ANSWER_FORMAT in df.columns
+               else [""] * len(df))  # multiple-choice suites
     ok = [i for i, failed in enumerate(_failed(df)) if not failed]
     verdicts: list[Verdict | None] = [None] * len(df)
     graded = grade_rows([texts[i] for i in ok], [refs[i] for i in ok], [tests[i] for i in ok],
-                        sandbox=sandbox_from_config(code) if any(tests) else None)
+                        sandbox=sandbox_from_config(code) if any(tests) else None, formats=[formats[i] for i in ok])
     for i, verdict in zip(ok, graded):
         verdicts[i] = verdict
     out = df.copy()
@@ -122,21 +127,14 @@ def grade_samples(df: pd.DataFrame, code: dict | None = None) -> pd.DataFrame:
     return out
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of one question with ``c`` correct among ``n`` samples (Chen et al. 2021):
-    ``1 - C(n-c, k) / C(n, k)``, the chance that k samples drawn without replacement hold a correct one."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def avg_at_k(df: pd.DataFrame) -> dict:
+def avg_at_k(df: pd.DataFrame, pass_k: list[int] | tuple[int, ...] = ()) -> dict:
     """Scores of graded samples (k per question; failed generations count as incorrect):
 
     - ``avg_at_k``: pass@1 averaged over the k samples of each question, then over questions, with a
-      95% normal-approximation CI (``ci_low``/``ci_high``) of that mean (zero width for one question);
+      95% Wilson interval (``ci_low``/``ci_high``, ``metrics.wilson_interval`` over the questions);
     - ``pass_at_1`` (equal to ``avg_at_k``) and ``pass_at_k`` (k = samples per question), each the
-      mean over questions of the unbiased per-question estimator :func:`pass_at_k`;
+      mean over questions of the unbiased per-question estimator :func:`pass_at_k`, and
+      ``pass_at_<j>`` for every j of ``pass_k`` (each at most the samples per question);
     - ``mean_length``: mean completion tokens of the successful generations, ``tokens`` their sum;
       ``n_errors``: the failed ones;
     - ``question_rates``: ``{question_id: pass@1 over its k samples}``, for paired comparisons of two
@@ -154,17 +152,21 @@ def avg_at_k(df: pd.DataFrame) -> dict:
     if len(sizes) != 1:
         raise ValueError(f"questions have unequal sample counts {sizes}: rows were lost or duplicated")
     k = int(sizes[0])
+    too_many = [j for j in pass_k if j > k]
+    if too_many:
+        raise ValueError(f"pass@{too_many[0]} needs at least {too_many[0]} samples per question, got {k}")
     rates = per_q["sum"] / k
     n_q = len(rates)
     mean = float(rates.mean())
-    half = Z_95 * float(rates.std(ddof=1)) / math.sqrt(n_q) if n_q > 1 else 0.0
+    low, high = wilson_interval(min(1.0, max(0.0, mean)), n_q)
     lengths = df.loc[~failed, C.NUM_TOKENS]
     return {
         "avg_at_k": mean,
         "pass_at_1": float(np.mean([pass_at_k(k, int(c), 1) for c in per_q["sum"]])),
         "pass_at_k": float(np.mean([pass_at_k(k, int(c), k) for c in per_q["sum"]])),
-        "ci_low": max(0.0, mean - half),
-        "ci_high": min(1.0, mean + half),
+        **{f"pass_at_{j}": float(np.mean([pass_at_k(k, int(c), j) for c in per_q["sum"]])) for j in pass_k},
+        "ci_low": low,
+        "ci_high": high,
         "n_questions": n_q,
         "k": k,
         "mean_length": float(lengths.mean()) if len(lengths) else float("nan"),
@@ -181,6 +183,33 @@ def _failed(df: pd.DataFrame) -> pd.Series:
     return df[C.ERROR].fillna("").astype(str) != ""
 
 
+def suite_plan(suites: dict[str, list[dict]], k: int, temperature: float, max_tokens: int,
+               settings: dict[str, dict] | None = None) -> dict[tuple[float, int], list[dict]]:
+    """The sample rows of every suite grouped by ``(temperature, max_tokens)``: one row per question and
+    sample index ``0..k-1`` (the suite's k), each carrying its suite name. ``settings``: per suite,
+    ``{k, temperature, max_tokens}`` overriding the shared values (``EvalConfig.sampling``)."""
+    groups: dict[tuple[float, int], list[dict]] = {}
+    for name, qs in suites.items():
+        s = {"k": k, "temperature": temperature, "max_tokens": max_tokens, **(settings or {}).get(name, {})}
+        groups.setdefault((float(s["temperature"]), int(s["max_tokens"])), []).extend(
+            {**q, SUITE: name, C.SAMPLE_INDEX: i} for q in qs for i in range(int(s["k"])))
+    return groups
+
+
+def _by_k(plan: list[dict]) -> dict[int, list[dict]]:
+    """A plan's sample rows back to question rows (with their suite), grouped by their k."""
+    k_of: dict[tuple, int] = {}
+    first: dict[tuple, dict] = {}
+    for r in plan:
+        key = (r[SUITE], r[C.QUESTION_ID])
+        k_of[key] = k_of.get(key, 0) + 1
+        first.setdefault(key, {c: v for c, v in r.items() if c != C.SAMPLE_INDEX})
+    out: dict[int, list[dict]] = {}
+    for key, row in first.items():
+        out.setdefault(k_of[key], []).append(row)
+    return out
+
+
 def evaluate_suites(
     model_path: str,
     suites: dict[str, list[dict]],
@@ -191,16 +220,25 @@ def evaluate_suites(
     student: StudentConfig | None = None,
     code: dict | None = None,
     store: GenerationStore | None = None,
+    settings: dict[str, dict] | None = None,
+    pass_k: dict[str, list[int]] | None = None,
 ) -> dict[str, dict]:
-    """``{suite: avg_at_k(...)}`` for every suite, sampled in one engine pass (read back from ``store``
-    when it has them, see :func:`sample_student`); code rows graded in the sandbox of ``code`` (the job's
-    ``format.code``)."""
+    """``{suite: avg_at_k(...)}`` for every suite, sampled in one engine pass per distinct (temperature,
+    max_tokens, k) (:func:`suite_plan`; ``settings`` overrides k/temperature/max_tokens per suite), read
+    back from ``store`` when it has them (see :func:`sample_student`); code rows graded in the sandbox of
+    ``code`` (the job's ``format.code``); ``pass_k``: per suite, the extra pass@j to report."""
     empty = [name for name, rows in suites.items() if not rows]
     if empty:
         raise ValueError(f"evaluation suites without questions: {empty}")
-    rows = [{**q, SUITE: name} for name, qs in suites.items() for q in qs]
-    graded = grade_samples(sample_student(rows, model_path, k, temperature, max_tokens, seed, student, store), code)
-    scores = {name: avg_at_k(graded[graded[SUITE] == name]) for name in suites}
+    start = time.perf_counter()
+    frames = [sample_student(rows, model_path, kk, t, m, seed, student, store)
+              for (t, m), plan in suite_plan(suites, k, temperature, max_tokens, settings).items()
+              for kk, rows in _by_k(plan).items()]
+    samples = pd.concat(frames, ignore_index=True)
+    logger.info("sampled %d answers of %s in %.1f s (%d engine passes, engine starts included)", len(samples),
+                model_path, time.perf_counter() - start, len(frames))
+    graded = grade_samples(samples, code)
+    scores = {name: avg_at_k(graded[graded[SUITE] == name], (pass_k or {}).get(name, ())) for name in suites}
     for name, s in scores.items():
         logger.info("eval %s: avg@%d %.3f [%.3f, %.3f], pass@%d %.3f, mean length %.1f over %d questions",
                     name, s["k"], s["avg_at_k"], s["ci_low"], s["ci_high"], s["k"], s["pass_at_k"], s["mean_length"],

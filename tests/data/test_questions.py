@@ -76,7 +76,8 @@ def test_non_utf8_names_file_and_line(tmp_path):
     [
         ("missing.jsonl", None, "file not found"),
         ("fake.parquet", b"not parquet at all", "not a readable parquet file"),
-        ("q.csv", b"question,answer\n", "unsupported file type"),
+        ("q.tsv", b"question\tanswer\n", "unsupported file type"),
+        ("header_only.csv", b"question,answer\n", "no valid question rows"),
         ("array.json", b'[\n{"question": "a", "answer": "1"}\n]\n', "JSON array"),
         ("allbad.jsonl", b'{"q": 1}\n{"q": 2}\n', "no valid question rows"),
     ],

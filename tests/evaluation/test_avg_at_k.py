@@ -15,29 +15,31 @@ def _samples(correct_per_question: dict[str, list[int]], length: int = 10) -> pd
 
 
 def test_avg_at_k_hand_computed():
-    # per-question rates 0.5, 0.75, 0.25, 0.5 -> mean 0.5; sample sd = sqrt(0.125 / 3) = 0.2041241
-    # half width = 1.959964 * 0.2041241 / sqrt(4) = 0.2000380
+    # per-question rates 0.5, 0.75, 0.25, 0.5 -> mean 0.5 over n=4 questions; Wilson (z=1.959964):
+    # centre 0.5, half = z * sqrt(0.25/4 + z^2/64) / (1 + z^2/4) = 0.3499610
     df = _samples({"a": [1, 0, 1, 0], "b": [1, 1, 1, 0], "c": [0, 0, 1, 0], "d": [0, 1, 0, 1]})
     m = avg_at_k(df)
     assert m["avg_at_k"] == pytest.approx(0.5)
     assert m["pass_at_k"] == pytest.approx(1.0)
-    assert m["ci_low"] == pytest.approx(0.2999620, abs=1e-6) and m["ci_high"] == pytest.approx(0.7000380, abs=1e-6)
+    assert m["ci_low"] == pytest.approx(0.1500390, abs=1e-6) and m["ci_high"] == pytest.approx(0.8499610, abs=1e-6)
     assert (m["n_questions"], m["k"]) == (4, 4)
     assert m["mean_length"] == pytest.approx(11.5)
     assert m["question_rates"] == {"a": 0.5, "b": 0.75, "c": 0.25, "d": 0.5}  # for paired comparisons
 
 
 def test_avg_at_k_pass_at_k_and_clipping():
-    # rates 1/2, 0, 0 -> mean 1/6; pass@k 1/3; sd = sqrt(1/12); half = 1.959964 * 0.2886751 / sqrt(3) = 0.3266607
+    # rates 1/2, 0, 0 -> mean 1/6; pass@k 1/3; Wilson over n=3: [0.0176528, 0.6900119] (the Wald interval
+    # 1/6 -+ 0.3266607 would be clipped at 0)
     m = avg_at_k(_samples({"a": [1, 0], "b": [0, 0], "c": [0, 0]}))
     assert m["avg_at_k"] == pytest.approx(1 / 6) and m["pass_at_k"] == pytest.approx(1 / 3)
     assert m["pass_at_1"] == pytest.approx(1 / 6)
-    assert m["ci_low"] == 0.0 and m["ci_high"] == pytest.approx(1 / 6 + 0.3266607, abs=1e-6)
+    assert m["ci_low"] == pytest.approx(0.0176528, abs=1e-6) and m["ci_high"] == pytest.approx(0.6900119, abs=1e-6)
 
 
 def test_avg_at_k_single_question_and_refusals():
     m = avg_at_k(_samples({"a": [1, 1, 0]}))
-    assert m["avg_at_k"] == pytest.approx(2 / 3) and m["ci_low"] == m["ci_high"] == pytest.approx(2 / 3)
+    assert m["avg_at_k"] == pytest.approx(2 / 3)  # one question: a wide interval, not a zero-width one
+    assert m["ci_low"] == pytest.approx(0.0941860, abs=1e-6) and m["ci_high"] == pytest.approx(0.9746638, abs=1e-6)
     with pytest.raises(ValueError, match="unequal sample counts"):
         avg_at_k(_samples({"a": [1, 1], "b": [0]}))
     with pytest.raises(ValueError, match="at least one"):

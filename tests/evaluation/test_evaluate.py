@@ -13,30 +13,33 @@ def test_evaluate_suites_one_pass(ray_local, tiny_student_path, tmp_path):
     """Scores of one pass; then the student samples come back from the generation store like a teacher's: the
     same call again (a rerun, a resumed job: another store object on the same root) makes 0 student generation
     calls and scores the same; a fresh store (a clean rerun) samples again and gets the very same completions
-    (per-request seeds, one engine pass, vLLM on CPU)."""
+    (per-request seeds, vLLM on CPU)."""
     suites = {"arith": make_questions("arith", 6, 1, 2, seed=9), "max": make_questions("max", 4, 1, 2, seed=9)}
+    # "max" draws its own k (3) and reports pass@2
+    opts = {"settings": {"max": {"k": 3}}, "pass_k": {"max": [2]}}
     store = GenerationStore(str(tmp_path / "a"))
-    scores = evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16, store=store)
+    scores = evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16, store=store, **opts)
     assert set(scores) == {"arith", "max"}
     for name, m in scores.items():
         assert set(m) == {"avg_at_k", "pass_at_1", "pass_at_k", "ci_low", "ci_high", "n_questions", "k",
-                          "mean_length", "tokens", "n_errors", "question_rates"}
-        assert (m["n_questions"], m["k"]) == (len(suites[name]), 2)
+                          "mean_length", "tokens", "n_errors", "question_rates"} | ({"pass_at_2"} if name == "max" else set())
+        assert (m["n_questions"], m["k"]) == (len(suites[name]), 3 if name == "max" else 2)
         assert set(m["question_rates"]) == {q["question_id"] for q in suites[name]}
         assert sum(m["question_rates"].values()) / len(suites[name]) == m["avg_at_k"]
         assert 0.0 <= m["ci_low"] <= m["avg_at_k"] <= m["ci_high"] <= 1.0
         assert m["avg_at_k"] == m["pass_at_1"] <= m["pass_at_k"] <= 1.0
         assert m["n_errors"] == 0
         assert 0 < m["mean_length"] <= 16
-    assert dict(store.totals["student"]) == {"requested": 20, "cached": 0, "generated": 20, "failed": 0}
+    assert dict(store.totals["student"]) == {"requested": 24, "cached": 0, "generated": 24, "failed": 0}
 
     rerun_store = GenerationStore(str(tmp_path / "a"))
-    rerun = evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16, store=rerun_store)
-    assert dict(rerun_store.totals["student"]) == {"requested": 20, "cached": 20, "generated": 0, "failed": 0}
+    rerun = evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16, store=rerun_store, **opts)
+    assert dict(rerun_store.totals["student"]) == {"requested": 24, "cached": 24, "generated": 0, "failed": 0}
     assert rerun == scores
     clean_store = GenerationStore(str(tmp_path / "b"))
-    assert evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16, store=clean_store) == scores
-    assert clean_store.totals["student"]["generated"] == 20
+    assert evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16, store=clean_store,
+                           **opts) == scores
+    assert clean_store.totals["student"]["generated"] == 24
 
     def completions(s: GenerationStore) -> pd.Series:
         return s.load("student").set_index("generation_key")["completion"].sort_index()
