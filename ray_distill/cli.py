@@ -291,10 +291,16 @@ def print_estimates(cfg: JobConfig) -> None:
                       f"{e.expected_tokens:,.0f}", f"{e.max_tokens_total:,}", f"{e.expected_cost:,.2f}")
     out.print(table)
     probe = sum(e.expected_tokens for e in estimates if e.stage == "probe")
-    worst = max((e.expected_tokens for e in estimates if e.stage != "probe"), default=0)
+    worst = max((e.expected_tokens for e in estimates if e.stage != "probe" and e.role == "teacher"), default=0)
     out.print("* no stored samples of this teacher yet: sampling.max_tokens assumed per sample")
     out.print(f"expected teacher tokens: probe {probe:,.0f} + M-sample generation of the winner ≤ {worst:,.0f} "
               f"(upper bound: compression and adaptive sampling only lower it)")
+    judged = [e for e in estimates if e.role == "judge"]
+    if judged:
+        j_probe = sum(e.expected_tokens for e in judged if e.stage == "probe/judge")
+        j_worst = max((e.expected_tokens for e in judged if e.stage != "probe/judge"), default=0)
+        out.print(f"expected judge tokens: at most {j_probe:,.0f} on the probe + {j_worst:,.0f} on the M samples "
+                  f"({cfg.verify.judge.mode} mode; one call per sample judged, stored verdicts free)")
     cap = cfg.budget.max_teacher_tokens
     if cap is not None:
         verdict = "[green]within[/]" if probe + worst <= cap else "[red]may exceed[/]"

@@ -238,6 +238,53 @@ class FormatConfig(_Strict):
     code: CodeGraderConfig = Field(CodeGraderConfig(), description="Sandbox limits for questions with tests.")
 
 
+class JudgeConfig(_Strict):
+    """The LLM judge (``verify.judge``): a second check of teacher answers against the reference, on any engine
+    (see curation.judge). Its verdicts are cached in the generation store under its ``name``."""
+
+    mode: Literal["off", "fallback", "always"] = Field(
+        "off", description="fallback: judge only rows math-verify could not decide (no final answer parsed, or a "
+        "reference that is not a math expression); always: every row whose format passed; off: no judge. Code "
+        "rows (with tests) are never judged.")
+    name: str = Field("judge", description="Its directory in the generation store; must not be a teacher's name.")
+    engine: EngineConfig | None = Field(None, description="The judge's engine (any kind, as a teacher's).")
+    sampling: SamplingConfig = Field(
+        SamplingConfig(temperature=0.0, max_tokens=256), description="Judge sampling (n is always 1).")
+    resources: ResourcesConfig = Field(ResourcesConfig(batch_size=64), description="The judge's actor pool.")
+    cost: CostConfig = CostConfig()
+    prompt: str | None = Field(
+        None, description="Judge prompt template with {reference} and {answer} (exactly once) and {question} (at "
+        "most once); the reply must end with a line 'VERDICT: CORRECT' or 'VERDICT: INCORRECT'. None: the built-in "
+        "template (curation.judge.DEFAULT_JUDGE_PROMPT).")
+    agree: Literal["either", "both"] = Field(
+        "either", description="mode always, rows math-verify decided: keep a row either check accepts (either) or "
+        "only rows both accept (both).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _placeholders(cls, v: str | None) -> str | None:
+        from ray_distill.curation.judge import check_judge_prompt
+
+        return None if v is None else check_judge_prompt(v)
+
+    @model_validator(mode="after")
+    def _needs_engine(self) -> JudgeConfig:
+        if self.mode != "off" and self.engine is None:
+            raise ValueError(f"judge mode {self.mode!r} needs 'engine'")
+        return self
+
+    def as_teacher(self) -> TeacherConfig:
+        """The judge as a one-sample teacher: the generation machinery (engines, actors, store keys, cost) as is."""
+        if self.engine is None:
+            raise ValueError("judge has no engine")
+        return TeacherConfig(name=self.name, engine=self.engine, sampling=self.sampling.model_copy(update={"n": 1}),
+                             resources=self.resources, cost=self.cost)
+
+
+class VerifyConfig(_Strict):
+    judge: JudgeConfig = Field(JudgeConfig(), description="LLM judge after math-verify (off by default).")
+
+
 class CompressionConfig(_Strict):
     enabled: bool = True
     order: Literal["compress_first", "paper"] = Field(
@@ -456,6 +503,7 @@ class JobConfig(_Strict):
     teachers: list[TeacherConfig] = Field(min_length=1)
     student: StudentConfig = StudentConfig()
     format: FormatConfig = FormatConfig()
+    verify: VerifyConfig = VerifyConfig()
     smoke_test: SmokeTestConfig = SmokeTestConfig()
     dev: DevConfig = Field(DevConfig(), description="The dev suite every selection step scores on.")
     compression: CompressionConfig = CompressionConfig()
@@ -483,6 +531,13 @@ class JobConfig(_Strict):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _judge_is_not_a_teacher(self) -> JobConfig:
+        if self.verify.judge.mode != "off" and self.verify.judge.name in {t.name for t in self.teachers}:
+            raise ValueError(f"verify.judge.name: {self.verify.judge.name!r} is a teacher's name (they share the "
+                             "generation store); name the judge apart")
         return self
 
     @model_validator(mode="after")

@@ -29,6 +29,8 @@ from ray_distill.accounting import BudgetExceeded, ResourceMeter, StageEstimate,
 from ray_distill.curation import adaptive as A
 from ray_distill.curation.adapters import GradeBatch, select_dataset
 from ray_distill.curation.compression import compress, histogram, pass_rates
+from ray_distill.curation.judge import judge_summary
+from ray_distill.curation.judge_stage import count_stored_verdicts, judge_dataset
 from ray_distill.curation.selection import distance_report
 from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY, mean_ci,
                                              rank_teachers, top_two_note, training_questions, winner)
@@ -91,7 +93,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
         probe_gen = {tc.name: generate(store, probe, _single(tc), t, rec) for tc in cfg.teachers}
         rec.rows_in, rec.rows_out = len(probe), sum(len(df) for df in probe_gen.values())
     with runner.stage("verify_probe", rows_in=rec.rows_out) as (t, rec):
-        graded_all = verify(cfg, pd.concat(list(probe_gen.values()), ignore_index=True), base)
+        graded_all = verify(cfg, pd.concat(list(probe_gen.values()), ignore_index=True), base, t, rec)
         probe_graded = {name: graded_all[graded_all[C.TEACHER] == name] for name in probe_gen}
         rec.rows_out = sum(int(_ok(df).sum()) for df in probe_graded.values())
     with runner.stage("smoke_test") as (t, rec):
@@ -125,7 +127,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
             rec.rows_out = rows["generated"] = len(gen)
         stopped = []
         with runner.stage("verify", rows_in=len(gen)) as (t, rec):
-            graded = verify(cfg, gen, base)
+            graded = verify(cfg, gen, base, t, rec)
             rec.rows_out = rows["correct"] = int(_ok(graded).sum())
             _log_verdicts(t, graded)
     if paper_order:  # the paper's order: compress after sampling (teacher tokens on dropped questions are lost)
@@ -195,7 +197,7 @@ def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[di
         # one generation call (one actor pool, one engine start) per round, each question with its own n
         gen = generate(store, active, teacher, t, rec, n=want)
         graded, fresh = A.merge_round(graded, gen)
-        graded = pd.concat([graded, verify(cfg, fresh, base)], ignore_index=True)
+        graded = pd.concat([graded, verify(cfg, fresh, base, t, rec)], ignore_index=True)
         status = A.round_status(graded, list(want), round_index, plan, previous, sampled)
         previous = A.distinct_correct(graded)
         final.update({q: s for q, s in status.items() if s != A.CONTINUE})
@@ -269,13 +271,30 @@ def dry_run(cfg: JobConfig) -> list[StageEstimate]:
     for tc in cfg.teachers:  # M as the run takes it (a per-question token cap may lower it)
         m = _fixed_samples(cfg, lengths[tc.name])
         out.append(estimate_generation(store, "M-samples", pool, _with_n(tc, m), lengths[tc.name]))
+    if cfg.verify.judge.mode != "off":
+        judge_length = store.mean_completion_tokens(cfg.verify.judge.as_teacher())
+        tcs = {tc.name: tc for tc in cfg.teachers}
+        out += [estimate_judge(store, e, probe if e.stage == "probe" else pool,
+                               _with_n(tcs[e.teacher], e.samples_per_question), cfg.verify.judge, judge_length)
+                for e in list(out)]
     return out
+
+
+def estimate_judge(store: GenerationStore, gen: StageEstimate, questions: list[dict], teacher: TeacherConfig,
+                   judge, mean_length: float | None) -> StageEstimate:
+    """Dry-run line for the judge's verdicts on one generation stage's samples: at most one call per sample
+    (fallback mode judges only the rows math-verify cannot decide, and malformed rows are never judged); a
+    sample already stored whose verdict is stored too costs nothing."""
+    cached = count_stored_verdicts(store, judge, store.lookup(questions, teacher)) if questions else 0
+    return estimate(f"{gen.stage}/judge", judge.as_teacher(), gen.questions, gen.samples_per_question, cached,
+                    mean_length, role="judge")
 
 
 def log_accounting(tracker: Tracker, runner: StageRunner, corpus_rows: int) -> list[dict]:
     """Per-stage and total spend to MLflow (table + metrics); returns the table rows."""
     table = [{"stage": r.name, "wall_s": r.seconds, "teacher_tokens": r.teacher_tokens,
-              "student_tokens": r.student_tokens, "cpu_s": r.cpu_s, "gpu_s": r.gpu_s} for r in runner.records]
+              "student_tokens": r.student_tokens, "judge_tokens": r.judge_tokens, "judge_calls": r.judge_calls,
+              "cpu_s": r.cpu_s, "gpu_s": r.gpu_s} for r in runner.records]
     totals = runner.totals()
     per_sample = totals["teacher_tokens"] / corpus_rows if corpus_rows else float("nan")
     tracker.log_table(pd.DataFrame(table), "accounting.json")
@@ -293,8 +312,12 @@ def resolve_models(cfg: JobConfig) -> JobConfig:
     teachers = [tc.model_copy(update={"engine": resolve_engine(tc.engine, cfg.storage, f"teachers.{i}.engine")})
                 for i, tc in enumerate(cfg.teachers)]
     template = resolve_chat_template(cfg.student.chat_template, "student.chat_template")
-    return cfg.model_copy(update={"teachers": teachers,
-                                  "student": cfg.student.model_copy(update={"chat_template": template})})
+    update = {"teachers": teachers, "student": cfg.student.model_copy(update={"chat_template": template})}
+    judge = cfg.verify.judge
+    if judge.mode != "off":
+        judge = judge.model_copy(update={"engine": resolve_engine(judge.engine, cfg.storage, "verify.judge.engine")})
+        update["verify"] = cfg.verify.model_copy(update={"judge": judge})
+    return cfg.model_copy(update=update)
 
 
 Suites = dict[str, list[dict]]  # suite name -> question rows
@@ -378,15 +401,27 @@ def generate(store: GenerationStore, questions: list[dict], teacher: TeacherConf
     return df
 
 
-def verify(cfg: JobConfig, gen: pd.DataFrame, base: str) -> pd.DataFrame:
-    """Grade every generated row (format + math-verify) on a Ray Data actor pool; rows in = rows out."""
+def verify(cfg: JobConfig, gen: pd.DataFrame, base: str, t: Tracker | None = None,
+           rec: StageRecord | None = None) -> pd.DataFrame:
+    """Grade every generated row (format + math-verify) on a Ray Data actor pool, then, with ``verify.judge``,
+    through the judge's actor pool (``curation.judge_stage``); rows in = rows out. The judge's calls and tokens
+    go to ``rec``, its verdict counts and agreement with math-verify to ``t``."""
     ds = ray.data.from_pandas(gen).map_batches(
         GradeBatch, fn_constructor_kwargs={"max_tokens": cfg.format.max_tokens, "require_think": cfg.format.require_think,
                                            "tokenizer_path": base, "code": cfg.format.code.model_dump()},
         batch_format="pandas", batch_size=256, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+    if cfg.verify.judge.mode != "off":
+        ds = judge_dataset(ds, cfg.verify.judge, join(cfg.storage, "generations"))
     graded = ds.to_pandas()
     if len(graded) != len(gen):
         raise RuntimeError(f"verify lost rows: {len(gen)} in, {len(graded)} out")
+    summary = judge_summary(graded)
+    if summary:
+        if rec is not None:
+            rec.judge_calls += int(summary["judge/calls"])
+            rec.judge_tokens += int(summary["judge/tokens"])
+        if t is not None:
+            t.log_metrics(summary)
     return graded
 
 
