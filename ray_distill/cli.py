@@ -345,11 +345,31 @@ def print_summary(result, wall: float, tracker) -> None:
                   f"{sum(r['cpu_s'] for r in acc):.0f}", f"{sum(r['gpu_s'] for r in acc):.0f}")
     out.print(ranking)
     out.print(top_two_note(result.ranking))
-    for t in (rows, scores, spend):
+    for t in (rows, scores, *harness_tables(result.extra.get("harness") or {}), spend):
         out.print(t)
+    judge_calls = sum(r.get("judge_calls", 0) for r in acc)
+    if judge_calls:
+        out.print(f"LLM judge: {judge_calls:,} calls, {sum(r.get('judge_tokens', 0) for r in acc):,} tokens")
     if corpus_rows:
         out.print(f"teacher tokens per kept corpus sample: {teacher_total / corpus_rows:,.1f}")
     out.print(f"winner: [bold]{result.winner}[/]   corpus: {result.corpus_dir}   student: {result.model_path}")
+
+
+def harness_tables(scores: dict[str, dict[str, float]]) -> list[Table]:
+    """The lm-evaluation-harness scores of the exported student (``eval.harness``), one row per task metric."""
+    if not scores:
+        return []
+    table = Table(title="lm-evaluation-harness (exported student)", min_width=40)
+    for col in ("task", "metric", "after"):
+        table.add_column(col, justify="right" if col == "after" else "left")
+    for task, metrics in scores.items():
+        for metric, value in metrics.items():
+            name, sep, flt = metric.partition("/")
+            if name.endswith("_stderr"):
+                continue
+            err = metrics.get(f"{name}_stderr{sep}{flt}")
+            table.add_row(task, metric, f"{value:.3f}" + (f" ± {err:.3f}" if err is not None else ""))
+    return [table]
 
 
 def _fmt_score(m: dict) -> str:

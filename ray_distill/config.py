@@ -424,11 +424,31 @@ class SuiteConfig(_Strict):
         return self
 
 
+class HarnessConfig(_Strict):
+    """lm-evaluation-harness tasks run on the exported student (out-of-domain evaluation; evaluation.harness)."""
+
+    tasks: list[str] = Field(min_length=1, description="lm_eval task (or group) names.")
+    include_path: str | None = Field(
+        None, description="Local folder of custom task YAMLs; the harness runs inside it, so a task's relative "
+        "data_files are read from there (on a multi-node cluster: a path every node sees).")
+    backend: Literal["vllm", "hf"] = Field(
+        "vllm", description="lm_eval's vLLM backend (the student's serving settings) or its transformers one.")
+    limit: int | None = Field(None, ge=1, description="At most this many documents per task (None: all).")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (None: each task's default).")
+    apply_chat_template: bool = Field(True, description="Prompt through the student's chat template.")
+    batch_size: int | None = Field(None, ge=1, description="lm_eval batch size (None: the backend's default).")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="Extra lm_eval model_args (override ours).")
+    seed: int = Field(0, description="lm_eval's random, numpy, torch and few-shot seeds.")
+
+
 class EvalConfig(_Strict):
     k: int = Field(4, ge=1, description="Samples per question for avg@k.")
     temperature: float = Field(0.0, ge=0.0)
     max_tokens: int = Field(128, ge=1)
     suites: list[SuiteConfig] = Field(default_factory=list)
+    harness: HarnessConfig | None = Field(
+        None, description="Optional lm-evaluation-harness run on the exported student (scores in the same MLflow "
+        "run and summary table).")
 
 
 class DevConfig(_Strict):

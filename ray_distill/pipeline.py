@@ -40,6 +40,7 @@ from ray_distill.data.dev import carve
 from ray_distill.data.fs import join
 from ray_distill.data.sources import decontaminate, load_source
 from ray_distill.evaluation.evaluate import evaluate_suites, grade_samples, sample_student
+from ray_distill.evaluation.harness import run_harness
 from ray_distill.generation.store import GenerationStore
 from ray_distill.models import resolve_chat_template, resolve_engine
 from ray_distill.progress import StageRecord, StageRunner
@@ -156,13 +157,14 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
     with runner.stage("evaluate") as (t, rec):
         before = evaluate(cfg, base, suites, t, prefix="before", rec=rec)
         after = evaluate(cfg, result.model_path, suites, t, prefix="after", rec=rec)
+        harness = evaluate_harness(cfg, result.model_path, t, prefix="after")
     tracker.log_metrics({f"rows/{k}": v for k, v in rows.items()})
     tracker.log_table(pd.DataFrame({"stage": list(rows), "rows": list(rows.values())}), "rows_per_stage.json")
     accounting = log_accounting(tracker, runner, len(corpus))
     return JobResult(
         run_dir=cfg.run_dir, winner=best, ranking=ranking, rows=rows, scores_before=before, scores_after=after,
         stage_seconds={r.name: r.seconds for r in runner.records}, corpus_dir=corpus_dir,
-        model_path=result.model_path, extra={"accounting": accounting},
+        model_path=result.model_path, extra={"accounting": accounting, "harness": harness},
     )
 
 
@@ -561,6 +563,18 @@ def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Track
                                       for m in scores.values()))
     t.log_metrics({f"{prefix}/{suite}/{k}": v for suite, m in scores.items() for k, v in m.items()
                    if isinstance(v, (int, float))})
+    return scores
+
+
+def evaluate_harness(cfg: JobConfig, model: str, t: Tracker, prefix: str) -> dict[str, dict[str, float]]:
+    """``eval.harness``: lm-evaluation-harness tasks on ``model`` (``evaluation.harness``), logged as
+    ``<prefix>/harness/<task>/<metric>`` beside the suites' scores; ``{}`` when not configured."""
+    if cfg.eval.harness is None:
+        return {}
+    scores = run_harness(model, cfg.eval.harness, cfg.student)
+    t.log_metrics({f"{prefix}/harness/{task}/{m}": v for task, ms in scores.items() for m, v in ms.items()})
+    t.log_table(pd.DataFrame([{"task": task, "metric": m, "value": v} for task, ms in scores.items()
+                              for m, v in ms.items()]), f"harness_{prefix}.json")
     return scores
 
 
