@@ -73,3 +73,14 @@ def test_harness_task_on_the_tiny_student_with_vllm(ray_local, tiny_student_path
     (table,) = harness_tables(scores)
     assert table.row_count == 1
     tracker.end()
+
+
+def test_readme_shows_the_tested_files_verbatim():
+    """The README's judge/harness YAML blocks are excerpts of jobs/judge_harness.yaml and the harness task, which
+    the dry-run and harness tests run."""
+    readme = (HARNESS_DIR.parents[1] / "README.md").read_text()
+    section = readme.split("### Verifying with an LLM judge", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:]]
+    job = (HARNESS_DIR.parent / "judge_harness.yaml").read_text()
+    task = (HARNESS_DIR / "max_ood.yaml").read_text()
+    assert len(blocks) == 2 and blocks[0] in job and blocks[1] in task and len(blocks[1]) > 300
