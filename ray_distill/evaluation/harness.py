@@ -98,15 +98,19 @@ def evaluate_in_process(model_args: dict, cfg: HarnessConfig, include_path: str 
 
     if cfg.backend == "vllm":
         _import_lm_eval_vllm()
+    cwd = os.getcwd()
     if include_path:
         os.chdir(include_path)  # relative data_files of custom tasks are read from their folder
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
-    out = lm_eval.simple_evaluate(
-        model=cfg.backend, model_args=model_args, tasks=list(cfg.tasks), task_manager=manager,
-        num_fewshot=cfg.num_fewshot, limit=cfg.limit, apply_chat_template=cfg.apply_chat_template,
-        log_samples=False, random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
-        fewshot_random_seed=cfg.seed,
-    )
+    try:
+        manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+        out = lm_eval.simple_evaluate(
+            model=cfg.backend, model_args=model_args, tasks=list(cfg.tasks), task_manager=manager,
+            num_fewshot=cfg.num_fewshot, limit=cfg.limit, apply_chat_template=cfg.apply_chat_template,
+            log_samples=False, random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
+        )
+    finally:
+        os.chdir(cwd)
     if out is None:
         raise RuntimeError("lm_eval returned no results")
     return out["results"]
@@ -126,8 +130,9 @@ def run_harness(model_path: str, cfg: HarnessConfig, student: StudentConfig) -> 
     env = None
     if cfg.backend == "vllm" and not gpu:
         env = {"env_vars": {k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV_DEFAULTS.items()}}
-    task = ray.remote(evaluate_in_process).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, runtime_env=env,
-                                                   max_retries=0)
+    # max_calls=1: the worker exits after the run, so the engine's memory goes back before anything else runs
+    task = ray.remote(max_calls=1)(evaluate_in_process).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                                                                runtime_env=env, max_retries=0)
     args = harness_model_args(model_path, cfg, student)
     logger.info("lm-evaluation-harness (%s backend): tasks %s on %s", cfg.backend, cfg.tasks, model_path)
     results = ray.get(task.remote(args, cfg, include_path))
