@@ -101,7 +101,7 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
             P.check_budget(cfg, [P.estimate_generation(store, "generate_probe", probe, P._single(tc))
                                  for tc in cfg.teachers], 0)
         probe_gen = pd.concat([P.generate(store, probe, P._single(tc), t, rec) for tc in cfg.teachers], ignore_index=True)
-        graded_probe = P.verify(cfg, probe_gen, base)
+        graded_probe = P.verify(cfg, probe_gen, base, t, rec)
         ranking = P.smoke_test(cfg, {tc.name: graded_probe[graded_probe[C.TEACHER] == tc.name] for tc in cfg.teachers},
                                dev, base, t, rec)
         best, accurate = winner(ranking), best_accuracy_teacher(ranking)
@@ -117,7 +117,7 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
             if cfg.budget.max_teacher_tokens is not None:
                 P.check_budget(cfg, [P.estimate_generation(store, f"generate/{name}", pool, teacher)],
                                runner.totals()["teacher_tokens"] + rec.teacher_tokens)
-            graded = P.verify(cfg, P.generate(store, pool, teacher, t, rec), base)
+            graded = P.verify(cfg, P.generate(store, pool, teacher, t, rec), base, t, rec)
             graded_by[name] = graded, P.select(cfg, graded[graded[C.QUESTION_ID].isin(kept_ids)], base)
             rec.rows_out = len(graded_by[name][1])
     n = cfg.ablation.budget_rows or len(graded_by[best][1])

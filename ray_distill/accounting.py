@@ -92,7 +92,8 @@ def token_cost(tokens: float, cost: CostConfig, resources: ResourcesConfig) -> f
 
 @dataclass(frozen=True)
 class StageEstimate:
-    """A dry-run line: what one generation stage would ask a teacher for, before any token is spent."""
+    """A dry-run line: what one generation stage would ask a teacher (or the LLM judge) for, before any token
+    is spent."""
 
     stage: str
     teacher: str
@@ -105,6 +106,7 @@ class StageEstimate:
     max_tokens: int
     cost_per_million: float  # of the expected tokens' cost, per million tokens (for the table)
     expected_cost: float
+    role: str = "teacher"  # "teacher" | "judge" (judge lines: verdicts on that stage's samples, an upper bound)
 
     @property
     def to_generate(self) -> int:
@@ -120,7 +122,7 @@ class StageEstimate:
 
 
 def estimate(stage: str, teacher, questions: int, samples_per_question: int, cached: int,
-             mean_length: float | None) -> StageEstimate:
+             mean_length: float | None, role: str = "teacher") -> StageEstimate:
     """One :class:`StageEstimate`; ``mean_length`` is the teacher's stored mean completion length."""
     requests = questions * samples_per_question
     per_sample = float(mean_length) if mean_length else float(teacher.sampling.max_tokens)
@@ -130,7 +132,7 @@ def estimate(stage: str, teacher, questions: int, samples_per_question: int, cac
         stage=stage, teacher=teacher.name, questions=questions, samples_per_question=samples_per_question,
         requests=requests, cached=cached, tokens_per_sample=per_sample,
         length_source="store" if mean_length else "max_tokens", max_tokens=teacher.sampling.max_tokens,
-        cost_per_million=money / tokens * 1e6 if tokens else 0.0, expected_cost=money,
+        cost_per_million=money / tokens * 1e6 if tokens else 0.0, expected_cost=money, role=role,
     )
 
 

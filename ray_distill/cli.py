@@ -355,10 +355,16 @@ def print_estimates(cfg: JobConfig) -> None:
                       f"{e.expected_tokens:,.0f}", f"{e.max_tokens_total:,}", f"{e.expected_cost:,.2f}")
     out.print(table)
     probe = sum(e.expected_tokens for e in estimates if e.stage == "probe")
-    worst = max((e.expected_tokens for e in estimates if e.stage != "probe"), default=0)
+    worst = max((e.expected_tokens for e in estimates if e.stage != "probe" and e.role == "teacher"), default=0)
     out.print("* no stored samples of this teacher yet: sampling.max_tokens assumed per sample")
     out.print(f"expected teacher tokens: probe {probe:,.0f} + M-sample generation of the winner ≤ {worst:,.0f} "
               f"(upper bound: compression and adaptive sampling only lower it)")
+    judged = [e for e in estimates if e.role == "judge"]
+    if judged:
+        j_probe = sum(e.expected_tokens for e in judged if e.stage == "probe/judge")
+        j_worst = max((e.expected_tokens for e in judged if e.stage != "probe/judge"), default=0)
+        out.print(f"expected judge tokens: at most {j_probe:,.0f} on the probe + {j_worst:,.0f} on the M samples "
+                  f"({cfg.verify.judge.mode} mode; one call per sample judged, stored verdicts free)")
     cap = cfg.budget.max_teacher_tokens
     if cap is not None:
         verdict = "[green]within[/]" if probe + worst <= cap else "[red]may exceed[/]"
@@ -399,7 +405,12 @@ def print_summary(result, wall: float, tracker) -> None:
                       f"{r['cpu_s']:.0f}", f"{r['gpu_s']:.0f}")
     spend.add_row("[bold]total[/]", f"{wall:.1f}", f"{teacher_total:,}", f"{sum(r['student_tokens'] for r in acc):,}",
                   f"{sum(r['cpu_s'] for r in acc):.0f}", f"{sum(r['gpu_s'] for r in acc):.0f}")
+    for table in harness_tables(result.extra.get("harness") or {}):
+        out.print(table)
     out.print(spend)
+    judge_calls = sum(r.get("judge_calls", 0) for r in acc)
+    if judge_calls:
+        out.print(f"LLM judge: {judge_calls:,} calls, {sum(r.get('judge_tokens', 0) for r in acc):,} tokens")
     if corpus_rows:
         out.print(f"teacher tokens per kept corpus sample: {teacher_total / corpus_rows:,.1f}")
     where = {"winner": result.winner, "store": result.extra.get("store", ""), "corpus": result.corpus_dir,
@@ -423,6 +434,23 @@ def _print_ranking(ranking: list[dict]) -> None:
                       *[f"{r[c]:.3f}" for c in diagnostics], r["reason"])
     out.print(table)
     out.print(top_two_note(ranking))
+
+
+def harness_tables(scores: dict[str, dict[str, float]]) -> list[Table]:
+    """The lm-evaluation-harness scores of the exported student (``eval.harness``), one row per task metric."""
+    if not scores:
+        return []
+    table = Table(title="lm-evaluation-harness (exported student)", min_width=40)
+    for col in ("task", "metric", "after"):
+        table.add_column(col, justify="right" if col == "after" else "left")
+    for task, metrics in scores.items():
+        for metric, value in metrics.items():
+            name, sep, flt = metric.partition("/")
+            if name.endswith("_stderr"):
+                continue
+            err = metrics.get(f"{name}_stderr{sep}{flt}")
+            table.add_row(task, metric, f"{value:.3f}" + (f" ± {err:.3f}" if err is not None else ""))
+    return [table]
 
 
 def _fmt_score(m: dict) -> str:

@@ -26,6 +26,15 @@ CORRECT = "correct"
 REASON = "reason"  # why a row was rejected ("" when kept)
 PREDICTED = "predicted"  # extracted final answer
 
+# LLM judge (verify.judge; see curation.judge)
+JUDGE_VERDICT = "judge_verdict"  # correct | incorrect | unparsed | error; "" when the row was not judged
+JUDGE_DETAIL = "judge_detail"  # why a verdict is unparsed or an error
+JUDGE_OUTPUT = "judge_output"  # the judge's text
+JUDGE_TOKENS = "judge_tokens"  # completion tokens of the judge's answer (-1: unknown)
+JUDGE_CALLED = "judge_called"  # the judge was called for this row now (False: answered from the store)
+MATH_VERIFY_CORRECT = "math_verify_correct"  # math-verify's own verdict, before the judge
+MATH_VERIFY_DECIDED = "math_verify_decided"  # math-verify extracted an answer and the reference is math
+
 # curation
 PASS_RATE = "pass_rate"
 SELECTION_DISTANCE = "selection_distance"  # min distance to the other selected trajectories
@@ -41,3 +50,5 @@ MESSAGES = "messages"
 QUESTION_COLUMNS = [QUESTION_ID, QUESTION, ANSWER, FAMILY, DIFFICULTY, TESTS, PROMPT]
 GENERATION_COLUMNS = [*QUESTION_COLUMNS, TEACHER, SAMPLE_INDEX, SEED, COMPLETION, NUM_TOKENS, FINISH_REASON, ERROR,
                       PROMPT_TOKENS]
+JUDGE_COLUMNS = [JUDGE_VERDICT, JUDGE_DETAIL, JUDGE_OUTPUT, JUDGE_TOKENS, JUDGE_CALLED, MATH_VERIFY_CORRECT,
+                 MATH_VERIFY_DECIDED]

@@ -309,6 +309,53 @@ class FormatConfig(_Strict):
         "starts with one actor and grows while rows wait).")
 
 
+class JudgeConfig(_Strict):
+    """The LLM judge (``verify.judge``): a second check of teacher answers against the reference, on any engine
+    (see curation.judge). Its verdicts are cached in the generation store under its ``name``."""
+
+    mode: Literal["off", "fallback", "always"] = Field(
+        "off", description="fallback: judge only rows math-verify could not decide (no final answer parsed, or a "
+        "reference that is not a math expression); always: every row whose format passed; off: no judge. Code "
+        "rows (with tests) are never judged.")
+    name: str = Field("judge", description="Its directory in the generation store; must not be a teacher's name.")
+    engine: EngineConfig | None = Field(None, description="The judge's engine (any kind, as a teacher's).")
+    sampling: SamplingConfig = Field(
+        SamplingConfig(temperature=0.0, max_tokens=256), description="Judge sampling (n is always 1).")
+    resources: ResourcesConfig = Field(ResourcesConfig(batch_size=64), description="The judge's actor pool.")
+    cost: CostConfig = CostConfig()
+    prompt: str | None = Field(
+        None, description="Judge prompt template with {reference} and {answer} (exactly once) and {question} (at "
+        "most once); the reply must end with a line 'VERDICT: CORRECT' or 'VERDICT: INCORRECT'. None: the built-in "
+        "template (curation.judge.DEFAULT_JUDGE_PROMPT).")
+    agree: Literal["either", "both"] = Field(
+        "either", description="mode always, rows math-verify decided: keep a row either check accepts (either) or "
+        "only rows both accept (both).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _placeholders(cls, v: str | None) -> str | None:
+        from ray_distill.curation.judge import check_judge_prompt
+
+        return None if v is None else check_judge_prompt(v)
+
+    @model_validator(mode="after")
+    def _needs_engine(self) -> JudgeConfig:
+        if self.mode != "off" and self.engine is None:
+            raise ValueError(f"judge mode {self.mode!r} needs 'engine'")
+        return self
+
+    def as_teacher(self) -> TeacherConfig:
+        """The judge as a one-sample teacher: the generation machinery (engines, actors, store keys, cost) as is."""
+        if self.engine is None:
+            raise ValueError("judge has no engine")
+        return TeacherConfig(name=self.name, engine=self.engine, sampling=self.sampling.model_copy(update={"n": 1}),
+                             resources=self.resources, cost=self.cost)
+
+
+class VerifyConfig(_Strict):
+    judge: JudgeConfig = Field(JudgeConfig(), description="LLM judge after math-verify (off by default).")
+
+
 class CompressionConfig(_Strict):
     enabled: bool = True
     order: Literal["compress_first", "paper"] = Field(
@@ -473,11 +520,31 @@ class SuiteConfig(_FileSource):
         return self
 
 
+class HarnessConfig(_Strict):
+    """lm-evaluation-harness tasks run on the exported student (out-of-domain evaluation; evaluation.harness)."""
+
+    tasks: list[str] = Field(min_length=1, description="lm_eval task (or group) names.")
+    include_path: str | None = Field(
+        None, description="Local folder of custom task YAMLs; the harness runs inside it, so a task's relative "
+        "data_files are read from there (on a multi-node cluster: a path every node sees).")
+    backend: Literal["vllm", "hf"] = Field(
+        "vllm", description="lm_eval's vLLM backend (the student's serving settings) or its transformers one.")
+    limit: int | None = Field(None, ge=1, description="At most this many documents per task (None: all).")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (None: each task's default).")
+    apply_chat_template: bool = Field(True, description="Prompt through the student's chat template.")
+    batch_size: int | None = Field(None, ge=1, description="lm_eval batch size (None: the backend's default).")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="Extra lm_eval model_args (override ours).")
+    seed: int = Field(0, description="lm_eval's random, numpy, torch and few-shot seeds.")
+
+
 class EvalConfig(_Strict):
     k: int = Field(4, ge=1, description="Samples per question for avg@k (a suite's own k overrides it).")
     temperature: float = Field(0.0, ge=0.0)
     max_tokens: int = Field(128, ge=1)
     suites: list[SuiteConfig] = Field(default_factory=list)
+    harness: HarnessConfig | None = Field(
+        None, description="Optional lm-evaluation-harness run on the exported student (scores in the same MLflow "
+        "run and summary table).")
 
     @model_validator(mode="after")
     def _pass_k_within_k(self) -> EvalConfig:
@@ -566,6 +633,7 @@ class JobConfig(_Strict):
     teachers: list[TeacherConfig] = Field(min_length=1)
     student: StudentConfig = StudentConfig()
     format: FormatConfig = FormatConfig()
+    verify: VerifyConfig = VerifyConfig()
     smoke_test: SmokeTestConfig = SmokeTestConfig()
     dev: DevConfig = Field(DevConfig(), description="The dev suite every selection step scores on.")
     compression: CompressionConfig = CompressionConfig()
@@ -593,6 +661,13 @@ class JobConfig(_Strict):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _judge_is_not_a_teacher(self) -> JobConfig:
+        if self.verify.judge.mode != "off" and self.verify.judge.name in {t.name for t in self.teachers}:
+            raise ValueError(f"verify.judge.name: {self.verify.judge.name!r} is a teacher's name (they share the "
+                             "generation store); name the judge apart")
         return self
 
     @model_validator(mode="after")

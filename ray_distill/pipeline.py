@@ -29,6 +29,8 @@ from ray_distill.accounting import BudgetExceeded, ResourceMeter, StageEstimate,
 from ray_distill.curation import adaptive as A
 from ray_distill.curation.adapters import GradeBatch, select_dataset
 from ray_distill.curation.compression import compress, histogram, pass_rates
+from ray_distill.curation.judge import judge_summary
+from ray_distill.curation.judge_stage import count_stored_verdicts, judge_dataset
 from ray_distill.curation.plane import (Grading, Selection, cluster_cpus, generate_missing, grade, read_parquet_dir,
                                         select_buckets, write_graded, write_questions)
 from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY,
@@ -40,6 +42,7 @@ from ray_distill.data.fs import join
 from ray_distill.data.sources import decontaminate, load_source
 from ray_distill.evaluation.evaluate import evaluate_suites, grade_samples, sample_student
 from ray_distill.evaluation.metrics import macro_average, wilson_interval
+from ray_distill.evaluation.harness import run_harness
 from ray_distill.generation.store import GenerationStore
 from ray_distill.models import resolve_chat_template, resolve_engine
 from ray_distill.progress import StageRecord, StageRunner
@@ -101,7 +104,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
         probe_gen = {tc.name: generate(store, probe, _single(tc), t, rec) for tc in cfg.teachers}
         rec.rows_in, rec.rows_out = len(probe), sum(len(df) for df in probe_gen.values())
     with runner.stage("verify_probe", rows_in=rec.rows_out) as (t, rec):
-        graded_all = verify(cfg, pd.concat(list(probe_gen.values()), ignore_index=True), base)
+        graded_all = verify(cfg, pd.concat(list(probe_gen.values()), ignore_index=True), base, t, rec)
         probe_graded = {name: graded_all[graded_all[C.TEACHER] == name] for name in probe_gen}
         rec.rows_out = sum(int(_ok(df).sum()) for df in probe_graded.values())
     with runner.stage("smoke_test") as (t, rec):
@@ -152,6 +155,10 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
             t.log_metrics({f"{teacher.name}/{k}": v for k, v in phase.counters.items() if isinstance(v, int)})
             t.log_metrics({f"verdict/{k}": v for k, v in phase.counters["verdicts"].items()})
             graded_url = phase.graded_url
+            if phase.judge:
+                rec.judge_calls += int(phase.judge["judge/calls"])
+                rec.judge_tokens += int(phase.judge["judge/tokens"])
+                t.log_metrics(phase.judge)
     keep = None
     if paper_order:  # the paper's order: compress after sampling (teacher tokens on dropped questions are lost)
         with runner.stage("compress", rows_in=len(pool)) as (t, rec):
@@ -175,14 +182,16 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
     if until == "corpus":
         return _partial(cfg, tracker, runner, rows, ranking, best, "corpus", corpus_dir=corpus_dir)
     result = train_stage(cfg, corpus, base, runner)
-    before, after = evaluate_stage(cfg, {"before": base, "after": result.model_path}, suites, runner)
+    (before, after), harness = evaluate_stage(cfg, {"before": base, "after": result.model_path}, suites, runner,
+                                              harness_model=result.model_path)
     tracker.log_metrics({f"rows/{k}": v for k, v in rows.items()})
     tracker.log_table(pd.DataFrame({"stage": list(rows), "rows": list(rows.values())}), "rows_per_stage.json")
     accounting = log_accounting(tracker, runner, len(corpus))
     return JobResult(
         run_dir=cfg.run_dir, winner=best, ranking=ranking, rows=rows, scores_before=before, scores_after=after,
         stage_seconds={r.name: r.seconds for r in runner.records}, corpus_dir=corpus_dir,
-        model_path=result.model_path, extra={"accounting": accounting, "macro": macro_scores(cfg, before, after)},
+        model_path=result.model_path, extra={"accounting": accounting, "macro": macro_scores(cfg, before, after),
+                                             "harness": harness},
     )
 
 
@@ -200,10 +209,14 @@ def train_stage(cfg: JobConfig, corpus: list[dict], base: str, runner: StageRunn
     return result
 
 
-def evaluate_stage(cfg: JobConfig, models: dict[str, str], suites: Suites, runner: StageRunner) -> list[dict]:
-    """Every model of ``{prefix: model reference}`` on the eval suites; one score dict per model, in order."""
+def evaluate_stage(cfg: JobConfig, models: dict[str, str], suites: Suites, runner: StageRunner,
+                   harness_model: str | None = None) -> tuple[list[dict], dict]:
+    """Every model of ``{prefix: model reference}`` on the eval suites (one score dict per model, in order)
+    and, with ``eval.harness``, ``harness_model`` through lm-evaluation-harness."""
     with runner.stage("evaluate") as (t, rec):
-        return [evaluate(cfg, model, suites, t, prefix=prefix, rec=rec) for prefix, model in models.items()]
+        scores = [evaluate(cfg, model, suites, t, prefix=prefix, rec=rec) for prefix, model in models.items()]
+        harness = evaluate_harness(cfg, harness_model, t, prefix="after") if harness_model else {}
+    return scores, harness
 
 
 def _partial(cfg: JobConfig, tracker: Tracker, runner: StageRunner, rows: dict, ranking: list[dict], best: str,
@@ -249,11 +262,12 @@ def eval_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, model: str |
         base = prepare_student(cfg, t)
     with runner.stage("questions") as (t, rec):
         suites = load_questions(cfg, t)[1]
-    before, after = evaluate_stage(cfg, {"before": base, "after": model}, suites, runner)
+    (before, after), harness = evaluate_stage(cfg, {"before": base, "after": model}, suites, runner,
+                                              harness_model=model)
     accounting = log_accounting(tracker, runner, 0)
     return JobResult(run_dir=cfg.run_dir, scores_before=before, scores_after=after, model_path=model,
                      stage_seconds={r.name: r.seconds for r in runner.records}, until="evaluate",
-                     extra={"accounting": accounting})
+                     extra={"accounting": accounting, "macro": macro_scores(cfg, before, after), "harness": harness})
 
 
 def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[dict], teacher: TeacherConfig,
@@ -284,7 +298,7 @@ def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[di
         # one generation call (one actor pool, one engine start) per round, each question with its own n
         gen = generate(store, active, teacher, t, rec, n=want)
         graded, fresh = A.merge_round(graded, gen)
-        graded = pd.concat([graded, verify(cfg, fresh, base)], ignore_index=True)
+        graded = pd.concat([graded, verify(cfg, fresh, base, t, rec)], ignore_index=True)
         status = A.round_status(graded, list(want), round_index, plan, previous, sampled)
         previous = A.distinct_correct(graded)
         final.update({q: s for q, s in status.items() if s != A.CONTINUE})
@@ -358,13 +372,30 @@ def dry_run(cfg: JobConfig) -> list[StageEstimate]:
     for tc in cfg.teachers:  # M as the run takes it (a per-question token cap may lower it)
         m = _fixed_samples(cfg, lengths[tc.name])
         out.append(estimate_generation(store, "M-samples", pool, _with_n(tc, m), lengths[tc.name]))
+    if cfg.verify.judge.mode != "off":
+        judge_length = store.mean_completion_tokens(cfg.verify.judge.as_teacher())
+        tcs = {tc.name: tc for tc in cfg.teachers}
+        out += [estimate_judge(store, e, probe if e.stage == "probe" else pool,
+                               _with_n(tcs[e.teacher], e.samples_per_question), cfg.verify.judge, judge_length)
+                for e in list(out)]
     return out
+
+
+def estimate_judge(store: GenerationStore, gen: StageEstimate, questions: list[dict], teacher: TeacherConfig,
+                   judge, mean_length: float | None) -> StageEstimate:
+    """Dry-run line for the judge's verdicts on one generation stage's samples: at most one call per sample
+    (fallback mode judges only the rows math-verify cannot decide, and malformed rows are never judged); a
+    sample already stored whose verdict is stored too costs nothing."""
+    cached = count_stored_verdicts(store, judge, store.lookup(questions, teacher)) if questions else 0
+    return estimate(f"{gen.stage}/judge", judge.as_teacher(), gen.questions, gen.samples_per_question, cached,
+                    mean_length, role="judge")
 
 
 def log_accounting(tracker: Tracker, runner: StageRunner, corpus_rows: int) -> list[dict]:
     """Per-stage and total spend to MLflow (table + metrics); returns the table rows."""
     table = [{"stage": r.name, "wall_s": r.seconds, "teacher_tokens": r.teacher_tokens,
-              "student_tokens": r.student_tokens, "cpu_s": r.cpu_s, "gpu_s": r.gpu_s} for r in runner.records]
+              "student_tokens": r.student_tokens, "judge_tokens": r.judge_tokens, "judge_calls": r.judge_calls,
+              "cpu_s": r.cpu_s, "gpu_s": r.gpu_s} for r in runner.records]
     totals = runner.totals()
     per_sample = totals["teacher_tokens"] / corpus_rows if corpus_rows else float("nan")
     tracker.log_table(pd.DataFrame(table), "accounting.json")
@@ -382,8 +413,12 @@ def resolve_models(cfg: JobConfig) -> JobConfig:
     teachers = [tc.model_copy(update={"engine": resolve_engine(tc.engine, cfg.storage, f"teachers.{i}.engine")})
                 for i, tc in enumerate(cfg.teachers)]
     template = resolve_chat_template(cfg.student.chat_template, "student.chat_template")
-    return cfg.model_copy(update={"teachers": teachers,
-                                  "student": cfg.student.model_copy(update={"chat_template": template})})
+    update = {"teachers": teachers, "student": cfg.student.model_copy(update={"chat_template": template})}
+    judge = cfg.verify.judge
+    if judge.mode != "off":
+        judge = judge.model_copy(update={"engine": resolve_engine(judge.engine, cfg.storage, "verify.judge.engine")})
+        update["verify"] = cfg.verify.model_copy(update={"judge": judge})
+    return cfg.model_copy(update=update)
 
 
 Suites = dict[str, list[dict]]  # suite name -> question rows
@@ -467,25 +502,38 @@ def generate(store: GenerationStore, questions: list[dict], teacher: TeacherConf
     return df
 
 
-def verify(cfg: JobConfig, gen: pd.DataFrame, base: str) -> pd.DataFrame:
+def verify(cfg: JobConfig, gen: pd.DataFrame, base: str, t: Tracker | None = None,
+           rec: StageRecord | None = None) -> pd.DataFrame:
     """Grade generated rows held by the driver (probe, adaptive rounds, searches: bounded sets) on a
-    Ray Data actor pool sized to the cluster; rows in = rows out. The main generation grades on
-    storage instead (:func:`ray_distill.curation.plane.grade`)."""
+    Ray Data actor pool sized to the cluster, then, with ``verify.judge``, through the judge's actor pool
+    (``curation.judge_stage``); rows in = rows out. The judge's calls and tokens go to ``rec``, its verdict
+    counts and agreement with math-verify to ``t``. The main generation grades on storage instead
+    (:func:`ray_distill.curation.plane.grade`)."""
     g = grading(cfg, base)
     ds = ray.data.from_pandas(gen).map_batches(
         GradeBatch, fn_constructor_kwargs={"max_tokens": g.max_tokens, "require_think": g.require_think,
                                            "tokenizer_path": g.tokenizer, "code": g.code},
         batch_format="pandas", batch_size=256, num_cpus=1,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=g.num_graders or cluster_cpus()))
+    if g.judge is not None:
+        ds = judge_dataset(ds, g.judge, join(cfg.storage, "generations"))
     graded = ds.to_pandas()
     if len(graded) != len(gen):
         raise RuntimeError(f"verify lost rows: {len(gen)} in, {len(graded)} out")
+    summary = judge_summary(graded)
+    if summary:
+        if rec is not None:
+            rec.judge_calls += int(summary["judge/calls"])
+            rec.judge_tokens += int(summary["judge/tokens"])
+        if t is not None:
+            t.log_metrics(summary)
     return graded
 
 
 def grading(cfg: JobConfig, base: str) -> Grading:
+    judge = cfg.verify.judge if cfg.verify.judge.mode != "off" else None
     return Grading(max_tokens=cfg.format.max_tokens, require_think=cfg.format.require_think, tokenizer=base,
-                   code=cfg.format.code.model_dump(), num_graders=cfg.format.num_graders)
+                   code=cfg.format.code.model_dump(), num_graders=cfg.format.num_graders, judge=judge)
 
 
 def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], dev: Suites, base: str,
@@ -647,6 +695,18 @@ def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Track
                    if isinstance(v, (int, float))})
     domains = {name: configured[name].domain for name in suites if name in configured}
     t.log_metrics({f"{prefix}/macro_{group}/avg_at_k": v for group, v in macro_average(scores, domains).items()})
+    return scores
+
+
+def evaluate_harness(cfg: JobConfig, model: str, t: Tracker, prefix: str) -> dict[str, dict[str, float]]:
+    """``eval.harness``: lm-evaluation-harness tasks on ``model`` (``evaluation.harness``), logged as
+    ``<prefix>/harness/<task>/<metric>`` beside the suites' scores; ``{}`` when not configured."""
+    if cfg.eval.harness is None:
+        return {}
+    scores = run_harness(model, cfg.eval.harness, cfg.student)
+    t.log_metrics({f"{prefix}/harness/{task}/{m}": v for task, ms in scores.items() for m, v in ms.items()})
+    t.log_table(pd.DataFrame([{"task": task, "metric": m, "value": v} for task, ms in scores.items()
+                              for m, v in ms.items()]), f"harness_{prefix}.json")
     return scores
 
 

@@ -25,6 +25,8 @@ class StageRecord:
     rows_out: int | None = None
     teacher_tokens: int = 0  # teacher completion tokens generated (not read from the store)
     student_tokens: int = 0  # tokens the student generated (pass rates, evaluation)
+    judge_tokens: int = 0  # LLM-judge completion tokens generated (not read from the store)
+    judge_calls: int = 0  # LLM-judge requests sent (verdicts read from the store are free)
     cpu_s: float = 0.0  # CPU-seconds reserved by Ray work during the stage
     gpu_s: float = 0.0
     notes: dict = field(default_factory=dict)
@@ -59,7 +61,8 @@ class StageRunner:
                     spent = self.meter.since(used)
                     rec.cpu_s, rec.gpu_s = spent.cpu_s, spent.gpu_s
                 metrics = {"wall_s": rec.seconds, "teacher_tokens": rec.teacher_tokens,
-                           "student_tokens": rec.student_tokens, "cpu_s": rec.cpu_s, "gpu_s": rec.gpu_s}
+                           "student_tokens": rec.student_tokens, "judge_tokens": rec.judge_tokens,
+                           "judge_calls": rec.judge_calls, "cpu_s": rec.cpu_s, "gpu_s": rec.gpu_s}
                 if rec.rows_in is not None:
                     metrics["rows_in"] = rec.rows_in
                 if rec.rows_out is not None:
@@ -74,7 +77,7 @@ class StageRunner:
 
     def totals(self) -> dict[str, float]:
         """Job totals of the accounting fields over every finished stage."""
-        keys = ("seconds", "teacher_tokens", "student_tokens", "cpu_s", "gpu_s")
+        keys = ("seconds", "teacher_tokens", "student_tokens", "judge_tokens", "judge_calls", "cpu_s", "gpu_s")
         return {k: sum(getattr(r, k) for r in self.records) for k in keys}
 
 
@@ -89,6 +92,8 @@ def _describe(rec: StageRecord) -> str:
         parts.append(f"{rec.teacher_tokens:,} teacher tokens")
     if rec.student_tokens:
         parts.append(f"{rec.student_tokens:,} student tokens")
+    if rec.judge_calls or rec.judge_tokens:
+        parts.append(f"{rec.judge_calls:,} judge calls, {rec.judge_tokens:,} judge tokens")
     parts += [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.notes.items()]
     return ", ".join(parts)
 

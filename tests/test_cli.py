@@ -57,3 +57,16 @@ def test_submit_rejects_a_bad_config_before_contacting_the_cluster():
 def test_validate_prints_the_resolved_config():
     result = runner.invoke(app, ["validate", QUICKSTART, "train.epochs=2"])
     assert result.exit_code == 0 and '"epochs": 2' in result.output
+
+
+def test_dry_run_counts_the_judge_apart_from_the_teachers(tmp_path):
+    job = str(ROOT / "jobs" / "judge_harness.yaml")
+    result = runner.invoke(app, ["run", job, f"storage={tmp_path}", "--dry-run"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    out = result.output
+    # 2 teachers x (probe of 100 questions, M=4 on the 350 left after the 50 dev questions), then the judge on each
+    assert out.count("probe/judge") == 2 and out.count("M-samples/judge") == 2
+    assert out.count("350×4") == 4 and "6,400" in out  # judge: 100 probe answers x max_tokens 64, nothing stored
+    assert "expected judge tokens: at most 12,800 on the probe + 89,600 on the M samples (always mode" in out
+    assert "M-sample generation of the winner ≤ 358,400" in out  # teacher totals leave the judge out
+    assert not any(tmp_path.iterdir())

@@ -32,6 +32,7 @@ import math
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import fsspec
 import pandas as pd
@@ -43,6 +44,8 @@ from ray_distill import columns as C
 from ray_distill.config import TeacherConfig
 from ray_distill.curation.adapters import GradeBatch, load_tokenize
 from ray_distill.curation.adaptive import ok_mask
+from ray_distill.curation.judge import judge_summary
+from ray_distill.curation.judge_stage import judge_dataset
 from ray_distill.curation.selection import POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE, select_questions
 from ray_distill.data.corpus import write_rejects
 from ray_distill.data.fs import join
@@ -67,6 +70,7 @@ class Grading:
     tokenizer: str | None
     code: dict | None = None
     num_graders: int | None = None
+    judge: Any = None  # a JudgeConfig (``verify.judge``) when the LLM judge runs after the grader
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class PlaneResult:
     graded_url: str
     selected_url: str | None
     counters: dict = field(default_factory=dict)  # generation + grading counts (see curate)
+    judge: dict = field(default_factory=dict)  # the judge's counters (judge.judge_summary), when it ran
     selection: dict = field(default_factory=dict)  # rows, questions, mean distances (selection.distance_report)
 
     def read_graded(self, columns: list[str] | None = None) -> pd.DataFrame:
@@ -153,22 +158,38 @@ def grade(store: GenerationStore, questions_url: str, teacher: TeacherConfig, n:
                                            "tokenizer_path": grading.tokenizer, "code": grading.code},
         batch_format="pandas", batch_size=256, num_cpus=1,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=grading.num_graders or cluster_cpus()))
+    if grading.judge is not None:
+        graded = judge_dataset(graded, grading.judge, store.root)
     written = graded.map_batches(_write_buckets, fn_kwargs={"url": graded_url, "buckets": buckets},
                                  batch_format="pandas", batch_size=None)
     verdicts: Counter = Counter()
     tokens = 0
+    judged = []
     for row in written.take_all():
         counters["requested"] += int(row["rows"])
         counters["correct"] += int(row["correct"])
         tokens += int(row["tokens"])
         verdicts.update(json.loads(row["verdicts"]))
+        judged.append(json.loads(row["judge"]))
     if counters["requested"] != num_rows:
         raise RuntimeError(f"curation lost rows: {num_rows} requested, {counters['requested']} graded")
     # a request is cached when this call did not generate (or fail) it: duplicated keys are generated once
     counters["cached"] = counters["requested"] - counters["generated"] - counters["failed"]
     counters["cached_completion_tokens"] = max(0, tokens - counters["completion_tokens"])
     counters["verdicts"] = dict(verdicts)
-    return PlaneResult(graded_url=graded_url, selected_url=None, counters=counters)
+    return PlaneResult(graded_url=graded_url, selected_url=None, counters=counters, judge=combine_judge(judged))
+
+
+def combine_judge(parts: list[dict]) -> dict:
+    """Per-batch :func:`judge_summary` counters added up; the agreement rate weighted by its rows."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    out = {k: sum(p[k] for p in parts) for k in parts[0] if k != "judge/agreement"}
+    rows = out.get("judge/agreement_rows", 0)
+    out["judge/agreement"] = (sum(p["judge/agreement"] * p["judge/agreement_rows"] for p in parts
+                                  if p["judge/agreement_rows"]) / rows) if rows else float("nan")
+    return out
 
 
 def select_buckets(graded_url: str, selected_url: str, selection: Selection, rejects_url: str | None) -> dict:
@@ -341,11 +362,12 @@ def _write_buckets(batch: pd.DataFrame, url: str, buckets: int) -> pd.DataFrame:
 
 
 def _count(batch: pd.DataFrame) -> pd.DataFrame:
-    """One counter row per block of graded samples."""
+    """One counter row per block of graded samples (with the judge's counters when it ran)."""
     reasons = batch[C.REASON].fillna("").replace("", "kept").value_counts().to_dict()
     tokens = pd.to_numeric(batch[C.NUM_TOKENS], errors="coerce")
     return pd.DataFrame([{"rows": len(batch), "correct": int(ok_mask(batch).sum()), "tokens": int(tokens[tokens >= 0].sum()),
-                          "verdicts": json.dumps({str(k): int(v) for k, v in reasons.items()})}])
+                          "verdicts": json.dumps({str(k): int(v) for k, v in reasons.items()}),
+                          "judge": json.dumps(judge_summary(batch))}])
 
 
 @ray.remote(num_cpus=1)

@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from ray_distill.config import EngineConfig, SamplingConfig
 from ray_distill.models import last_user_content, loadable, model_ref, render_prompt
+from ray_distill.synthetic.judge import JUDGES
 from ray_distill.synthetic.teachers import PERSONAS, write_solution
 
 logger = logging.getLogger(__name__)
@@ -81,14 +82,15 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
 
 
 class ScriptedEngine:
-    """A scripted teacher persona (``ray_distill.synthetic.teachers``); tokens are characters.
+    """A scripted teacher persona (``ray_distill.synthetic.teachers``) or judge (``synthetic.judge``, whose
+    reply to a judge prompt depends on the prompt only); tokens are characters.
 
     Temperature and top_p do not apply; ``max_tokens`` truncates like a real engine would.
     """
 
     def __init__(self, persona: str):
-        if persona not in PERSONAS:
-            raise ValueError(f"unknown teacher persona {persona!r}; known: {sorted(PERSONAS)}")
+        if persona not in PERSONAS and persona not in JUDGES:
+            raise ValueError(f"unknown teacher persona {persona!r}; known: {sorted(PERSONAS)} (judges: {sorted(JUDGES)})")
         self.persona = persona
 
     def generate(
@@ -100,7 +102,10 @@ class ScriptedEngine:
     def _one(self, conv: list[dict], sampling: SamplingConfig, seed: int) -> Completion:
         try:
             question = last_user_content(conv)
-            text = write_solution(self.persona, question, seed)
+            if self.persona in JUDGES:
+                text = JUDGES[self.persona](question)
+            else:
+                text = write_solution(self.persona, question, seed)
         except Exception as err:  # one bad request must not fail the batch
             return error_completion(err)
         text, _ = cut_at_stop(text, sampling.stop)

@@ -77,7 +77,7 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
             counters["search/teacher_tokens_generated"] += int(new[C.NUM_TOKENS].sum())
             rec.teacher_tokens += int(new[C.NUM_TOKENS].sum())
             counters[f"search/store_coverage/{teacher.name}"] = len(samples) / max(1, len(candidates) * m_max)
-            graded[teacher.name] = P.verify(cfg, samples, base)
+            graded[teacher.name] = P.verify(cfg, samples, base, t, rec)
             rec.rows_out = len(samples)
     tracker.log_metrics(counters)
     logger.info("teacher tokens generated for the search: %d", counters["search/teacher_tokens_generated"])
