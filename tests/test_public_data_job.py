@@ -1,8 +1,9 @@
 """End to end on public-data layouts: jobs/public_data.yaml exactly as the README runs it (local Ray cluster,
 scripted teachers, the micro student sampled by vLLM and trained by Ray Train, MLflow SQLite store). A
 NuminaMath-shaped parquet (problem/solution/id, answers from the last \\boxed{}) and an s1K-shaped JSON-lines
-file with a byte order mark (the dev suite) are read through `fields:`; the student is scored on an
-AIME-style and a GPQA-style suite preset with their own k."""
+file with a byte order mark (the dev suite) are read through `fields:`; teacher answers are verified by
+math-verify and a (scripted) LLM judge; the student is scored on an AIME-style and a GPQA-style suite preset
+with their own k, and on a local lm-evaluation-harness task."""
 
 from __future__ import annotations
 
@@ -59,4 +60,11 @@ def test_public_data_job_end_to_end(tmp_path):
     corpus = [json.loads(line) for line in (run_dir / "corpus" / "corpus.jsonl").read_text().splitlines()]
     assert corpus and all(row["question_id"].isdigit() and 1000 <= int(row["question_id"]) < 1040 for row in corpus)
     assert all(row["messages"][1]["content"].endswith("}") for row in corpus)
-    # (the judge's verdicts and the lm-evaluation-harness scores of this job are checked here once they exist)
+    # the scripted judge checked every formatted teacher answer of the main generation (in the streaming
+    # plane's grading plan) against the reference: its calls are counted, and it agrees with math-verify
+    verify = children["verify"].data.metrics
+    assert verify["judge/calls"] > 0 and verify["judge/agreement_rows"] > 0 and verify["judge/agreement"] >= 0.9
+    assert parent.data.metrics["total/judge_calls"] >= verify["judge/calls"]
+    # lm-evaluation-harness ran its local task on the exported student, into the same evaluate run
+    em = ev["after/harness/ray_distill_max_ood/exact_match/boxed"]
+    assert 0.0 <= em <= 1.0 and "lm-evaluation-harness" in proc.stdout

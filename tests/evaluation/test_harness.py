@@ -50,31 +50,6 @@ def test_shipped_task_reads_a_local_file():
     assert data.exists() and len(data.read_text().splitlines()) == 8
 
 
-@pytest.mark.slow
-def test_harness_task_on_the_tiny_student_with_vllm(ray_local, tiny_student_path, tmp_path):
-    from ray_distill import pipeline as P
-    from ray_distill.cli import harness_tables
-    from ray_distill.tracking import start_tracker
-
-    cfg = config_from_dict({
-        "storage": str(tmp_path), "questions": {"synthetic": {}},
-        "teachers": [{"name": "t", "engine": {"persona": "concise"}}],
-        "student": {"serving": {"max_model_len": 256}},
-        "eval": {"harness": {"tasks": ["ray_distill_max_ood"], "include_path": str(HARNESS_DIR)}},
-    })
-    tracker = start_tracker(True, None, "harness-test", cfg.storage, run_name="evaluate")
-    scores = P.evaluate_harness(cfg, tiny_student_path, tracker, prefix="after")
-
-    assert list(scores) == ["ray_distill_max_ood"]
-    em = scores["ray_distill_max_ood"]["exact_match/boxed"]
-    assert 0.0 <= em <= 1.0  # a random student: the plumbing is the point, not the score
-    metrics = tracker.client.get_run(tracker.run_id).data.metrics
-    assert metrics["after/harness/ray_distill_max_ood/exact_match/boxed"] == em
-    (table,) = harness_tables(scores)
-    assert table.row_count == 1
-    tracker.end()
-
-
 def test_readme_shows_the_tested_files_verbatim():
     """The README's judge/harness YAML blocks are excerpts of jobs/judge_harness.yaml and the harness task, which
     the dry-run and harness tests run."""
