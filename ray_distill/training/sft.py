@@ -31,6 +31,7 @@ from ray_distill.config import TrainConfig
 from ray_distill.training.data import encode_example, preflight, supervised_count
 from ray_distill.data.fs import absolute, is_local
 from ray_distill.models import load_tokenizer
+from ray_distill.training.checkpoint import storage_url
 from ray_distill.training.loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ OPERATIONAL = {"keep_checkpoints", "max_failures", "checkpoint_every_steps"}
 @dataclass
 class TrainResult:
     model_path: str  # where the final student was saved (save_pretrained layout)
-    checkpoint_path: str | None  # Ray Train's latest checkpoint (a loadable model dir + optimizer)
+    checkpoint_path: str | None  # Ray Train's latest checkpoint (sharded: torch.distributed.checkpoint + loop state)
     metrics: dict  # train_loss, initial_loss, tokens_per_s, supervised_tokens, steps, epochs, wall_s, ...
 
 
@@ -77,6 +78,7 @@ def train_sft(
             "examples": ray.put(examples),
             "base_model": base_model,
             "output_path": output_path,
+            "storage_path": absolute(storage_path),
             "tracker_handle": tracker_handle,
             "chat_template": chat_template,
         },
@@ -156,9 +158,4 @@ def final_metrics(reported: dict, figures: dict, t0: float) -> dict:
 
 
 def checkpoint_uri(result, storage_path: str) -> str | None:
-    if result.checkpoint is None:
-        return None
-    path = result.checkpoint.path
-    if "://" in storage_path and "://" not in path:
-        return f"{storage_path.split('://', 1)[0]}://{path}"
-    return path
+    return None if result.checkpoint is None else storage_url(result.checkpoint.path, storage_path)

@@ -55,7 +55,9 @@ def micro():
 def fresh_model(tok):
     from ray_distill.synthetic.student import build_model
 
-    return build_model("micro", vocab_size=len(tok), seed=0)
+    from ray_distill.training.shard import LossModel
+
+    return LossModel(build_model("micro", vocab_size=len(tok), seed=0), chunk_tokens=None)
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -107,3 +109,45 @@ def test_grad_accumulation_gives_the_same_update(micro, packing):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))  # the clipped gradient stepped on
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert relative_error(grads[1], grads[0]) < 1e-5
+
+
+def test_chunked_loss_equals_full_logits_loss():
+    """The chunked cross-entropy (only supervised positions, chunk by chunk, recomputed in backward) gives
+    the loss and gradients of full fp32 logits."""
+    import torch.nn.functional as F
+
+    from ray_distill.training.data import IGNORE
+    from ray_distill.training.loss import chunked_token_loss_sum
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 40, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 40))
+    targets[:, :7] = IGNORE  # a prompt
+    full = F.cross_entropy((hidden @ weight.T).reshape(-1, 50), targets.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum")
+    reference = torch.autograd.grad(full, (hidden, weight))
+    for chunk in (None, 10, 33):
+        loss = chunked_token_loss_sum(hidden, weight, None, targets, chunk_tokens=chunk)
+        assert loss.item() == pytest.approx(full.item(), rel=1e-5)
+        for got, want in zip(torch.autograd.grad(loss, (hidden, weight)), reference):
+            assert relative_error(got, want) < 1e-5
+    nothing = chunked_token_loss_sum(hidden, weight, None, torch.full((3, 40), IGNORE), chunk_tokens=10)
+    assert nothing.item() == 0.0 and nothing.requires_grad  # no supervised token: zero, still differentiable
+
+
+def test_one_row_packing_gives_the_same_loss(micro):
+    """The padding-free layout of varlen flash attention (every packed row in one row, batch 1) is the
+    same loss: position_ids restarting at each example keep attention inside it (sdpa here)."""
+    from ray_distill.training.data import collate, layout
+    from ray_distill.training.loop import token_loss_sum
+
+    tok, examples = micro
+    lengths = [len(e["input_ids"]) for e in examples]
+    rows = layout(lengths, list(range(len(examples))), packing=True, capacity=128)
+    model = fresh_model(tok)
+    per_example = [[examples[i] for i in r] for r in rows]
+    flat = collate(per_example, pad_id=0, one_row=True)
+    assert flat["input_ids"].shape == (1, sum(lengths))  # one row, no padding
+    losses = [token_loss_sum(model, collate(per_example, pad_id=0, one_row=one)).item() for one in (False, True)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
