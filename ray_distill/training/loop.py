@@ -171,6 +171,7 @@ def summary(state: LoopState, epoch_metrics: dict) -> dict:
     return {
         **last,
         "epochs": state.epoch,
+        "epoch_losses": [h["train_loss"] for h in state.history],  # the loss curve, one point per epoch
         "steps": state.global_step,
         "supervised_tokens": state.supervised_tokens,
         "tokens": state.tokens,
@@ -180,7 +181,18 @@ def summary(state: LoopState, epoch_metrics: dict) -> dict:
         "restarts": state.restarts,
         "resumed_from_step": state.resumed_from_step,
         "first_step_unix": state.first_step_unix,
+        **peak_memory(),
     }
+
+
+def peak_memory() -> dict:
+    """This worker's peak host RSS and (on a GPU) peak device memory allocated by torch, in MB."""
+    import resource
+
+    figures = {"peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        figures["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return figures
 
 
 def work_by_node(local_tokens: int) -> dict:
