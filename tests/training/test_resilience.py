@@ -1,9 +1,10 @@
 """Crash resume and multi-node, on real Ray clusters.
 
-- A Ray Train worker process of an FSDP run is SIGKILLed mid-run: Ray Train restarts the worker group
-  (``max_failures=1``), every rank reads its shards of the last (sharded) step checkpoint, skips the
-  steps already done, and gives the same loss curve (every epoch's loss) as an uninterrupted run
-  (tolerance 1e-4, relative: the resume is exact up to float summation order).
+- A Ray Train worker process is SIGKILLed mid-run: Ray Train restarts the worker group
+  (``max_failures=1``), every rank reads the last step checkpoint (sharded: both ranks wrote part of it),
+  skips the steps already done, and gives the same loss curve (every epoch's loss) as an uninterrupted
+  run (tolerance 1e-4, relative: the resume is exact up to float summation order). FSDP's resume from
+  its shards is in ``test_strategies``.
 - A two-node cluster (``cluster/local_cluster.sh``: head + worker node started with ``ray start``,
   1 CPU each) trains with two 1-CPU workers, one per node; both nodes report trained tokens.
 """
@@ -48,7 +49,7 @@ def registered_step_checkpoint(storage: Path) -> bool:
 def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_student_path, tmp_path):
     rows = base_corpus(240, seed=2)
     cfg = TrainConfig(num_workers=2, epochs=3, batch_size=8, lr=3e-3, max_seq_len=64, checkpoint_every_steps=8,
-                      max_failures=1, strategy="fsdp")
+                      max_failures=1)
     storage = tmp_path / "ray"
     out: dict = {}
 
@@ -78,7 +79,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_student_
     assert reference["restarts"] == 0 and reference["steps"] == 90
     assert m["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-4)
     assert len(m["epoch_losses"]) == 3 and m["epoch_losses"] == pytest.approx(reference["epoch_losses"], rel=1e-4)
-    # the checkpoints are sharded: one file per rank next to rank 0's metadata
+    # the checkpoints are sharded: one file per rank (DDP's replicated state split between them), rank 0's metadata
     assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(out["result"].checkpoint_path))
     assert m["initial_loss"] == pytest.approx(reference["initial_loss"], rel=1e-4)
     assert m["supervised_tokens"] == reference["supervised_tokens"]
