@@ -126,12 +126,14 @@ def main() -> None:
                for name, tree in (("old", old_tree), ("new", str(ROOT)))}
     print(f"SmolLM2-135M, 2 FSDP workers (CPU, fp32), {args.steps} steps of batch {args.batch_size} x "
           f"{args.max_seq_len} tokens; old = {args.baseline}")
-    print(f"{'':<8}{'floor MB':>10}{'peak MB':>10}{'old peak':>10}{'ratio':>8}{'above floor':>13}{'old':>8}{'ratio':>8}")
+    print(f"{'':<8}{'floor MB':>10}{'peak MB':>10}{'old peak':>10}{'ratio':>8}{'above floor':>13}{'old':>8}"
+          f"{'ratio':>8}")
     for r in range(2):
         old, new = figures["old"]["ranks"][r], figures["new"]["ranks"][r]
         above_new, above_old = new["peak_mb"] - new["floor_mb"], old["peak_mb"] - old["floor_mb"]
         print(f"rank {r:<3}{new['floor_mb']:>10.0f}{new['peak_mb']:>10.0f}{old['peak_mb']:>10.0f}"
-              f"{new['peak_mb'] / old['peak_mb']:>8.2f}{above_new:>13.0f}{above_old:>8.0f}{above_new / above_old:>8.2f}")
+              f"{new['peak_mb'] / old['peak_mb']:>8.2f}{above_new:>13.0f}{above_old:>8.0f}"
+              f"{above_new / above_old:>8.2f}")
     old_bytes = checkpoint_bytes_per_rank(figures["old"]["checkpoint_files"])
     new_bytes = checkpoint_bytes_per_rank(figures["new"]["checkpoint_files"])
     print(f"checkpoint bytes per rank: old {old_bytes}, new {new_bytes}; "

@@ -22,7 +22,6 @@ import tempfile
 from dataclasses import dataclass, field
 
 import fsspec
-import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
