@@ -36,6 +36,11 @@ from ray_distill.training.loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
+# glibc raises its mmap threshold after large frees, so the buffers FSDP all-gathers and frees every layer
+# (and gradients, optimizer temporaries) stay in the heap and the workers' host RSS grows by a model copy or
+# more; a fixed threshold returns them to the OS. Kept when the environment already sets it.
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
 # Settings that change how a run is kept, not what it computes: changing them resumes the same run.
 OPERATIONAL = {"keep_checkpoints", "max_failures", "checkpoint_every_steps"}
 
@@ -90,6 +95,7 @@ def train_sft(
             storage_path=absolute(storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            worker_runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}},
         ),
     )
     result = trainer.fit()
