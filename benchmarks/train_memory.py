@@ -13,6 +13,10 @@ the loop returns, so loading, sharding, training, the checkpoint and the final e
 peak. Checkpoint bytes are read from the storage afterwards: the old checkpoint is one directory rank 0
 writes (gathered weights + optimizer); the new one is one ``__<rank>_0.distcp`` file per rank (plus
 rank 0's small ``.metadata`` and loop state).
+
+Measured on a shared 2-core CPU machine (2 steps of 4 x 128 tokens): peak RSS per rank 0.62x (rank 0,
+which also gathers the final export) and 0.55x (rank 1) of the old code's, 0.58x / 0.49x above the
+shared 445 MB floor; checkpoint bytes 866 MB per rank vs 1731 MB on rank 0 (0.500x); same train loss.
 """
 
 from __future__ import annotations
