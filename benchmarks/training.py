@@ -43,7 +43,9 @@ def plain_loop(examples: list[dict], model_dir: str, cfg: TrainConfig) -> dict:
 
     torch.set_num_threads(int(cfg.cpus_per_worker))
     torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    from ray_distill.training.shard import LossModel
+
+    model = LossModel(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), cfg.loss_chunk_tokens)
     model.train()
     lengths = [len(e["input_ids"]) for e in examples]
     plan = epoch_plan(lengths, cfg, 1, 0)

@@ -460,8 +460,16 @@ class TrainConfig(_Strict):
         "False pads length-bucketed batches.",
     )
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data parallelism: DDP, or FSDP2 (sharded).")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (fp32 weights) or plain fp32.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: DDP autocasts; FSDP computes with bf16 weights gathered from fp32 shards (the "
+        "optimizer state stays fp32, gradients are reduced in fp32). fp32: plain fp32.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    attn_implementation: str = Field(
+        "sdpa", description="Attention kernel of the student (transformers' attn_implementation): sdpa (CPU and "
+        "GPU), eager, or flash_attention_2 on GPUs (packed rows then go as one varlen row per micro-batch).")
+    loss_chunk_tokens: int | None = Field(
+        1024, ge=1, description="Supervised tokens per chunk of the cross-entropy (logits are computed chunk by chunk, "
+        "never for the whole sequence); None: all at once.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept under the run's storage path.")
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="Also checkpoint every K optimiser steps (a crash mid-epoch loses < K steps)."

@@ -4,7 +4,10 @@
   or shuffled), packing into rows, collation, preflight (pure functions).
 - :mod:`ray_distill.training.loop` — the Ray Train worker loop (DDP/FSDP, bf16, gradient accumulation
   and checkpointing, step/epoch checkpoints, exact resume).
-- :mod:`ray_distill.training.checkpoint` — full-state checkpoints and ``save_pretrained`` export.
+- :mod:`ray_distill.training.shard` — the student as workers train it: meta-device init, weights streamed
+  from rank 0 into FSDP2 shards, the loss inside the forward (:mod:`ray_distill.training.loss`, chunked).
+- :mod:`ray_distill.training.checkpoint` — sharded checkpoints (torch.distributed.checkpoint, every rank
+  writes and reads its shards on any fsspec URL) and the ``save_pretrained`` export.
 - :mod:`ray_distill.training.sft` — the driver: :func:`train_sft` and :class:`TrainResult`.
 """
 

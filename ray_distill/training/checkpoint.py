@@ -1,33 +1,41 @@
-"""Checkpoint and export of the SFT loop, the same for DDP and FSDP: full (unsharded) state dicts
-gathered with ``torch.distributed.checkpoint.state_dict``, written by rank 0 in the
-``save_pretrained`` layout plus the optimizer, scheduler and loop state.
+"""Checkpoint and export of the SFT loop, the same for DDP and FSDP.
 
-    save_checkpoint(tmp, model, base, tokenizer, optimizer, scheduler, state, rank)   # every rank calls
-    load_optimizer(ckpt_dir, model, optimizer, scheduler)                             # after wrapping
-    save_model(model, base, tokenizer, "s3://bucket/student", rank)                   # every rank calls
+Checkpoints are sharded (``torch.distributed.checkpoint``): every rank writes its own shards of the
+weights and the optimizer state straight to the run's storage URL (any fsspec URL; one
+``__<rank>_0.distcp`` file per rank plus rank 0's ``.metadata``), and every rank reads back what its
+shards need, re-sharding when the world size changed. Nothing is gathered. Rank 0 adds the loop state
+and the LR schedule (``train_state.json``). The final export is gathered once, at the end, and written
+with ``save_pretrained``.
 
-``model`` is the wrapped module (DDP, FSDP or the plain one), ``base`` the Hugging Face model inside it.
+    save_checkpoint(url, model, optimizer, scheduler, state, rank)   # every rank calls
+    state = load_checkpoint(url, model, optimizer, scheduler)         # every rank calls, after wrapping
+    save_model(model, base, tokenizer, "s3://bucket/student", rank)   # every rank calls
+
+``model`` is the wrapped :class:`~ray_distill.training.shard.LossModel` (DDP, FSDP or plain), ``base``
+the Hugging Face model inside it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 
 import fsspec
-import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 
 from ray_distill.data.fs import is_local, put_dir
+from ray_distill.training.shard import hf_state_dict
 
-OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "train_state.json"
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0, in CPU memory
 
@@ -53,39 +61,54 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
 
 
-def save_checkpoint(path: str, model, base, tokenizer, optimizer, scheduler, state: LoopState, rank: int) -> None:
-    """Gather the full weights and optimizer state (a collective: every rank calls); rank 0 writes."""
-    weights = get_model_state_dict(model, options=_FULL)
-    optim = get_optimizer_state_dict(model, optimizer, options=_FULL)
-    if rank != 0:
-        return
-    base.save_pretrained(path, state_dict=weights)
-    tokenizer.save_pretrained(path)
-    torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, os.path.join(path, OPTIMIZER_FILE))
-    with open(os.path.join(path, STATE_FILE), "w") as f:
-        json.dump(state.__dict__, f)
+def storage_url(path: str, storage: str) -> str:
+    """A path under a Ray Train storage root (Ray reports it without the URL's scheme) as a URL of the
+    same filesystem as ``storage``."""
+    if "://" in storage and "://" not in path:
+        return f"{storage.split('://', 1)[0]}://{path}"
+    return path
 
 
-def load_state(path: str) -> LoopState:
-    with open(os.path.join(path, STATE_FILE)) as f:
-        state = LoopState(**json.load(f))
+def _sharded(model, optimizer) -> dict:
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+
+
+def save_checkpoint(url: str, model, optimizer, scheduler, state: LoopState, rank: int) -> None:
+    """Write this rank's shards of weights and optimizer state to ``url`` (a collective: every rank
+    calls); rank 0 adds the loop state and the LR schedule."""
+    dcp.save(_sharded(model, optimizer), storage_writer=FsspecWriter(url))
+    if rank == 0:
+        with fsspec.open(f"{url}/{STATE_FILE}", "w") as f:
+            json.dump({"loop": state.__dict__, "scheduler": scheduler.state_dict()}, f)
+    if dist.is_initialized():
+        dist.barrier()  # the checkpoint is complete on storage before anyone reports it
+
+
+def load_checkpoint(url: str, model, optimizer, scheduler) -> LoopState:
+    """Read this rank's shards of weights and optimizer state (re-sharded as the model is now) and the
+    LR schedule from ``url``; return the loop state, counted as one more restart."""
+    try:
+        with fsspec.open(f"{url}/{STATE_FILE}", "r") as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{url} is not a sharded training checkpoint (no {STATE_FILE}); it was written by an "
+                         "older version: start a new run (another run_name or storage path)") from None
+    sharded = _sharded(model, optimizer)
+    dcp.load(sharded, storage_reader=FsspecReader(url))
+    set_model_state_dict(model, sharded["model"])
+    set_optimizer_state_dict(model, optimizer, sharded["optim"])
+    scheduler.load_state_dict(saved["scheduler"])
+    state = LoopState(**saved["loop"])
     state.first_step_unix = None  # startup is timed per launch
     state.restarts += 1
     state.resumed_from_step = state.global_step
     return state
 
 
-def load_optimizer(path: str, model, optimizer, scheduler) -> None:
-    """Restore the optimizer (sharded as the model is) and the LR schedule from a checkpoint dir."""
-    saved = torch.load(os.path.join(path, OPTIMIZER_FILE), weights_only=False)
-    set_optimizer_state_dict(model, optimizer, saved["optimizer"], options=StateDictOptions(full_state_dict=True))
-    scheduler.load_state_dict(saved["scheduler"])
-
-
 def save_model(model, base, tokenizer, url: str, rank: int) -> None:
     """``save_pretrained`` of weights, config and tokenizer (chat template included) to any URL.
-    A collective (the weights are gathered from every rank); rank 0 writes."""
-    weights = get_model_state_dict(model, options=_FULL)
+    A collective (the weights are gathered from every rank, once); rank 0 writes."""
+    weights = hf_state_dict(get_model_state_dict(model, options=_FULL))
     if rank != 0:
         return
     if is_local(url):

@@ -164,14 +164,18 @@ def non_pad_fraction(lengths: list[int], batches_of_rows: list[list[list[int]]])
     return real / padded if padded else 1.0
 
 
-def collate(rows: list[list[dict]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Concatenate the examples of each row and right-pad the rows to the longest one.
+def collate(rows: list[list[dict]], pad_id: int, one_row: bool = False) -> dict[str, torch.Tensor]:
+    """Concatenate the examples of each row and right-pad the rows to the longest one (``one_row``: all
+    rows concatenated into a single row, no padding: the padding-free layout of varlen flash attention,
+    which Hugging Face models recognise only at batch size 1).
 
     ``position_ids`` restart at 0 for every example (and for the padding), which is how Hugging Face
     models recognise packed sequences: attention stays inside each example (a block-diagonal causal
     mask, or varlen flash attention). The first label of every example is ``-100`` (it would be
     predicted from the previous example's last token); padding carries ``-100`` too.
     """
+    if one_row:
+        rows = [[e for row in rows for e in row]]
     width = max(sum(len(e["input_ids"]) for e in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)

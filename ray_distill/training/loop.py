@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,14 +22,15 @@ from typing import Any
 
 import ray
 import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from ray_distill.config import TrainConfig
-from ray_distill.models import load_causal_lm, load_tokenizer
-from ray_distill.training.checkpoint import LoopState, load_optimizer, load_state, save_checkpoint, save_model
-from ray_distill.training.data import IGNORE, collate, layout, micro_batches, padded_size, plan_batches, supervised_count
+from ray_distill.models import load_tokenizer
+from ray_distill.training.checkpoint import LoopState, load_checkpoint, save_checkpoint, save_model, storage_url
+from ray_distill.training.data import collate, layout, micro_batches, padded_size, plan_batches, supervised_count
+from ray_distill.training.shard import build_student
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +60,9 @@ def build_optimizer(model, cfg: TrainConfig, total_steps: int):
 
 
 def token_loss_sum(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed next-token cross-entropy over the supervised positions of a micro-batch."""
-    # use_cache=False: with a KV cache, Hugging Face models ignore the packed-sequence position_ids mask.
-    logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
-    targets = inputs["labels"][:, 1:]
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
+    """Summed next-token cross-entropy over the supervised positions of a micro-batch (``model``: a
+    :class:`~ray_distill.training.shard.LossModel`, wrapped or not)."""
+    return model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], labels=inputs["labels"])
 
 
 def global_sum(values: list[float]) -> list[float]:
@@ -84,26 +80,6 @@ def epoch_plan(lengths: list[int], cfg: TrainConfig, world: int, epoch: int) -> 
 
 
 # ---------------------------------------------------------------- parallelism
-def parallelize(model, cfg: TrainConfig, world: int):
-    """Gradient checkpointing, then DDP (Ray's ``prepare_model``) or FSDP2 ``fully_shard`` of every
-    decoder layer and the root; returns the wrapped model and its device."""
-    device = ray.train.torch.get_device()
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.strategy == "ddp":
-        return ray.train.torch.prepare_model(model, parallel_strategy="ddp"), device
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    model.to(device)
-    mesh = init_device_mesh(device.type, (world,))
-    for module in model.modules():
-        if type(module).__name__ in (model._no_split_modules or []):
-            fully_shard(module, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model, device
-
-
 @contextlib.contextmanager
 def gradient_sync(model, sync: bool) -> Iterator[None]:
     """Skip the gradient all-reduce on all but the last accumulation micro-step."""
@@ -139,31 +115,34 @@ def train_loop_per_worker(config: dict) -> None:
     lengths = [len(e["input_ids"]) for e in examples]
     total_steps = len(epoch_plan(lengths, cfg, world, 0)) * (cfg.schedule_epochs or cfg.epochs)
     checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(config["base_model"]) as model_dir:
-        # the base: a path, URL or hub id (each worker loads it itself); the exported student carries the
-        # training chat template
-        base = load_causal_lm(model_dir, dtype=torch.float32)
-        tokenizer = load_tokenizer(model_dir, config.get("chat_template"))
-        model, device = parallelize(base, cfg, world)
-        optimizer, scheduler = build_optimizer(model, cfg, total_steps)
-        state = LoopState()
-        if checkpoint:
-            load_optimizer(model_dir, model, optimizer, scheduler)
-            state = load_state(model_dir)
-            logger.info("rank %d resumed at epoch %d step %d", rank, state.epoch, state.global_step)
+    device = ray.train.torch.get_device()
+    # the base: a path, URL or hub id (each worker loads it itself); the exported student carries the training
+    # chat template. A resume reads its weights from the sharded checkpoint instead.
+    model, base = build_student(config["base_model"], cfg, rank, world, device, load_weights=checkpoint is None)
+    tokenizer = load_tokenizer(config["base_model"], config.get("chat_template"))
+    optimizer, scheduler = build_optimizer(model, cfg, total_steps)
+    state = LoopState()
+    if checkpoint:
+        state = load_checkpoint(storage_url(checkpoint.path, config["storage_path"]), model, optimizer, scheduler)
+        logger.info("rank %d resumed at epoch %d step %d", rank, state.epoch, state.global_step)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     tracker = tracker_from_handle(config["tracker_handle"] if rank == 0 else None)
     run = EpochRunner(model, optimizer, scheduler, cfg, examples, rank, world, pad_id or 0, tracker,
                       device, config.get("log_every", 10))
 
     def report(metrics: dict, name: str) -> None:
-        """Every worker reports (a barrier); rank 0 attaches the checkpoint ``name``."""
+        """Every worker writes its shards of checkpoint ``name`` into the run's storage and reports it
+        (a barrier); Ray Train registers it (and prunes old ones) without copying anything."""
+        from ray.train import CheckpointUploadMode
+
         run.sync(state)
         metrics = {**summary(state, metrics), **work_by_node(run.local_tokens)}
-        with tempfile.TemporaryDirectory(prefix="ray-distill-ckpt-") as tmp:
-            save_checkpoint(tmp, model, base, tokenizer, optimizer, scheduler, state, rank)
-            ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+        storage = ray.train.get_context().get_storage()
+        path = storage.build_checkpoint_path_from_name(name)
+        save_checkpoint(storage_url(path, config["storage_path"]), model, optimizer, scheduler, state, rank)
+        ckpt = ray.train.Checkpoint(path, filesystem=storage.storage_filesystem)
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name,
+                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
     if state.epoch >= cfg.epochs:  # resumed a finished run: nothing to train, report its figures again
         ray.train.report({**summary(state, {}), **work_by_node(0)})
@@ -192,6 +171,7 @@ def summary(state: LoopState, epoch_metrics: dict) -> dict:
     return {
         **last,
         "epochs": state.epoch,
+        "epoch_losses": [h["train_loss"] for h in state.history],  # the loss curve, one point per epoch
         "steps": state.global_step,
         "supervised_tokens": state.supervised_tokens,
         "tokens": state.tokens,
@@ -201,7 +181,18 @@ def summary(state: LoopState, epoch_metrics: dict) -> dict:
         "restarts": state.restarts,
         "resumed_from_step": state.resumed_from_step,
         "first_step_unix": state.first_step_unix,
+        **peak_memory(),
     }
+
+
+def peak_memory() -> dict:
+    """This worker's peak host RSS and (on a GPU) peak device memory allocated by torch, in MB."""
+    import resource
+
+    figures = {"peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        figures["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return figures
 
 
 def work_by_node(local_tokens: int) -> dict:
@@ -238,6 +229,10 @@ class EpochRunner:
         self.lengths = [len(e["input_ids"]) for e in self.examples]
         self.supervised = [supervised_count(e) for e in self.examples]
         self._pending = [0.0, 0, 0]  # this rank's loss sum, real and padded tokens not yet in the state
+        # FSDP computes in bf16 through its mixed-precision policy; DDP and one worker autocast.
+        self.autocast = self.cfg.precision == "bf16" and self.cfg.strategy != "fsdp"
+        # varlen flash attention sees packed examples only in one row (position_ids restarting, batch 1)
+        self.one_row = self.cfg.packing and self.cfg.attn_implementation.startswith("flash")
 
     def steps(self, batches: list[list[int]], state: LoopState) -> Iterator[None]:
         """One optimiser step per global batch, updating ``state``; yields after each step."""
@@ -276,16 +271,17 @@ class EpochRunner:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for j, micro in enumerate(micros):
             rows = layout(self.lengths, micro, self.cfg.packing, self.cfg.max_seq_len)
-            inputs = collate([[self.examples[i] for i in row] for row in rows], pad_id=self.pad_id)
+            inputs = collate([[self.examples[i] for i in row] for row in rows], pad_id=self.pad_id,
+                             one_row=self.one_row)
             with gradient_sync(self.model, sync=j == len(micros) - 1):
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     micro_loss = token_loss_sum(self.model, {k: v.to(self.device) for k, v in inputs.items()})
                 (micro_loss * scale).backward()
             loss_sum += micro_loss.detach().double()  # one device->host sync per step, below
             real = sum(self.lengths[i] for i in micro)
             self.local_tokens += real
             self._pending[1] += real
-            self._pending[2] += padded_size(self.lengths, rows)
+            self._pending[2] += real if self.one_row else padded_size(self.lengths, rows)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()

@@ -31,9 +31,15 @@ from ray_distill.config import TrainConfig
 from ray_distill.training.data import encode_example, preflight, supervised_count
 from ray_distill.data.fs import absolute, is_local
 from ray_distill.models import load_tokenizer
+from ray_distill.training.checkpoint import storage_url
 from ray_distill.training.loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
+
+# glibc raises its mmap threshold after large frees, so the buffers FSDP all-gathers and frees every layer
+# (and gradients, optimizer temporaries) stay in the heap and the workers' host RSS grows by a model copy or
+# more; a fixed threshold returns them to the OS. Kept when the environment already sets it.
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 # Settings that change how a run is kept, not what it computes: changing them resumes the same run.
 OPERATIONAL = {"keep_checkpoints", "max_failures", "checkpoint_every_steps"}
@@ -42,7 +48,7 @@ OPERATIONAL = {"keep_checkpoints", "max_failures", "checkpoint_every_steps"}
 @dataclass
 class TrainResult:
     model_path: str  # where the final student was saved (save_pretrained layout)
-    checkpoint_path: str | None  # Ray Train's latest checkpoint (a loadable model dir + optimizer)
+    checkpoint_path: str | None  # Ray Train's latest checkpoint (sharded: torch.distributed.checkpoint + loop state)
     metrics: dict  # train_loss, initial_loss, tokens_per_s, supervised_tokens, steps, epochs, wall_s, ...
 
 
@@ -77,6 +83,7 @@ def train_sft(
             "examples": ray.put(examples),
             "base_model": base_model,
             "output_path": output_path,
+            "storage_path": absolute(storage_path),
             "tracker_handle": tracker_handle,
             "chat_template": chat_template,
         },
@@ -88,6 +95,7 @@ def train_sft(
             storage_path=absolute(storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            worker_runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}},
         ),
     )
     result = trainer.fit()
@@ -156,9 +164,4 @@ def final_metrics(reported: dict, figures: dict, t0: float) -> dict:
 
 
 def checkpoint_uri(result, storage_path: str) -> str | None:
-    if result.checkpoint is None:
-        return None
-    path = result.checkpoint.path
-    if "://" in storage_path and "://" not in path:
-        return f"{storage_path.split('://', 1)[0]}://{path}"
-    return path
+    return None if result.checkpoint is None else storage_url(result.checkpoint.path, storage_path)

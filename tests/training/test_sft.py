@@ -70,7 +70,8 @@ def test_export_loads_with_transformers(trained):
 def test_checkpoint_under_storage_and_tracked_metrics(trained):
     result, root, _, tracker = trained
     assert result.checkpoint_path.startswith(str(root / "ray" / "sft-test-"))
-    assert os.path.exists(os.path.join(result.checkpoint_path, "model.safetensors"))
+    # sharded (torch.distributed.checkpoint): one file per rank, rank 0's metadata and loop state
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp", "train_state.json"} <= set(os.listdir(result.checkpoint_path))
     assert epoch_dirs(root) == ["epoch_0001", "epoch_0002"]
     assert result.checkpoint_path.endswith("epoch_0002")
     losses = tracker.client.get_metric_history(tracker.run_id, "train/loss")
