@@ -261,8 +261,11 @@ class AdaptiveConfig(_Strict):
 
     enabled: bool = Field(False, description="Sample in rounds; False samples all M at once.")
     round_size: int | None = Field(
-        None, ge=1, description="Samples added per question per round; default: P in round 1, then what the "
-        "question still misses (P minus its distinct correct trajectories).")
+        None, ge=1, description="Samples added per question in each round after the first (which draws "
+        "min_samples); default: P.")
+    min_samples: int | None = Field(
+        None, ge=2, description="Floor: samples a question has before it stops with P distinct correct "
+        "trajectories, so farthest-P has more than P to choose from; must exceed P. Default: 2P (at most M).")
     hopeless_after_rounds: int | None = Field(
         2, ge=1, description="Stop a question with no correct sample after this many rounds (None: never).")
     stop_when_saturated: bool = Field(
@@ -275,6 +278,14 @@ class SelectionConfig(_Strict):
     max_questions: int | None = Field(None, ge=1, description="Cap on questions in the corpus (data budget).")
     seed: int = 0
     adaptive: AdaptiveConfig = AdaptiveConfig()
+
+    @model_validator(mode="after")
+    def _floor_between_p_and_m(self) -> SelectionConfig:
+        floor = self.adaptive.min_samples
+        if floor is not None and not self.keep_per_question < floor <= self.samples_per_question:
+            raise ValueError(f"adaptive.min_samples={floor} must exceed keep_per_question (P="
+                             f"{self.keep_per_question}) and be at most samples_per_question (M={self.samples_per_question})")
+        return self
 
 
 class AblationConfig(_Strict):

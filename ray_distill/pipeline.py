@@ -219,6 +219,7 @@ def sampling_plan(cfg: JobConfig) -> A.SamplingPlan:
         target=s.keep_per_question, max_samples=s.samples_per_question,
         round_size=a.round_size, hopeless_after_rounds=a.hopeless_after_rounds,
         stop_when_saturated=a.stop_when_saturated, max_tokens_per_question=cfg.budget.max_teacher_tokens_per_question,
+        min_samples=a.min_samples,
     )
 
 

@@ -133,3 +133,17 @@ def test_dev_suite_defaults_to_a_carve_and_may_not_share_its_name(tmp_path):
 def test_every_shipped_job_selects_on_a_dev_suite_that_is_no_eval_suite(job):
     cfg = load_config(job)
     assert cfg.dev.name not in {s.name for s in cfg.eval.suites}
+
+
+def test_adaptive_floor_lies_between_p_and_m():
+    from ray_distill.config import config_from_dict
+
+    base = {"questions": {"synthetic": {"num_questions": 5}},
+            "teachers": [{"name": "t", "engine": {"kind": "scripted", "persona": "concise"}}]}
+    for floor in (2, 9):
+        with pytest.raises(ConfigError, match=f"adaptive.min_samples={floor} must exceed keep_per_question"):
+            config_from_dict({**base, "selection": {"samples_per_question": 8, "keep_per_question": 2,
+                                                    "adaptive": {"enabled": True, "min_samples": floor}}})
+    cfg = config_from_dict({**base, "selection": {"samples_per_question": 8, "keep_per_question": 2,
+                                                  "adaptive": {"min_samples": 3}}})
+    assert cfg.selection.adaptive.min_samples == 3
