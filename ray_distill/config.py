@@ -275,7 +275,9 @@ class AdaptiveConfig(_Strict):
 class SelectionConfig(_Strict):
     samples_per_question: int = Field(8, ge=1, description="M: teacher samples per kept question (at most, when adaptive).")
     keep_per_question: int = Field(4, ge=1, description="P: farthest-apart correct trajectories kept.")
-    max_questions: int | None = Field(None, ge=1, description="Cap on questions in the corpus (data budget).")
+    max_questions: int | None = Field(
+        None, ge=1, description="Data budget: the first this many questions kept by compression are sampled (a "
+        "question without a verified-correct sample adds no corpus row); the same in a tune trial and a job.")
     seed: int = 0
     adaptive: AdaptiveConfig = AdaptiveConfig()
 
@@ -417,7 +419,9 @@ class DevConfig(_Strict):
 class TuneConfig(_Strict):
     num_samples: int = Field(3, ge=1, description="Trials.")
     max_concurrent_trials: int = Field(1, ge=1)
-    metric: str = Field("score", description="Trial metric to maximise (score: avg@k on the dev suite).")
+    metric: str = Field("score", description="Trial metric that Tune, ASHA and the best-trial choice rank by "
+                        "(score: avg@k on the dev suite; any number a trial reports, see tuning.trial.METRICS).")
+    mode: Literal["max", "min"] = Field("max", description="Whether tune.metric is maximised or minimised.")
     search_space: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="Dotted config key -> list of choices, e.g. {'selection.keep_per_question': [1, 2, 4]}; "

@@ -29,11 +29,11 @@ from ray_distill.accounting import BudgetExceeded, ResourceMeter, StageEstimate,
 from ray_distill.curation import adaptive as A
 from ray_distill.curation.adapters import GradeBatch, select_dataset
 from ray_distill.curation.compression import compress, histogram, pass_rates
-from ray_distill.curation.selection import distance_report
+from ray_distill.curation.selection import distance_report, distance_table
 from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY, mean_ci,
                                              rank_teachers, top_two_note, training_questions, winner)
 from ray_distill.curation.stats import token_entropy_under_model
-from ray_distill.data.corpus import to_chat_row, write_corpus, write_rejects
+from ray_distill.data.corpus import corpus_sha256, to_chat_row, write_corpus, write_rejects
 from ray_distill.data.dev import carve
 from ray_distill.data.fs import join
 from ray_distill.data.sources import decontaminate, load_source
@@ -140,6 +140,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> JobResult
         rec.rows_out = rows["diverse"] = len(selected)
         rec.notes["questions"] = int(selected[C.QUESTION_ID].nunique()) if len(selected) else 0
         rec.notes.update(distance_report(selected))
+        t.log_table(distance_table(selected), "selection_distances.json")  # kept vs available, per question
     with runner.stage("corpus", rows_in=len(selected)) as (t, rec):
         corpus_dir = join(cfg.run_dir, "corpus")
         corpus = write_job_corpus(cfg, selected, graded, too_easy, corpus_dir, t)
@@ -214,13 +215,7 @@ def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[di
 
 
 def sampling_plan(cfg: JobConfig) -> A.SamplingPlan:
-    s, a = cfg.selection, cfg.selection.adaptive
-    return A.SamplingPlan(
-        target=s.keep_per_question, max_samples=s.samples_per_question,
-        round_size=a.round_size, hopeless_after_rounds=a.hopeless_after_rounds,
-        stop_when_saturated=a.stop_when_saturated, max_tokens_per_question=cfg.budget.max_teacher_tokens_per_question,
-        min_samples=a.min_samples,
-    )
+    return A.plan_from_config(cfg)
 
 
 def _fixed_samples(cfg: JobConfig, probe_length: float | None) -> int:
@@ -459,9 +454,10 @@ def smoke_student_scores(cfg: JobConfig, name: str, train: pd.DataFrame, dev: Su
 
 def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker,
                        rec: StageRecord | None = None) -> tuple[list[dict], list[dict]]:
-    """The student samples k answers per question with vLLM; questions it already solves are dropped."""
+    """The student samples k answers per question with vLLM; questions it already solves are dropped.
+    The first ``selection.max_questions`` kept questions go on (all of them without compression too)."""
     if not cfg.compression.enabled:
-        return pool, []
+        return pool[: cfg.selection.max_questions], []
     c = cfg.compression
     samples = student_samples(cfg, pool, base)
     if rec is not None:
@@ -511,6 +507,7 @@ def write_job_corpus(cfg: JobConfig, selected: pd.DataFrame, graded: pd.DataFram
         if "://" not in p:
             t.log_artifact(p, "corpus")
     t.log_metrics({"corpus_rows": len(corpus), "corpus_questions": int(selected[C.QUESTION_ID].nunique())})
+    t.set_tags({"ray_distill.corpus_sha256": corpus_sha256(corpus)})  # a tune trial's corpus has the same hash
     return corpus
 
 

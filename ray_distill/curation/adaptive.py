@@ -73,6 +73,17 @@ class SamplingPlan:
         return min(self.max_samples, max(self.floor, sampled + self.step))
 
 
+def plan_from_config(cfg) -> SamplingPlan:
+    """The plan of a job (``JobConfig``): P, M, ``selection.adaptive.*`` and the per-question token cap."""
+    s, a = cfg.selection, cfg.selection.adaptive
+    return SamplingPlan(
+        target=s.keep_per_question, max_samples=s.samples_per_question,
+        round_size=a.round_size, hopeless_after_rounds=a.hopeless_after_rounds,
+        stop_when_saturated=a.stop_when_saturated, max_tokens_per_question=cfg.budget.max_teacher_tokens_per_question,
+        min_samples=a.min_samples,
+    )
+
+
 def ok_mask(df: pd.DataFrame) -> pd.Series:
     """Verified-correct rows: format check passed and the answer (or tests) right."""
     return df[C.FORMAT_OK].astype(bool) & df[C.CORRECT].astype(bool)

@@ -13,6 +13,8 @@ the verdicts, pass rate and selection distance, for audit. ``write_corpus`` take
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -77,8 +79,20 @@ def write_corpus(rows: Iterable[dict] | pd.DataFrame, out_dir: str) -> dict[str,
         "jsonl": write_rows(corpus, f"{base}/{CORPUS_JSONL}"),
         "manifest": write_rows(manifest, f"{base}/{MANIFEST}"),
     }
-    logger.info("corpus: %d rows, %d questions -> %s", len(chat), len({c[C.QUESTION_ID] for c in chat}), base)
+    logger.info("corpus: %d rows, %d questions, sha256 %s -> %s", len(chat), len({c[C.QUESTION_ID] for c in chat}),
+                corpus_sha256(chat), base)
     return paths
+
+
+def corpus_sha256(rows: Iterable[dict] | pd.DataFrame) -> str:
+    """Content hash of a corpus: sha256 of its ``corpus.jsonl`` rows (``messages`` and ids) in the
+    written order (sorted by key), so two corpora hash the same exactly when they hold the same
+    trajectories for the same prompts, whatever order or metadata they came with."""
+    chat = sorted((r if C.MESSAGES in r else to_chat_row(r) for r in _records(rows)), key=_key)
+    digest = hashlib.sha256()
+    for row in chat:
+        digest.update(json.dumps({k: row[k] for k in CORPUS_COLUMNS}, sort_keys=True).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def write_rejects(rows: Iterable[dict] | pd.DataFrame, path: str) -> str:
