@@ -90,8 +90,8 @@ def select_diverse(group: pd.DataFrame, p: int, seed: int, tokenize: Tokenize, p
 
     The random start of farthest-P is seeded per question (:func:`question_seed` of ``seed`` and the
     question id, when the rows carry one). Rows are ordered by (teacher, sample_index) first, so the
-    result does not depend on the order in which a shuffle delivered them. Duplicated (teacher, sample_index) rows are refused; exact
-    duplicate texts count once (so fewer than ``p`` rows come back when fewer distinct ones exist).
+    result does not depend on the order in which a shuffle delivered them. Duplicated (teacher,
+    sample_index) rows are refused; exact duplicate texts count once (so fewer than ``p`` rows come back when fewer distinct ones exist).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in group.columns]
     if missing:
@@ -106,7 +106,8 @@ def select_diverse(group: pd.DataFrame, p: int, seed: int, tokenize: Tokenize, p
     ids = good[C.QUESTION_ID].astype(str).unique() if C.QUESTION_ID in good.columns else []
     if len(ids) > 1:
         raise ValueError(f"select_diverse: one question per group, got {len(ids)}")
-    picked = farthest_point(seqs, p, question_seed(seed, ids[0]) if len(ids) else seed) if seqs else []
+    start_seed = question_seed(seed, ids[0]) if len(ids) else seed
+    picked = farthest_point(seqs, p, start_seed) if seqs else []
     out = good.iloc[picked].copy()
     out[C.SELECTION_DISTANCE] = min_distances([seqs[i] for i in picked]) if picked else pd.Series(dtype=float)
     if pool_stats:  # what selection bought: mean distance of the kept trajectories vs all distinct correct ones

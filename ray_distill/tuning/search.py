@@ -35,7 +35,7 @@ from ray_distill.progress import StageRunner
 from ray_distill.tracking import MLflowTracker, Tracker, TrackerHandle
 from ray_distill.tuning.pareto import pareto_front, plot_front
 from ray_distill.tuning.space import (TEACHER, best_job_tree, candidate_questions, check_space, choices,
-                                      group_keys, param_space, teacher_names, trial_config, variant_id, variants)
+                                      param_space, teacher_names, trial_config, variant_id, variants)
 from ray_distill.tuning.trial import CORPUS_SHA256, EPOCHS, METRICS, RUN_ID, dev_metrics, trial
 
 logger = logging.getLogger(__name__)

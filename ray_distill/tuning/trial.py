@@ -25,7 +25,7 @@ from ray_distill.config import JobConfig
 from ray_distill.curation.compression import compress
 from ray_distill.curation.adapters import load_tokenize
 from ray_distill.curation import adaptive as A
-from ray_distill.curation.selection import distance_report, select_questions
+from ray_distill.curation.selection import distance_report, distance_table, select_questions
 from ray_distill.data.corpus import corpus_sha256, to_chat_row
 from ray_distill.data.fs import absolute, join
 from ray_distill.tracking import MLflowTracker, NullTracker, Tracker, TrackerHandle
@@ -134,6 +134,7 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
     tracker.log_params({"teachers": "+".join(teachers)})
     tracker.set_tags({f"ray_distill.{CORPUS_SHA256}": digest})
     tracker.log_metrics(figures)
+    tracker.log_table(distance_table(selected), "selection_distances.json")  # kept vs available, per question
     if selected.empty:
         raise ValueError(f"trial {name}: the curated corpus is empty ({figures})")
     corpus = [to_chat_row(r) for r in selected.sort_values([C.QUESTION_ID, C.SAMPLE_INDEX]).to_dict("records")]

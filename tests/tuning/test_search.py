@@ -4,16 +4,21 @@ store already holds every sample, so the search generates no teacher token."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from ray_distill import pipeline as P
+
 from ray_distill.config import ConfigError, config_from_dict, load_config
+from ray_distill.data.corpus import corpus_sha256
 from ray_distill.data.fs import join
 from ray_distill.data.sources import load_source
 from ray_distill.generation.store import GenerationStore
 from ray_distill.progress import StageRunner
-from ray_distill.tracking import start_tracker
+from ray_distill.tracking import NullTracker, start_tracker
 from ray_distill.tuning.search import run_search, teacher_samples
 
 TEACHER = {"name": "concise", "engine": {"kind": "scripted", "persona": "concise"},
@@ -104,6 +109,20 @@ def test_optuna_asha_search_records_a_failing_trial(ray_local, tiny_student_path
         history = client.get_metric_history(run.info.run_id, "score")
         assert [h.step for h in history] == list(range(1, int(m["epochs_reached"]) + 1))  # one score per rung
     assert isinstance(result.front, pd.DataFrame) and len(result.front) >= 1
+
+    # best_job.yaml rebuilds exactly the corpus the best trial scored: the job's own stages (as run_job
+    # calls them) up to the corpus, without training, give the same content hash
+    (digest,) = ok["corpus_sha256"].tolist()
+    assert len(digest) == 64
+    job = P.resolve_models(load_config(result.best_job_path))
+    t = NullTracker()
+    base, pool, _, _ = P.student_and_questions(job, StageRunner(t))
+    kept, too_easy = P.compress_questions(job, pool, base, t)
+    teacher = P._with_n(job.teachers[0], P._fixed_samples(job, None))
+    graded = P.verify(job, P.generate(store, kept, teacher, t), base)
+    corpus = P.write_job_corpus(job, P.select(job, graded, base), graded, too_easy, str(tmp_path / "best"), t)
+    written = [json.loads(line) for line in (tmp_path / "best" / "corpus.jsonl").read_text().splitlines()]
+    assert corpus_sha256(corpus) == corpus_sha256(written) == digest
 
 
 def test_the_best_trial_is_chosen_by_tune_metric(tmp_path):

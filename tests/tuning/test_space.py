@@ -39,7 +39,8 @@ def test_teacher_names_and_mixes():
 
 
 def test_the_dev_suite_cannot_be_searched():
-    with pytest.raises(ConfigError, match=r"tune.search_space.dev.num_questions: cannot be searched: the dev suite scores every trial"):
+    with pytest.raises(ConfigError,
+                       match=r"tune.search_space.dev.num_questions: cannot be searched: the dev suite scores every trial"):
         check_space(_job(search_space={"dev.num_questions": [50, 100]}))
 
 
@@ -115,9 +116,11 @@ def test_curate_band_m_cap_and_p():
     assert figures["corpus_rows"] == 2 and figures["corpus_questions"] == 2 and figures["kept_questions"] == 3
     assert figures["corpus_tokens"] == sum(len(t) for t in selected[C.COMPLETION])
     assert len(figures["corpus_sha256"]) == 64
-    two = cfg_with(3).model_copy(update={"selection": cfg_with(3).selection.model_copy(update={"keep_per_question": 2})})
+    two = cfg_with(3)
+    two = two.model_copy(update={"selection": two.selection.model_copy(update={"keep_per_question": 2})})
     _, figures = curate(two, pool, rates, graded, tokenize=tokenize)  # distances kept vs available, per question
-    assert figures["questions_with_choice"] == 2 and figures["mean_distance_selected"] == figures["mean_distance_all_correct"] > 0
+    assert figures["questions_with_choice"] == 2
+    assert figures["mean_distance_selected"] == figures["mean_distance_all_correct"] > 0
     # an impossible band is an error (the trial fails and is recorded)
     cfg = cfg_with(3)
     bad = cfg.model_copy(update={"compression": cfg.compression.model_copy(update={"min_pass_rate": 0.9})})
@@ -132,8 +135,9 @@ def test_trials_are_scored_on_the_dev_suite():
                  "dev_questions": 30}
 
 
-@pytest.mark.parametrize("key", ["compression.order", "teachers.0.sampling.temperature", "teachers.1.engine.persona",
-                                 "seed", "student.base_epochs", "questions.synthetic.num_questions", "eval.k",
+@pytest.mark.parametrize("key", ["compression.order", "teachers.0.sampling.temperature",
+                                 "teachers.1.engine.persona", "seed", "student.base_epochs",
+                                 "questions.synthetic.num_questions", "eval.k",
                                  "budget.max_teacher_tokens_per_question", "smoke_test.epochs"])
 def test_keys_no_trial_can_vary_are_refused_naming_the_key(key):
     with pytest.raises(ConfigError, match=rf"^tune.search_space.{key}: cannot be searched: ") as err:
