@@ -56,3 +56,16 @@ def test_submit_rejects_a_bad_config_before_contacting_the_cluster():
 def test_validate_prints_the_resolved_config():
     result = runner.invoke(app, ["validate", QUICKSTART, "train.epochs=2"])
     assert result.exit_code == 0 and '"epochs": 2' in result.output
+
+
+@pytest.mark.parametrize("command", ["tune", "validate"])
+def test_a_search_key_no_trial_can_vary_is_one_line(command, tmp_path):
+    tune_job = str(ROOT / "jobs" / "quickstart_tune.yaml")
+    result = runner.invoke(app, [command, tune_job, f"storage={tmp_path}",
+                                 "tune.search_space={compression.order: [paper, compress_first]}"])
+    assert result.exit_code == 2, result.output
+    assert "tune.search_space.compression.order: cannot be searched" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, [command, tune_job, f"storage={tmp_path}", "tune.metric=accuracy"])
+    assert result.exit_code == 2 and "tune.metric: 'accuracy' is not a trial metric" in result.output
+    assert not any(tmp_path.iterdir())  # refused before anything ran
