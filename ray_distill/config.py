@@ -425,7 +425,9 @@ class TuneConfig(_Strict):
     search_space: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="Dotted config key -> list of choices, e.g. {'selection.keep_per_question': [1, 2, 4]}; "
-        "'teacher' chooses a job teacher by name, or a mix of several joined by '+' (e.g. 'concise+verbose').",
+        "'teacher' chooses a job teacher by name, or a mix of several joined by '+' (e.g. 'concise+verbose'). "
+        "Keys no trial can vary (teachers.*, compression.order, student.*, ...: ray_distill.tuning.space.FIXED) "
+        "are refused.",
     )
     search: Literal["grid", "optuna"] = Field("grid", description="grid: every combination; optuna: TPE sampling.")
     points_to_evaluate: list[dict[str, Any]] = Field(
