@@ -9,6 +9,7 @@ from ray_distill import columns as C
 from ray_distill.config import ConfigError, JobConfig, config_from_dict
 from ray_distill.tuning.space import (best_job_tree, candidate_questions, check_space, group_keys, rungs,
                                       teacher_names, trial_config, trial_name, variant_id, variants)
+from ray_distill.data.corpus import corpus_sha256, to_chat_row
 from ray_distill.tuning.trial import METRICS, curate, dev_metrics
 
 TEACHERS = [{"name": n, "engine": {"kind": "scripted", "persona": n}} for n in ("concise", "verbose")]
@@ -193,3 +194,12 @@ def test_adaptive_keys_change_what_a_trial_curates():
     assert [f["candidate_samples"] for f in (fixed, floor3, floor6)] == [6, 3, 6]
     assert floor3["adaptive_enough"] == 1 and floor3["corpus_sha256"] != fixed["corpus_sha256"]
     assert floor6["corpus_sha256"] == fixed["corpus_sha256"]  # the floor at M draws what sampling all M draws
+
+
+def test_corpus_sha256_is_the_content_not_the_order():
+    rows = _graded([("q0", 0, True, "<think>a</think>"), ("q1", 1, True, "<think>b</think>")]).to_dict("records")
+    digest = corpus_sha256(rows)
+    assert corpus_sha256(rows[::-1]) == digest == corpus_sha256([to_chat_row(r) for r in rows])
+    assert corpus_sha256([{**rows[0], C.CORRECT: False}, rows[1]]) == digest  # verdicts are metadata
+    assert corpus_sha256([{**rows[0], C.COMPLETION: "<think>c</think>"}, rows[1]]) != digest
+    assert corpus_sha256([{**rows[0], C.SAMPLE_INDEX: 5}, rows[1]]) != digest
