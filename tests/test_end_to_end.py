@@ -134,10 +134,15 @@ def _table(client: MlflowClient, run_id: str, name: str, tmp: Path) -> pd.DataFr
 
 
 def test_tune_reuses_generations(storage):
+    # The store holds M samples of the quickstart's smoke-test winner only (the others answered the probe
+    # once): the search distils from that teacher (a store short of M samples would be refused).
+    (smoke,) = [r for r in _runs(storage) if r.info.run_name == "smoke_test"]
+    ranking = _table(MlflowClient(f"sqlite:///{storage}/mlflow.db"), smoke.info.run_id, "teacher_ranking.json", storage)
+    winner = ranking.loc[ranking["rank"] == 1, "teacher"].iloc[0]
     proc = _cli("tune", str(ROOT / "jobs/quickstart_tune.yaml"), f"storage={storage}",
                 "questions.synthetic.num_questions=300", "student.base_rows=2000", "student.base_epochs=2",
                 "eval.suites.0.synthetic.num_questions=60", "eval.suites.1.synthetic.num_questions=40",
-                "eval.k=2", "train.epochs=3",
+                "eval.k=2", "train.epochs=3", f"teachers.0.name={winner}", f"teachers.0.engine.persona={winner}",
                 "tune.search_space={selection.max_questions: [10, 30, 60]}", cwd=storage)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "best trial" in proc.stdout
