@@ -9,7 +9,8 @@ candidate). Arms differ only in how teacher samples are spent:
 
 - ``paper``: sample M solutions for every question, then compress (drop what the student solves);
 - ``compress_first``: compress, then sample M for the kept questions only;
-- ``adaptive``: compress, then sample kept questions in rounds, stopping each at P distinct correct.
+- ``adaptive``: compress, then sample kept questions in rounds, stopping each at P distinct correct
+  among at least ``selection.adaptive.min_samples`` (default 2P) samples.
 
 Each arm gets its own teacher name, so its own generation-store directory: nothing is shared between
 arms except the cached base student. Printed per arm: teacher tokens (probe + M-sample generation),

@@ -83,6 +83,17 @@ def _error(err: BaseException, label: str = "error") -> typer.Exit:
     return typer.Exit(2)
 
 
+def _check_search(cfg: JobConfig) -> None:
+    """Refuse a search space that no trial could vary, or a tune.metric trials do not report (one line)."""
+    from ray_distill.tuning.space import check_space
+    from ray_distill.tuning.trial import METRICS
+
+    try:
+        check_space(cfg, METRICS)
+    except ConfigError as err:
+        raise _error(err, "config error") from None
+
+
 def _resolve_tracking(cfg: JobConfig, cluster: bool):
     from ray_distill.environment import resolve_tracking
 
@@ -154,6 +165,8 @@ def validate(job: JobFile, overrides: Overrides = None) -> None:
     from ray_distill.preflight import preflight
 
     cfg = _load(job, overrides)
+    if cfg.tune.search_space:
+        _check_search(cfg)
     try:
         target = _resolve_tracking(cfg, cluster=in_ray_job(os.environ, os.getcwd()))
     except ConfigError as err:
@@ -247,6 +260,7 @@ def eval_(job: JobFile, overrides: Overrides = None, verbose: Verbose = False,
 def tune(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) -> None:
     """Search data budgets with Ray Tune on stored generations; each trial = select → train → evaluate."""
     cfg = _load(job, overrides)
+    _check_search(cfg)
     _setup_logging(verbose)
     from ray_distill.tuning.search import run_search
 

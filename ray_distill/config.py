@@ -379,8 +379,11 @@ class AdaptiveConfig(_Strict):
 
     enabled: bool = Field(False, description="Sample in rounds; False samples all M at once.")
     round_size: int | None = Field(
-        None, ge=1, description="Samples added per question per round; default: P in round 1, then what the "
-        "question still misses (P minus its distinct correct trajectories).")
+        None, ge=1, description="Samples added per question in each round after the first (which draws "
+        "min_samples); default: P.")
+    min_samples: int | None = Field(
+        None, ge=2, description="Floor: samples a question has before it stops with P distinct correct "
+        "trajectories, so farthest-P has more than P to choose from; must exceed P. Default: 2P (at most M).")
     hopeless_after_rounds: int | None = Field(
         2, ge=1, description="Stop a question with no correct sample after this many rounds (None: never).")
     stop_when_saturated: bool = Field(
@@ -390,9 +393,19 @@ class AdaptiveConfig(_Strict):
 class SelectionConfig(_Strict):
     samples_per_question: int = Field(8, ge=1, description="M: teacher samples per kept question (at most, when adaptive).")
     keep_per_question: int = Field(4, ge=1, description="P: farthest-apart correct trajectories kept.")
-    max_questions: int | None = Field(None, ge=1, description="Cap on questions in the corpus (data budget).")
+    max_questions: int | None = Field(
+        None, ge=1, description="Data budget: the first this many questions kept by compression are sampled (a "
+        "question without a verified-correct sample adds no corpus row); the same in a tune trial and a job.")
     seed: int = 0
     adaptive: AdaptiveConfig = AdaptiveConfig()
+
+    @model_validator(mode="after")
+    def _floor_between_p_and_m(self) -> SelectionConfig:
+        floor = self.adaptive.min_samples
+        if floor is not None and not self.keep_per_question < floor <= self.samples_per_question:
+            raise ValueError(f"adaptive.min_samples={floor} must exceed keep_per_question (P="
+                             f"{self.keep_per_question}) and be at most samples_per_question (M={self.samples_per_question})")
+        return self
 
 
 class AblationConfig(_Strict):
@@ -591,11 +604,15 @@ class DevConfig(_Strict):
 class TuneConfig(_Strict):
     num_samples: int = Field(3, ge=1, description="Trials.")
     max_concurrent_trials: int = Field(1, ge=1)
-    metric: str = Field("score", description="Trial metric to maximise (score: avg@k on the dev suite).")
+    metric: str = Field("score", description="Trial metric that Tune, ASHA and the best-trial choice rank by "
+                        "(score: avg@k on the dev suite; any number a trial reports, see tuning.trial.METRICS).")
+    mode: Literal["max", "min"] = Field("max", description="Whether tune.metric is maximised or minimised.")
     search_space: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="Dotted config key -> list of choices, e.g. {'selection.keep_per_question': [1, 2, 4]}; "
-        "'teacher' chooses a job teacher by name, or a mix of several joined by '+' (e.g. 'concise+verbose').",
+        "'teacher' chooses a job teacher by name, or a mix of several joined by '+' (e.g. 'concise+verbose'). "
+        "Keys no trial can vary (teachers.*, compression.order, student.*, ...: ray_distill.tuning.space.FIXED) "
+        "are refused.",
     )
     search: Literal["grid", "optuna"] = Field("grid", description="grid: every combination; optuna: TPE sampling.")
     points_to_evaluate: list[dict[str, Any]] = Field(

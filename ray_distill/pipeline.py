@@ -31,6 +31,7 @@ from ray_distill.curation.adapters import GradeBatch, select_dataset
 from ray_distill.curation.compression import compress, histogram, pass_rates
 from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import count_stored_verdicts, judge_dataset
+from ray_distill.curation.selection import distance_table
 from ray_distill.curation.plane import (Grading, Selection, cluster_cpus, generate_missing, grade, read_parquet_dir,
                                         select_buckets, write_graded, write_questions)
 from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY,
@@ -174,6 +175,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
             rec.notes["correct_kept"] = rows["correct_compressed"] = report["correct"]
         rec.rows_out = rows["diverse"] = len(selected)
         rec.notes.update({k: v for k, v in report.items() if k not in ("rows", "correct")})
+        t.log_table(distance_table(selected), "selection_distances.json")  # kept vs available, per question
     with runner.stage("corpus", rows_in=len(selected)) as (t, rec):
         corpus_dir = join(cfg.run_dir, "corpus")
         corpus = write_job_corpus(selected, corpus_dir, t)
@@ -317,12 +319,7 @@ def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[di
 
 
 def sampling_plan(cfg: JobConfig) -> A.SamplingPlan:
-    s, a = cfg.selection, cfg.selection.adaptive
-    return A.SamplingPlan(
-        target=s.keep_per_question, max_samples=s.samples_per_question,
-        round_size=a.round_size, hopeless_after_rounds=a.hopeless_after_rounds,
-        stop_when_saturated=a.stop_when_saturated, max_tokens_per_question=cfg.budget.max_teacher_tokens_per_question,
-    )
+    return A.plan_from_config(cfg)
 
 
 def _fixed_samples(cfg: JobConfig, probe_length: float | None) -> int:
@@ -610,9 +607,10 @@ def smoke_student_scores(cfg: JobConfig, name: str, train: pd.DataFrame, dev: Su
 
 def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker,
                        rec: StageRecord | None = None) -> tuple[list[dict], list[dict]]:
-    """The student samples k answers per question with vLLM; questions it already solves are dropped."""
+    """The student samples k answers per question with vLLM; questions it already solves are dropped.
+    The first ``selection.max_questions`` kept questions go on (all of them without compression too)."""
     if not cfg.compression.enabled:
-        return pool, []
+        return pool[: cfg.selection.max_questions], []
     c = cfg.compression
     store = student_store(cfg)
     samples = student_samples(cfg, pool, base, store)

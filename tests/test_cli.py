@@ -70,3 +70,16 @@ def test_dry_run_counts_the_judge_apart_from_the_teachers(tmp_path):
     assert "expected judge tokens: at most 12,800 on the probe + 89,600 on the M samples (always mode" in out
     assert "M-sample generation of the winner ≤ 358,400" in out  # teacher totals leave the judge out
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["tune", "validate"])
+def test_a_search_key_no_trial_can_vary_is_one_line(command, tmp_path):
+    tune_job = str(ROOT / "jobs" / "quickstart_tune.yaml")
+    result = runner.invoke(app, [command, tune_job, f"storage={tmp_path}",
+                                 "tune.search_space={compression.order: [paper, compress_first]}"])
+    assert result.exit_code == 2, result.output
+    assert "tune.search_space.compression.order: cannot be searched" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, [command, tune_job, f"storage={tmp_path}", "tune.metric=accuracy"])
+    assert result.exit_code == 2 and "tune.metric: 'accuracy' is not a trial metric" in result.output
+    assert not any(tmp_path.iterdir())  # refused before anything ran

@@ -147,3 +147,17 @@ def test_tensor_parallel_engines_need_that_many_gpus_per_actor():
     with pytest.raises((ValueError, ConfigError), match="num_gpus: 2"):
         StudentServingConfig(tensor_parallel_size=2)
     assert vllm_engine_kwargs(4)["distributed_executor_backend"] == "mp" and "distributed_executor_backend" not in vllm_engine_kwargs(1)
+
+
+def test_adaptive_floor_lies_between_p_and_m():
+    from ray_distill.config import config_from_dict
+
+    base = {"questions": {"synthetic": {"num_questions": 5}},
+            "teachers": [{"name": "t", "engine": {"kind": "scripted", "persona": "concise"}}]}
+    for floor in (2, 9):
+        with pytest.raises(ConfigError, match=f"adaptive.min_samples={floor} must exceed keep_per_question"):
+            config_from_dict({**base, "selection": {"samples_per_question": 8, "keep_per_question": 2,
+                                                    "adaptive": {"enabled": True, "min_samples": floor}}})
+    cfg = config_from_dict({**base, "selection": {"samples_per_question": 8, "keep_per_question": 2,
+                                                  "adaptive": {"min_samples": 3}}})
+    assert cfg.selection.adaptive.min_samples == 3

@@ -181,10 +181,15 @@ def _table(client: MlflowClient, run_id: str, name: str, tmp: Path) -> pd.DataFr
 
 
 def test_tune_reuses_generations(storage):
+    # The store holds M samples of the quickstart's smoke-test winner only (the others answered the probe
+    # once): the search distils from that teacher (a store short of M samples would be refused).
+    (smoke,) = [r for r in _runs(storage) if r.info.run_name == "smoke_test"]
+    ranking = _table(MlflowClient(f"sqlite:///{storage}/mlflow.db"), smoke.info.run_id, "teacher_ranking.json", storage)
+    winner = ranking.loc[ranking["rank"] == 1, "teacher"].iloc[0]
     proc = _cli("tune", str(ROOT / "jobs/quickstart_tune.yaml"), f"storage={storage}",
                 "questions.synthetic.num_questions=300", "student.base_rows=2000", "student.base_epochs=2",
                 "eval.suites.0.synthetic.num_questions=60", "eval.suites.1.synthetic.num_questions=40",
-                "eval.k=2", "train.epochs=3",
+                "eval.k=2", "train.epochs=3", f"teachers.0.name={winner}", f"teachers.0.engine.persona={winner}",
                 "tune.search_space={selection.max_questions: [10, 30, 60]}", cwd=storage)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "best trial" in proc.stdout
@@ -196,7 +201,10 @@ def test_tune_reuses_generations(storage):
     trials = [r for r in runs if r.info.run_id in descendants and r.info.run_name.startswith("trial-")]
     assert len(trials) == 3
     assert all("score" in t.data.metrics for t in trials)
-    assert sorted(t.data.metrics["corpus_questions"] for t in trials) == [10, 30, 60]
+    # max_questions caps the questions sampled, as in a job: one whose samples are all wrong adds no row
+    questions = sorted(t.data.metrics["corpus_questions"] for t in trials)
+    assert all(0.9 * cap <= q <= cap for q, cap in zip(questions, [10, 30, 60])), questions
+    assert len({t.data.tags["ray_distill.corpus_sha256"] for t in trials}) == 3  # three different corpora
     assert (storage / "quickstart-tune" / "best_job.yaml").exists()
     assert all(t.data.metrics["dev_questions"] == 150 for t in trials)  # scored on the dev suite
     # the search curated from the store only: not one teacher token generated

@@ -4,20 +4,24 @@
     status["q17"]   # "continue" | "enough" | "hopeless" | "saturated" | "exhausted" | "token_cap"
 
 A kept question is sampled in rounds; sample indices continue where the last round stopped, so the
-generation store only adds what is new. Round 1 asks for P samples; each later round asks a question
-for what it still misses (P minus its distinct correct trajectories), or for a fixed
-``plan.round_size`` more when one is set. A question stops as soon as
+generation store only adds what is new. Round 1 asks for the floor ``plan.floor`` (``min_samples``,
+by default 2P, at most M) at once; each later round asks for ``plan.round_size`` more (default P). A
+question stops as soon as
 
-- ``enough``: it has ``plan.target`` distinct verified-correct trajectories (the selection step keeps
-  P of them, and exact duplicates never count twice);
+- ``enough``: it has ``plan.target`` (P) distinct verified-correct trajectories among at least
+  ``plan.floor`` samples -- so farthest-P selection has more than P samples to pick the far-apart
+  ones from (stopping at the first P distinct correct ones left it nothing to choose);
 - ``hopeless``: no correct sample after ``plan.hopeless_after_rounds`` rounds;
 - ``saturated``: a round of at least P new samples added no new distinct correct trajectory although
-  some exist (the teacher keeps repeating itself; more samples would not add diversity) — only with
-  ``plan.stop_when_saturated``;
-- ``exhausted``: it reached ``plan.max_samples`` (M);
+  some exist (the teacher keeps repeating itself; more samples would not add diversity) -- only with
+  ``plan.stop_when_saturated``. Later rounds add P samples by default, so the rule can fire; it
+  never could while a round only asked for the P minus distinct-correct samples still missing;
+- ``exhausted``: it reached ``plan.max_samples`` (M), or (:func:`replay`) the store holds no more;
 - ``token_cap``: its teacher completion tokens reached ``plan.max_tokens_per_question``.
 
 Every stop is recorded with its reason by the caller (rejects file for ``hopeless``).
+:func:`replay` runs the same rounds over samples already generated and graded (the data-budget
+search replays a job's adaptive sampling on stored samples, so ``selection.adaptive.*`` can be searched).
 """
 
 from __future__ import annotations
@@ -36,23 +40,48 @@ CONTINUE, ENOUGH, HOPELESS, SATURATED, EXHAUSTED, TOKEN_CAP, JOB_BUDGET = (
 class SamplingPlan:
     target: int  # P: distinct correct trajectories wanted per question
     max_samples: int  # M: samples per question at most
-    round_size: int | None = None  # samples added per round; None: what the question still misses
+    round_size: int | None = None  # samples added per later round; None: P
     hopeless_after_rounds: int | None = 2
     stop_when_saturated: bool = True
     max_tokens_per_question: int | None = None
+    min_samples: int | None = None  # floor before "enough"; None: 2P (at most M)
 
     def __post_init__(self) -> None:
-        if min(self.target, self.max_samples, self.round_size or 1) < 1:
-            raise ValueError(f"sampling plan needs positive target, max_samples and round_size: {self}")
+        if min(self.target, self.max_samples, self.round_size or 1, self.min_samples or 1) < 1:
+            raise ValueError(f"sampling plan needs positive target, max_samples, round_size, min_samples: {self}")
+
+    @property
+    def floor(self) -> int:
+        """Samples a question has before it can stop as ``enough`` (never more than M)."""
+        return min(self.max_samples, self.min_samples or 2 * self.target)
+
+    @property
+    def step(self) -> int:
+        """Samples a later round adds (also the evidence the saturation rule needs)."""
+        return self.round_size or self.target
 
     def first_round(self) -> int:
-        """Samples per question in round 1."""
-        return min(self.max_samples, self.round_size or self.target)
+        """Samples per question in round 1: the floor at once (one engine start for the bulk)."""
+        return max(self.floor, min(self.max_samples, self.step))
 
     def next_total(self, have_distinct: int, sampled: int) -> int:
-        """Samples a still-active question will have after its next round."""
-        more = self.round_size or max(1, self.target - have_distinct)
-        return min(self.max_samples, sampled + more)
+        """Samples a still-active question will have after its next round: up to the floor when it
+        already has P distinct correct ones (only the floor is missing), else ``step`` more (at least
+        the floor); never past M."""
+        if have_distinct >= self.target:
+            return max(sampled, self.floor)
+        return min(self.max_samples, max(self.floor, sampled + self.step))
+
+
+def plan_from_config(cfg) -> SamplingPlan:
+    """The plan of a job (``JobConfig``): P, M, ``selection.adaptive.*`` and the per-question token cap."""
+    s, a = cfg.selection, cfg.selection.adaptive
+    return SamplingPlan(
+        target=s.keep_per_question, max_samples=s.samples_per_question,
+        round_size=a.round_size, hopeless_after_rounds=a.hopeless_after_rounds,
+        stop_when_saturated=a.stop_when_saturated, max_tokens_per_question=cfg.budget.max_teacher_tokens_per_question,
+        min_samples=a.min_samples,
+    )
 
 
 def ok_mask(df: pd.DataFrame) -> pd.Series:
@@ -83,7 +112,7 @@ def round_status(graded: pd.DataFrame, active: list[str], round_index: int, plan
         have = int(distinct.get(qid, 0))
         before = int(previous_distinct.get(qid, 0)) if previous_distinct is not None else 0
         added = int(sampled.get(qid, 0)) - (int(previous_sampled.get(qid, 0)) if previous_sampled is not None else 0)
-        if have >= plan.target:
+        if have >= plan.target and int(sampled.get(qid, 0)) >= plan.floor:
             out[qid] = ENOUGH
         elif have == 0 and plan.hopeless_after_rounds is not None and round_index >= plan.hopeless_after_rounds:
             out[qid] = HOPELESS
@@ -91,7 +120,7 @@ def round_status(graded: pd.DataFrame, active: list[str], round_index: int, plan
             out[qid] = EXHAUSTED
         elif plan.max_tokens_per_question is not None and int(tokens.get(qid, 0)) >= plan.max_tokens_per_question:
             out[qid] = TOKEN_CAP
-        elif plan.stop_when_saturated and round_index > 1 and 0 < have == before and added >= plan.target:
+        elif plan.stop_when_saturated and round_index > 1 and 0 < have == before and added >= plan.step:
             out[qid] = SATURATED
         else:
             out[qid] = CONTINUE
@@ -111,3 +140,39 @@ def merge_round(graded: pd.DataFrame, gen: pd.DataFrame) -> tuple[pd.DataFrame, 
     ok_before = (graded[C.ERROR].fillna("") == "").to_numpy()
     retried = ~ok_before & before.isin(now)
     return graded[~retried], gen[~now.isin(before[ok_before])]
+
+
+def replay(graded: pd.DataFrame, question_ids: list[str], plan: SamplingPlan) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The rounds of adaptive sampling run over samples generated and graded before (``graded``: any
+    number of samples per question, sample indices from 0): returns the samples the rounds would have
+    drawn (every sample below each question's final count) and each question's stop reason. What
+    live sampling does with the same samples, minus the job-wide token budget (a live-only rule); a
+    question whose next round finds no further sample stops as ``exhausted``."""
+    idx = graded[C.SAMPLE_INDEX].astype(int)
+    qid = graded[C.QUESTION_ID].astype(str)
+    held = graded.groupby(qid).size()
+    want = {q: plan.first_round() for q in dict.fromkeys(str(q) for q in question_ids)}
+    have_n: dict[str, int] = {}
+    final: dict[str, str] = {}
+    previous, sampled, round_index = None, None, 0
+    while want:
+        round_index += 1
+        limit = qid.map(lambda q: want.get(q, have_n.get(q, 0)))
+        drawn = graded[(idx < limit) & qid.isin(set(want) | set(have_n))]
+        status = round_status(drawn, list(want), round_index, plan, previous, sampled)
+        now = drawn.groupby(drawn[C.QUESTION_ID].astype(str)).size()
+        for q in want:
+            have_n[q] = int(now.get(q, 0))
+        previous, sampled = distinct_correct(drawn), now
+        final.update({q: s for q, s in status.items() if s != CONTINUE})
+        nxt = {}
+        for q, s in status.items():
+            if s != CONTINUE:
+                continue
+            if have_n[q] >= int(held.get(q, 0)):  # the store holds no further sample of it
+                final[q] = EXHAUSTED
+            else:
+                nxt[q] = plan.next_total(int(previous.get(q, 0)), have_n[q])
+        want = nxt
+    limit = qid.map(lambda q: have_n.get(q, 0))
+    return graded[idx < limit], final

@@ -10,6 +10,7 @@ C++). Greedy selection needs about ``n * (p - 1)`` distances per question, not a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -55,6 +56,13 @@ def farthest_point(seqs: Sequence[Sequence[int]], p: int, seed: int) -> list[int
     return chosen
 
 
+def question_seed(seed: int, question_id: str) -> int:
+    """The seed of one question's random start: ``seed`` mixed with the question id, so questions with
+    the same number of candidates do not all start at the same index (stable across processes)."""
+    digest = hashlib.sha256(f"{seed}:{question_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def min_distances(seqs: Sequence[Sequence[int]]) -> list[float]:
     """For each sequence, the distance to the nearest other one (NaN when there is only one)."""
     out = [float("inf")] * len(seqs)
@@ -80,9 +88,10 @@ def select_diverse(group: pd.DataFrame, p: int, seed: int, tokenize: Tokenize, p
     ``pool_stats``, the mean pairwise distances of the selected rows and of all distinct correct ones
     (the latter costs all n(n-1)/2 distances, against about n(p-1) for the selection itself).
 
-    Rows are ordered by (teacher, sample_index) first, so the result does not depend on the order
-    in which a shuffle delivered them. Duplicated (teacher, sample_index) rows are refused; exact
-    duplicate texts count once (so fewer than ``p`` rows come back when fewer distinct ones exist).
+    The random start of farthest-P is seeded per question (:func:`question_seed` of ``seed`` and the
+    question id, when the rows carry one). Rows are ordered by (teacher, sample_index) first, so the
+    result does not depend on the order in which a shuffle delivered them. Duplicated (teacher,
+    sample_index) rows are refused; exact duplicate texts count once (so fewer than ``p`` rows come back when fewer distinct ones exist).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in group.columns]
     if missing:
@@ -94,7 +103,11 @@ def select_diverse(group: pd.DataFrame, p: int, seed: int, tokenize: Tokenize, p
     # Identical trajectories add no diversity: keep the first of each text before selecting.
     good = good.drop_duplicates(subset=[C.COMPLETION], keep="first").reset_index(drop=True)
     seqs = [list(tokenize(text)) for text in good[C.COMPLETION]]
-    picked = farthest_point(seqs, p, seed) if seqs else []
+    ids = good[C.QUESTION_ID].astype(str).unique() if C.QUESTION_ID in good.columns else []
+    if len(ids) > 1:
+        raise ValueError(f"select_diverse: one question per group, got {len(ids)}")
+    start_seed = question_seed(seed, ids[0]) if len(ids) else seed
+    picked = farthest_point(seqs, p, start_seed) if seqs else []
     out = good.iloc[picked].copy()
     out[C.SELECTION_DISTANCE] = min_distances([seqs[i] for i in picked]) if picked else pd.Series(dtype=float)
     if pool_stats:  # what selection bought: mean distance of the kept trajectories vs all distinct correct ones
@@ -120,6 +133,18 @@ def distance_report(selected: pd.DataFrame) -> dict[str, float]:
     return {"mean_distance_selected": float(per_q[SELECTED_MEAN_DISTANCE].mean()) if len(per_q) else float("nan"),
             "mean_distance_all_correct": float(per_q[POOL_MEAN_DISTANCE].mean()) if len(per_q) else float("nan"),
             "questions_with_choice": int(len(per_q))}
+
+
+def distance_table(selected: pd.DataFrame) -> pd.DataFrame:
+    """Per question: trajectories kept, the mean pairwise distance of the kept ones and of all distinct
+    correct ones (what farthest-P had to choose from), from ``select_diverse``'s columns."""
+    cols = [POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE]
+    if selected.empty or not set(cols) <= set(selected.columns):
+        return pd.DataFrame(columns=[C.QUESTION_ID, "kept", *cols])
+    g = selected.groupby(selected[C.QUESTION_ID].astype(str), sort=True)
+    out = g[cols].first().astype(float)
+    out.insert(0, "kept", g.size())
+    return out.reset_index()
 
 
 def selection_rejects(group: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:

@@ -7,12 +7,24 @@
 Search-space keys are dotted config keys (``selection.max_questions``, ``selection.keep_per_question``
 (P), ``selection.samples_per_question`` (M), ``compression.max_pass_rate`` / ``min_pass_rate`` (the
 band), ...) plus ``teacher``: one job teacher, or a mix of several joined by ``+``.
+
+Every searchable key changes what a trial does (the search searches what its config says):
+
+- ``selection.*``, the band, ``compression.enabled`` and ``train.*`` are applied by the trial itself;
+  ``selection.adaptive.*`` too: the trial replays the job's adaptive rounds over the stored samples;
+- ``compression.k`` / ``temperature`` / ``max_tokens`` (:data:`RATE_KEYS`): the driver computes the
+  student's pass rates once per combination of their values (student tokens, no teacher token);
+- ``format.*``: the driver grades the stored samples once per combination (verdicts, no new sample).
+
+:data:`FIXED` lists what a trial cannot vary, and why; :func:`check_space` refuses it with one line
+naming the key (``teachers.*`` would need a new generation per trial: search ``teacher`` instead).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import json
 from typing import Any
 
 from ray_distill import columns as C
@@ -21,6 +33,23 @@ from ray_distill.curation.compression import compress
 
 TEACHER = "teacher"  # the search-space key that picks the teacher (or mix)
 MIX = "+"
+RATE_KEYS = ("compression.k", "compression.temperature", "compression.max_tokens")  # the pass rates' inputs
+VERDICT_PREFIX = "format."  # the grader's settings: the verdicts' inputs
+# Search-space keys (or key prefixes) that no trial can vary, and why: check_space refuses them.
+FIXED = {
+    "teachers": "teacher samples are read from the generation store under the job's teacher settings; another "
+                "value needs a new generation per trial (search 'teacher' over the job's teachers instead)",
+    "compression.order": "the order only changes which questions the teacher samples before compression, not the "
+                         "corpus a trial curates from stored samples: every trial would be the same",
+    "questions": "the question pool is loaded once for the whole search",
+    "student": "the base student is prepared once for the whole search",
+    "smoke_test": "the search does not run the smoke test",
+    "budget": "trials curate stored samples and spend no teacher token (search selection.samples_per_question)",
+    "dev": "the dev suite scores every trial",
+    "eval": "every trial is scored with the job's evaluation settings (the yardstick stays put)",
+    "seed": "the job seed draws the student's pass rates once for the search (search selection.seed or train.seed)",
+    **{k: "it is not a property of a trial" for k in ("name", "storage", "ray", "tracking", "tune", "ablation")},
+}
 
 
 def param_space(tune_cfg: TuneConfig) -> dict:
@@ -52,18 +81,68 @@ def teacher_names(choice: str | None, teachers: list[str]) -> list[str]:
     return names
 
 
-def check_space(cfg: JobConfig) -> None:
-    """Fail fast on a search space that no trial could run (unknown teachers, empty choices) or that
-    would move the yardstick (``dev.*``: every trial is scored on the same dev suite)."""
+def fixed_reason(key: str) -> str | None:
+    """Why no trial can vary ``key`` (:data:`FIXED`, longest matching prefix), or None."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in FIXED:
+            return FIXED[".".join(parts[:n])]
+    return None
+
+
+def check_space(cfg: JobConfig, metrics: tuple[str, ...] = ()) -> None:
+    """Fail fast on a search space that no trial could run (unknown keys or teachers, empty choices),
+    that a trial could not vary (:data:`FIXED`: identical trials), or that would move the yardstick
+    (``dev.*``, ``eval.*``); and on a ``tune.metric`` that trials do not report (``metrics``, when given)."""
     teachers = [t.name for t in cfg.teachers]
+    if metrics and cfg.tune.metric not in metrics:
+        raise ConfigError(f"tune.metric: {cfg.tune.metric!r} is not a trial metric; one of {list(metrics)}")
+    tree = cfg.model_dump(mode="json")
     for key, choices in cfg.tune.search_space.items():
         if not choices:
             raise ConfigError(f"tune.search_space.{key}: needs at least one choice")
-        if key.split(".")[0] == "dev":
-            raise ConfigError(f"tune.search_space.{key}: the dev suite scores every trial; it cannot be searched")
         if key == TEACHER:
             for choice in choices:
                 teacher_names(choice, teachers)
+            continue
+        reason = fixed_reason(key)
+        if reason:
+            raise ConfigError(f"tune.search_space.{key}: cannot be searched: {reason}")
+        if not _exists(tree, key.split(".")):
+            raise ConfigError(f"tune.search_space.{key}: no such config key")
+
+
+def _exists(tree: Any, path: list[str]) -> bool:
+    for part in path:
+        if isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        elif isinstance(tree, list) and part.isdigit() and int(part) < len(tree):
+            tree = tree[int(part)]
+        else:
+            return False
+    return True
+
+
+def group_keys(cfg: JobConfig, group: str) -> list[str]:
+    """The searched keys of a group whose values the driver prepares inputs for: ``"rates"``
+    (:data:`RATE_KEYS`) or ``"verdicts"`` (``format.*``), sorted."""
+    if group == "rates":
+        return sorted(k for k in cfg.tune.search_space if k in RATE_KEYS)
+    if group == "verdicts":
+        return sorted(k for k in cfg.tune.search_space if k.startswith(VERDICT_PREFIX))
+    raise ValueError(f"unknown input group {group!r}")
+
+
+def variants(cfg: JobConfig, group: str) -> list[dict[str, Any]]:
+    """Every combination of the group's searched values (``[{}]`` when none is searched): the driver
+    prepares one set of inputs (pass rates, verdicts) per combination."""
+    keys = group_keys(cfg, group)
+    return [dict(zip(keys, values)) for values in itertools.product(*(cfg.tune.search_space[k] for k in keys))]
+
+
+def variant_id(params: dict[str, Any], keys: list[str]) -> str:
+    """The id of the inputs a trial with ``params`` uses (its values of the group's ``keys``)."""
+    return json.dumps({k: params[k] for k in keys}, sort_keys=True, default=str)
 
 
 def trial_config(job: dict, params: dict[str, Any]) -> JobConfig:
@@ -93,16 +172,18 @@ def choices(cfg: JobConfig, key: str) -> list:
 
 def candidate_questions(cfg: JobConfig, pool: list[dict], rates) -> list[dict]:
     """The pool questions some trial may keep: the union of ``compress`` over every band choice of
-    the search (impossible bands are skipped here; their trials fail and are recorded)."""
+    the search and every pass-rate table (``rates``: one table, or ``{variant id: table}``; impossible
+    bands are skipped here; their trials fail and are recorded)."""
     if not all(choices(cfg, "compression.enabled")):
         return pool
+    tables = list(rates.values()) if isinstance(rates, dict) else [rates]
     keep: set[str] = set()
-    combos = itertools.product(*(choices(cfg, f"compression.{k}") for k in
-                                 ("max_pass_rate", "min_pass_rate", "replay_fraction")))
-    for high, low, replay in combos:
+    combos = itertools.product(tables, *(choices(cfg, f"compression.{k}") for k in
+                                         ("max_pass_rate", "min_pass_rate", "replay_fraction")))
+    for table, high, low, replay in combos:
         if low is not None and low > high:
             continue
-        kept, _ = compress(pool, rates, high, low, replay, seed=cfg.seed)
+        kept, _ = compress(pool, table, high, low, replay, seed=cfg.seed)
         keep |= {str(q[C.QUESTION_ID]) for q in kept}
     return [q for q in pool if str(q[C.QUESTION_ID]) in keep]
 

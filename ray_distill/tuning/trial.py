@@ -2,7 +2,8 @@
 trial) → evaluation on the dev suite (vLLM), reported to Tune after every rung of epochs so ASHA can
 stop it early.
 
-- :func:`curate`: pure; compress → M samples → cap questions → farthest-P, plus the corpus figures.
+- :func:`curate`: pure; the job's corpus from stored samples: compress → cap questions → the first M
+  samples (or the job's adaptive rounds replayed) → farthest-P, plus the corpus figures and hash.
 - :func:`trial`: the Tune function trainable. Each rung resumes the same Ray Train run (same
   ``(storage_path, run_name)``, see ``training.sft``) for more epochs, evaluates, and calls
   ``tune.report``; a stopped trial simply gets no further rung. The trial's nested MLflow run gets
@@ -23,43 +24,56 @@ from ray_distill import columns as C
 from ray_distill.config import JobConfig
 from ray_distill.curation.compression import compress
 from ray_distill.curation.adapters import load_tokenize
-from ray_distill.curation.adaptive import ok_mask
-from ray_distill.curation.selection import select_questions
-from ray_distill.data.corpus import to_chat_row
+from ray_distill.curation import adaptive as A
+from ray_distill.curation.selection import distance_report, distance_table, select_questions
+from ray_distill.data.corpus import corpus_hash, to_chat_row
 from ray_distill.data.fs import absolute, join
 from ray_distill.tracking import MLflowTracker, NullTracker, Tracker, TrackerHandle
-from ray_distill.tuning.space import TEACHER, rungs, teacher_names, trial_config, trial_name
+from ray_distill.tuning.space import (TEACHER, group_keys, rungs, teacher_names, trial_config, trial_name,
+                                      variant_id)
 
 logger = logging.getLogger(__name__)
 
 RUN_ID = "mlflow_run_id"  # reported to Tune so the driver can close the run of a trial ASHA stopped
 EPOCHS = "epochs"  # ASHA's time attribute
+CORPUS_SHA256 = "corpus_sha256"  # content hash of the trial's corpus (``data.corpus.corpus_hash``)
+# What a trial reports after every rung (``tune.metric`` must be one of the numbers)
+METRICS = ("score", "score_ci_low", "score_ci_high", "pass_at_k", "mean_length", "dev_questions", "train_loss",
+           "kept_questions", "candidate_samples", "corpus_rows", "corpus_questions", "corpus_tokens",
+           "mean_distance_selected", "mean_distance_all_correct", "questions_with_choice", "student_tokens", "wall_s")
 
 
 def curate(cfg: JobConfig, pool: list[dict], rates: pd.DataFrame, graded: pd.DataFrame,
            tokenize: Callable[[str], list[int]]) -> tuple[pd.DataFrame, dict]:
-    """The trial's corpus rows from graded teacher samples, and its figures.
+    """The trial's corpus rows from graded teacher samples, and its figures: the corpus the job
+    ``cfg`` builds from the same samples (``ray-distill run best_job.yaml`` rebuilds it, same
+    ``corpus_sha256``).
 
-    Questions are kept by the pass-rate band, then those with at least one verified-correct sample
-    among the first M (``selection.samples_per_question``; the store may hold fewer) count toward
-    ``selection.max_questions``, in pool order; per question the P farthest-apart trajectories stay."""
+    As in the job: questions are kept by the pass-rate band (in pool order), the first
+    ``selection.max_questions`` of them are sampled (a question without a verified-correct sample
+    then adds nothing); each gets its first M samples (``selection.samples_per_question``), or the
+    samples the job's adaptive rounds would draw (``selection.adaptive``, replayed on the stored
+    ones); per question the P farthest-apart correct trajectories stay."""
     c, s = cfg.compression, cfg.selection
     kept = compress(pool, rates, c.max_pass_rate, c.min_pass_rate, c.replay_fraction, seed=cfg.seed)[0] \
         if c.enabled else pool
+    sampled = [str(q[C.QUESTION_ID]) for q in kept][: s.max_questions]
     qid = graded[C.QUESTION_ID].astype(str)
-    ok = ok_mask(graded)
-    in_band = qid.isin({str(q[C.QUESTION_ID]) for q in kept})
-    candidates = graded[in_band & (graded[C.SAMPLE_INDEX] < s.samples_per_question)]
-    usable = set(qid[candidates.index][ok[candidates.index]])
-    questions = [str(q[C.QUESTION_ID]) for q in kept if str(q[C.QUESTION_ID]) in usable][: s.max_questions]
-    pick = candidates[qid[candidates.index].isin(questions)]
-    selected = select_questions(pick, s.keep_per_question, s.seed, tokenize, pool_stats=False)
+    candidates = graded[qid.isin(set(sampled)) & (graded[C.SAMPLE_INDEX] < s.samples_per_question)]
+    stops: dict[str, str] = {}
+    if s.adaptive.enabled:
+        candidates, stops = A.replay(candidates, sampled, A.plan_from_config(cfg))
+    selected = select_questions(candidates, s.keep_per_question, s.seed, tokenize)
+    rows = [to_chat_row(r) for r in selected.to_dict("records")]
     figures = {
         "kept_questions": len(kept),
         "candidate_samples": len(candidates),
         "corpus_rows": len(selected),
-        "corpus_questions": len(questions),
+        "corpus_questions": int(selected[C.QUESTION_ID].nunique()) if len(selected) else 0,
         "corpus_tokens": int(sum(len(tokenize(t)) for t in selected[C.COMPLETION])),
+        **distance_report(selected),  # mean distance kept vs all distinct correct, per question
+        **{f"adaptive_{k}": int(v) for k, v in pd.Series(stops, dtype=object).value_counts().items()},
+        CORPUS_SHA256: corpus_hash(rows),
     }
     return selected, figures
 
@@ -85,7 +99,7 @@ def trial(params: dict, job: dict, base: str, inputs: dict, handle: TrackerHandl
         tracker.log_params(params)
         cfg = trial_config(job, params)
         for epochs, metrics in run_rungs(cfg, params, base, inputs, name, tracker):
-            tracker.log_metrics(metrics, step=epochs)
+            tracker.log_metrics({k: v for k, v in metrics.items() if k != CORPUS_SHA256}, step=epochs)
             tune.report({**metrics, RUN_ID: tracker.run_id or ""})
     except Exception as err:
         tracker.set_tags({"error": f"{type(err).__name__}: {str(err).strip()[:400]}"})
@@ -111,14 +125,19 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
     from ray_distill.training.sft import train_sft
 
     teachers = teacher_names(params.get(TEACHER), [t.name for t in cfg.teachers])
-    pool, rates, dev = inputs["pool"], inputs["rates"], inputs["dev"]
-    graded = pd.concat([inputs["graded"][t] for t in teachers], ignore_index=True)
+    pool, dev = inputs["pool"], inputs["dev"]
+    rates = inputs["rates"][variant_id(params, group_keys(cfg, "rates"))]  # this trial's compression.k, ...
+    verdicts = variant_id(params, group_keys(cfg, "verdicts"))  # ... and format.*
+    graded = pd.concat([inputs["graded"][t][verdicts] for t in teachers], ignore_index=True)
     selected, figures = curate(cfg, pool, rates, graded, load_tokenize(base))
+    digest = figures.pop(CORPUS_SHA256)
     tracker.log_params({"teachers": "+".join(teachers)})
+    tracker.set_tags({f"ray_distill.{CORPUS_SHA256}": digest})
     tracker.log_metrics(figures)
+    tracker.log_table(distance_table(selected), "selection_distances.json")  # kept vs available, per question
     if selected.empty:
         raise ValueError(f"trial {name}: the curated corpus is empty ({figures})")
-    corpus = [to_chat_row(r) for r in selected.to_dict("records")]
+    corpus = [to_chat_row(r) for r in selected.sort_values([C.QUESTION_ID, C.SAMPLE_INDEX]).to_dict("records")]
     t = cfg.tune
     schedule = [cfg.train.epochs] if t.scheduler == "none" else rungs(cfg.train.epochs, t.grace_period,
                                                                       t.reduction_factor)
@@ -133,7 +152,7 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
         (m,) = evaluate_suites(result.model_path, dev, e.k, e.temperature, e.max_tokens, seed=cfg.seed,
                                student=cfg.student, code=cfg.format.code.model_dump()).values()
         student_tokens += int(m["tokens"])
-        # accounting: a trial curates stored samples only, so it never spends a teacher token
-        yield epochs, {**figures, **dev_metrics(m), EPOCHS: epochs,
+        # a trial curates the samples the driver read (its teacher tokens: search/teacher_tokens_generated)
+        yield epochs, {**figures, **dev_metrics(m), EPOCHS: epochs, CORPUS_SHA256: digest,
                        "train_loss": float(result.metrics.get("train_loss", float("nan"))),
-                       "teacher_tokens": 0, "student_tokens": student_tokens, "wall_s": time.perf_counter() - start}
+                       "student_tokens": student_tokens, "wall_s": time.perf_counter() - start}

@@ -14,16 +14,17 @@ def frame(*groups: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([r for g in groups for r in g])
 
 
-PLAN = A.SamplingPlan(target=2, max_samples=6, round_size=2, hopeless_after_rounds=2)
+PLAN = A.SamplingPlan(target=2, max_samples=6, round_size=2, hopeless_after_rounds=2, min_samples=2)
 
 
 def test_plan_rounds():
     assert PLAN.first_round() == 2 and PLAN.next_total(have_distinct=1, sampled=2) == 4
     assert PLAN.next_total(have_distinct=0, sampled=6) == 6  # never past M
-    missing = A.SamplingPlan(target=4, max_samples=8)  # no round size: ask for what is missing
-    assert missing.first_round() == 4
-    assert [missing.next_total(h, 4) for h in (0, 1, 3)] == [8, 7, 5]
-    assert missing.next_total(4, 4) == 5  # at least one more
+    default = A.SamplingPlan(target=4, max_samples=12)  # floor 2P, later rounds add P
+    assert default.floor == 8 and default.step == 4 and default.first_round() == 8
+    assert [default.next_total(h, 8) for h in (0, 1, 3)] == [12, 12, 12]
+    assert default.next_total(4, 5) == 8  # P distinct but below the floor: only the floor is missing
+    assert A.SamplingPlan(target=4, max_samples=6).floor == 6  # the floor never passes M
     with pytest.raises(ValueError):
         A.SamplingPlan(target=0, max_samples=8, round_size=3)
 
@@ -32,6 +33,16 @@ def test_enough_distinct_correct_stops_a_question():
     graded = frame(rows("a", [("x", True), ("y", True)]), rows("b", [("x", True), ("x", True)]))
     status = A.round_status(graded, ["a", "b"], 1, PLAN)
     assert status == {"a": A.ENOUGH, "b": A.CONTINUE}  # duplicates count once
+
+
+def test_enough_waits_for_the_floor():
+    # P=2 distinct correct in the first 2 samples is not enough under the default floor of 2P=4:
+    # farthest-P would have nothing to choose from
+    plan = A.SamplingPlan(target=2, max_samples=8)
+    two = frame(rows("a", [("x", True), ("y", True)]))
+    assert A.round_status(two, ["a"], 1, plan) == {"a": A.CONTINUE}
+    four = frame(rows("a", [("x", True), ("y", True), ("z", False), ("w", True)]))
+    assert A.round_status(four, ["a"], 1, plan) == {"a": A.ENOUGH}
 
 
 def test_format_failures_do_not_count_as_correct():
@@ -51,7 +62,7 @@ def test_hopeless_after_rounds_without_a_correct_sample():
 
 def test_exhausted_at_m_samples():
     graded = frame(rows("a", [("x", True)] + [("x", False)] * 5))
-    plan = A.SamplingPlan(target=2, max_samples=6, round_size=2, stop_when_saturated=False)
+    plan = A.SamplingPlan(target=2, max_samples=6, round_size=2, stop_when_saturated=False, min_samples=4)
     assert A.round_status(graded, ["a"], 3, plan) == {"a": A.EXHAUSTED}
 
 
@@ -66,6 +77,19 @@ def test_saturated_when_a_round_adds_no_new_distinct_correct():
     # one new sample without a new answer is too little evidence: keep going
     third = frame(rows("a", [("x", True), ("q", False), ("x", True)]))
     assert A.round_status(third, ["a"], 2, PLAN, previous, sampled) == {"a": A.CONTINUE}
+
+
+def test_saturation_fires_with_the_default_round_size():
+    # default plan (no round_size): round 1 draws the floor 2P=4, round 2 adds P=2 and finds nothing new.
+    # (Rounds used to ask only for the P minus distinct-correct samples missing, fewer than the P new
+    # samples the rule needs as evidence, so it never fired.)
+    plan = A.SamplingPlan(target=2, max_samples=10)
+    first = frame(rows("a", [("x", True), ("q", False), ("r", False), ("x", True)]))
+    assert A.round_status(first, ["a"], 1, plan) == {"a": A.CONTINUE}
+    assert plan.next_total(1, 4) == 6
+    second = frame(rows("a", [("x", True), ("q", False), ("r", False), ("x", True), ("x", True), ("s", False)]))
+    status = A.round_status(second, ["a"], 2, plan, A.distinct_correct(first), first.groupby(C.QUESTION_ID).size())
+    assert status == {"a": A.SATURATED}
 
 
 def test_per_question_token_cap():
@@ -86,3 +110,26 @@ def test_merge_round_grades_new_samples_and_retries_of_failed_ones_once():
     assert list(zip(fresh[C.QUESTION_ID], fresh[C.SAMPLE_INDEX])) == [("a", 1), ("a", 2), ("b", 1)]
     first, all_new = A.merge_round(pd.DataFrame(), gen)
     assert first.empty and all_new.equals(gen)
+
+
+def stored(qid: str, texts_ok: list[tuple[str, bool]]) -> list[dict]:
+    return [{**r, C.SAMPLE_INDEX: i} for i, r in enumerate(rows(qid, texts_ok))]
+
+
+def test_replay_runs_the_rounds_over_stored_samples():
+    plan = A.SamplingPlan(target=2, max_samples=8, hopeless_after_rounds=2)  # floor 4, step 2
+    graded = frame(
+        stored("easy", [("a", True), ("b", True), ("c", True), ("d", True), ("e", True), ("f", True)]),
+        stored("dull", [("x", True)] * 8),  # one distinct answer: saturated after round 2
+        stored("hard", [("w", False)] * 8),  # never right: hopeless after round 2
+        stored("late", [("u", False)] * 4 + [("v", True), ("y", True), ("z", True), ("t", True)]),
+        stored("thin", [("p", True), ("k", False), ("m", False), ("n", False), ("o", False)]),  # store runs out
+    )
+    drawn, status = A.replay(graded, ["easy", "dull", "hard", "late", "thin"], plan)
+    assert status == {"easy": A.ENOUGH, "dull": A.SATURATED, "hard": A.HOPELESS, "late": A.ENOUGH,
+                      "thin": A.EXHAUSTED}
+    counts = drawn.groupby(C.QUESTION_ID).size().to_dict()
+    assert counts == {"easy": 4, "dull": 6, "hard": 6, "late": 6, "thin": 5}
+    assert (drawn.groupby(C.QUESTION_ID)[C.SAMPLE_INDEX].max() + 1).to_dict() == counts  # always a prefix
+    off = A.SamplingPlan(target=2, max_samples=8, hopeless_after_rounds=None, stop_when_saturated=False)
+    assert A.replay(graded, ["dull", "hard"], off)[1] == {"dull": A.EXHAUSTED, "hard": A.EXHAUSTED}

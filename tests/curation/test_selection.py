@@ -10,10 +10,13 @@ import pytest
 from ray_distill import columns as C
 from ray_distill.curation.selection import (
     distance_report,
+    distance_table,
     farthest_point,
     mean_pairwise_distance,
     min_distances,
+    question_seed,
     select_diverse,
+    select_questions,
     selection_rejects,
 )
 
@@ -112,3 +115,29 @@ def test_distance_report_compares_selected_with_all_correct():
     report = distance_report(selected)
     # all correct: pairs (1, 4, 4) -> 3.0; the two farthest apart are 4 apart
     assert report == {"mean_distance_selected": 4.0, "mean_distance_all_correct": 3.0, "questions_with_choice": 1}
+
+
+def test_random_start_is_seeded_per_question():
+    # 12 questions with the same 6 candidates each: one shared seed must not start them all at one index
+    texts = ["a" * n for n in (1, 3, 6, 10, 15, 21)]
+    rows = [{C.QUESTION_ID: f"q{q}", C.TEACHER: "t", C.SAMPLE_INDEX: i, C.COMPLETION: text, C.CORRECT: True,
+             C.FORMAT_OK: True} for q in range(12) for i, text in enumerate(texts)]
+    out = select_questions(pd.DataFrame(rows), p=1, seed=0, tokenize=lambda s: [ord(c) for c in s])
+    starts = dict(zip(out[C.QUESTION_ID], out[C.SAMPLE_INDEX]))
+    assert len(starts) == 12 and len(set(starts.values())) > 1
+    assert question_seed(0, "q1") != question_seed(0, "q2") and question_seed(0, "q1") != question_seed(1, "q1")
+    again = select_questions(pd.DataFrame(rows).iloc[::-1], p=1, seed=0, tokenize=lambda s: [ord(c) for c in s])
+    assert dict(zip(again[C.QUESTION_ID], again[C.SAMPLE_INDEX])) == starts  # reproducible, order-free
+    with pytest.raises(ValueError, match="one question per group"):
+        select_diverse(pd.DataFrame(rows[4:8]), p=1, seed=0, tokenize=list)
+
+
+def test_distance_table_per_question():
+    rows = [{C.QUESTION_ID: q, C.TEACHER: "t", C.SAMPLE_INDEX: i, C.COMPLETION: text, C.CORRECT: True,
+             C.FORMAT_OK: True} for q, texts in (("a", ["aaaa", "aaab", "zzzz"]), ("b", ["x"]))
+            for i, text in enumerate(texts)]
+    selected = select_questions(pd.DataFrame(rows), p=2, seed=0, tokenize=lambda s: [ord(c) for c in s])
+    table = distance_table(selected)
+    assert table[C.QUESTION_ID].tolist() == ["a", "b"] and table["kept"].tolist() == [2, 1]
+    assert table["selected_mean_distance"].iloc[0] == 4.0 and table["pool_mean_distance"].iloc[0] == 3.0
+    assert math.isnan(table["pool_mean_distance"].iloc[1])

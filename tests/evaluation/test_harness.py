@@ -28,7 +28,7 @@ def test_model_args_follow_the_students_serving_settings():
     cfg = HarnessConfig(tasks=["x"], model_args={"seed": 3})
     args = harness_model_args("/m", cfg, student)
     assert args == {"pretrained": "/m", "dtype": "float32", "tensor_parallel_size": 1, "enforce_eager": True,
-                    "max_model_len": 256, "enable_chunked_prefill": False, "seed": 3}
+                    "max_model_len": 256, "enable_chunked_prefill": False, "enable_prefix_caching": False, "seed": 3}
     on_gpu = StudentConfig(serving={"resources": {"num_gpus": 1}})
     hf = harness_model_args("org/name@v1", cfg.model_copy(update={"backend": "hf", "batch_size": 4}), on_gpu)
     assert hf == {"pretrained": "org/name", "revision": "v1", "dtype": "auto", "device": "cuda", "batch_size": 4,

@@ -4,16 +4,21 @@ store already holds every sample, so the search generates no teacher token."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from ray_distill.config import config_from_dict, load_config
+from ray_distill import pipeline as P
+
+from ray_distill.config import ConfigError, config_from_dict, load_config
+from ray_distill.data.corpus import corpus_hash
 from ray_distill.data.fs import join
 from ray_distill.data.sources import load_source
 from ray_distill.generation.store import GenerationStore
 from ray_distill.progress import StageRunner
-from ray_distill.tracking import start_tracker
+from ray_distill.tracking import NullTracker, start_tracker
 from ray_distill.tuning.search import run_search, teacher_samples
 
 TEACHER = {"name": "concise", "engine": {"kind": "scripted", "persona": "concise"},
@@ -46,11 +51,17 @@ def test_store_lookup_and_top_up(ray_local, tmp_path):
     store.get_or_generate(pool, teacher, n=1)
     held = store.lookup(pool, teacher, 2)
     assert len(held) == 5 and set(held["sample_index"]) == {0}
-    samples, new = teacher_samples(store, pool, teacher, 2, top_up=False)  # capped at what is stored
-    assert len(samples) == 5 and new.empty
-    samples, new = teacher_samples(store, pool, teacher, 2, top_up=True)  # generates sample 1 only
-    assert len(samples) == 10 and len(new) == 5 and set(new["sample_index"]) == {1}
-    assert int(new["num_tokens"].sum()) > 0
+    # M=2 exceeds what the store holds: refused, never silently curated from fewer samples
+    with pytest.raises(ConfigError, match=r"selection.samples_per_question: M=2 needs 10 samples .* holds 5 "
+                                          r"\(5 questions short\): set tune.top_up: true"):
+        teacher_samples(store, pool, teacher, 2, top_up=False)
+    samples, spent = teacher_samples(store, pool, teacher, 1, top_up=False)  # what is stored: nothing spent
+    assert len(samples) == 5 and spent == {"generated": 0, "completion_tokens": 0}
+    samples, spent = teacher_samples(store, pool, teacher, 2, top_up=True)  # generates sample 1 only
+    assert len(samples) == 10 and spent["generated"] == 5
+    # the store's own count of the tokens it generated, not a figure set here
+    assert spent["completion_tokens"] == int(samples.loc[samples["sample_index"] == 1, "num_tokens"].sum()) > 0
+    assert teacher_samples(store, pool, teacher, 2, top_up=False)[1]["completion_tokens"] == 0
 
 
 @pytest.mark.slow
@@ -98,3 +109,38 @@ def test_optuna_asha_search_records_a_failing_trial(ray_local, tiny_student_path
         history = client.get_metric_history(run.info.run_id, "score")
         assert [h.step for h in history] == list(range(1, int(m["epochs_reached"]) + 1))  # one score per rung
     assert isinstance(result.front, pd.DataFrame) and len(result.front) >= 1
+
+    # best_job.yaml rebuilds exactly the corpus the best trial scored: the job's own stages (as run_job
+    # calls them) up to the corpus, without training, give the same content hash
+    (digest,) = ok["corpus_sha256"].tolist()
+    assert len(digest) == 64
+    job = P.resolve_models(load_config(result.best_job_path))
+    t = NullTracker()
+    base, pool, _, _ = P.student_and_questions(job, StageRunner(t))
+    kept, too_easy = P.compress_questions(job, pool, base, t)
+    teacher = P._with_n(job.teachers[0], P._fixed_samples(job, None))
+    graded = P.verify(job, P.generate(store, kept, teacher, t), base)
+    corpus = P.write_job_corpus(job, P.select(job, graded, base), graded, too_easy, str(tmp_path / "best"), t)
+    written = [json.loads(line) for line in (tmp_path / "best" / "corpus.jsonl").read_text().splitlines()]
+    assert corpus_hash(corpus) == corpus_hash(written) == digest
+
+
+def test_the_best_trial_is_chosen_by_tune_metric(tmp_path):
+    from ray_distill.tracking import NullTracker
+    from ray_distill.tuning.search import summarise
+
+    space = {"selection.keep_per_question": [1, 2, 3]}
+    trials = pd.DataFrame({"trial_id": ["a", "b", "c"], "selection.keep_per_question": [1, 2, 3],
+                           "score": [0.5, 0.3, 0.5], "pass_at_k": [0.6, 0.9, 0.6], "mean_length": [30.0, 20.0, 10.0],
+                           "corpus_rows": [10, 20, 30], "epochs": [2, 2, 2], "status": ["finished"] * 3,
+                           "error": [""] * 3})
+
+    def best(**tune):
+        cfg = config_from_dict(_job(tmp_path, "unused", search_space=space, **tune))
+        result = summarise(cfg, trials, NullTracker(), {}, {})
+        return result.best_config["selection.keep_per_question"], result.best_score, load_config(result.best_job_path)
+
+    assert best()[:2] == (1, 0.5)  # score (ties: the smaller corpus)
+    k, value, job = best(metric="pass_at_k")
+    assert (k, value, job.selection.keep_per_question) == (2, 0.9, 2)  # best_job.yaml follows the metric
+    assert best(metric="mean_length", mode="min")[:2] == (3, 10.0)

@@ -7,9 +7,10 @@ import pytest
 
 from ray_distill import columns as C
 from ray_distill.config import ConfigError, JobConfig, config_from_dict
-from ray_distill.tuning.space import (best_job_tree, candidate_questions, check_space, rungs, teacher_names,
-                                      trial_config, trial_name)
-from ray_distill.tuning.trial import curate, dev_metrics
+from ray_distill.tuning.space import (best_job_tree, candidate_questions, check_space, group_keys, rungs,
+                                      teacher_names, trial_config, trial_name, variant_id, variants)
+from ray_distill.data.corpus import corpus_hash, to_chat_row
+from ray_distill.tuning.trial import METRICS, curate, dev_metrics
 
 TEACHERS = [{"name": n, "engine": {"kind": "scripted", "persona": n}} for n in ("concise", "verbose")]
 
@@ -39,7 +40,8 @@ def test_teacher_names_and_mixes():
 
 
 def test_the_dev_suite_cannot_be_searched():
-    with pytest.raises(ConfigError, match=r"tune.search_space.dev.num_questions: the dev suite scores every trial"):
+    with pytest.raises(ConfigError,
+                       match=r"tune.search_space.dev.num_questions: cannot be searched: the dev suite scores every trial"):
         check_space(_job(search_space={"dev.num_questions": [50, 100]}))
 
 
@@ -87,27 +89,41 @@ def test_candidate_questions_is_the_union_of_the_bands():
 
 def _graded(rows: list[tuple[str, int, bool, str]]) -> pd.DataFrame:
     return pd.DataFrame([{C.QUESTION_ID: q, C.SAMPLE_INDEX: i, C.TEACHER: "concise", C.CORRECT: ok, C.FORMAT_OK: True,
-                          C.COMPLETION: text, C.QUESTION: q, C.ANSWER: "0"} for q, i, ok, text in rows])
+                          C.COMPLETION: text, C.QUESTION: q, C.ANSWER: "0", C.NUM_TOKENS: len(text)}
+                         for q, i, ok, text in rows])
 
 
 def test_curate_band_m_cap_and_p():
     pool, rates = _pool_rates([0.0, 0.0, 0.0, 1.0])
     graded = _graded([
         ("q0", 0, True, "<think>aaaa</think>"), ("q0", 1, True, "<think>bbbbbbbb</think>"), ("q0", 2, True, "x"),
-        ("q1", 0, False, "<think>wrong</think>"),  # no correct sample: does not count toward max_questions
+        ("q1", 0, False, "<think>wrong</think>"),  # no correct sample: sampled (counts toward the cap), no row
         ("q2", 0, True, "<think>cc</think>"), ("q2", 1, True, "<think>dd</think>"),
         ("q3", 0, True, "<think>easy</think>"),  # too easy: dropped by the band
     ])
-    cfg = config_from_dict({**_job().model_dump(mode="json"),
-                            "compression": {"max_pass_rate": 0.5}, "selection": {"samples_per_question": 2,
-                                                                                 "keep_per_question": 1,
-                                                                                 "max_questions": 2}})
-    selected, figures = curate(cfg, pool, rates, graded, tokenize=lambda t: [ord(c) for c in t])
+
+    def cfg_with(max_questions):
+        return config_from_dict({**_job().model_dump(mode="json"), "compression": {"max_pass_rate": 0.5},
+                                 "selection": {"samples_per_question": 2, "keep_per_question": 1,
+                                               "max_questions": max_questions}})
+
+    tokenize = lambda t: [ord(c) for c in t]  # noqa: E731
+    # as in a job: the first max_questions kept questions are sampled, whether or not one turns out right
+    selected, figures = curate(cfg_with(2), pool, rates, graded, tokenize=tokenize)
+    assert sorted(selected[C.QUESTION_ID]) == ["q0"] and figures["corpus_questions"] == 1
+    selected, figures = curate(cfg_with(3), pool, rates, graded, tokenize=tokenize)
     assert sorted(selected[C.QUESTION_ID]) == ["q0", "q2"]  # P=1 each; q1 unusable; q3 too easy
     assert set(selected[C.SAMPLE_INDEX]) <= {0, 1}  # sample 2 is beyond M=2
     assert figures["corpus_rows"] == 2 and figures["corpus_questions"] == 2 and figures["kept_questions"] == 3
     assert figures["corpus_tokens"] == sum(len(t) for t in selected[C.COMPLETION])
+    assert len(figures["corpus_sha256"]) == 64
+    two = cfg_with(3)
+    two = two.model_copy(update={"selection": two.selection.model_copy(update={"keep_per_question": 2})})
+    _, figures = curate(two, pool, rates, graded, tokenize=tokenize)  # distances kept vs available, per question
+    assert figures["questions_with_choice"] == 2
+    assert figures["mean_distance_selected"] == figures["mean_distance_all_correct"] > 0
     # an impossible band is an error (the trial fails and is recorded)
+    cfg = cfg_with(3)
     bad = cfg.model_copy(update={"compression": cfg.compression.model_copy(update={"min_pass_rate": 0.9})})
     with pytest.raises(ValueError):
         curate(bad, pool, rates, graded, tokenize=list)
@@ -118,3 +134,72 @@ def test_trials_are_scored_on_the_dev_suite():
                      "n_questions": 30, "question_rates": {"q": 0.5}})
     assert m == {"score": 0.5, "score_ci_low": 0.4, "score_ci_high": 0.6, "pass_at_k": 0.75, "mean_length": 10.0,
                  "dev_questions": 30}
+
+
+@pytest.mark.parametrize("key", ["compression.order", "teachers.0.sampling.temperature",
+                                 "teachers.1.engine.persona", "seed", "student.base_epochs",
+                                 "questions.synthetic.num_questions", "eval.k",
+                                 "budget.max_teacher_tokens_per_question", "smoke_test.epochs"])
+def test_keys_no_trial_can_vary_are_refused_naming_the_key(key):
+    with pytest.raises(ConfigError, match=rf"^tune.search_space.{key}: cannot be searched: ") as err:
+        check_space(_job(search_space={key: [1, 2]}))
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_keys_and_metrics_are_refused():
+    with pytest.raises(ConfigError, match="tune.search_space.selection.nonsense: no such config key"):
+        check_space(_job(search_space={"selection.nonsense": [1]}))
+    with pytest.raises(ConfigError, match=r"tune.metric: 'bogus' is not a trial metric; one of \['score'"):
+        check_space(_job(metric="bogus", search_space={"selection.keep_per_question": [1]}), METRICS)
+    check_space(_job(metric="pass_at_k", search_space={"selection.adaptive.min_samples": [3, 4],
+                                                       "format.max_tokens": [50], "compression.k": [2]}), METRICS)
+
+
+def test_rate_and_verdict_keys_get_inputs_per_value():
+    job = _job(search_space={"compression.k": [2, 4], "compression.max_pass_rate": [0.5],
+                             "format.max_tokens": [50, 200], "format.require_think": [False],
+                             "selection.keep_per_question": [1, 2]})
+    assert group_keys(job, "rates") == ["compression.k"]
+    assert group_keys(job, "verdicts") == ["format.max_tokens", "format.require_think"]
+    rates = variants(job, "rates")
+    assert rates == [{"compression.k": 2}, {"compression.k": 4}]
+    verdicts = variants(job, "verdicts")
+    assert len(verdicts) == 2 and {v["format.max_tokens"] for v in verdicts} == {50, 200}
+    # a trial finds the inputs the driver prepared for its own values
+    params = {"compression.k": 4, "compression.max_pass_rate": 0.5, "format.max_tokens": 50,
+              "format.require_think": False, "selection.keep_per_question": 2}
+    assert variant_id(params, group_keys(job, "rates")) in {variant_id(v, list(v)) for v in rates}
+    assert variant_id(params, group_keys(job, "verdicts")) == variant_id(verdicts[0], list(verdicts[0]))
+    assert variants(_job(search_space={"selection.keep_per_question": [1]}), "rates") == [{}]  # the job's own
+    # the union of kept questions covers every rate table
+    pool, low = _pool_rates([0.0, 1.0])
+    _, high = _pool_rates([1.0, 0.0])
+    assert [q[C.QUESTION_ID] for q in candidate_questions(job, pool, {"a": low, "b": high})] == ["q0", "q1"]
+
+
+def test_adaptive_keys_change_what_a_trial_curates():
+    # q0: six distinct correct samples. All M at once: farthest-P picks among six; adaptive sampling stops
+    # at the floor (min_samples), and the trial replays that on the stored samples.
+    pool, rates = _pool_rates([0.0])
+    graded = _graded([("q0", i, True, "<think>" + "ab"[i % 2] * (1 + 3 * i) + "</think>") for i in range(6)])
+    tokenize = lambda t: [ord(c) for c in t]  # noqa: E731
+
+    def trial(**adaptive):
+        job = _job(search_space={"selection.adaptive.min_samples": [3, 6]}).model_dump(mode="json")
+        job["selection"] = {"samples_per_question": 6, "keep_per_question": 2, "adaptive": adaptive}
+        job["compression"] = {"max_pass_rate": 0.5}
+        return curate(config_from_dict(job), pool, rates, graded, tokenize)[1]
+
+    fixed, floor3, floor6 = trial(), trial(enabled=True, min_samples=3), trial(enabled=True, min_samples=6)
+    assert [f["candidate_samples"] for f in (fixed, floor3, floor6)] == [6, 3, 6]
+    assert floor3["adaptive_enough"] == 1 and floor3["corpus_sha256"] != fixed["corpus_sha256"]
+    assert floor6["corpus_sha256"] == fixed["corpus_sha256"]  # the floor at M draws what sampling all M draws
+
+
+def test_corpus_sha256_is_the_content_not_the_order():
+    rows = _graded([("q0", 0, True, "<think>a</think>"), ("q1", 1, True, "<think>b</think>")]).to_dict("records")
+    digest = corpus_hash(rows)
+    assert corpus_hash(rows[::-1]) == digest == corpus_hash([to_chat_row(r) for r in rows])
+    assert corpus_hash([{**rows[0], C.CORRECT: False}, rows[1]]) == digest  # verdicts are metadata
+    assert corpus_hash([{**rows[0], C.COMPLETION: "<think>c</think>"}, rows[1]]) != digest
+    assert corpus_hash([{**rows[0], C.SAMPLE_INDEX: 5}, rows[1]]) != digest
