@@ -14,7 +14,7 @@ tune: install  ## data-budget search on the quickstart's stored generations
 	$(BIN)/ray-distill tune jobs/quickstart_tune.yaml
 
 test: install  ## the whole suite on CPU (unit + real Ray/vLLM/MLflow end-to-end)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: install  ## unit tests only
 	$(BIN)/python -m pytest -q -m "not slow"
