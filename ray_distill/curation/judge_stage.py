@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from ray_distill import columns as C
 from ray_distill.config import JudgeConfig
 from ray_distill.curation import judge as J
-from ray_distill.generation.actor import GenerateBatch, engine_runtime_env
+from ray_distill.generation.actor import GenerateBatch, engine_pool
 from ray_distill.generation.engines import resolve_api_key
 from ray_distill.generation.store import KEY, GenerationStore, generation_key, teacher_fingerprint
 
@@ -148,15 +148,9 @@ def judge_dataset(ds: ray.data.Dataset, judge: JudgeConfig, store_root: str | No
     """Lazily pass graded rows through an actor pool of the judge (rows in = rows out). An API key is read
     here, in the driver, as for teachers."""
     teacher = judge.as_teacher()
-    res = teacher.resources
     api_key = resolve_api_key(teacher.engine) if teacher.engine.kind == "openai" else None
     return ds.map_batches(
         JudgeBatch,
         fn_constructor_kwargs={"judge": judge.model_dump(), "store_root": store_root, "api_key": api_key},
-        compute=ray.data.ActorPoolStrategy(size=res.num_actors),
-        num_cpus=res.num_cpus,
-        num_gpus=res.num_gpus,
-        batch_size=res.batch_size,
-        batch_format="pandas",
-        runtime_env=engine_runtime_env(teacher),
+        **engine_pool(teacher),
     )

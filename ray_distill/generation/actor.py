@@ -107,11 +107,19 @@ def engine_runtime_env(teacher: TeacherConfig) -> dict | None:
     return {"env_vars": {k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV_DEFAULTS.items()}}
 
 
+def engine_pool(teacher: TeacherConfig) -> dict:
+    """``map_batches`` arguments of an engine actor pool (teachers, the student, the judge): its actors,
+    their resources, the engine batch and the vLLM-on-CPU environment."""
+    res = teacher.resources
+    return {"compute": ray.data.ActorPoolStrategy(size=res.num_actors), "num_cpus": res.num_cpus,
+            "num_gpus": res.num_gpus, "batch_size": res.batch_size, "batch_format": "pandas",
+            "runtime_env": engine_runtime_env(teacher)}
+
+
 def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig) -> ray.data.Dataset:
     """Lazily map question rows to generation rows through an actor pool of ``teacher``'s engine.
     An API key is read here, in the driver (a missing variable fails before any actor starts), and
     handed to the actors as a SecretStr."""
-    res = teacher.resources
     api_key = resolve_api_key(teacher.engine) if teacher.engine.kind == "openai" else None
     return questions.map_batches(
         GenerateBatch,
@@ -121,10 +129,5 @@ def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig) -> ray
             "sampling": teacher.sampling.model_dump(),
             "api_key": api_key,
         },
-        compute=ray.data.ActorPoolStrategy(size=res.num_actors),
-        num_cpus=res.num_cpus,
-        num_gpus=res.num_gpus,
-        batch_size=res.batch_size,
-        batch_format="pandas",
-        runtime_env=engine_runtime_env(teacher),
+        **engine_pool(teacher),
     )
