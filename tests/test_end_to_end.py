@@ -183,7 +183,10 @@ def _table(client: MlflowClient, run_id: str, name: str, tmp: Path) -> pd.DataFr
 def test_tune_reuses_generations(storage):
     # The store holds M samples of the quickstart's smoke-test winner only (the others answered the probe
     # once): the search distils from that teacher (a store short of M samples would be refused).
-    (smoke,) = [r for r in _runs(storage) if r.info.run_name == "smoke_test"]
+    runs = _runs(storage)
+    (quickstart,) = [r for r in runs if r.info.run_name == "quickstart"]
+    (smoke,) = [r for r in runs if r.info.run_name == "smoke_test"
+                and r.data.tags.get("mlflow.parentRunId") == quickstart.info.run_id]
     ranking = _table(MlflowClient(f"sqlite:///{storage}/mlflow.db"), smoke.info.run_id, "teacher_ranking.json", storage)
     winner = ranking.loc[ranking["rank"] == 1, "teacher"].iloc[0]
     proc = _cli("tune", str(ROOT / "jobs/quickstart_tune.yaml"), f"storage={storage}",
