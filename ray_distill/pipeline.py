@@ -32,7 +32,7 @@ from ray_distill.curation.compression import compress, histogram, pass_rates
 from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import count_stored_verdicts, judge_dataset
 from ray_distill.curation.selection import distance_table
-from ray_distill.curation.plane import (Grading, Selection, cluster_cpus, generate_missing, grade, read_parquet_dir,
+from ray_distill.curation.plane import (Grading, Selection, generate_missing, grade, grader_pool_size, read_parquet_dir,
                                         select_buckets, write_graded, write_questions)
 from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY,
                                              rank_teachers, top_two_note, training_questions, winner)
@@ -511,7 +511,7 @@ def verify(cfg: JobConfig, gen: pd.DataFrame, base: str, t: Tracker | None = Non
         GradeBatch, fn_constructor_kwargs={"max_tokens": g.max_tokens, "require_think": g.require_think,
                                            "tokenizer_path": g.tokenizer, "code": g.code},
         batch_format="pandas", batch_size=256, num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=g.num_graders or cluster_cpus()))
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=grader_pool_size(g)))
     if g.judge is not None:
         ds = judge_dataset(ds, g.judge, join(cfg.storage, "generations"))
     graded = ds.to_pandas()

@@ -157,11 +157,17 @@ def grade(store: GenerationStore, questions_url: str, teacher: TeacherConfig, n:
         GradeBatch, fn_constructor_kwargs={"max_tokens": grading.max_tokens, "require_think": grading.require_think,
                                            "tokenizer_path": grading.tokenizer, "code": grading.code},
         batch_format="pandas", batch_size=256, num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=grading.num_graders or cluster_cpus()))
-    if grading.judge is not None:
-        graded = judge_dataset(graded, grading.judge, store.root)
-    written = graded.map_batches(_write_buckets, fn_kwargs={"url": graded_url, "buckets": buckets},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=grader_pool_size(grading)))
+    out_url = join(work_url, "graded_unjudged") if grading.judge is not None else graded_url
+    _clear(out_url)
+    written = graded.map_batches(_write_buckets, fn_kwargs={"url": out_url, "buckets": buckets},
                                  batch_format="pandas", batch_size=None)
+    if grading.judge is not None:
+        # The judge reads the graded rows back in a plan of its own: its actors and the grader's in one plan
+        # can hold every CPU of a small cluster while the plan's read/write tasks wait for one (a hang).
+        written.materialize()
+        written = judge_dataset(ray.data.read_parquet(out_url), grading.judge, store.root).map_batches(
+            _write_buckets, fn_kwargs={"url": graded_url, "buckets": buckets}, batch_format="pandas", batch_size=None)
     verdicts: Counter = Counter()
     tokens = 0
     judged = []
@@ -268,6 +274,15 @@ def read_buckets(graded_url: str, columns: list[str] | None = None) -> pd.DataFr
 
 def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def grader_pool_size(grading: Grading) -> int:
+    """The grader pool's largest size: ``num_graders``, else every CPU of the cluster but one (the plan's
+    read and write tasks need one) and those of the judge's actors."""
+    if grading.num_graders:
+        return grading.num_graders
+    judge = grading.judge.resources.num_actors * grading.judge.resources.num_cpus if grading.judge is not None else 0
+    return max(1, int(cluster_cpus() - 1 - judge))
 
 
 # ----------------------------------------------------------------------------- plan steps (run in workers)
