@@ -32,7 +32,7 @@ def curate(storage, base: str, shuffle_seed: int | None, tracked: bool = False) 
         gen = gen.sample(frac=1.0, random_state=shuffle_seed).reset_index(drop=True)
     graded = verify(cfg, gen, base)
     selected = select(cfg, graded, base)
-    corpus = write_job_corpus(cfg, selected, graded, [], str(storage / "corpus"), t)
+    corpus = write_job_corpus(selected, str(storage / "corpus"), t)
     t.end()
     tag = MlflowClient(t.handle().tracking_uri).get_run(t.run_id).data.tags["ray_distill.corpus_sha256"] if tracked else None
     return corpus_hash(corpus), int(_ok(graded).sum()), tag

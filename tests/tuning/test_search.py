@@ -117,10 +117,10 @@ def test_optuna_asha_search_records_a_failing_trial(ray_local, tiny_student_path
     job = P.resolve_models(load_config(result.best_job_path))
     t = NullTracker()
     base, pool, _, _ = P.student_and_questions(job, StageRunner(t))
-    kept, too_easy = P.compress_questions(job, pool, base, t)
+    kept, _ = P.compress_questions(job, pool, base, t)
     teacher = P._with_n(job.teachers[0], P._fixed_samples(job, None))
     graded = P.verify(job, P.generate(store, kept, teacher, t), base)
-    corpus = P.write_job_corpus(job, P.select(job, graded, base), graded, too_easy, str(tmp_path / "best"), t)
+    corpus = P.write_job_corpus(P.select(job, graded, base), str(tmp_path / "best"), t)
     written = [json.loads(line) for line in (tmp_path / "best" / "corpus.jsonl").read_text().splitlines()]
     assert corpus_hash(corpus) == corpus_hash(written) == digest
 
