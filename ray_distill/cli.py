@@ -152,6 +152,12 @@ def _tracked(cfg: JobConfig, job: str, kind: str, run_name: str, body, verbose: 
         meter.stop()
     wall = time.perf_counter() - start
     tracker.log_metrics({"wall_s": wall})
+    from ray_distill.pipeline import JobResult
+
+    if isinstance(result, JobResult):  # a job or a stage command (tune and ablate log tables of their own)
+        from ray_distill.tracking.description import describe
+
+        tracker.set_description(describe(result, wall, result.extra.get("model_uri")))
     tracker.end()
     return result, tracker, wall, target
 
@@ -428,7 +434,8 @@ def print_summary(result, wall: float, tracker) -> None:
     if corpus_rows:
         out.print(f"teacher tokens per kept corpus sample: {teacher_total / corpus_rows:,.1f}")
     where = {"winner": result.winner, "store": result.extra.get("store", ""), "corpus": result.corpus_dir,
-             "student" if result.until != "evaluate" or result.winner else "model": result.model_path}
+             "student" if result.until != "evaluate" or result.winner else "model": result.model_path,
+             "MLflow model": result.extra.get("model_uri") or ""}
     out.print("   ".join(f"{k}: [bold]{v}[/]" if k == "winner" else f"{k}: {v}" for k, v in where.items() if v))
 
 

@@ -38,6 +38,18 @@ class TrackingConfig(_Strict):
         None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<storage>/mlflow.db.")
     experiment: str | None = Field(
         None, description="MLflow experiment name; default: $MLFLOW_EXPERIMENT_NAME, else 'ray-distill'.")
+    log_model: bool = Field(
+        True, description="Log the distilled student as an MLflow model (transformers flavour; its weights are "
+        "copied into the run's artifacts), linked to its corpus dataset and eval metrics.")
+    register_model: bool | str = Field(
+        False, description="Also register the logged student in the Model Registry: true = under the job's "
+        "name, a string = under that name.")
+
+    @model_validator(mode="after")
+    def _registry(self) -> TrackingConfig:
+        if self.register_model not in (False, "") and not self.log_model:
+            raise ValueError("register_model needs log_model: true (only a logged model can be registered)")
+        return self
 
 
 class SyntheticQuestions(_Strict):

@@ -188,12 +188,13 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
                                               harness_model=result.model_path)
     tracker.log_metrics({f"rows/{k}": v for k, v in rows.items()})
     tracker.log_table(pd.DataFrame({"stage": list(rows), "rows": list(rows.values())}), "rows_per_stage.json")
+    model_uri = log_student(cfg, tracker, result, corpus, corpus_dir, after, harness)
     accounting = log_accounting(tracker, runner, len(corpus))
     return JobResult(
         run_dir=cfg.run_dir, winner=best, ranking=ranking, rows=rows, scores_before=before, scores_after=after,
         stage_seconds={r.name: r.seconds for r in runner.records}, corpus_dir=corpus_dir,
         model_path=result.model_path, extra={"accounting": accounting, "macro": macro_scores(cfg, before, after),
-                                             "harness": harness},
+                                             "harness": harness, "model_uri": model_uri},
     )
 
 
@@ -205,10 +206,27 @@ def train_stage(cfg: JobConfig, corpus: list[dict], base: str, runner: StageRunn
     with runner.stage("train", rows_in=len(corpus)) as (t, rec):
         result = train_sft(corpus, base, join(cfg.run_dir, "student"), cfg.train,
                            storage_path=join(cfg.run_dir, "ray_train"), run_name="sft", tracker_handle=t.handle(),
-                           chat_template=cfg.student.chat_template)
+                           chat_template=cfg.student.chat_template, log_model=False)  # see log_student
         rec.notes.update({k: v for k, v in result.metrics.items()
                           if k in ("train_loss", "tokens_per_s", "non_pad_fraction", "restarts", "num_nodes")})
     return result
+
+
+def log_student(cfg: JobConfig, tracker: Tracker, trained, corpus: list[dict], corpus_url: str,
+                scores_after: dict[str, dict], harness: dict[str, dict[str, float]] | None = None) -> str | None:
+    """The exported student as an MLflow model of the job's run (``tracking.log_model``), its eval scores
+    and training loss linked to it, the loss also to the curated corpus; registered with
+    ``tracking.register_model``. Returns its ``models:/`` URI (None when not logged)."""
+    if not cfg.tracking.log_model:
+        return None
+    reg = cfg.tracking.register_model
+    register_as = cfg.name if reg is True else (reg or None)
+    metrics = {f"{suite}/avg_at_k": s["avg_at_k"] for suite, s in scores_after.items()}
+    metrics |= {f"harness/{task}/{m}": v for task, ms in (harness or {}).items() for m, v in ms.items()}
+    train = {k: v for k, v in trained.metrics.items() if k == "train_loss"}
+    source = corpus_url if corpus_url.endswith((".parquet", ".jsonl")) else join(corpus_url, "corpus.parquet")
+    return tracker.log_model(trained.model_path, "student", metrics, corpus=pd.DataFrame(corpus),
+                             corpus_source=source, corpus_metrics=train, register_as=register_as)
 
 
 def evaluate_stage(cfg: JobConfig, models: dict[str, str], suites: Suites, runner: StageRunner,
@@ -245,10 +263,11 @@ def train_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, corpus_url:
         rec.rows_out = len(corpus)
         t.log_params({"corpus": corpus_url})
     result = train_stage(cfg, corpus, base, runner)
+    model_uri = log_student(cfg, tracker, result, corpus, corpus_url, {})
     accounting = log_accounting(tracker, runner, len(corpus))
     return JobResult(run_dir=cfg.run_dir, rows={"corpus": len(corpus)}, corpus_dir=corpus_url,
                      model_path=result.model_path, stage_seconds={r.name: r.seconds for r in runner.records},
-                     until="train", extra={"accounting": accounting})
+                     until="train", extra={"accounting": accounting, "model_uri": model_uri})
 
 
 def eval_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, model: str | None) -> JobResult:

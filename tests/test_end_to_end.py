@@ -102,8 +102,21 @@ def test_quickstart_end_to_end(storage):
             assert m["n_questions"] == (60 if suite == "arith_2to3" else 40)
     (train,) = [r for r in children if r.info.run_name == "train"]
     losses = client.get_metric_history(train.info.run_id, "train/loss")
-    assert "config.json" in {os.path.basename(a.path) for a in client.list_artifacts(train.info.run_id, "student")}
     assert losses[-1].value < losses[0].value
+    assert train.data.tags["student_uri"] == str(storage / "quickstart" / "student")
+
+    # the student is an MLflow model of the job's run with its eval scores and the corpus it was trained on;
+    # the run's description tells the story; the experiment opens in MLflow's model-training view
+    (model,) = [m for m in client.search_logged_models([parent.info.experiment_id])
+                if m.source_run_id == parent.info.run_id]
+    linked = {m.key: m for m in model.metrics}
+    assert linked["arith_2to3/avg_at_k"].value == ev.data.metrics["after/arith_2to3/avg_at_k"]
+    assert linked["train_loss"].dataset_name == "curated_corpus"
+    assert "config.json" in {os.path.basename(a.path) for a in client.list_logged_model_artifacts(model.model_id)}
+    description = parent.data.tags["mlflow.note.content"]
+    assert f"Teacher: **{ranking['teacher'].iloc[0]}**" in description and "| arith_2to3 |" in description
+    assert f"models:/{model.model_id}" in description
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
     # the streaming plane: graded samples by question bucket and the selected rows on storage; every
     # generated sample is in the corpus or in the rejects with its stage and reason
@@ -162,6 +175,11 @@ def test_stage_commands_share_the_stores_and_artifacts(storage):
     assert stages["stages-generate"] >= {"generate_probe", "generate"} and "verify" not in stages["stages-generate"]
     assert stages["stages-curate"] >= {"generate", "verify", "select", "corpus"} and "train" not in stages["stages-curate"]
     assert stages["stages-train"] == {"student", "corpus", "train"}
+    client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
+    (model,) = [m for m in client.search_logged_models([runs["stages-train"].info.experiment_id])
+                if m.source_run_id == runs["stages-train"].info.run_id]  # train logs the student it made
+    assert {m.key: m.dataset_name for m in model.metrics} == {"train_loss": "curated_corpus"}
+    assert "**ray-distill train**" in runs["stages-train"].data.tags["mlflow.note.content"]
     assert stages["stages-eval"] == {"student", "questions", "evaluate"}
     # curate generated nothing: generate had stored every sample it needs
     curate_run = runs["stages-curate"]

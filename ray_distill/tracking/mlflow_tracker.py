@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +22,12 @@ logger = logging.getLogger(__name__)
 
 _MAX_PARAM_LEN = 6000
 _BATCH = 100
+
+# MLflow's UI opens an experiment in its model-training view (runs, charts, models) rather than its GenAI
+# view (traces, evaluations) by this tag.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# Where MLflow shows a run's description (the run page's "Description" box, markdown).
+DESCRIPTION_TAG = "mlflow.note.content"
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,10 @@ class Tracker(Protocol):
     def log_table(self, df: pd.DataFrame, artifact_file: str) -> None: ...
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
     def log_dataset(self, df: pd.DataFrame, name: str, source: str, context: str = "training") -> None: ...
+    def log_model(self, model_dir: str, name: str, metrics: dict[str, float], corpus: pd.DataFrame | None = None,
+                  corpus_source: str = "", corpus_metrics: dict[str, float] | None = None,
+                  register_as: str | None = None) -> str | None: ...
+    def set_description(self, text: str) -> None: ...
     def child(self, name: str, tags: dict[str, str] | None = None) -> contextlib.AbstractContextManager[Tracker]: ...
     def handle(self) -> TrackerHandle | None: ...
     def end(self, status: str = "FINISHED") -> None: ...
@@ -76,6 +87,14 @@ class NullTracker:
     def log_dataset(self, df: pd.DataFrame, name: str, source: str, context: str = "training") -> None:
         pass
 
+    def log_model(self, model_dir: str, name: str, metrics: dict[str, float], corpus: pd.DataFrame | None = None,
+                  corpus_source: str = "", corpus_metrics: dict[str, float] | None = None,
+                  register_as: str | None = None) -> str | None:
+        return None
+
+    def set_description(self, text: str) -> None:
+        pass
+
     @contextlib.contextmanager
     def child(self, name: str, tags: dict[str, str] | None = None) -> Iterator[NullTracker]:
         yield self
@@ -107,7 +126,13 @@ class MLflowTracker:
 
         client = MlflowClient(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
+        if exp is None:
+            exp_id = client.create_experiment(experiment, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
+        else:
+            exp_id = exp.experiment_id
+            for k, v in EXPERIMENT_TAGS.items():  # an experiment someone else made keeps its own kind
+                if k not in exp.tags:
+                    client.set_experiment_tag(exp_id, k, v)
         all_tags = {"mlflow.runName": run_name, **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -123,8 +148,6 @@ class MLflowTracker:
             self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -158,6 +181,52 @@ class MLflowTracker:
         dataset = mlflow.data.from_pandas(_jsonable(df), source=redact(source), name=name)
         tag = InputTag(key="mlflow.data.context", value=context)
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])
+
+    def log_model(self, model_dir: str, name: str, metrics: dict[str, float], corpus: pd.DataFrame | None = None,
+                  corpus_source: str = "", corpus_metrics: dict[str, float] | None = None,
+                  register_as: str | None = None) -> str | None:
+        """The ``save_pretrained`` checkpoint at ``model_dir`` (any storage URL) as an MLflow model of this run
+        (transformers flavour, ``text-generation``; the weights are copied into the run's artifacts), with
+        ``metrics`` linked to it and ``corpus_metrics`` linked to it and to the ``corpus`` dataset it was trained
+        on. ``register_as``: also a new version of that registered model. Returns the model's ``models:/`` URI."""
+        import mlflow
+        import mlflow.data
+        import torch
+        import transformers
+        from mlflow.entities import Metric
+
+        from ray_distill.models import loadable
+
+        # pinned by hand: MLflow's default requirements for a checkpoint path import torchvision
+        requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.tracking_uri)  # Model.log writes through MLflow's fluent client
+        # created here, in this run's experiment (MLflow's fluent call would use the process's active one)
+        model = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id,
+                                                params={"source": redact(model_dir)}, model_type="student")
+        try:
+            with loadable(model_dir) as (path, _):
+                info = mlflow.transformers.log_model(
+                    path, name=name, task="text-generation", run_id=self.run_id, model_id=model.model_id,
+                    registered_model_name=register_as, pip_requirements=requirements)
+        finally:
+            mlflow.set_tracking_uri(previous)
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0, model_id=info.model_id, run_id=self.run_id)
+                 for k, v in metrics.items() if v is not None]
+        if corpus is not None:
+            dataset = mlflow.data.from_pandas(_jsonable(corpus), source=redact(corpus_source), name="curated_corpus")
+            items += [Metric(k, float(v), now, 0, model_id=info.model_id, dataset_name=dataset.name,
+                             dataset_digest=dataset.digest, run_id=self.run_id)
+                      for k, v in (corpus_metrics or {}).items() if v is not None]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])
+        logger.info("student logged as MLflow model %s%s", info.model_uri,
+                    f" (registered: {register_as} v{info.registered_model_version})" if register_as else "")
+        return info.model_uri
+
+    def set_description(self, text: str) -> None:
+        self.set_tags({DESCRIPTION_TAG: text})
 
     @contextlib.contextmanager
     def child(self, name: str, tags: dict[str, str] | None = None) -> Iterator[MLflowTracker]:
