@@ -47,6 +47,8 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
         "questions.path=" + str(ROOT / "jobs/data/additions.jsonl"),
         "teachers.1.engine.chat_template=" + str(ROOT / "jobs/templates/chatml_think.jinja"),
         "eval.suites.0.path=" + str(ROOT / "jobs/data/additions_eval.jsonl"),
+        "eval.harness.include_path=" + str(ROOT / "jobs/harness"),
+        "tracking.register_model=true",
     ]
     proc = subprocess.run([sys.executable, "-m", "ray_distill.cli", "run", str(ROOT / "jobs/real_model.yaml"),
                            *overrides], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
@@ -83,6 +85,18 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
         assert ev.data.metrics[f"{when}/additions/n_questions"] == 40
         assert ev.data.metrics[f"{when}/additions/n_errors"] == 0
     assert (run_dir / "student" / "model.safetensors").exists() and (run_dir / "student" / "tokenizer.json").exists()
+    # out-of-domain through lm-evaluation-harness (its vLLM backend) on the exported SmolLM2 student
+    harness = {k: v for k, v in ev.data.metrics.items() if k.startswith("after/harness/ray_distill_max_ood/")}
+    assert 0.0 <= harness["after/harness/ray_distill_max_ood/exact_match/boxed"] <= 1.0, ev.data.metrics
+    assert "lm-evaluation-harness (exported student)" in proc.stdout
+    # the student is a registered MLflow model (transformers flavour), version 1 of the job's name
+    (version,) = client.search_model_versions("name='real-model'")
+    assert version.run_id == parent.info.run_id
+    (model,) = [m for m in client.search_logged_models([exp.experiment_id]) if m.source_run_id == parent.info.run_id]
+    assert version.source == f"models:/{model.model_id}"
+    assert {"additions/avg_at_k", "train_loss", "harness/ray_distill_max_ood/exact_match/boxed"} <= {
+        m.key for m in model.metrics}
+    assert "model.safetensors" in {os.path.basename(a.path) for a in client.list_logged_model_artifacts(model.model_id)}
     corpus = [json.loads(line) for line in (run_dir / "corpus" / "corpus.jsonl").read_text().splitlines()]
     assert all(row["messages"][0]["content"].endswith("\\boxed{}.") for row in corpus)
 
