@@ -112,7 +112,8 @@ def test_quickstart_end_to_end(storage):
     linked = {m.key: m for m in model.metrics}
     assert linked["arith_2to3/avg_at_k"].value == ev.data.metrics["after/arith_2to3/avg_at_k"]
     assert linked["train_loss"].dataset_name == "curated_corpus"
-    assert "config.json" in {os.path.basename(a.path) for a in client.list_logged_model_artifacts(model.model_id)}
+    weights = client.list_logged_model_artifacts(model.model_id, "model")
+    assert "config.json" in {os.path.basename(a.path) for a in weights}
     description = parent.data.tags["mlflow.note.content"]
     assert f"Teacher: **{ranking['teacher'].iloc[0]}**" in description and "| arith_2to3 |" in description
     assert f"models:/{model.model_id}" in description

@@ -96,7 +96,8 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
     assert version.source == f"models:/{model.model_id}"
     assert {"additions/avg_at_k", "train_loss", "harness/ray_distill_max_ood/exact_match/boxed"} <= {
         m.key for m in model.metrics}
-    assert "model.safetensors" in {os.path.basename(a.path) for a in client.list_logged_model_artifacts(model.model_id)}
+    weights = client.list_logged_model_artifacts(model.model_id, "model")
+    assert "model.safetensors" in {os.path.basename(a.path) for a in weights}
     corpus = [json.loads(line) for line in (run_dir / "corpus" / "corpus.jsonl").read_text().splitlines()]
     assert all(row["messages"][0]["content"].endswith("\\boxed{}.") for row in corpus)
 
