@@ -64,6 +64,7 @@ class LoopStats:
     waiting for one), and the times of the last ``keep`` (up to twice that) finished requests."""
 
     steps: int = 0
+    in_flight_steps: int = 0  # sum over steps of the requests in flight (/ steps: the mean batch of a step)
     step_s: float = 0.0
     idle_s: float = 0.0
     keep: int = 4096
@@ -109,7 +110,7 @@ class EngineLoop:
 
     def _run(self) -> None:
         while True:
-            idle = not self.engine.has_unfinished_requests()
+            idle = self._dead is not None or not self.engine.has_unfinished_requests()
             start = time.perf_counter()
             try:
                 messages = [self._inbox.get(block=idle)]
@@ -132,7 +133,7 @@ class EngineLoop:
 
     def _apply(self, message: tuple) -> None:
         if message[0] == "abort":
-            if self._waiting.pop(message[1], None) is not None:
+            if self._waiting.pop(message[1], None) is not None and self._dead is None:
                 self.engine.abort_request([message[1]])
             return
         _, request_id, prompt, params, loop, future = message
@@ -158,6 +159,7 @@ class EngineLoop:
             self._fail_all(self._dead)
             return
         self.stats.steps += 1
+        self.stats.in_flight_steps += len(self._waiting)
         self.stats.step_s += time.perf_counter() - start
         for output in outputs:
             if not output.finished:
@@ -218,8 +220,11 @@ class ContinuousVLLMEngine(VLLMEngine):
                 continue
             out[i][j] = _to_completion(res.outputs[0], len(res.prompt_token_ids), opened)
             num_tokens += out[i][j]["num_tokens"]
-        logger.info("vLLM generated %d samples, %d tokens in %.1f s (continuous batching)", len(requests),
-                    num_tokens, time.perf_counter() - start)
+        stats = self.loop.stats
+        logger.info("vLLM generated %d samples, %d tokens in %.1f s (continuous batching; engine so far: %d steps "
+                    "of %.0f requests in flight on average, %.1f s stepping, %.1f s idle)", len(requests), num_tokens,
+                    time.perf_counter() - start, stats.steps, stats.in_flight_steps / max(stats.steps, 1),
+                    stats.step_s, stats.idle_s)
         return out
 
     def generate(
