@@ -2,7 +2,7 @@
 
     python benchmarks/generation.py                         # 2048 questions x n=4, tiny student, 64 tokens
     python benchmarks/generation.py --questions 512 --batch-sizes 64 256
-    python benchmarks/generation.py --long-tail --questions 512 --batch-sizes 64 --concurrent-batches 0 8
+    python benchmarks/generation.py --long-tail --questions 512 --batch-sizes 64 --concurrent-batches 0 8 32
 
 Both sides get the same requests: one per (question, sample) with the sample's own seed, the prompt
 rendered by the model's chat template, on the same tiny random student (``save_random_student("tiny")``),

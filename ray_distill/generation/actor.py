@@ -1,4 +1,5 @@
-"""Ray Data adapter for the generation engines: an actor pool of :class:`GenerateBatch`.
+"""Ray Data adapter for the generation engines: an actor pool of :class:`GenerateBatch` (for ``vllm``,
+:class:`ContinuousGenerateBatch`: several batches in flight per actor in one continuously batched engine).
 
     out = generate_dataset(ray.data.from_items(question_rows), teacher_cfg)   # rows = questions x n
 

@@ -10,7 +10,8 @@ in seed order. Each seed is one request, so the same seed gives the same text. A
 fails comes back with ``finish_reason == "error"`` and the message in ``error``; it never fails the
 batch. Engines ignore ``sampling.n`` and ``sampling.seed``: the caller derives per-sample seeds.
 
-Engines: ``scripted`` (synthetic personas), ``vllm`` (``vllm.LLM`` in the actor), ``openai`` (any
+Engines: ``scripted`` (synthetic personas), ``vllm`` (``vllm.LLM`` in the actor; in the Ray Data
+pipeline continuously batched across batches, :mod:`.continuous`), ``openai`` (any
 OpenAI-compatible endpoint, :mod:`.openai_engine`), ``hf`` (transformers ``generate``, :mod:`.hf_engine`).
 """
 
