@@ -121,7 +121,7 @@ def main() -> None:
     p.add_argument("--cpus", type=int, default=1, help="CPU threads of the engine (both sides)")
     p.add_argument("--warmup", type=int, default=32, help="requests of the bare warm-up batch")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
-    p.add_argument("--concurrent-batches", type=int, nargs="+", default=[0, 4],
+    p.add_argument("--concurrent-batches", type=int, nargs="+", default=[0, 8],
                    help="engine.max_concurrent_batches values (0: synchronous waves)")
     p.add_argument("--long-tail", action="store_true", help="long-tailed output lengths (see the module doc)")
     args = p.parse_args()

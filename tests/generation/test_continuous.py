@@ -44,7 +44,7 @@ def test_batches_overlap_in_one_engine_and_match_the_synchronous_wave(ray_local,
         async def overlap() -> dict:
             long = asyncio.ensure_future(engine.generate_async(
                 [question_messages("12+34")], SamplingConfig(temperature=0.0, max_tokens=160), [[1]]))
-            while loop.stats.steps < 20:  # the long request is decoding
+            while loop.stats.steps < 20 and not long.done():  # the long request is decoding
                 await asyncio.sleep(0.01)
             short = await engine.generate_async([question_messages(f"{i}+{i}") for i in range(8)],
                                                 SamplingConfig(temperature=1.0, max_tokens=4), [[i] for i in range(8)])
