@@ -204,6 +204,14 @@ class EngineConfig(_Strict):
         "'completions' sends the question text as a raw prompt"
     )
     max_concurrency: int = Field(16, ge=1, description="Requests in flight per engine actor (engine 'openai').")
+    max_concurrent_batches: int = Field(
+        8, ge=0, description="Batches in flight per engine actor (engine 'vllm'). Their requests share one "
+        "continuously batched engine: each step runs the unfinished requests of all of them and a finished "
+        "request's place is taken at the next step. A batch is replaced only when its longest request ends, so "
+        "with long-tailed lengths only a fraction of its requests runs most of the time: keep batch_size x "
+        "max_concurrent_batches several times vLLM's max_num_seqs (256 by default) to keep the engine full "
+        "(benchmarks/generation.py --long-tail). 0: the synchronous path, one batch at a time as one "
+        "LLM.generate wave.")
     request_timeout_s: float = Field(600.0, gt=0, description="Timeout of one request (engine 'openai').")
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/connection errors (engine 'openai').")
     retry_backoff_s: float = Field(

@@ -1,4 +1,5 @@
-"""Ray Data adapter for the generation engines: an actor pool of :class:`GenerateBatch`.
+"""Ray Data adapter for the generation engines: an actor pool of :class:`GenerateBatch` (for ``vllm``,
+:class:`ContinuousGenerateBatch`: several batches in flight per actor in one continuously batched engine).
 
     out = generate_dataset(ray.data.from_items(question_rows), teacher_cfg)   # rows = questions x n
 
@@ -22,7 +23,7 @@ from pydantic import SecretStr
 
 from ray_distill import columns as C
 from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
-from ray_distill.generation.engines import build_engine, question_messages, resolve_api_key
+from ray_distill.generation.engines import Completion, build_engine, question_messages, resolve_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +61,23 @@ def sample_seed(base_seed: int, question_id: str, sample_index: int) -> int:
 
 
 class GenerateBatch:
-    """Callable class for ``map_batches``: the engine is built once per actor, in the constructor."""
+    """Callable class for ``map_batches``: the engine is built once per actor, in the constructor; one
+    batch at a time (for ``vllm``, one synchronous wave; see :class:`ContinuousGenerateBatch`)."""
 
     def __init__(self, teacher_name: str, engine: dict, sampling: dict, api_key: SecretStr | None = None):
         self.teacher = teacher_name
         self.sampling = SamplingConfig.model_validate(sampling)
-        self.engine = build_engine(EngineConfig.model_validate(engine), api_key)
+        self.engine = self._build(EngineConfig.model_validate(engine), api_key)
+
+    def _build(self, cfg: EngineConfig, api_key: SecretStr | None):
+        return build_engine(cfg, api_key)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch, indices, seeds, messages = self.requests(batch)
+        return self.rows(batch, indices, seeds, self.engine.generate(messages, self.sampling, seeds))
+
+    def requests(self, batch: pd.DataFrame) -> tuple[pd.DataFrame, list[list[int]], list[list[int]], list[list[dict]]]:
+        """The batch with its question defaults, and per row: sample indices, their seeds, chat messages."""
         batch = with_question_defaults(batch, "generation")
         if C.SAMPLE_INDEX in batch.columns:
             indices = [[int(i)] for i in batch[C.SAMPLE_INDEX]]
@@ -78,7 +88,11 @@ class GenerateBatch:
             for qid, idx in zip(batch[C.QUESTION_ID], indices)
         ]
         messages = [question_messages(q) for q in batch[C.PROMPT]]
-        completions = self.engine.generate(messages, self.sampling, seeds)
+        return batch, indices, seeds, messages
+
+    def rows(self, batch: pd.DataFrame, indices: list[list[int]], seeds: list[list[int]],
+             completions: list[list[Completion]]) -> pd.DataFrame:
+        """Generation rows: each input row repeated once per sample, with its completion."""
         if [len(c) for c in completions] != [len(s) for s in seeds]:
             raise RuntimeError(f"engine returned {[len(c) for c in completions]} completions for {len(seeds)} prompts")
 
@@ -98,6 +112,28 @@ class GenerateBatch:
                            out.loc[out[C.ERROR] != "", C.ERROR].iloc[0])
         extras = [c for c in batch.columns if c not in C.GENERATION_COLUMNS]
         return out[[*C.GENERATION_COLUMNS, *extras]]
+
+
+class ContinuousGenerateBatch(GenerateBatch):
+    """``vllm`` with continuous batching: an async ``__call__``, so Ray Data runs several batches of one
+    actor at once (``engine.max_concurrent_batches``, the actor's ``max_concurrency``) and their requests
+    share one continuously batched engine (:mod:`.continuous`); a batch's rows are returned when its
+    own requests finish."""
+
+    def _build(self, cfg: EngineConfig, api_key: SecretStr | None):
+        from ray_distill.generation.continuous import ContinuousVLLMEngine
+
+        return ContinuousVLLMEngine(cfg)
+
+    async def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch, indices, seeds, messages = self.requests(batch)
+        return self.rows(batch, indices, seeds, await self.engine.generate_async(messages, self.sampling, seeds))
+
+
+def batch_class(engine: EngineConfig) -> type[GenerateBatch]:
+    """The ``map_batches`` class for ``engine``: continuous batching for ``vllm`` unless
+    ``max_concurrent_batches`` is 0; every other engine one batch at a time."""
+    return ContinuousGenerateBatch if engine.kind == "vllm" and engine.max_concurrent_batches > 0 else GenerateBatch
 
 
 def engine_runtime_env(teacher: TeacherConfig) -> dict | None:
@@ -121,13 +157,18 @@ def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig) -> ray
     An API key is read here, in the driver (a missing variable fails before any actor starts), and
     handed to the actors as a SecretStr."""
     api_key = resolve_api_key(teacher.engine) if teacher.engine.kind == "openai" else None
+    cls = batch_class(teacher.engine)
+    pool = engine_pool(teacher)
+    if cls is ContinuousGenerateBatch:  # several batches in flight per actor (Ray Core's max_concurrency)
+        pool["compute"] = ray.data.ActorPoolStrategy(
+            size=teacher.resources.num_actors, max_concurrent_calls_per_actor=teacher.engine.max_concurrent_batches)
     return questions.map_batches(
-        GenerateBatch,
+        cls,
         fn_constructor_kwargs={
             "teacher_name": teacher.name,
             "engine": teacher.engine.model_dump(),
             "sampling": teacher.sampling.model_dump(),
             "api_key": api_key,
         },
-        **engine_pool(teacher),
+        **pool,
     )

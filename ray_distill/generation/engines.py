@@ -10,7 +10,8 @@ in seed order. Each seed is one request, so the same seed gives the same text. A
 fails comes back with ``finish_reason == "error"`` and the message in ``error``; it never fails the
 batch. Engines ignore ``sampling.n`` and ``sampling.seed``: the caller derives per-sample seeds.
 
-Engines: ``scripted`` (synthetic personas), ``vllm`` (``vllm.LLM`` in the actor), ``openai`` (any
+Engines: ``scripted`` (synthetic personas), ``vllm`` (``vllm.LLM`` in the actor; in the Ray Data
+pipeline continuously batched across batches, :mod:`.continuous`), ``openai`` (any
 OpenAI-compatible endpoint, :mod:`.openai_engine`), ``hf`` (transformers ``generate``, :mod:`.hf_engine`).
 """
 
@@ -149,41 +150,52 @@ class VLLMEngine:
     def generate(
         self, messages: list[list[dict]], sampling: SamplingConfig, seeds: list[list[int]]
     ) -> list[list[Completion]]:
+        """One synchronous wave: every request of the batch enqueued, then the engine run until all finish."""
+        out, requests = self.requests(messages, sampling, seeds)
+        pending: dict[str, tuple[int, int, str]] = {}  # request id -> (prompt index, sample position, opened)
+        for i, j, prompt, params, opened in requests:
+            try:  # vLLM validates at enqueue (e.g. prompt longer than max_model_len)
+                (request_id,) = self.llm.enqueue(prompt, params, use_tqdm=False)
+            except Exception as err:
+                out[i][j] = error_completion(err)
+                continue
+            pending[_external_id(request_id)] = (i, j, opened)
+        if pending:
+            start = time.perf_counter()
+            results = self.llm.wait_for_completion(use_tqdm=False)
+            num_tokens = 0
+            for res in results:
+                i, j, opened = pending.pop(_external_id(res.request_id))
+                out[i][j] = _to_completion(res.outputs[0], len(res.prompt_token_ids), opened)
+                num_tokens += out[i][j]["num_tokens"]
+            logger.info("vLLM generated %d samples, %d tokens in %.1f s", len(results), num_tokens,
+                        time.perf_counter() - start)
+        for i, j, _ in pending.values():
+            out[i][j] = error_completion(RuntimeError("request finished without output"))
+        return out
+
+    def requests(
+        self, messages: list[list[dict]], sampling: SamplingConfig, seeds: list[list[int]]
+    ) -> tuple[list[list[Completion]], list[tuple[int, int, dict, object, str]]]:
+        """The vLLM requests of a batch, one per sample: ``(prompt index, sample position, prompt,
+        SamplingParams, reasoning opening)``; and the output lists, where a prompt that cannot be rendered
+        already holds its errors (every other slot is overwritten by the caller)."""
         from vllm import SamplingParams
 
         check_lengths(messages, seeds)
         out: list[list[Completion]] = [[error_completion(RuntimeError("not run"))] * len(s) for s in seeds]
-        pending: dict[str, tuple[int, int]] = {}  # request id -> (prompt index, sample position)
-        opened: list[str] = [""] * len(messages)  # reasoning opening each prompt pre-filled
+        requests = []
         for i, (conv, prompt_seeds) in enumerate(zip(messages, seeds)):
             try:
                 prompt = render_prompt(self.tokenizer, conv, self.api, self.template_kwargs, self.chat_template)
             except Exception as err:
                 out[i] = [error_completion(err)] * len(prompt_seeds)
                 continue
-            token_ids, opened[i] = prompt.token_ids, prompt.opened
             for j, seed in enumerate(prompt_seeds):
                 params = SamplingParams(n=1, seed=seed, temperature=sampling.temperature, top_p=sampling.top_p,
                                         max_tokens=sampling.max_tokens, stop=sampling.stop or None)
-                try:  # vLLM validates at enqueue (e.g. prompt longer than max_model_len)
-                    (request_id,) = self.llm.enqueue({"prompt_token_ids": token_ids}, params, use_tqdm=False)
-                except Exception as err:
-                    out[i][j] = error_completion(err)
-                    continue
-                pending[_external_id(request_id)] = (i, j)
-        if pending:
-            start = time.perf_counter()
-            results = self.llm.wait_for_completion(use_tqdm=False)
-            num_tokens = 0
-            for res in results:
-                i, j = pending.pop(_external_id(res.request_id))
-                out[i][j] = _to_completion(res.outputs[0], len(res.prompt_token_ids), opened[i])
-                num_tokens += out[i][j]["num_tokens"]
-            logger.info("vLLM generated %d samples, %d tokens in %.1f s", len(results), num_tokens,
-                        time.perf_counter() - start)
-        for i, j in pending.values():
-            out[i][j] = error_completion(RuntimeError("request finished without output"))
-        return out
+                requests.append((i, j, {"prompt_token_ids": prompt.token_ids}, params, prompt.opened))
+        return out, requests
 
 
 def vllm_engine_kwargs(tensor_parallel_size: int = 1) -> dict:
