@@ -141,6 +141,31 @@ def ablation_corpora(graded: pd.DataFrame, kept_ids: set[str], diverse: pd.DataF
     return out
 
 
+def plan_arms(cfg: JobConfig, graded: pd.DataFrame, kept_ids: set[str], diverse: pd.DataFrame,
+              other: pd.DataFrame | None, best: str, accurate: str, n: int,
+              seed: int) -> tuple[dict[str, tuple[str, pd.DataFrame, int]], dict[str, str]]:
+    """One seed's arms to train, ``{arm: (teacher, rows, epochs)}``, and the curve arms that equal a
+    per-move arm and are not trained again, ``{curve arm: per-move arm}`` (pure).
+
+    ``graded``/``diverse``: the smoke-test winner's graded samples and DED corpus; ``other``: the DED corpus
+    of the best-accuracy teacher (None when it is the winner)."""
+    a, epochs = cfg.ablation, cfg.train.epochs
+    corpora: dict[str, tuple[str, pd.DataFrame, int]] = {}
+    aliases: dict[str, str] = {}
+    if a.moves:
+        corpora = {arm: (best, df, epochs) for arm, df in ablation_corpora(graded, kept_ids, diverse, n, seed).items()}
+        if other is not None:
+            corpora[OTHER_TEACHER] = (accurate, other.sample(n=min(n, len(other)), random_state=seed), epochs)
+    if a.curve:
+        epochs_of = {curve_arm(k): e for k, _, e in curve_budgets(n, a.curve.multiples, epochs)}
+        for arm, df in curve_corpora(graded, diverse, n, a.curve.multiples, seed).items():
+            if arm == curve_arm(1) and CORRECT in corpora:
+                aliases[arm] = CORRECT  # the same rows and recipe as +correct: trained once
+            elif arm not in corpora:  # DED at N is the per-move DED arm when that ran
+                corpora[arm] = (best, df, epochs_of.get(arm, epochs))
+    return corpora, aliases
+
+
 def best_accuracy_teacher(ranking: list[dict]) -> str:
     """The candidate whose own answers are most often right (ties: the smoke-test order)."""
     return max(ranking, key=lambda r: (r["teacher_accuracy"], -r["rank"]))["teacher"]
@@ -188,26 +213,11 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
             rec.rows_out = len(graded_by[name][1])
     n = cfg.ablation.budget_rows or len(graded_by[best][1])
     a = cfg.ablation
-    budgets = curve_budgets(n, a.curve.multiples, cfg.train.epochs) if a.curve else []
     rows = []
     for seed in a.seeds:
         graded, diverse = graded_by[best]
-        corpora: dict[str, tuple[str, pd.DataFrame, int]] = {}  # arm -> (teacher, rows, epochs)
-        aliases: dict[str, str] = {}  # curve arm -> the per-move arm it equals (trained once)
-        if a.moves:
-            corpora = {arm: (best, df, cfg.train.epochs)
-                       for arm, df in ablation_corpora(graded, kept_ids, diverse, n, seed).items()}
-            if accurate != best:
-                other = graded_by[accurate][1]
-                corpora[OTHER_TEACHER] = (accurate, other.sample(n=min(n, len(other)), random_state=seed),
-                                          cfg.train.epochs)
-        if a.curve:
-            epochs_of = {curve_arm(k): e for k, _, e in budgets}
-            for arm, df in curve_corpora(graded, diverse, n, a.curve.multiples, seed).items():
-                if arm == curve_arm(1) and CORRECT in corpora:
-                    aliases[arm] = CORRECT
-                elif arm not in corpora:  # DED at N is the per-move DED arm when that ran
-                    corpora[arm] = (best, df, epochs_of.get(arm, cfg.train.epochs))
+        other = graded_by[accurate][1] if accurate != best else None
+        corpora, aliases = plan_arms(cfg, graded, kept_ids, diverse, other, best, accurate, n, seed)
         for arm, (teacher_name, df, epochs) in corpora.items():
             with runner.stage(f"arm/{arm}/seed{seed}", rows_in=len(df)) as (t, rec):
                 corpus = [to_chat_row(r) for r in df.to_dict("records")]

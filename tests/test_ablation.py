@@ -159,3 +159,25 @@ def test_curve_config_is_validated():
         AblationConfig(curve={"multiples": [2, 1]})
     with pytest.raises(ValidationError, match="no arm to run"):
         AblationConfig(moves=False)
+
+
+def test_plan_arms_trains_each_corpus_once_with_the_curve_epochs():
+    from pathlib import Path
+
+    from ray_distill.ablation import OTHER_TEACHER, curve_arm, plan_arms
+    from ray_distill.config import load_config
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "ablation_curve.yaml"
+    g = graded()
+    diverse = g[g[C.SAMPLE_INDEX] <= 1]
+    other = diverse.assign(teacher="verbose")
+    curve_only = load_config(job, ["ablation.curve.multiples=[1,2,4]", "train.epochs=8"])
+    arms, aliases = plan_arms(curve_only, g, {"q0", "q1"}, diverse, other, "concise", "verbose", n=3, seed=0)
+    assert {arm: (len(df), epochs) for arm, (_, df, epochs) in arms.items()} == {
+        DIVERSE: (3, 8), curve_arm(1): (3, 8), curve_arm(2): (6, 4), curve_arm(4): (12, 2)}
+    assert aliases == {}
+    both = load_config(job, ["ablation.moves=true", "ablation.curve.multiples=[1,2]", "train.epochs=8"])
+    arms, aliases = plan_arms(both, g, {"q0", "q1"}, diverse, other, "concise", "verbose", n=3, seed=0)
+    assert list(arms) == [RANDOM, CORRECT, COMPRESSED, DIVERSE, OTHER_TEACHER, curve_arm(2)]
+    assert aliases == {curve_arm(1): CORRECT}  # the same rows and recipe as +correct: not trained twice
+    assert arms[OTHER_TEACHER][0] == "verbose" and arms[DIVERSE][2] == 8 and arms[curve_arm(2)][2] == 4
