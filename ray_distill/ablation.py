@@ -68,8 +68,8 @@ class AblationResult:
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Per arm and suite, over seeds: ``mean``, ``sd`` (sample standard deviation, 0 with one seed),
     ``min``, ``max``, ``seeds``, the mean 95% CI bounds over questions (``ci_low``, ``ci_high``), and the
-    95% t-interval of the mean over seeds (``seed_ci_low``, ``seed_ci_high``; the question CI with one
-    seed, where the spread over seeds is unknown). Arms and suites keep their order in ``table`` (pure)."""
+    95% t-interval of the mean over seeds (``seed_ci_low``, ``seed_ci_high``, cut to [0, 1]; the question
+    CI with one seed, where the spread over seeds is unknown). Arms and suites keep their order in ``table`` (pure)."""
     from scipy.stats import t as student_t
 
     keys = ["arm", "teacher", "rows", "suite"]
@@ -79,8 +79,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     out[["ci_low", "ci_high"]] = g[["ci_low", "ci_high"]].mean()
     n = out["seeds"]
     half = out["sd"] / n.pow(0.5) * n.map(lambda s: float(student_t.ppf(0.975, s - 1)) if s > 1 else 0.0)
-    out["seed_ci_low"] = (out["mean"] - half).where(n > 1, out["ci_low"])
-    out["seed_ci_high"] = (out["mean"] + half).where(n > 1, out["ci_high"])
+    out["seed_ci_low"] = (out["mean"] - half).where(n > 1, out["ci_low"]).clip(lower=0.0)  # scores lie in [0, 1]
+    out["seed_ci_high"] = (out["mean"] + half).where(n > 1, out["ci_high"]).clip(upper=1.0)
     return out.reset_index()
 
 
@@ -260,6 +260,7 @@ def _curve_chart(curve: pd.DataFrame, table: pd.DataFrame):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     suites = list(dict.fromkeys(curve["suite"]))
     fig, axes = plt.subplots(1, len(suites), figsize=(5 * len(suites), 3.8), squeeze=False)
@@ -274,6 +275,7 @@ def _curve_chart(curve: pd.DataFrame, table: pd.DataFrame):
         dots = table[(table["suite"] == suite) & table["arm"].isin(arms)]
         ax.plot(dots["rows"], dots["avg_at_k"], "k.", markersize=3, alpha=0.6)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # only the arms' row counts as tick labels
         ax.set_xticks(sorted(sub["rows"].unique()), [f"{r:,}" for r in sorted(sub["rows"].unique())])
         ax.set_xlabel("training rows (same optimizer steps)")
         ax.set_ylabel("avg@k")

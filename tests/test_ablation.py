@@ -128,6 +128,8 @@ def test_summary_gives_the_t_interval_of_the_mean_over_seeds():
     # mean 0.6, sd 0.1, 3 seeds: half-width t(0.975, 2) * 0.1 / sqrt(3) = 4.303 * 0.0577 = 0.248
     assert ded["seed_ci_low"] == pytest.approx(0.6 - 0.2484, abs=1e-3)
     assert ded["seed_ci_high"] == pytest.approx(0.6 + 0.2484, abs=1e-3)
+    wide = summarize(_curve_runs().assign(avg_at_k=lambda d: d["seed"] * 0.45)).iloc[0]  # 0, 0.45, 0.9
+    assert (wide["seed_ci_low"], wide["seed_ci_high"]) == (0.0, 1.0)  # a t-interval past [0, 1] is cut there
     one = summarize(_curve_runs().query("seed == 0")).set_index(["arm", "suite"]).loc[(DIVERSE, "in")]
     assert (one["seed_ci_low"], one["seed_ci_high"]) == (pytest.approx(0.45), pytest.approx(0.55))  # question CI
 
