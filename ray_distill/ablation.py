@@ -12,6 +12,15 @@ number of optimizer steps; N is the size of the full DED corpus unless ``ablatio
 - ``DED, best-accuracy teacher``: the same DED recipe on the teacher with the best *own* accuracy
   (instead of the smoke-test winner, chosen on the dev suite), cut to N rows.
 
+The data-efficiency curve (``ablation.curve``, the paper's headline): DED at N rows (the DED corpus cut to
+N) against random verified-correct rows at k x N for each k of ``ablation.curve.multiples``. Every curve
+arm takes **the same number of optimizer steps**: the k x N arm trains ``train.epochs / k`` epochs, so the
+larger arms see more distinct rows, not more updates (the question is what a row is worth, not what
+more compute buys). The per-move arms are skipped with ``ablation.moves: false``; when they run, the
+curve reuses their ``+correct`` (k = 1) and DED trainings, which are the same corpora and recipe.
+The summary over seeds adds a 95% t-interval of the mean (``seed_ci_low``/``seed_ci_high``); the curve
+is plotted as score vs rows on a log axis (``ablation_curve.png``, ``ablation_curve.json``).
+
 Every arm runs once per seed of ``ablation.seeds`` (the seed draws the arm's rows and orders its
 training, ``train.seed``), each a nested MLflow run. The per-seed table (score and 95% CI over
 questions per suite) is logged as ``ablation.json``, the summary over seeds (mean, standard deviation,
@@ -27,7 +36,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ray_distill import columns as C
-from ray_distill.config import JobConfig
+from ray_distill.config import ConfigError, JobConfig
 from ray_distill.curation.adaptive import ok_mask
 from ray_distill.curation.smoke_test import winner
 from ray_distill.data.corpus import to_chat_row
@@ -39,6 +48,11 @@ logger = logging.getLogger(__name__)
 
 RANDOM, CORRECT, COMPRESSED, DIVERSE, OTHER_TEACHER = (
     "random", "+correct", "+correct+compressed", "+correct+compressed+diverse", "DED, best-accuracy teacher")
+CURVE = "random verified-correct"  # curve arms are named f"{CURVE} x{k}"
+
+
+def curve_arm(k: int) -> str:
+    return f"{CURVE} x{k}"
 
 
 @dataclass
@@ -48,18 +62,65 @@ class AblationResult:
     winner: str  # the smoke-test winner
     best_accuracy_teacher: str
     budget_rows: int
+    curve: pd.DataFrame | None = None  # :func:`curve_table`: one row per (method, rows, suite), None without a curve
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Per arm and suite, over seeds: ``mean``, ``sd`` (sample standard deviation, 0 with one seed),
-    ``min``, ``max``, ``seeds``, and the mean 95% CI bounds over questions (``ci_low``, ``ci_high``).
-    Arms and suites keep their order in ``table`` (pure)."""
+    ``min``, ``max``, ``seeds``, the mean 95% CI bounds over questions (``ci_low``, ``ci_high``), and the
+    95% t-interval of the mean over seeds (``seed_ci_low``, ``seed_ci_high``, cut to [0, 1]; the question
+    CI with one seed, where the spread over seeds is unknown). Arms and suites keep their order in ``table`` (pure)."""
+    from scipy.stats import t as student_t
+
     keys = ["arm", "teacher", "rows", "suite"]
     g = table.groupby(keys, sort=False)
     out = g["avg_at_k"].agg(mean="mean", sd="std", min="min", max="max", seeds="count")
     out["sd"] = out["sd"].fillna(0.0)
     out[["ci_low", "ci_high"]] = g[["ci_low", "ci_high"]].mean()
+    n = out["seeds"]
+    half = out["sd"] / n.pow(0.5) * n.map(lambda s: float(student_t.ppf(0.975, s - 1)) if s > 1 else 0.0)
+    out["seed_ci_low"] = (out["mean"] - half).where(n > 1, out["ci_low"]).clip(lower=0.0)  # scores lie in [0, 1]
+    out["seed_ci_high"] = (out["mean"] + half).where(n > 1, out["ci_high"]).clip(upper=1.0)
     return out.reset_index()
+
+
+def curve_budgets(n: int, multiples: list[int], epochs: int) -> list[tuple[int, int, int]]:
+    """``(k, rows, epochs)`` of each curve arm: k x ``n`` rows for ``epochs / k`` epochs, so every arm takes
+    the same optimizer steps as DED at ``n`` rows for ``epochs`` (up to the last partial batch of an
+    epoch). A k that does not divide ``epochs`` is an error, not a silently unequal budget (pure)."""
+    bad = [k for k in multiples if epochs % k]
+    if bad:
+        raise ValueError(f"ablation.curve.multiples {bad} do not divide train.epochs={epochs}: the curve arms "
+                         "would not take the same optimizer steps; pick train.epochs divisible by every multiple")
+    return [(k, k * n, epochs // k) for k in multiples]
+
+
+def curve_corpora(graded: pd.DataFrame, diverse: pd.DataFrame, n: int, multiples: list[int],
+                  seed: int) -> dict[str, pd.DataFrame]:
+    """The curve's corpora: DED at ``n`` rows (``diverse``, the DED corpus, cut to ``n``) and
+    ``k x n`` random verified-correct rows of the teacher's graded samples for each k; the k = 1 arm
+    is exactly the ``+correct`` arm of :func:`ablation_corpora` for the same seed (pure)."""
+    ok = graded[ok_mask(graded)]
+    if len(diverse) < n:
+        raise ValueError(f"ablation curve: the DED corpus has {len(diverse)} rows, fewer than N = {n}")
+    out = {DIVERSE: diverse.sample(n=n, random_state=seed).sort_values([C.QUESTION_ID, C.SAMPLE_INDEX])}
+    for k in multiples:
+        if len(ok) < k * n:
+            raise ValueError(f"ablation curve: {k} x {n} = {k * n} rows asked, but the teacher has only {len(ok)} "
+                             "verified-correct samples; lower ablation.budget_rows or the multiples, or raise "
+                             "selection.samples_per_question or the pool size")
+        out[curve_arm(k)] = ok.sample(n=k * n, random_state=seed).sort_values([C.QUESTION_ID, C.SAMPLE_INDEX])
+    return out
+
+
+def curve_table(summary: pd.DataFrame, multiples: list[int]) -> pd.DataFrame:
+    """The curve from the summary over seeds: one row per (method ``DED`` or ``random``, rows, suite) with
+    the summary's mean, sd, seeds and CIs, and ``multiple`` (rows / N); ``DED`` is the DED arm at N (pure)."""
+    ded = summary[summary["arm"] == DIVERSE].assign(method="DED", multiple=1)
+    parts = [ded] + [summary[summary["arm"] == curve_arm(k)].assign(method="random", multiple=k) for k in multiples]
+    cols = ["method", "multiple", "rows", "suite", "mean", "sd", "seeds", "seed_ci_low", "seed_ci_high", "ci_low",
+            "ci_high"]
+    return pd.concat(parts, ignore_index=True)[cols]
 
 
 def ablation_corpora(graded: pd.DataFrame, kept_ids: set[str], diverse: pd.DataFrame, n: int,
@@ -80,6 +141,31 @@ def ablation_corpora(graded: pd.DataFrame, kept_ids: set[str], diverse: pd.DataF
     return out
 
 
+def plan_arms(cfg: JobConfig, graded: pd.DataFrame, kept_ids: set[str], diverse: pd.DataFrame,
+              other: pd.DataFrame | None, best: str, accurate: str, n: int,
+              seed: int) -> tuple[dict[str, tuple[str, pd.DataFrame, int]], dict[str, str]]:
+    """One seed's arms to train, ``{arm: (teacher, rows, epochs)}``, and the curve arms that equal a
+    per-move arm and are not trained again, ``{curve arm: per-move arm}`` (pure).
+
+    ``graded``/``diverse``: the smoke-test winner's graded samples and DED corpus; ``other``: the DED corpus
+    of the best-accuracy teacher (None when it is the winner)."""
+    a, epochs = cfg.ablation, cfg.train.epochs
+    corpora: dict[str, tuple[str, pd.DataFrame, int]] = {}
+    aliases: dict[str, str] = {}
+    if a.moves:
+        corpora = {arm: (best, df, epochs) for arm, df in ablation_corpora(graded, kept_ids, diverse, n, seed).items()}
+        if other is not None:
+            corpora[OTHER_TEACHER] = (accurate, other.sample(n=min(n, len(other)), random_state=seed), epochs)
+    if a.curve:
+        epochs_of = {curve_arm(k): e for k, _, e in curve_budgets(n, a.curve.multiples, epochs)}
+        for arm, df in curve_corpora(graded, diverse, n, a.curve.multiples, seed).items():
+            if arm == curve_arm(1) and CORRECT in corpora:
+                aliases[arm] = CORRECT  # the same rows and recipe as +correct: trained once
+            elif arm not in corpora:  # DED at N is the per-move DED arm when that ran
+                corpora[arm] = (best, df, epochs_of.get(arm, epochs))
+    return corpora, aliases
+
+
 def best_accuracy_teacher(ranking: list[dict]) -> str:
     """The candidate whose own answers are most often right (ties: the smoke-test order)."""
     return max(ranking, key=lambda r: (r["teacher_accuracy"], -r["rank"]))["teacher"]
@@ -91,6 +177,11 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
     from ray_distill.runtime import init_ray
     from ray_distill.training.sft import train_sft
 
+    if cfg.ablation.curve:  # before any work: an unequal step budget is a config error
+        try:
+            curve_budgets(1, cfg.ablation.curve.multiples, cfg.train.epochs)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     init_ray(cfg)
     cfg = P.resolve_models(cfg)
     store = GenerationStore(join(cfg.storage, "generations"))
@@ -121,34 +212,79 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
             graded_by[name] = graded, P.select(cfg, graded[graded[C.QUESTION_ID].isin(kept_ids)], base)
             rec.rows_out = len(graded_by[name][1])
     n = cfg.ablation.budget_rows or len(graded_by[best][1])
+    a = cfg.ablation
     rows = []
-    for seed in cfg.ablation.seeds:
+    for seed in a.seeds:
         graded, diverse = graded_by[best]
-        corpora = {arm: (best, df) for arm, df in ablation_corpora(graded, kept_ids, diverse, n, seed).items()}
-        if accurate != best:
-            other = graded_by[accurate][1]
-            corpora[OTHER_TEACHER] = (accurate, other.sample(n=min(n, len(other)), random_state=seed))
-        for arm, (teacher_name, df) in corpora.items():
+        other = graded_by[accurate][1] if accurate != best else None
+        corpora, aliases = plan_arms(cfg, graded, kept_ids, diverse, other, best, accurate, n, seed)
+        for arm, (teacher_name, df, epochs) in corpora.items():
             with runner.stage(f"arm/{arm}/seed{seed}", rows_in=len(df)) as (t, rec):
                 corpus = [to_chat_row(r) for r in df.to_dict("records")]
                 slug = f"{arm.replace('+', 'plus_').replace(',', '').replace(' ', '_')}-seed{seed}"
                 trained = train_sft(corpus, base, join(cfg.run_dir, "ablation", slug),
-                                    cfg.train.model_copy(update={"seed": seed}),
+                                    cfg.train.model_copy(update={"seed": seed, "epochs": epochs}),
                                     storage_path=join(cfg.run_dir, "ray_train"), run_name=f"ablation-{slug}",
                                     tracker_handle=t.handle(), log_model=False,
                                     chat_template=cfg.student.chat_template)
                 scores = P.evaluate(cfg, trained.model_path, suites, t, prefix="after", rec=rec)
-                t.log_params({"arm": arm, "teacher": teacher_name, "rows": len(corpus), "seed": seed})
+                t.log_params({"arm": arm, "teacher": teacher_name, "rows": len(corpus), "seed": seed,
+                              "epochs": epochs})
+                t.log_metrics({"steps": trained.metrics.get("steps", 0)})
                 for suite, m in scores.items():
-                    rows.append({"arm": arm, "teacher": teacher_name, "rows": len(corpus), "seed": seed,
-                                 "suite": suite, "avg_at_k": m["avg_at_k"], "ci_low": m["ci_low"],
-                                 "ci_high": m["ci_high"]})
+                    for name in [arm, *[c for c, same in aliases.items() if same == arm]]:
+                        rows.append({"arm": name, "teacher": teacher_name, "rows": len(corpus), "seed": seed,
+                                     "suite": suite, "avg_at_k": m["avg_at_k"], "ci_low": m["ci_low"],
+                                     "ci_high": m["ci_high"], "epochs": epochs,
+                                     "steps": trained.metrics.get("steps")})
     table = pd.DataFrame(rows)
     summary = summarize(table)
     tracker.log_table(table, "ablation.json")
     tracker.log_table(summary, "ablation_summary.json")
-    tracker.log_figure(_chart(table, summary), "ablation.png")
-    return AblationResult(table=table, summary=summary, winner=best, best_accuracy_teacher=accurate, budget_rows=n)
+    moves = summary[~summary["arm"].str.startswith(CURVE)]
+    if a.moves:
+        tracker.log_figure(_chart(table[table["arm"].isin(set(moves["arm"]))], moves), "ablation.png")
+    curve = None
+    if a.curve:
+        curve = curve_table(summary, a.curve.multiples)
+        tracker.log_table(curve, "ablation_curve.json")
+        tracker.log_figure(_curve_chart(curve, table), "ablation_curve.png")
+    return AblationResult(table=table, summary=summary, winner=best, best_accuracy_teacher=accurate, budget_rows=n,
+                          curve=curve)
+
+
+def _curve_chart(curve: pd.DataFrame, table: pd.DataFrame):
+    """Per suite: score vs training rows (log x). Random verified-correct rows at k x N as a line (mean over
+    seeds, error bars: the 95% interval of the mean), DED at N as a star; every seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    suites = list(dict.fromkeys(curve["suite"]))
+    fig, axes = plt.subplots(1, len(suites), figsize=(5 * len(suites), 3.8), squeeze=False)
+    for ax, suite in zip(axes[0], suites):
+        sub = curve[curve["suite"] == suite]
+        for method, style in (("random", "o-"), ("DED", "r*")):
+            m = sub[sub["method"] == method].sort_values("rows")
+            err = [m["mean"] - m["seed_ci_low"], m["seed_ci_high"] - m["mean"]]
+            ax.errorbar(m["rows"], m["mean"], yerr=err, fmt=style, capsize=4, markersize=10 if method == "DED" else 5,
+                        label="DED at N" if method == "DED" else "random verified-correct, k x N")
+        arms = {DIVERSE: "DED"} | {a: "random" for a in table["arm"].unique() if a.startswith(CURVE)}
+        dots = table[(table["suite"] == suite) & table["arm"].isin(arms)]
+        ax.plot(dots["rows"], dots["avg_at_k"], "k.", markersize=3, alpha=0.6)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # only the arms' row counts as tick labels
+        ax.set_xticks(sorted(sub["rows"].unique()), [f"{r:,}" for r in sorted(sub["rows"].unique())])
+        ax.set_xlabel("training rows (same optimizer steps)")
+        ax.set_ylabel("avg@k")
+        seeds = int(sub["seeds"].max())
+        ax.set_title(f"{suite}: mean over {seeds} seed{'s' if seeds > 1 else ''}, 95% CI", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
 
 
 def _chart(table: pd.DataFrame, summary: pd.DataFrame):

@@ -295,7 +295,7 @@ def ablate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) 
     teacher vs the most accurate one, at an equal training budget."""
     cfg = _load(job, overrides)
     _setup_logging(verbose)
-    from ray_distill.ablation import run_ablation
+    from ray_distill.ablation import CURVE, run_ablation
 
     result, tracker, _, target = _tracked(cfg, job, "ablation", f"{cfg.name}-ablation", run_ablation, verbose)
     seeds = len(cfg.ablation.seeds)
@@ -303,10 +303,20 @@ def ablate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) 
     table = Table(title=f"Ablation at an equal budget of {result.budget_rows:,} training rows ({what})")
     for col in ("arm", "teacher", *dict.fromkeys(result.summary["suite"])):
         table.add_column(col)
-    for (arm, teacher), sub in result.summary.groupby(["arm", "teacher"], sort=False):
+    moves = result.summary[~result.summary["arm"].str.startswith(CURVE)]  # the curve has its own table
+    for (arm, teacher), sub in moves.groupby(["arm", "teacher"], sort=False):
         table.add_row(arm, teacher, *[f"{r.mean:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" if seeds == 1 else
                                       f"{r.mean:.3f} ± {r.sd:.3f} ({r.min:.3f}–{r.max:.3f})" for r in sub.itertuples()])
     out.print(table)
+    if result.curve is not None:
+        curve = Table(title=f"Data-efficiency curve: DED at N = {result.budget_rows:,} rows vs random verified-correct "
+                      "rows at k x N, same optimizer steps (avg@k, mean ± sd over seeds [95% CI of the mean])")
+        for col in ("method", "rows", *dict.fromkeys(result.curve["suite"])):
+            curve.add_column(col)
+        for (method, rows), sub in result.curve.groupby(["method", "rows"], sort=False):
+            curve.add_row(method, f"{rows:,}", *[f"{r.mean:.3f} ± {r.sd:.3f} [{r.seed_ci_low:.3f}, {r.seed_ci_high:.3f}]"
+                                               for r in sub.itertuples()])
+        out.print(curve)
     out.print(f"smoke-test winner: [bold]{result.winner}[/]   best own accuracy: {result.best_accuracy_teacher}")
     _print_where(cfg, tracker, target)
 

@@ -428,8 +428,30 @@ class SelectionConfig(_Strict):
         return self
 
 
+class AblationCurveConfig(_Strict):
+    """The data-efficiency curve of ``ray-distill ablate``: DED at N rows vs random verified-correct rows
+    at k x N, every arm at the same number of optimizer steps (see ray_distill.ablation)."""
+
+    multiples: list[int] = Field(
+        [1, 2, 4, 8], min_length=1, description="The k of the random verified-correct arms (k x N rows, "
+        "train.epochs / k epochs: the same optimizer steps as DED at N rows). train.epochs must be divisible by each.")
+
+    @field_validator("multiples")
+    @classmethod
+    def _ascending(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v) or sorted(set(v)) != v:
+            raise ValueError(f"ablation.curve.multiples must be distinct ascending integers >= 1, got {v}")
+        return v
+
+
 class AblationConfig(_Strict):
     """``ray-distill ablate``: the paper's ablation at an equal training budget (see ray_distill.ablation)."""
+
+    moves: bool = Field(
+        True, description="Run the per-move arms (random, +correct, +compressed, DED, the best-accuracy teacher); "
+        "false runs only the data-efficiency curve.")
+    curve: AblationCurveConfig | None = Field(
+        None, description="The data-efficiency curve (DED at N vs random verified-correct at k x N); None: no curve.")
 
     budget_rows: int | None = Field(
         None, ge=1, description="Training rows of every arm (default: the size of the full DED corpus).")
@@ -443,6 +465,12 @@ class AblationConfig(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"ablation seeds must be distinct, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> "AblationConfig":
+        if not self.moves and self.curve is None:
+            raise ValueError("ablation.moves is false and ablation.curve is not set: there is no arm to run")
+        return self
 
 
 class BudgetConfig(_Strict):

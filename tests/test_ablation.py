@@ -83,3 +83,103 @@ def test_chart_has_a_bar_per_arm_and_a_dot_per_seed():
     for ax in fig.axes:
         assert len(ax.patches) == 3 and "mean ± sd over 2 seeds" in ax.get_title()
         assert sum(len(line.get_ydata()) for line in ax.lines if line.get_marker() == ".") == 6
+
+
+def test_curve_budgets_hold_optimizer_steps_fixed():
+    from ray_distill.ablation import curve_budgets
+
+    budgets = curve_budgets(500, [1, 2, 4, 8], 96)
+    assert budgets == [(1, 500, 96), (2, 1000, 48), (4, 2000, 24), (8, 4000, 12)]
+    assert {rows * epochs for _, rows, epochs in budgets} == {48_000}  # rows seen = the same steps x batch
+    with pytest.raises(ValueError, match=r"multiples \[4\] do not divide train.epochs=18"):
+        curve_budgets(500, [1, 2, 4], 18)
+
+
+def test_curve_corpora_draw_k_times_n_verified_rows_and_ded_at_n():
+    from ray_distill.ablation import curve_arm, curve_corpora
+
+    g = graded()  # 6 questions x 4 samples, 12 of them format-ok and correct
+    diverse = g[g[C.SAMPLE_INDEX] <= 1]
+    arms = curve_corpora(g, diverse, n=3, multiples=[1, 2, 4], seed=1)
+    assert {k: len(v) for k, v in arms.items()} == {DIVERSE: 3, curve_arm(1): 3, curve_arm(2): 6, curve_arm(4): 12}
+    for k in (1, 2, 4):
+        assert (arms[curve_arm(k)][C.FORMAT_OK] & arms[curve_arm(k)][C.CORRECT]).all()
+    assert set(arms[DIVERSE].index) <= set(diverse.index)
+    # k = 1 is the +correct arm of the per-move ablation (trained once when both run), and DED at N its DED arm
+    moves = ablation_corpora(g, {"q0", "q1"}, diverse, n=3, seed=1)
+    assert arms[curve_arm(1)].equals(moves[CORRECT]) and arms[DIVERSE].equals(moves[DIVERSE])
+    with pytest.raises(ValueError, match=r"8 x 3 = 24 rows asked, but the teacher has only 12 verified-correct"):
+        curve_corpora(g, diverse, n=3, multiples=[8], seed=1)
+
+
+def _curve_runs() -> pd.DataFrame:
+    from ray_distill.ablation import curve_arm
+
+    runs = [(DIVERSE, 10, [0.5, 0.7, 0.6])] + [(curve_arm(k), 10 * k, [0.1 * k, 0.1 * k + 0.1, 0.1 * k + 0.2])
+                                               for k in (1, 2, 4)]
+    return pd.DataFrame([{"arm": arm, "teacher": "t", "rows": rows, "seed": seed, "suite": suite, "avg_at_k": score,
+                          "ci_low": score - 0.05, "ci_high": score + 0.05}
+                         for arm, rows, scores in runs for seed, score in enumerate(scores) for suite in ("in", "ood")])
+
+
+def test_summary_gives_the_t_interval_of_the_mean_over_seeds():
+    s = summarize(_curve_runs()).set_index(["arm", "suite"])
+    ded = s.loc[(DIVERSE, "in")]
+    # mean 0.6, sd 0.1, 3 seeds: half-width t(0.975, 2) * 0.1 / sqrt(3) = 4.303 * 0.0577 = 0.248
+    assert ded["seed_ci_low"] == pytest.approx(0.6 - 0.2484, abs=1e-3)
+    assert ded["seed_ci_high"] == pytest.approx(0.6 + 0.2484, abs=1e-3)
+    wide = summarize(_curve_runs().assign(avg_at_k=lambda d: d["seed"] * 0.45)).iloc[0]  # 0, 0.45, 0.9
+    assert (wide["seed_ci_low"], wide["seed_ci_high"]) == (0.0, 1.0)  # a t-interval past [0, 1] is cut there
+    one = summarize(_curve_runs().query("seed == 0")).set_index(["arm", "suite"]).loc[(DIVERSE, "in")]
+    assert (one["seed_ci_low"], one["seed_ci_high"]) == (pytest.approx(0.45), pytest.approx(0.55))  # question CI
+
+
+def test_curve_table_and_its_log_x_chart():
+    from ray_distill.ablation import _curve_chart, curve_table
+
+    table = _curve_runs()
+    curve = curve_table(summarize(table), [1, 2, 4])
+    ins = curve[curve["suite"] == "in"]
+    assert ins[["method", "multiple", "rows"]].values.tolist() == [["DED", 1, 10], ["random", 1, 10],
+                                                                   ["random", 2, 20], ["random", 4, 40]]
+    assert ins["mean"].tolist() == pytest.approx([0.6, 0.2, 0.3, 0.5])
+    assert (ins["seeds"] == 3).all()
+    fig = _curve_chart(curve, table)
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        assert ax.get_xscale() == "log" and "3 seeds" in ax.get_title()
+        assert sum(len(line.get_ydata()) for line in ax.lines if line.get_marker() == ".") == 12  # a dot per run
+
+
+def test_curve_config_is_validated():
+    from pydantic import ValidationError
+
+    from ray_distill.config import AblationConfig
+
+    assert AblationConfig(curve={}).curve.multiples == [1, 2, 4, 8]
+    with pytest.raises(ValidationError, match="distinct ascending"):
+        AblationConfig(curve={"multiples": [2, 1]})
+    with pytest.raises(ValidationError, match="no arm to run"):
+        AblationConfig(moves=False)
+
+
+def test_plan_arms_trains_each_corpus_once_with_the_curve_epochs():
+    from pathlib import Path
+
+    from ray_distill.ablation import OTHER_TEACHER, curve_arm, plan_arms
+    from ray_distill.config import load_config
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "ablation_curve.yaml"
+    g = graded()
+    diverse = g[g[C.SAMPLE_INDEX] <= 1]
+    other = diverse.assign(teacher="verbose")
+    curve_only = load_config(job, ["ablation.curve.multiples=[1,2,4]", "train.epochs=8"])
+    arms, aliases = plan_arms(curve_only, g, {"q0", "q1"}, diverse, other, "concise", "verbose", n=3, seed=0)
+    assert {arm: (len(df), epochs) for arm, (_, df, epochs) in arms.items()} == {
+        DIVERSE: (3, 8), curve_arm(1): (3, 8), curve_arm(2): (6, 4), curve_arm(4): (12, 2)}
+    assert aliases == {}
+    both = load_config(job, ["ablation.moves=true", "ablation.curve.multiples=[1,2]", "train.epochs=8"])
+    arms, aliases = plan_arms(both, g, {"q0", "q1"}, diverse, other, "concise", "verbose", n=3, seed=0)
+    assert list(arms) == [RANDOM, CORRECT, COMPRESSED, DIVERSE, OTHER_TEACHER, curve_arm(2)]
+    assert aliases == {curve_arm(1): CORRECT}  # the same rows and recipe as +correct: not trained twice
+    assert arms[OTHER_TEACHER][0] == "verbose" and arms[DIVERSE][2] == 8 and arms[curve_arm(2)][2] == 4

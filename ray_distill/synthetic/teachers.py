@@ -12,6 +12,13 @@ selection have something real to decide.
 - ``sloppy``: concise-like with frequent slips (~30% wrong final answers), flawed chains that still
   reach the right answer (~40% of the rest: the grader keeps them, the student learns wrong steps from
   them; only the smoke test sees it) and an occasionally missing ``</think>``.
+- ``strategies``: always correct and always local, but each sample follows one of three genuinely
+  different *orders of work* (:data:`STRATEGIES`): left to right; all additions first, then the
+  subtractions; all subtractions first, then the additions (mod-10 addition commutes, so every order
+  reaches the same answer; see :func:`strategy_steps`). Samples of a question differ in the procedure,
+  not the surface, so diversity selection (P distinct trajectories per question) has something real to
+  choose: a student trained on two orders has seen each operand fetched from more places. ``max``
+  questions are solved left to right and right to left.
 - ``rambling``: ``concise``'s chain after a long re-checking preamble whose length is long-tailed
   (log-normal, median ~600 characters, 1 in 100 over ~6,000): reasoning-length traces for scale
   benchmarks (``benchmarks/scale.py``), not a teacher to learn from.
@@ -139,6 +146,42 @@ def sloppy(question: str, rng: random.Random) -> str:
     return _finish(_local_chain(steps, rng), truth, close=close)
 
 
+STRATEGIES = ("in_order", "plus_first", "minus_first")
+
+
+def strategy_steps(question: str, strategy: str) -> list[Step]:
+    """The local steps of ``question`` in the order of work of ``strategy`` (pure).
+
+    ``in_order`` is :func:`~ray_distill.synthetic.tasks.solve_steps`. For arith chains, ``plus_first``
+    starts from the first operand, applies every ``+d`` in question order and then every ``-d``;
+    ``minus_first`` the other way round. Addition mod 10 commutes, so the last result is always the
+    answer; for a chain of one sign all three orders coincide. For ``max`` the two reorderings both
+    mean right to left (max is commutative too)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; known: {list(STRATEGIES)}")
+    steps = solve_steps(question)
+    if strategy == "in_order":
+        return steps
+    if steps[0].op == "max":
+        operands = [s.right for s in reversed(steps)] + [steps[0].left]
+        ops = [("max", d) for d in operands[1:]]
+    else:
+        first = "+" if strategy == "plus_first" else "-"
+        ops = [(s.op, s.right) for s in steps if s.op == first] + [(s.op, s.right) for s in steps if s.op != first]
+        operands = [steps[0].left]
+    acc, out = operands[0], []
+    for op, right in ops:
+        result = _OPS[op](acc, right)
+        out.append(Step(acc, op, right, result))
+        acc = result
+    return out
+
+
+def strategies(question: str, rng: random.Random) -> str:
+    steps = strategy_steps(question, rng.choice(STRATEGIES))
+    return _finish(";".join(step_text(s) for s in steps), steps[-1].result)
+
+
 RAMBLING_MEDIAN_CHARS, RAMBLING_SIGMA = 600, 1.0  # log-normal preamble length: P99 ~ 600 * e^2.33 ~ 6,200
 
 
@@ -159,6 +202,7 @@ PERSONAS: dict[str, Callable[[str, random.Random], str]] = {
     "verbose": verbose,
     "sloppy": sloppy,
     "rambling": rambling,
+    "strategies": strategies,
 }
 
 

@@ -65,3 +65,28 @@ def test_own_accuracy_ordering_verbose_concise_sloppy():
     assert acc["verbose"] == 1.0
     assert 0.88 <= acc["concise"] < 1.0
     assert acc["sloppy"] < 0.8
+
+
+def test_every_strategy_reaches_the_answer_and_orders_the_work_differently():
+    from ray_distill.synthetic.tasks import answer_of, make_questions
+    from ray_distill.synthetic.teachers import STRATEGIES, strategy_steps
+
+    for q in make_questions("arith", 300, 1, 4, seed=5) + make_questions("max", 100, 1, 4, seed=5):
+        for strategy in STRATEGIES:
+            steps = strategy_steps(q["question"], strategy)
+            assert str(steps[-1].result) == q["answer"] == answer_of(q["question"])
+            assert all(b.left == a.result for a, b in zip(steps, steps[1:]))  # a chain of local steps
+    assert [s.right for s in strategy_steps("3-4+5-6", "plus_first")] == [5, 4, 6]
+    assert [s.right for s in strategy_steps("3-4+5-6", "minus_first")] == [4, 6, 5]
+    assert strategy_steps("1+2+3", "minus_first") == strategy_steps("1+2+3", "in_order")  # one sign: one order
+    with pytest.raises(ValueError, match="unknown strategy"):
+        strategy_steps("1+2", "backwards")
+
+
+def test_strategies_persona_is_correct_local_and_uses_several_procedures():
+    texts = {write_solution("strategies", "3-4+5-6", s) for s in SEEDS}
+    assert texts == {"<think>3-4=9;9+5=4;4-6=8</think>\\boxed{8}", "<think>3+5=8;8-4=4;4-6=8</think>\\boxed{8}",
+                     "<think>3-4=9;9-6=3;3+5=8</think>\\boxed{8}"}
+    assert write_solution("strategies", "3-4+5-6", 7) == write_solution("strategies", "3-4+5-6", 7)  # deterministic
+    assert {write_solution("strategies", "max(3,7,2)", s) for s in SEEDS} == {
+        "<think>max(3,7)=7;max(7,2)=7</think>\\boxed{7}", "<think>max(2,7)=7;max(7,3)=7</think>\\boxed{7}"}
