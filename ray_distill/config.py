@@ -165,9 +165,10 @@ class ResourcesConfig(_Strict):
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per actor.")
     batch_size: int = Field(
         256, ge=1,
-        description="Rows per map_batches call, one engine wave (a store row is one request). vLLM idles in each "
-        "wave's tail: small waves lose throughput (benchmarks/generation.py, CPU: 64 -> 0.55-0.78 of bare vLLM, "
-        "256 -> 0.75-0.97).",
+        description="Rows per map_batches call (a store row is one request). A vLLM engine keeps "
+        "engine.max_concurrent_batches of them in flight and frees a batch's slot when its longest request ends; "
+        "with engine.max_concurrent_batches=0 each batch is one synchronous wave and the engine idles in its tail "
+        "(benchmarks/generation.py --long-tail compares both with bare vLLM).",
     )
 
 
