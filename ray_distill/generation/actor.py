@@ -143,11 +143,13 @@ def engine_runtime_env(teacher: TeacherConfig) -> dict | None:
     return {"env_vars": {k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV_DEFAULTS.items()}}
 
 
-def engine_pool(teacher: TeacherConfig) -> dict:
+def engine_pool(teacher: TeacherConfig, concurrent_batches: int | None = None) -> dict:
     """``map_batches`` arguments of an engine actor pool (teachers, the student, the judge): its actors,
-    their resources, the engine batch and the vLLM-on-CPU environment."""
+    their resources, the engine batch and the vLLM-on-CPU environment; ``concurrent_batches`` batches in
+    flight per actor (an async ``map_batches`` class; None: Ray Data's default, one for a plain class)."""
     res = teacher.resources
-    return {"compute": ray.data.ActorPoolStrategy(size=res.num_actors), "num_cpus": res.num_cpus,
+    compute = ray.data.ActorPoolStrategy(size=res.num_actors, max_concurrent_calls_per_actor=concurrent_batches)
+    return {"compute": compute, "num_cpus": res.num_cpus,
             "num_gpus": res.num_gpus, "batch_size": res.batch_size, "batch_format": "pandas",
             "runtime_env": engine_runtime_env(teacher)}
 
@@ -158,10 +160,7 @@ def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig) -> ray
     handed to the actors as a SecretStr."""
     api_key = resolve_api_key(teacher.engine) if teacher.engine.kind == "openai" else None
     cls = batch_class(teacher.engine)
-    pool = engine_pool(teacher)
-    if cls is ContinuousGenerateBatch:  # several batches in flight per actor (Ray Core's max_concurrency)
-        pool["compute"] = ray.data.ActorPoolStrategy(
-            size=teacher.resources.num_actors, max_concurrent_calls_per_actor=teacher.engine.max_concurrent_batches)
+    concurrent = teacher.engine.max_concurrent_batches if cls is ContinuousGenerateBatch else None
     return questions.map_batches(
         cls,
         fn_constructor_kwargs={
@@ -170,5 +169,5 @@ def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig) -> ray
             "sampling": teacher.sampling.model_dump(),
             "api_key": api_key,
         },
-        **pool,
+        **engine_pool(teacher, concurrent),
     )
