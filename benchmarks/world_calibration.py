@@ -40,7 +40,7 @@ def enc(q, sol):
     return p + a, [-100] * len(p) + a
 
 
-def train(model, examples, epochs, lr, bs=32, seed=0, steps=None):
+def train(model, examples, epochs, lr, bs=32, seed=0, steps=None, floor=0.1, bucket=False):
     g = random.Random(seed)
     n_steps = steps or math.ceil(len(examples) / bs) * epochs
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -53,7 +53,7 @@ def train(model, examples, epochs, lr, bs=32, seed=0, steps=None):
         if s < warm:
             return (s + 1) / warm
         t = (s - warm) / max(1, n_steps - warm)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
     model.train()
@@ -61,8 +61,13 @@ def train(model, examples, epochs, lr, bs=32, seed=0, steps=None):
     while step < n_steps:
         order = list(range(len(examples)))
         g.shuffle(order)
-        for i in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs):
-            batch = [examples[j] for j in order[i:i + bs]]
+        if bucket:  # the project's length-bucketed batches (training.data.plan_batches), not random ones
+            from ray_distill.training.data import plan_batches
+            plan = plan_batches([len(x[0]) for x in examples], bs, 1, seed=g.randrange(1 << 30))
+        else:
+            plan = [order[i:i + bs] for i in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs)]
+        for idx in plan:
+            batch = [examples[j] for j in idx]
             L = max(len(x[0]) for x in batch)
             ids = torch.tensor([x[0] + [0] * (L - len(x[0])) for x in batch], device=DEV)
             lab = torch.tensor([x[1] + [-100] * (L - len(x[1])) for x in batch], device=DEV)
@@ -139,9 +144,22 @@ def main():
     base_key = conds[0].get("base", {"rows": 8000, "epochs": 6})
     torch.manual_seed(0)
     base = build_model("tiny", len(TOK), seed=0).to(DEV)
-    rows = base_corpus(base_key["rows"], seed=0)
-    ex = [enc(r["messages"][0]["content"], r["messages"][1]["content"]) for r in rows]
-    train(base, ex, base_key["epochs"], 2e-3, seed=0)
+    if "path" in base_key:  # a base student the pipeline built (its save_pretrained folder)
+        from transformers import AutoModelForCausalLM
+        base.load_state_dict(AutoModelForCausalLM.from_pretrained(base_key["path"]).state_dict())
+    else:
+        rows = base_corpus(base_key["rows"], seed=0)
+        ex = [enc(r["messages"][0]["content"], r["messages"][1]["content"]) for r in rows]
+        g = random.Random(7)
+        for _ in range(base_key.get("min_chains", 0)):  # multi-step chains of a family never evaluated
+            items = [g.randrange(10) for _ in range(g.randint(3, 5))]
+            acc, steps = items[0], []
+            for x in items[1:]:
+                steps.append(f"min({acc},{x})={min(acc, x)}")
+                acc = min(acc, x)
+            q = "min(" + ",".join(map(str, items)) + ")"
+            ex.append(enc(q, "<think>" + ";".join(steps) + "</think>\\boxed{" + str(acc) + "}"))
+        train(base, ex, base_key["epochs"], base_key.get("lr", 2e-3), seed=0)
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     with open(out, "a") as f:
         f.write(json.dumps({"cond": "base", "s": round(time.time() - t0), **evals(base, suites)}) + "\n")
@@ -175,7 +193,8 @@ def main():
         model = build_model("tiny", len(TOK), seed=0).to(DEV)
         model.load_state_dict(base_state)
         torch.manual_seed(seed)
-        loss = train(model, ex, c.get("epochs", 30), c.get("lr", 2e-3), seed=seed, steps=c.get("steps"))
+        loss = train(model, ex, c.get("epochs", 30), c.get("lr", 2e-3), bs=c.get("bs", 32), seed=seed,
+                     steps=c.get("steps"), floor=c.get("floor", 0.1), bucket=c.get("bucket", False))
         res = {"cond": c, "avail": len(samples), "loss": round(loss, 4), "s": round(time.time() - t1), **evals(model, suites)}
         with open(out, "a") as f:
             f.write(json.dumps(res) + "\n")

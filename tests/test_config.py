@@ -161,3 +161,14 @@ def test_adaptive_floor_lies_between_p_and_m():
     cfg = config_from_dict({**base, "selection": {"samples_per_question": 8, "keep_per_question": 2,
                                                   "adaptive": {"min_samples": 3}}})
     assert cfg.selection.adaptive.min_samples == 3
+
+
+def test_base_chains_enter_the_base_students_cache_key_only_when_used(tmp_path):
+    from ray_distill.students import base_spec
+
+    plain = base_spec(load_config(_write(tmp_path, MINIMAL)))
+    assert "chains" not in plain  # bases built before the option keep their cache key
+    chained = base_spec(load_config(_write(tmp_path, MINIMAL), ["student.base_chains=3000"]))
+    assert chained == {**plain, "chains": 3000}
+    quickstart = load_config(Path(__file__).parents[1] / "jobs" / "quickstart.yaml")
+    assert quickstart.student.base_chains > 0

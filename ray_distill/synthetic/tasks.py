@@ -104,9 +104,9 @@ def answer_of(question: str) -> str:
 
 
 def step_text(step: Step) -> str:
-    """The local form of one step: ``9+0=9`` or ``max(3,7)=7``."""
-    if step.op == "max":
-        return f"max({step.left},{step.right})={step.result}"
+    """The local form of one step: ``9+0=9``, ``max(3,7)=7`` or ``min(3,7)=3``."""
+    if step.op in ("max", "min"):
+        return f"{step.op}({step.left},{step.right})={step.result}"
     return f"{step.left}{step.op}{step.right}={step.result}"
 
 
@@ -173,6 +173,45 @@ def base_corpus(num: int, seed: int = 0) -> list[dict]:
                 C.MESSAGES: [
                     {"role": "user", "content": q},
                     {"role": "assistant", "content": f"<think>{step_text(step)}</think>\\boxed{{{step.result}}}"},
+                ]
+            }
+        )
+    return rows
+
+
+def min_chain_steps(items: list[int]) -> list[Step]:
+    """The local chain of ``min(items)``: one ``min(acc,x)=r`` step per further item."""
+    acc, steps = items[0], []
+    for right in items[1:]:
+        steps.append(Step(acc, "min", right, min(acc, right)))
+        acc = min(acc, right)
+    return steps
+
+
+def base_chain_corpus(num: int, seed: int = 0, min_steps: int = 2, max_steps: int = 4) -> list[dict]:
+    """Multi-step chains of a pretraining-only family, ``min(3,7,2)`` ->
+    ``<think>min(3,7)=3;min(3,2)=2</think>\\boxed{2}``, as chat ``messages`` rows.
+
+    Why the base student sees them: a pretrained language model arrives knowing how to work step by step,
+    restating the operands it needs (induction/copying); a ~1M-parameter student trained on single-step
+    facts alone does not, and learns that skill during distillation in a sudden jump somewhere between
+    ~1,000 and ~2,000 optimizer steps whose timing depends on the base's initialisation (docs/ablation.md).
+    With these chains in its pretraining it learns 2-3-step arith chains in ~500 steps. ``min`` is in no
+    question family, suite or teacher: distillation still has to teach the arithmetic chains (2-3-step
+    accuracy stays at chance before it), and the out-of-domain ``max`` suite stays a procedure the base
+    has only seen as single steps.
+    """
+    rng = random.Random(f"base-chains:{seed}")
+    rows = []
+    for _ in range(num):
+        items = [rng.randrange(10) for _ in range(rng.randint(min_steps, max_steps) + 1)]
+        steps = min_chain_steps(items)
+        rows.append(
+            {
+                C.MESSAGES: [
+                    {"role": "user", "content": "min(" + ",".join(map(str, items)) + ")"},
+                    {"role": "assistant", "content": "<think>" + ";".join(map(step_text, steps))
+                     + f"</think>\\boxed{{{steps[-1].result}}}"},
                 ]
             }
         )

@@ -39,3 +39,27 @@ def test_base_corpus_is_single_step_chat():
     user, assistant = rows[0][C.MESSAGES]
     assert user["role"] == "user" and assistant["role"] == "assistant"
     assert assistant["content"].startswith("<think>") and assistant["content"].endswith(f"\\boxed{{{answer_of(user['content'])}}}")
+
+
+def test_base_chain_corpus_is_local_min_chains_of_no_question_family():
+    import re
+
+    from ray_distill.synthetic.tasks import base_chain_corpus, family_of
+
+    rows = base_chain_corpus(200, seed=3)
+    assert rows == base_chain_corpus(200, seed=3) and rows != base_chain_corpus(200, seed=4)
+    lengths = set()
+    for row in rows:
+        user, assistant = row[C.MESSAGES]
+        items = [int(x) for x in re.fullmatch(r"min\((\d(?:,\d)+)\)", user["content"]).group(1).split(",")]
+        steps = re.fullmatch(r"<think>(.*)</think>\\boxed\{(\d)\}", assistant["content"])
+        chain = steps.group(1).split(";")
+        assert int(steps.group(2)) == min(items) and len(chain) == len(items) - 1
+        acc = items[0]
+        for step, right in zip(chain, items[1:]):  # each step restates both operands before its result
+            assert step == f"min({acc},{right})={min(acc, right)}"
+            acc = min(acc, right)
+        lengths.add(len(chain))
+        with pytest.raises(ValueError, match="no synthetic family"):
+            family_of(user["content"])  # never a question, suite or teacher input
+    assert lengths == {2, 3, 4}
