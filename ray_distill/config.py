@@ -765,6 +765,15 @@ class JobConfig(_Strict):
             raise ValueError(f"dev.suite.pass_k {suite.pass_k}: each must be at most the suite's k={suite.k or self.eval.k}")
         return self
 
+    @model_validator(mode="after")
+    def _curve_arms_take_equal_steps(self) -> JobConfig:
+        from ray_distill.ablation import curve_budgets  # the rule lives with the arms it sizes
+
+        curve = self.ablation.curve
+        if curve is not None:
+            curve_budgets(1, curve.multiples, self.train.epochs)  # raises on a multiple that does not divide
+        return self
+
     @property
     def storage_source(self) -> str:
         """``as configured`` (an URL or absolute path), ``relative to RAY_DISTILL_STORAGE`` or ``relative to

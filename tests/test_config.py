@@ -172,3 +172,11 @@ def test_base_chains_enter_the_base_students_cache_key_only_when_used(tmp_path):
     assert chained == {**plain, "chains": 3000}
     quickstart = load_config(Path(__file__).parents[1] / "jobs" / "quickstart.yaml")
     assert quickstart.student.base_chains > 0
+
+
+def test_curve_multiples_that_do_not_divide_the_epochs_are_a_config_error(tmp_path):
+    job = _write(tmp_path, MINIMAL)
+    cfg = load_config(job, ["ablation.curve.multiples=[1,2,4]", "train.epochs=8"])
+    assert cfg.ablation.curve.multiples == [1, 2, 4]
+    with pytest.raises(ConfigError, match=r"ablation.curve.multiples \[3\] do not divide train.epochs=8"):
+        load_config(job, ["ablation.curve.multiples=[1,3]", "train.epochs=8"])
