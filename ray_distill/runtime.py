@@ -19,6 +19,17 @@ WORKER_ENV = {
 }
 
 
+# Ray Train's PlacementGroupCleaner (one detached actor per training run) asks the State API every second
+# whether the run's controller still lives. The State API is served by the dashboard, which the local
+# cluster a job starts does not run, so it warned on every check: ~280 lines in a quickstart's output.
+PLACEMENT_GROUP_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_ray_train_cleaner() -> None:
+    """``worker_process_setup_hook`` of the local cluster's workers: only errors from that cleaner."""
+    logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
+
+
 def init_ray(cfg: JobConfig) -> int:
     """Join the cluster at ``ray.address`` / ``RAY_ADDRESS`` (token auth from Ray's own environment:
     ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``), or start a local one; returns the number of
@@ -53,6 +64,7 @@ def init_ray(cfg: JobConfig) -> int:
     # Tune trial can hold a slot while its Train workers run (a 2-core laptop still works).
     need = int(cfg.train.num_workers * cfg.train.cpus_per_worker) + 1
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, need)
+    kwargs["runtime_env"]["worker_process_setup_hook"] = "ray_distill.runtime.quiet_ray_train_cleaner"
     ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
     # Processes started by this job (Ray Train's helpers, subprocesses) join this cluster, not another
     # one that happens to run on the same machine.

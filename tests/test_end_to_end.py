@@ -24,6 +24,7 @@ SMALL = [
     "questions.synthetic.num_questions=300",
     "student.base_rows=2000",
     "student.base_epochs=2",
+    "student.base_chains=500",
     "smoke_test.probe_questions=100",
     "smoke_test.epochs=3",
     "train.epochs=4",
@@ -59,6 +60,7 @@ def test_quickstart_end_to_end(storage):
         assert title in out
     assert "top two separable at 95%" in out or "top two cannot be separated at 95%" in out
     assert "teacher tokens per kept corpus sample" in out
+    assert "Failed to query Ray Train Controller" not in proc.stdout + proc.stderr  # runtime.quiet_ray_train_cleaner
 
     runs = _runs(storage)
     (parent,) = [r for r in runs if r.info.run_name == "quickstart"]
@@ -210,6 +212,7 @@ def test_tune_reuses_generations(storage):
     winner = ranking.loc[ranking["rank"] == 1, "teacher"].iloc[0]
     proc = _cli("tune", str(ROOT / "jobs/quickstart_tune.yaml"), f"storage={storage}",
                 "questions.synthetic.num_questions=300", "student.base_rows=2000", "student.base_epochs=2",
+                "student.base_chains=500",
                 "eval.suites.0.synthetic.num_questions=60", "eval.suites.1.synthetic.num_questions=40",
                 "eval.k=2", "train.epochs=3", f"teachers.0.name={winner}", f"teachers.0.engine.persona={winner}",
                 "tune.search_space={selection.max_questions: [10, 30, 60]}", cwd=storage)
