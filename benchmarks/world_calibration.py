@@ -6,8 +6,11 @@ and optimizer steps the tiny student needs to learn 2-3-step chains, and what it
 Each argument after the output file is one condition (keys: persona -- a scripted persona or "local" --,
 N rows of verified-correct samples drawn from M=4 samples of a 1,200-question pool, epochs or steps, lr,
 seed, replay -- the share of N replaced by the base student's single-step facts --, min_d/max_d -- the
-pool's difficulty range --). The base student (the quickstart's: 8,000 single-step facts of both families,
-6 epochs, lr 2e-3) is trained once per call. The recipe copies the project's (AdamW 0.9/0.98, weight decay
+pool's difficulty range --, bs -- batch size --, floor -- the cosine's final share of the peak lr --,
+bucket -- the trainer's length-bucketed batches instead of random ones --). The base student is trained
+once per call from the first condition's "base" key: {"rows", "epochs", "lr", "min_chains" -- multi-step
+min(...) chains added, as student.base_chains --} (default 8,000 single-step facts of both families,
+6 epochs, lr 2e-3), or {"path": a save_pretrained base the pipeline built}. The recipe copies the project's (AdamW 0.9/0.98, weight decay
 0.01 on matrices, clip 1.0, 5% warmup, cosine to 10%, batch 32, loss on the answer and EOS). Scores are
 greedy and temperature-0.5 avg@4 on held-out 1-, 2-, 3-, 4-step arith and 2-3-step max questions. It runs
 on a GPU when there is one (a condition of ~1,900 steps took ~90 s with 14 conditions sharing one H200);
