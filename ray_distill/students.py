@@ -1,8 +1,8 @@
 """The base student of a job: a real Hugging Face model (``student.model``: a hub id, loaded through Hugging
 Face's cache by every process that needs it, or a path/URL), a built-in pretrained preset
 (``ray_distill.presets``, e.g. ``smollm2-135m``), or a synthetic preset whose "pretraining" (single-step
-facts of every task family, optionally multi-step chains of a pretraining-only family) runs once with Ray Train and is cached under
-``<storage>/cache/students/<key>`` for every later job and test."""
+facts of every task family, optionally multi-step chains of a pretraining-only family) runs once with Ray
+Train and is cached under ``<storage>/cache/students/<key>`` for every later job and test."""
 
 from __future__ import annotations
 

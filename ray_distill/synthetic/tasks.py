@@ -24,7 +24,7 @@ _MAX_RE = re.compile(r"^max\((\d(?:,\d)+)\)$")
 
 @dataclass(frozen=True)
 class Step:
-    """One reasoning step: ``left op right = result`` (op is '+', '-' or 'max')."""
+    """One reasoning step: ``left op right = result`` (op is '+', '-', 'max', or 'min' in base pretraining)."""
 
     left: int
     op: str
