@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ray_distill.synthetic.student import build_model, build_tokenizer
-from ray_distill.synthetic.tasks import base_corpus, make_questions, solve_steps, step_text
+from ray_distill.synthetic.tasks import base_chain_corpus, base_corpus, make_questions, solve_steps, step_text
 from ray_distill.synthetic.teachers import write_solution
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,15 +153,8 @@ def main():
     else:
         rows = base_corpus(base_key["rows"], seed=0)
         ex = [enc(r["messages"][0]["content"], r["messages"][1]["content"]) for r in rows]
-        g = random.Random(7)
-        for _ in range(base_key.get("min_chains", 0)):  # multi-step chains of a family never evaluated
-            items = [g.randrange(10) for _ in range(g.randint(3, 5))]
-            acc, steps = items[0], []
-            for x in items[1:]:
-                steps.append(f"min({acc},{x})={min(acc, x)}")
-                acc = min(acc, x)
-            q = "min(" + ",".join(map(str, items)) + ")"
-            ex.append(enc(q, "<think>" + ";".join(steps) + "</think>\\boxed{" + str(acc) + "}"))
+        chains = base_chain_corpus(base_key.get("min_chains", 0), seed=0)  # as student.base_chains
+        ex += [enc(r["messages"][0]["content"], r["messages"][1]["content"]) for r in chains]
         train(base, ex, base_key["epochs"], base_key.get("lr", 2e-3), seed=0)
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     with open(out, "a") as f:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ray_distill import columns as C
-from ray_distill.config import ConfigError, JobConfig
+from ray_distill.config import ConfigError, JobConfig, check_curve_multiples
 from ray_distill.curation.adaptive import ok_mask
 from ray_distill.curation.smoke_test import winner
 from ray_distill.data.corpus import to_chat_row
@@ -88,10 +88,7 @@ def curve_budgets(n: int, multiples: list[int], epochs: int) -> list[tuple[int, 
     """``(k, rows, epochs)`` of each curve arm: k x ``n`` rows for ``epochs / k`` epochs, so every arm takes
     the same optimizer steps as DED at ``n`` rows for ``epochs`` (up to the last partial batch of an
     epoch). A k that does not divide ``epochs`` is an error, not a silently unequal budget (pure)."""
-    bad = [k for k in multiples if epochs % k]
-    if bad:
-        raise ValueError(f"ablation.curve.multiples {bad} do not divide train.epochs={epochs}: the curve arms "
-                         "would not take the same optimizer steps; pick train.epochs divisible by every multiple")
+    check_curve_multiples(multiples, epochs)
     return [(k, k * n, epochs // k) for k in multiples]
 
 

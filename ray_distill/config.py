@@ -700,6 +700,15 @@ class TuneConfig(_Strict):
 
 
 
+def check_curve_multiples(multiples: list[int], epochs: int) -> None:
+    """The k x N curve arm trains ``epochs / k`` epochs: a k that does not divide ``epochs`` would give it
+    other optimizer steps than DED at N, so it is an error (pure; also used by ``ablation.curve_budgets``)."""
+    bad = [k for k in multiples if epochs % k]
+    if bad:
+        raise ValueError(f"ablation.curve.multiples {bad} do not divide train.epochs={epochs}: the curve arms "
+                         "would not take the same optimizer steps; pick train.epochs divisible by every multiple")
+
+
 class JobConfig(_Strict):
     name: str = Field("ray-distill", description="Job name; outputs land under <storage>/<name>.")
     storage: str = Field(
@@ -767,11 +776,8 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _curve_arms_take_equal_steps(self) -> JobConfig:
-        from ray_distill.ablation import curve_budgets  # the rule lives with the arms it sizes
-
-        curve = self.ablation.curve
-        if curve is not None:
-            curve_budgets(1, curve.multiples, self.train.epochs)  # raises on a multiple that does not divide
+        if self.ablation.curve is not None:
+            check_curve_multiples(self.ablation.curve.multiples, self.train.epochs)
         return self
 
     @property
