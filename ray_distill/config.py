@@ -698,8 +698,6 @@ class TuneConfig(_Strict):
         return self
 
 
-
-
 def check_curve_multiples(multiples: list[int], epochs: int) -> None:
     """The k x N curve arm trains ``epochs / k`` epochs: a k that does not divide ``epochs`` would give it
     other optimizer steps than DED at N, so it is an error (pure; also used by ``ablation.curve_budgets``)."""
