@@ -17,6 +17,7 @@ Every stage records its teacher/student tokens, wall time and reserved CPU/GPU-s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -36,7 +37,7 @@ from ray_distill.curation.plane import (Grading, Selection, generate_missing, gr
                                         select_buckets, write_graded, write_questions)
 from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY,
                                              rank_teachers, top_two_note, training_questions, winner)
-from ray_distill.curation.stats import token_entropy_under_model
+from ray_distill.curation.stats import token_entropies_under_model
 from ray_distill.data.corpus import corpus_hash, to_chat_row, write_corpus, write_rejects
 from ray_distill.data.dev import carve
 from ray_distill.data.fs import join
@@ -50,7 +51,7 @@ from ray_distill.progress import StageRecord, StageRunner
 from ray_distill.runtime import init_ray
 from ray_distill.students import prepare_student
 from ray_distill.tracking import NullTracker, Tracker
-from ray_distill.training.sft import train_sft
+from ray_distill.training.sft import SFTJob, train_sft, train_sft_many
 
 logger = logging.getLogger(__name__)
 
@@ -557,35 +558,44 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], dev: Suites, base
     """Teacher selection (``curation.smoke_test``): per candidate, a short SFT of the student on the same
     number of its verified probe answers (shared questions first), scored on the dev suite; a teacher
     without a verified probe row ranks last with its reason. With ``smoke_test.enabled: false`` the
-    teachers' own probe accuracy ranks them instead, and the table says so (``ranked_by``)."""
+    teachers' own probe accuracy ranks them instead, and the table says so (``ranked_by``).
+
+    Every candidate's SFT runs in one Ray Train launch and every corpus entropy in one Ray task: their
+    start-ups (the worker group's ~20 s, the base student's load) are paid once, not once per teacher."""
     s = cfg.smoke_test
     by = STUDENT_SCORE if s.enabled else TEACHER_ACCURACY
     verified = {name: graded[_ok(graded)] for name, graded in probe.items()}
     picks = training_questions({n: ok[C.QUESTION_ID].astype(str) for n, ok in verified.items()}, seed=cfg.seed)
     shared = set.intersection(*(set(p) for p in picks.values() if p)) if any(picks.values()) else set()
-    results, per_question = [], {}
-    for name, graded in probe.items():
-        with t.child(f"teacher/{name}", tags={"ray_distill.teacher": name}) as tt:
+    entropy = student_entropy(cfg, base, {name: (ok[C.COMPLETION].tolist(), ok[C.PROMPT].tolist())
+                                          for name, ok in verified.items() if len(ok)})
+    results, per_question, to_train = [], {}, {}
+    with contextlib.ExitStack() as stack:
+        children = {name: stack.enter_context(t.child(f"teacher/{name}", tags={"ray_distill.teacher": name}))
+                    for name in probe}
+        for name, graded in probe.items():
             ok = verified[name]
             train = ok[ok[C.QUESTION_ID].astype(str).isin(picks[name])]
-            texts = ok[C.COMPLETION].tolist()
             res = {"teacher": name, STUDENT_SCORE: float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
                    TEACHER_ACCURACY: float(graded[C.CORRECT].mean()), "verified_rows": len(ok),
                    "train_rows": len(train) if s.enabled else 0, "shared_questions": len(shared) if s.enabled else 0,
-                   "mean_length": float(graded[C.NUM_TOKENS].mean()),
-                   "entropy": student_entropy(cfg, base, texts, ok[C.PROMPT].tolist()) if texts else float("nan"),
+                   "mean_length": float(graded[C.NUM_TOKENS].mean()), "entropy": entropy.get(name, float("nan")),
                    "reason": "" if len(ok) else NO_VERIFIED_ROWS}
             if ok.empty:
-                tt.set_tags({"reason": NO_VERIFIED_ROWS})
+                children[name].set_tags({"reason": NO_VERIFIED_ROWS})
             elif s.enabled:
-                m = smoke_student_scores(cfg, name, train, dev, base, tt, rec)
-                res.update({STUDENT_SCORE: m["avg_at_k"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]})
-                per_question[name] = m["question_rates"]
+                to_train[name] = train
             else:  # ranked by the teacher's own accuracy: its CI and paired margins over the probe questions
                 per_question[name] = graded.groupby(C.QUESTION_ID)[C.CORRECT].mean().astype(float).to_dict()
                 res["ci_low"], res["ci_high"] = wilson_interval(res[TEACHER_ACCURACY], max(1, len(per_question[name])))
-            tt.log_metrics({k: v for k, v in res.items() if isinstance(v, float | int)})
             results.append(res)
+        scores = smoke_student_scores(cfg, to_train, dev, base, children, rec) if to_train else {}
+        for res in results:
+            if res["teacher"] in scores:
+                m = scores[res["teacher"]]
+                res.update({STUDENT_SCORE: m["avg_at_k"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]})
+                per_question[res["teacher"]] = m["question_rates"]
+            children[res["teacher"]].log_metrics({k: v for k, v in res.items() if isinstance(v, float | int)})
     trained = {r["train_rows"] for r in results if r["train_rows"]}
     if len(trained) > 1:
         raise RuntimeError(f"smoke test: candidates trained on unequal row counts {sorted(trained)}")
@@ -604,24 +614,28 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], dev: Suites, base
     return ranking
 
 
-def student_entropy(cfg: JobConfig, base: str, texts: list[str], prompts: list[str]) -> float:
-    """``token_entropy_under_model`` of the base student, run as a Ray task on the student's serving
-    resources (a GPU on a cluster), not in the driver."""
+def student_entropy(cfg: JobConfig, base: str, corpora: dict[str, tuple[list[str], list[str]]]) -> dict[str, float]:
+    """``token_entropies_under_model`` of the base student over each teacher's (texts, prompts), run as one Ray
+    task on the student's serving resources (a GPU on a cluster), not in the driver; {} without a corpus."""
+    if not corpora:
+        return {}
     r = cfg.student.serving.resources
-    task = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(token_entropy_under_model)
-    return ray.get(task.remote(base, texts, prompts, chat_template=cfg.student.chat_template))
+    task = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(token_entropies_under_model)
+    return ray.get(task.remote(base, corpora, chat_template=cfg.student.chat_template))
 
 
-def smoke_student_scores(cfg: JobConfig, name: str, train: pd.DataFrame, dev: Suites, base: str, t: Tracker,
-                         rec: StageRecord | None) -> dict:
-    """Short SFT of the base student on one teacher's smoke-test rows, then its scores on the dev suite."""
-    corpus = [to_chat_row(r) for r in train.to_dict("records")]
+def smoke_student_scores(cfg: JobConfig, train: dict[str, pd.DataFrame], dev: Suites, base: str,
+                         trackers: dict[str, Tracker], rec: StageRecord | None) -> dict[str, dict]:
+    """Short SFTs of the base student on each teacher's smoke-test rows (one Ray Train launch for all), then
+    each student's scores on the dev suite; per teacher, logged to its ``trackers`` run."""
     s = cfg.smoke_test
     train_cfg = cfg.train.model_copy(update={"epochs": s.epochs, "lr": s.lr, "batch_size": s.batch_size})
-    trained = train_sft(corpus, base, join(cfg.run_dir, "smoke", name), train_cfg,
-                        storage_path=join(cfg.run_dir, "ray_train"), run_name=f"smoke-{name}",
-                        tracker_handle=t.handle(), log_model=False, chat_template=cfg.student.chat_template)
-    return evaluate(cfg, trained.model_path, dev, t, prefix="smoke", rec=rec)[cfg.dev.name]
+    jobs = [SFTJob([to_chat_row(r) for r in rows.to_dict("records")], join(cfg.run_dir, "smoke", name),
+                   trackers[name].handle()) for name, rows in train.items()]
+    trained = train_sft_many(jobs, base, train_cfg, storage_path=join(cfg.run_dir, "ray_train"), run_name="smoke",
+                             log_model=False, chat_template=cfg.student.chat_template)
+    return {name: evaluate(cfg, result.model_path, dev, trackers[name], prefix="smoke", rec=rec)[cfg.dev.name]
+            for name, result in zip(train, trained)}
 
 
 def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker,

@@ -51,30 +51,40 @@ def token_entropy_under_model(model_path: str, texts: list[str], prompts: list[s
     is used. The mean is token-weighted (long responses count more). ``model_path`` is a model
     reference (``ray_distill.models``); ``chat_template`` replaces its own.
     """
+    return token_entropies_under_model(model_path, {"": (texts, prompts)}, max_rows, chat_template)[""]
+
+
+def token_entropies_under_model(model_path: str, corpora: dict[str, tuple[list[str], list[str]]],
+                                max_rows: int = 256, chat_template: str | None = None) -> dict[str, float]:
+    """:func:`token_entropy_under_model` of every corpus (name -> (texts, prompts)), the model loaded once."""
     from ray_distill.models import load_causal_lm, load_tokenizer
 
-    if len(texts) != len(prompts):
-        raise ValueError(f"token_entropy_under_model: {len(texts)} texts but {len(prompts)} prompts")
-    if not texts:
-        raise ValueError("token_entropy_under_model: no texts")
+    for texts, prompts in corpora.values():
+        if len(texts) != len(prompts):
+            raise ValueError(f"token_entropy_under_model: {len(texts)} texts but {len(prompts)} prompts")
+        if not texts:
+            raise ValueError("token_entropy_under_model: no texts")
     tokenizer = load_tokenizer(model_path, chat_template)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU when the task was given one
     model = load_causal_lm(model_path, dtype=torch.float32).to(device).eval()
     max_len = int(getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length)
-    rows = [encode_turns(tokenizer, prompts[i], texts[i], max_len) for i in _subset(len(texts), max_rows)]
-    rows = [r for r in rows if r[1] < len(r[0])]  # keep rows with at least one assistant token
-    if not rows:
-        raise ValueError("token_entropy_under_model: no assistant tokens fit the model context")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    total_bits, total_tokens = 0.0, 0
-    for batch in _batches(rows, vocab=model.config.vocab_size):
-        bits, count = _batch_entropy(model, batch, pad_id)
-        total_bits, total_tokens = total_bits + bits, total_tokens + count
-    if total_tokens == 0:
-        raise ValueError("token_entropy_under_model: no assistant token could be scored")
-    logger.info("entropy under %s: %.4f bits/token over %d tokens, %d rows", model_path,
-                total_bits / total_tokens, total_tokens, len(rows))
-    return total_bits / total_tokens
+    out = {}
+    for name, (texts, prompts) in corpora.items():
+        rows = [encode_turns(tokenizer, prompts[i], texts[i], max_len) for i in _subset(len(texts), max_rows)]
+        rows = [r for r in rows if r[1] < len(r[0])]  # keep rows with at least one assistant token
+        if not rows:
+            raise ValueError("token_entropy_under_model: no assistant tokens fit the model context")
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        total_bits, total_tokens = 0.0, 0
+        for batch in _batches(rows, vocab=model.config.vocab_size):
+            bits, count = _batch_entropy(model, batch, pad_id)
+            total_bits, total_tokens = total_bits + bits, total_tokens + count
+        if total_tokens == 0:
+            raise ValueError("token_entropy_under_model: no assistant token could be scored")
+        logger.info("entropy under %s%s: %.4f bits/token over %d tokens, %d rows", model_path,
+                    f" of {name}" if name else "", total_bits / total_tokens, total_tokens, len(rows))
+        out[name] = total_bits / total_tokens
+    return out
 
 
 def encode_turns(tokenizer, prompt: str, text: str, max_len: int) -> tuple[list[int], int]:

@@ -8,10 +8,11 @@
   from rank 0 into FSDP2 shards, the loss inside the forward (:mod:`ray_distill.training.loss`, chunked).
 - :mod:`ray_distill.training.checkpoint` — sharded checkpoints (torch.distributed.checkpoint, every rank
   writes and reads its shards on any fsspec URL) and the ``save_pretrained`` export.
-- :mod:`ray_distill.training.sft` — the driver: :func:`train_sft` and :class:`TrainResult`.
+- :mod:`ray_distill.training.sft` — the driver: :func:`train_sft`, :func:`train_sft_many` (several corpora on
+  the same base in one launch) and :class:`TrainResult`.
 """
 
 from ray_distill.training.data import encode_example, preflight
-from ray_distill.training.sft import TrainResult, train_sft
+from ray_distill.training.sft import SFTJob, TrainResult, train_sft, train_sft_many
 
-__all__ = ["TrainResult", "encode_example", "preflight", "train_sft"]
+__all__ = ["SFTJob", "TrainResult", "encode_example", "preflight", "train_sft", "train_sft_many"]

@@ -13,13 +13,17 @@ and DDP/FSDP average them over the workers, which gives exactly that mean.
 from __future__ import annotations
 
 import contextlib
+import gc
+import json
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import ray
 import ray.train
 import ray.train.torch
@@ -102,19 +106,55 @@ def gradient_sync(model, sync: bool) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- the loop
-def train_loop_per_worker(config: dict) -> None:
-    """Entry point run by every Ray Train worker; ``config`` is built by ``sft.train_sft``."""
-    from ray_distill.tracking import tracker_from_handle
+JOB_PREFIX = re.compile(r"^job(\d+)-")
 
+
+def checkpoint_name(job: int, jobs: int, name: str) -> str:
+    """A checkpoint's directory name: ``name`` (``epoch_0003``) for a one-job launch, prefixed with the
+    job's index in a multi-job one (``job01-epoch_0003``), so a resume knows which job it continues."""
+    return name if jobs == 1 else f"job{job:02d}-{name}"
+
+
+def checkpoint_job(path: str | None) -> int:
+    """The job a checkpoint (directory path) belongs to: 0 unprefixed or without a checkpoint."""
+    m = JOB_PREFIX.match(path.rstrip("/").rsplit("/", 1)[-1]) if path else None
+    return int(m.group(1)) if m else 0
+
+
+def job_metrics_url(metrics_dir: str, job: int) -> str:
+    """Where rank 0 writes a job's final figures (the driver reads them after the launch)."""
+    return f"{metrics_dir}/job{job:02d}.json"
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Entry point run by every Ray Train worker; ``config`` is built by ``sft.train_sft_many``: the same
+    base fine-tuned once per job, one job after the other, from the job the latest checkpoint belongs to."""
     cfg = TrainConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    torch.manual_seed(cfg.seed)
-    examples = ray.get(config["examples"])
+    checkpoint = ray.train.get_checkpoint()
+    jobs = config["jobs"]
+    first = checkpoint_job(checkpoint.path if checkpoint else None)
+    for j in range(first, len(jobs)):
+        start = time.time()
+        final = train_job(config, cfg, j, rank, world, checkpoint if j == first else None)
+        if rank == 0:
+            with fsspec.open(job_metrics_url(config["metrics_dir"], j), "w") as f:
+                json.dump({**final, "job_start_unix": start, "job_end_unix": time.time()}, f, default=str)
+        gc.collect()
+
+
+def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, checkpoint) -> dict:
+    """Job ``j`` of the launch: build the student from the base (or the checkpoint), train, export;
+    returns the figures of its last report."""
+    from ray_distill.tracking import tracker_from_handle
+
+    job = config["jobs"][j]
+    torch.manual_seed(cfg.seed)  # each job trains as it would in a launch of its own
+    examples = ray.get(job["examples"])
     lengths = [len(e["input_ids"]) for e in examples]
     total_steps = len(epoch_plan(lengths, cfg, world, 0)) * (cfg.schedule_epochs or cfg.epochs)
-    checkpoint = ray.train.get_checkpoint()
     device = ray.train.torch.get_device()
     # the base: a path, URL or hub id (each worker loads it itself); the exported student carries the training
     # chat template. A resume reads its weights from the sharded checkpoint instead.
@@ -126,9 +166,10 @@ def train_loop_per_worker(config: dict) -> None:
         state = load_checkpoint(storage_url(checkpoint.path, config["storage_path"]), model, optimizer, scheduler)
         logger.info("rank %d resumed at epoch %d step %d", rank, state.epoch, state.global_step)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    tracker = tracker_from_handle(config["tracker_handle"] if rank == 0 else None)
+    tracker = tracker_from_handle(job["tracker_handle"] if rank == 0 else None)
     run = EpochRunner(model, optimizer, scheduler, cfg, examples, rank, world, pad_id or 0, tracker,
                       device, config.get("log_every", 10))
+    final: dict = {}
 
     def report(metrics: dict, name: str) -> None:
         """Every worker writes its shards of checkpoint ``name`` into the run's storage and reports it
@@ -136,16 +177,18 @@ def train_loop_per_worker(config: dict) -> None:
         from ray.train import CheckpointUploadMode
 
         run.sync(state)
-        metrics = {**summary(state, metrics), **work_by_node(run.local_tokens)}
+        final.update(summary(state, metrics), **work_by_node(run.local_tokens))
+        name = checkpoint_name(j, len(config["jobs"]), name)
         storage = ray.train.get_context().get_storage()
         path = storage.build_checkpoint_path_from_name(name)
         save_checkpoint(storage_url(path, config["storage_path"]), model, optimizer, scheduler, state, rank)
         ckpt = ray.train.Checkpoint(path, filesystem=storage.storage_filesystem)
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name,
+        ray.train.report(dict(final), checkpoint=ckpt, checkpoint_dir_name=name,
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
     if state.epoch >= cfg.epochs:  # resumed a finished run: nothing to train, report its figures again
-        ray.train.report({**summary(state, {}), **work_by_node(0)})
+        final.update(summary(state, {}), **work_by_node(0))
+        ray.train.report(dict(final))
     every = cfg.checkpoint_every_steps
     for epoch in range(state.epoch, cfg.epochs):
         plan = epoch_plan(lengths, cfg, world, epoch)
@@ -161,9 +204,10 @@ def train_loop_per_worker(config: dict) -> None:
         tracker.log_metrics({"train/epoch_loss": epoch_metrics["train_loss"],
                              "train/non_pad_fraction": epoch_metrics["non_pad_fraction"]}, step=state.global_step)
         report(epoch_metrics, f"epoch_{state.epoch:04d}")
-    save_model(model, base, tokenizer, config["output_path"], rank)
+    save_model(model, base, tokenizer, job["output_path"], rank)
     if rank == 0:
-        logger.info("exported student to %s", config["output_path"])
+        logger.info("exported student to %s", job["output_path"])
+    return final
 
 
 def summary(state: LoopState, epoch_metrics: dict) -> dict:

@@ -11,6 +11,13 @@ worker group is restarted from the latest checkpoint up to ``max_failures`` time
 same ``(storage_path, run_name)`` on the same inputs resumes too (the run name gets a fingerprint of
 examples, recipe and base model, so a changed corpus starts fresh). Rank 0 exports the final model with
 ``save_pretrained`` to ``output_path``; the driver logs it to MLflow. Ray must already be initialised.
+
+``train_sft_many`` fine-tunes the same base on several corpora (the smoke test's candidates) one after the
+other in a single launch, so the worker group starts once:
+
+    results = train_sft_many([SFTJob(rows_a, "s3://b/smoke/a"), SFTJob(rows_b, "s3://b/smoke/b")],
+                             base_model="/models/student", cfg=smoke_cfg, storage_path="s3://b/ray-train",
+                             run_name="smoke")
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import fsspec
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -32,7 +42,7 @@ from ray_distill.training.data import encode_example, preflight, supervised_coun
 from ray_distill.data.fs import absolute, is_local
 from ray_distill.models import load_tokenizer
 from ray_distill.training.checkpoint import storage_url
-from ray_distill.training.loop import train_loop_per_worker
+from ray_distill.training.loop import job_metrics_url, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +59,8 @@ def worker_env(cfg: TrainConfig) -> dict[str, str]:
     defaults = FSDP_WORKER_ENV if cfg.strategy == "fsdp" else {}
     return {k: os.environ.get(k, v) for k, v in defaults.items()}
 
+JOB_METRICS_DIR = "jobs"  # under the run's storage dir: each job's final figures, written by rank 0
+
 # Settings that change how a run is kept, not what it computes: changing them resumes the same run.
 OPERATIONAL = {"keep_checkpoints", "max_failures", "checkpoint_every_steps"}
 
@@ -58,6 +70,15 @@ class TrainResult:
     model_path: str  # where the final student was saved (save_pretrained layout)
     checkpoint_path: str | None  # Ray Train's latest checkpoint (sharded: torch.distributed.checkpoint + loop state)
     metrics: dict  # train_loss, initial_loss, tokens_per_s, supervised_tokens, steps, epochs, wall_s, ...
+
+
+@dataclass
+class SFTJob:
+    """One fine-tune of a :func:`train_sft_many` launch: its rows, where its student goes, its MLflow run."""
+
+    rows: list[dict]
+    output_path: str
+    tracker_handle: Any = None
 
 
 def train_sft(
@@ -76,23 +97,48 @@ def train_sft(
     records only the student's URL in MLflow (for the many intermediate students of smoke tests, searches
     and ablations). ``chat_template`` (text) replaces the base model's own for training, and the exported
     student carries it."""
+    (result,) = train_sft_many([SFTJob(rows, output_path, tracker_handle)], base_model, cfg, storage_path,
+                               run_name, log_model=log_model, chat_template=chat_template)
+    return result
+
+
+def train_sft_many(
+    jobs: list[SFTJob],
+    base_model: str,
+    cfg: TrainConfig,
+    storage_path: str,
+    run_name: str,
+    log_model: bool = True,
+    chat_template: str | None = None,
+) -> list[TrainResult]:
+    """:func:`train_sft` of the same base and recipe on several corpora (a smoke test's candidate teachers),
+    one after the other in **one** Ray Train launch: the worker group starts once (on a CPU laptop that
+    start is ~20 s a launch, as long as a smoke-test student's steps), and each job trains exactly as it
+    would alone (same seed, fresh optimiser, its own export and MLflow run). A resume continues from the
+    job the latest checkpoint belongs to; the jobs before it are done."""
     from ray_distill.tracking import tracker_from_handle
 
-    tracker = tracker_from_handle(tracker_handle)
-    examples, figures = encode_rows(rows, base_model, cfg.max_seq_len, chat_template)
-    tracker.log_metrics({f"train/{k}": v for k, v in figures.items()})
+    if not jobs:
+        raise ValueError("train_sft_many needs at least one job")
+    encoded = []
+    for job in jobs:
+        examples, figures = encode_rows(job.rows, base_model, cfg.max_seq_len, chat_template)
+        tracker_from_handle(job.tracker_handle).log_metrics({f"train/{k}": v for k, v in figures.items()})
+        encoded.append((examples, figures))
     # Resume only what is the same training: a changed corpus, recipe or base starts a new run.
-    run_name = f"{run_name}-{fingerprint(examples, cfg, base_model)}"
+    run_name = f"{run_name}-{fingerprint([e for e, _ in encoded], cfg, base_model)}"
+    storage = absolute(storage_path)
+    metrics_dir = f"{storage.rstrip('/')}/{run_name}/{JOB_METRICS_DIR}"
     t0 = time.time()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.model_dump(),
-            "examples": ray.put(examples),
+            "jobs": [{"examples": ray.put(examples), "output_path": job.output_path,
+                      "tracker_handle": job.tracker_handle} for job, (examples, _) in zip(jobs, encoded)],
+            "metrics_dir": metrics_dir,
             "base_model": base_model,
-            "output_path": output_path,
-            "storage_path": absolute(storage_path),
-            "tracker_handle": tracker_handle,
+            "storage_path": storage,
             "chat_template": chat_template,
         },
         scaling_config=ScalingConfig(
@@ -100,21 +146,33 @@ def train_sft(
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=absolute(storage_path),
+            storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             worker_runtime_env={"env_vars": worker_env(cfg)},
         ),
     )
     result = trainer.fit()
-    metrics = final_metrics(result.metrics, figures, t0)
-    log_student(tracker, output_path, copy=log_model)
-    logger.info(
-        "trained %s: loss %.4f (initial %.4f), %d steps, %.0f tokens/s, startup %.1fs, %.1fs total",
-        run_name, metrics["train_loss"], metrics["initial_loss"], metrics["steps"], metrics["tokens_per_s"],
-        metrics["startup_s"], metrics["wall_s"],
-    )
-    return TrainResult(model_path=output_path, checkpoint_path=checkpoint_uri(result, storage_path), metrics=metrics)
+    t_end = time.time()
+    results = []
+    for j, (job, (_, figures)) in enumerate(zip(jobs, encoded)):
+        last = j == len(jobs) - 1
+        with fsspec.open(job_metrics_url(metrics_dir, j), "r") as f:
+            reported = json.load(f)
+        start, end = reported.pop("job_start_unix"), reported.pop("job_end_unix")
+        # the first job's start-up includes the worker group's; the last one ends when the launch does
+        metrics = final_metrics(reported, figures, t0 if j == 0 else start, t_end if last else end)
+        log_student(tracker_from_handle(job.tracker_handle), job.output_path, copy=log_model)
+        name = run_name if len(jobs) == 1 else f"{run_name} job {j}"
+        logger.info(
+            "trained %s: loss %.4f (initial %.4f), %d steps, %.0f tokens/s, startup %.1fs, %.1fs total",
+            name, metrics["train_loss"], metrics["initial_loss"], metrics["steps"], metrics["tokens_per_s"],
+            metrics["startup_s"], metrics["wall_s"],
+        )
+        results.append(TrainResult(model_path=job.output_path,
+                                   checkpoint_path=checkpoint_uri(result, storage_path) if last else None,
+                                   metrics=metrics))
+    return results
 
 
 def encode_rows(rows: list[dict], base_model: str, max_seq_len: int,
@@ -142,12 +200,14 @@ def encode_rows(rows: list[dict], base_model: str, max_seq_len: int,
     return [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], figures
 
 
-def fingerprint(examples: list[dict], cfg: TrainConfig, base_model: str) -> str:
-    """Short content hash of the training inputs (examples, recipe, base model). ``epochs`` and the
-    ``OPERATIONAL`` settings are left out on purpose: rerunning with more epochs continues the same run."""
+def fingerprint(jobs: list[list[dict]], cfg: TrainConfig, base_model: str) -> str:
+    """Short content hash of the training inputs (each job's examples, recipe, base model). ``epochs`` and
+    the ``OPERATIONAL`` settings are left out on purpose: rerunning with more epochs continues the same run.
+    One job hashes as it did before launches had several."""
     recipe = cfg.model_dump(mode="json", exclude={"epochs", *OPERATIONAL})
-    h = hashlib.sha1(json.dumps([recipe, base_model], sort_keys=True).encode())
-    for e in examples:
+    head = [recipe, base_model] if len(jobs) == 1 else [recipe, base_model, [len(x) for x in jobs]]
+    h = hashlib.sha1(json.dumps(head, sort_keys=True).encode())
+    for e in (e for examples in jobs for e in examples):
         h.update(bytes(str(e["input_ids"]), "ascii"))
         h.update(bytes(str(e["labels"]), "ascii"))
     return h.hexdigest()[:10]
@@ -162,10 +222,10 @@ def log_student(tracker, output_path: str, copy: bool = True) -> None:
         tracker.set_tags({"student_uri": absolute(output_path)})
 
 
-def final_metrics(reported: dict, figures: dict, t0: float) -> dict:
-    """Rank 0's last report plus driver-side timings: ``wall_s`` (fit, including startup and
-    export) and ``startup_s`` (seconds from launching the trainer to the first step)."""
-    metrics = {**figures, **reported, "wall_s": time.time() - t0}
+def final_metrics(reported: dict, figures: dict, t0: float, t_end: float) -> dict:
+    """Rank 0's last report of a job plus timings: ``wall_s`` (``t0`` to ``t_end``: the launch, or the
+    job's part of it, including startup and export) and ``startup_s`` (from ``t0`` to the first step)."""
+    metrics = {**figures, **reported, "wall_s": t_end - t0}
     first = metrics.pop("first_step_unix", None)
     metrics["startup_s"] = first - t0 if first else float("nan")
     return metrics

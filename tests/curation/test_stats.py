@@ -23,3 +23,13 @@ def test_entropy_under_random_student(tiny_student_path):
     assert math.isfinite(bits) and 0.0 < bits <= math.log2(vocab) + 1e-6
     # a subset and the full set agree on a uniform-ish random model to within a bit
     assert abs(token_entropy_under_model(tiny_student_path, texts[:1], prompts[:1], max_rows=1) - bits) < 1.0
+
+
+def test_entropies_of_several_corpora_under_one_load_match_one_at_a_time(tiny_student_path):
+    from ray_distill.curation.stats import token_entropies_under_model
+
+    corpora = {"a": (["<think>1+2=3</think>\\boxed{3}"], ["1+2"]),
+               "b": (["<think>max(1,9)=9</think>\\boxed{9}", "<think>4</think>\\boxed{4}"], ["max(1,9)", "2+2"])}
+    both = token_entropies_under_model(tiny_student_path, corpora)
+    assert both == {name: token_entropy_under_model(tiny_student_path, *tp) for name, tp in corpora.items()}
+    assert both["a"] != both["b"]

@@ -189,3 +189,13 @@ def test_sharded_checkpoint_roundtrip_through_an_fsspec_url(micro):
         opt.step()
         losses.append(token_loss_sum(model, inputs).item())
     assert losses[0] == losses[1]
+
+
+def test_multi_job_checkpoint_names_say_which_job_they_continue():
+    from ray_distill.training.loop import checkpoint_job, checkpoint_name
+
+    assert checkpoint_name(0, 1, "epoch_0003") == "epoch_0003"  # a one-job launch names them as always
+    assert checkpoint_name(2, 3, "step_0000040") == "job02-step_0000040"
+    assert checkpoint_job("/data/run/job02-step_0000040") == 2
+    assert checkpoint_job("s3://b/run/job11-epoch_0001/") == 11
+    assert checkpoint_job("/data/run/epoch_0003") == 0 and checkpoint_job(None) == 0

@@ -116,3 +116,40 @@ def test_worker_env_sets_the_mmap_threshold_for_fsdp_only(monkeypatch):
     assert worker_env(TrainConfig(strategy="fsdp")) == {"MALLOC_MMAP_THRESHOLD_": "131072"}
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4194304")
     assert worker_env(TrainConfig(strategy="fsdp")) == {"MALLOC_MMAP_THRESHOLD_": "4194304"}
+
+
+def test_one_launch_trains_each_job_as_a_launch_of_its_own(ray_local, tiny_student_path, tmp_path):
+    """train_sft_many: two corpora in one Ray Train launch (one worker-group start) give the same students
+    and figures as two train_sft launches; a rerun resumes at the last job instead of training again."""
+    from safetensors.torch import load_file
+
+    from ray_distill.training.sft import SFTJob, train_sft_many
+
+    cfg = TrainConfig(num_workers=2, epochs=1, batch_size=16, lr=3e-3, max_seq_len=64)
+    corpora = [base_corpus(64, seed=1), base_corpus(48, seed=2)]
+    alone = [train_sft(rows, tiny_student_path, str(tmp_path / f"alone{i}"), cfg, storage_path=str(tmp_path / "ray"),
+                       run_name=f"alone{i}", log_model=False) for i, rows in enumerate(corpora)]
+    jobs = [SFTJob(rows, str(tmp_path / f"together{i}")) for i, rows in enumerate(corpora)]
+    together = train_sft_many(jobs, tiny_student_path, cfg, storage_path=str(tmp_path / "ray"), run_name="both",
+                              log_model=False)
+    for a, b in zip(alone, together):
+        assert b.metrics["steps"] == a.metrics["steps"] and b.metrics["rows"] == a.metrics["rows"]
+        assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], rel=1e-5)
+        wa, wb = load_file(f"{a.model_path}/model.safetensors"), load_file(f"{b.model_path}/model.safetensors")
+        assert all(torch_equal(wa[k], wb[k]) for k in wa)
+        assert 0 < b.metrics["startup_s"] < b.metrics["wall_s"]
+    assert together[0].checkpoint_path is None and together[1].checkpoint_path.endswith("job01-epoch_0001")
+    (run,) = [d for d in os.listdir(tmp_path / "ray") if d.startswith("both-")]
+    assert sorted(os.listdir(tmp_path / "ray" / run / "jobs")) == ["job00.json", "job01.json"]
+
+    again = train_sft_many(jobs, tiny_student_path, cfg, storage_path=str(tmp_path / "ray"), run_name="both",
+                           log_model=False)
+    assert again[1].metrics["restarts"] == 1 and again[1].metrics["steps"] == together[1].metrics["steps"]
+    assert again[0].metrics == {**together[0].metrics, "wall_s": again[0].metrics["wall_s"],
+                                "startup_s": again[0].metrics["startup_s"]}  # job 0 was done: not trained again
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
