@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pandas as pd
 import ray
 
 from ray_distill import columns as C
-from ray_distill.config import ConfigError, JobConfig, TeacherConfig
+from ray_distill.config import ConfigError, JobConfig, SuiteConfig, TeacherConfig
 from ray_distill.accounting import BudgetExceeded, ResourceMeter, StageEstimate, estimate
 from ray_distill.curation import adaptive as A
 from ray_distill.curation.adapters import GradeBatch, select_dataset
@@ -235,7 +236,7 @@ def evaluate_stage(cfg: JobConfig, models: dict[str, str], suites: Suites, runne
     """Every model of ``{prefix: model reference}`` on the eval suites (one score dict per model, in order)
     and, with ``eval.harness``, ``harness_model`` through lm-evaluation-harness."""
     with runner.stage("evaluate") as (t, rec):
-        scores = [evaluate(cfg, model, suites, t, prefix=prefix, rec=rec) for prefix, model in models.items()]
+        scores = evaluate_all(cfg, [(model, t, prefix) for prefix, model in models.items()], suites, rec)
         harness = evaluate_harness(cfg, harness_model, t, prefix="after") if harness_model else {}
     return scores, harness
 
@@ -634,8 +635,8 @@ def smoke_student_scores(cfg: JobConfig, train: dict[str, pd.DataFrame], dev: Su
                    trackers[name].handle()) for name, rows in train.items()]
     trained = train_sft_many(jobs, base, train_cfg, storage_path=join(cfg.run_dir, "ray_train"), run_name="smoke",
                              log_model=False, chat_template=cfg.student.chat_template)
-    return {name: evaluate(cfg, result.model_path, dev, trackers[name], prefix="smoke", rec=rec)[cfg.dev.name]
-            for name, result in zip(train, trained)}
+    scores = evaluate_all(cfg, [(r.model_path, trackers[name], "smoke") for name, r in zip(train, trained)], dev, rec)
+    return {name: s[cfg.dev.name] for name, s in zip(train, scores)}
 
 
 def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker,
@@ -708,22 +709,52 @@ def write_job_corpus(selected: pd.DataFrame, out_dir: str, t: Tracker) -> list[d
 
 def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Tracker, prefix: str,
              rec: StageRecord | None = None) -> dict[str, dict]:
-    e = cfg.eval
+    """``model`` scored on ``suites`` (``evaluate_suites`` through the student store), logged to ``t`` as
+    ``<prefix>/<suite>/<metric>`` and the macro averages; ``{}`` without suites."""
+    return evaluate_all(cfg, [(model, t, prefix)], suites, rec)[0]
+
+
+def evaluate_all(cfg: JobConfig, runs: list[tuple[str, Tracker, str]], suites: dict[str, list[dict]],
+                 rec: StageRecord | None = None) -> list[dict[str, dict]]:
+    """:func:`evaluate` of every ``(model, tracker, prefix)``, the models sampled concurrently (one engine
+    actor each: their start-ups, mostly a fresh process importing vLLM, overlap), logged one after the other
+    from this thread."""
     if not suites:
-        logger.warning("no evaluation suites configured: %s evaluation skipped", prefix)
-        return {}
+        logger.warning("no evaluation suites configured: %s evaluation skipped", ", ".join(p for _, _, p in runs))
+        return [{} for _ in runs]
+    models = list(dict.fromkeys(model for model, _, _ in runs))  # a model named twice is sampled once
+    if len(models) == 1:
+        sampled = {models[0]: _score(cfg, models[0], suites)}
+    else:
+        with ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="evaluate") as pool:
+            sampled = dict(zip(models, pool.map(lambda model: _score(cfg, model, suites), models)))
+    return [_log_scores(cfg, t, prefix, suites, *sampled[model], rec) for model, t, prefix in runs]
+
+
+def _configured_suites(cfg: JobConfig) -> dict[str, SuiteConfig]:
+    return {s.name: s for s in [*cfg.eval.suites, *([cfg.dev.suite] if cfg.dev.suite else [])]}
+
+
+def _score(cfg: JobConfig, model: str, suites: dict[str, list[dict]]) -> tuple[dict[str, dict], GenerationStore]:
+    e = cfg.eval
     store = student_store(cfg)
-    configured = {s.name: s for s in [*e.suites, *([cfg.dev.suite] if cfg.dev.suite else [])]}
+    configured = _configured_suites(cfg)
     settings = {name: e.sampling(configured[name]) for name in suites if name in configured}
     pass_k = {name: configured[name].pass_k for name in suites if name in configured}
     scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, student=cfg.student,
                              code=cfg.format.code.model_dump(), settings=settings, pass_k=pass_k, store=store)
+    return scores, store
+
+
+def _log_scores(cfg: JobConfig, t: Tracker, prefix: str, suites: dict[str, list[dict]], scores: dict[str, dict],
+                store: GenerationStore, rec: StageRecord | None) -> dict[str, dict]:
     _log_student_counters(t, store, prefix)
     if rec is not None:
         rec.student_tokens += int(sum(m.get("tokens", m["mean_length"] * m["k"] * m["n_questions"])
                                       for m in scores.values()))
     t.log_metrics({f"{prefix}/{suite}/{k}": v for suite, m in scores.items() for k, v in m.items()
                    if isinstance(v, (int, float))})
+    configured = _configured_suites(cfg)
     domains = {name: configured[name].domain for name in suites if name in configured}
     t.log_metrics({f"{prefix}/macro_{group}/avg_at_k": v for group, v in macro_average(scores, domains).items()})
     return scores
