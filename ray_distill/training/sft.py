@@ -201,10 +201,12 @@ def encode_rows(rows: list[dict], base_model: str, max_seq_len: int,
 
 
 def fingerprint(jobs: list[list[dict]], cfg: TrainConfig, base_model: str) -> str:
-    """Short content hash of the training inputs (each job's examples, recipe, base model). ``epochs`` and
-    the ``OPERATIONAL`` settings are left out on purpose: rerunning with more epochs continues the same run.
-    One job hashes as it did before launches had several."""
-    recipe = cfg.model_dump(mode="json", exclude={"epochs", *OPERATIONAL})
+    """Short content hash of the training inputs (each job's examples, recipe, base model). The
+    ``OPERATIONAL`` settings are left out on purpose, and so is ``epochs`` for one job: rerunning with more
+    epochs continues the same run. Not for several: a resume continues only the job its checkpoint belongs
+    to, so the jobs before it would keep their old epoch count. One job hashes as it did before launches had
+    several."""
+    recipe = cfg.model_dump(mode="json", exclude={"epochs", *OPERATIONAL} if len(jobs) == 1 else OPERATIONAL)
     head = [recipe, base_model] if len(jobs) == 1 else [recipe, base_model, [len(x) for x in jobs]]
     h = hashlib.sha1(json.dumps(head, sort_keys=True).encode())
     for e in (e for examples in jobs for e in examples):

@@ -48,3 +48,10 @@ def test_how_rows_split_into_jobs_is_part_of_the_run():
     together = fingerprint([two], TrainConfig(), "/m")
     apart = fingerprint([two[:1], two[1:]], TrainConfig(), "/m")
     assert together != apart != fingerprint([two[:1], two[1:], []], TrainConfig(), "/m")
+
+
+def test_more_epochs_start_a_multi_job_launch_afresh():
+    """A resume continues only the job of the latest checkpoint: the others would keep their old epochs."""
+    jobs = [EX, [{"input_ids": [4, 5], "labels": [-100, 5]}]]
+    assert fingerprint(jobs, TrainConfig(epochs=3), "/m") != fingerprint(jobs, TrainConfig(epochs=9), "/m")
+    assert fingerprint(jobs, TrainConfig(max_failures=3), "/m") == fingerprint(jobs, TrainConfig(), "/m")
