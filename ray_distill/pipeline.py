@@ -636,7 +636,7 @@ def smoke_student_scores(cfg: JobConfig, train: dict[str, pd.DataFrame], dev: Su
     trained = train_sft_many(jobs, base, train_cfg, storage_path=join(cfg.run_dir, "ray_train"), run_name="smoke",
                              log_model=False, chat_template=cfg.student.chat_template)
     scores = evaluate_all(cfg, [(r.model_path, trackers[name], "smoke") for name, r in zip(train, trained)], dev, rec)
-    return {name: s[cfg.dev.name] for name, s in zip(train, scores)}
+    return {name: by_suite[cfg.dev.name] for name, by_suite in zip(train, scores)}
 
 
 def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker,

@@ -1,7 +1,8 @@
 """The Ray Train worker loop of SFT: DDP or FSDP over the workers, batches sliced by rank and split
 into gradient-accumulation micro-batches, packed (or length-bucketed) rows, AdamW + warmup/cosine,
 fp32 or bf16 autocast, checkpoints every epoch (and every K steps) with exact resume, rank-0 tracking
-and export.
+and export. A launch may hold several jobs (``sft.train_sft_many``: the same base on several corpora), run
+one after the other; their checkpoints carry the job's index, so a resume starts at the right job.
 
 Every worker holds the full list of encoded examples and computes the same batch plan, then takes
 its share of each global batch (``data.micro_batches``). The loss is the mean cross-entropy over the
