@@ -154,14 +154,15 @@ def train_sft_many(
     )
     result = trainer.fit()
     t_end = time.time()
-    results = []
-    for j, (job, (_, figures)) in enumerate(zip(jobs, encoded)):
-        last = j == len(jobs) - 1
+    reports = []
+    for j in range(len(jobs)):
         with fsspec.open(job_metrics_url(metrics_dir, j), "r") as f:
-            reported = json.load(f)
-        start, end = reported.pop("job_start_unix"), reported.pop("job_end_unix")
-        # the first job's start-up includes the worker group's; the last one ends when the launch does
-        metrics = final_metrics(reported, figures, t0 if j == 0 else start, t_end if last else end)
+            reports.append(json.load(f))
+    spans = job_spans([(r.pop("job_start_unix"), r.pop("job_end_unix")) for r in reports], t0, t_end)
+    results = []
+    for j, (job, (_, figures), reported, (start, end)) in enumerate(zip(jobs, encoded, reports, spans)):
+        last = j == len(jobs) - 1
+        metrics = final_metrics(reported, figures, start, end)
         log_student(tracker_from_handle(job.tracker_handle), job.output_path, copy=log_model)
         name = run_name if len(jobs) == 1 else f"{run_name} job {j}"
         logger.info(
@@ -222,6 +223,18 @@ def log_student(tracker, output_path: str, copy: bool = True) -> None:
         tracker.log_artifact(absolute(output_path), "student")
     else:
         tracker.set_tags({"student_uri": absolute(output_path)})
+
+
+def job_spans(recorded: list[tuple[float, float]], t0: float, t_end: float) -> list[tuple[float, float]]:
+    """Each job's (start, end) for its ``wall_s``/``startup_s``, from the (start, end) its worker recorded:
+    the first job this launch ran starts at the launch (its start-up includes the worker group's) and the last
+    one ends with it; a job done by an earlier launch (a resume) keeps its own span."""
+    spans = list(recorded)
+    ran = [j for j, (_, end) in enumerate(recorded) if end >= t0]
+    if ran:
+        spans[ran[0]] = (t0, spans[ran[0]][1])
+        spans[ran[-1]] = (spans[ran[-1]][0], t_end)
+    return spans
 
 
 def final_metrics(reported: dict, figures: dict, t0: float, t_end: float) -> dict:

@@ -199,3 +199,12 @@ def test_multi_job_checkpoint_names_say_which_job_they_continue():
     assert checkpoint_job("/data/run/job02-step_0000040") == 2
     assert checkpoint_job("s3://b/run/job11-epoch_0001/") == 11
     assert checkpoint_job("/data/run/epoch_0003") == 0 and checkpoint_job(None) == 0
+
+
+def test_job_spans_time_each_job_of_a_launch_and_keep_those_of_an_earlier_one():
+    from ray_distill.training.sft import job_spans
+
+    # a fresh launch at t=100: job 0 carries the worker group's start-up, job 2 ends with the launch
+    assert job_spans([(126, 150), (150, 180), (180, 210)], 100, 212) == [(100, 150), (150, 180), (180, 212)]
+    # a resume at t=500 of a launch that had finished jobs 0 and 1: they keep their own spans
+    assert job_spans([(126, 150), (150, 180), (520, 530)], 500, 531) == [(126, 150), (150, 180), (500, 531)]
