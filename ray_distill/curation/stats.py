@@ -68,13 +68,13 @@ def token_entropies_under_model(model_path: str, corpora: dict[str, tuple[list[s
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU when the task was given one
     model = load_causal_lm(model_path, dtype=torch.float32).to(device).eval()
     max_len = int(getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = {}
     for name, (texts, prompts) in corpora.items():
         rows = [encode_turns(tokenizer, prompts[i], texts[i], max_len) for i in _subset(len(texts), max_rows)]
         rows = [r for r in rows if r[1] < len(r[0])]  # keep rows with at least one assistant token
         if not rows:
             raise ValueError("token_entropy_under_model: no assistant tokens fit the model context")
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         total_bits, total_tokens = 0.0, 0
         for batch in _batches(rows, vocab=model.config.vocab_size):
             bits, count = _batch_entropy(model, batch, pad_id)

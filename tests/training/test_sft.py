@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ray_distill.config import TrainConfig
 from ray_distill.synthetic.tasks import base_corpus
@@ -136,7 +137,7 @@ def test_one_launch_trains_each_job_as_a_launch_of_its_own(ray_local, tiny_stude
         assert b.metrics["steps"] == a.metrics["steps"] and b.metrics["rows"] == a.metrics["rows"]
         assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], rel=1e-5)
         wa, wb = load_file(f"{a.model_path}/model.safetensors"), load_file(f"{b.model_path}/model.safetensors")
-        assert all(torch_equal(wa[k], wb[k]) for k in wa)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
         assert 0 < b.metrics["startup_s"] < b.metrics["wall_s"]
     assert together[0].checkpoint_path is None and together[1].checkpoint_path.endswith("job01-epoch_0001")
     (run,) = [d for d in os.listdir(tmp_path / "ray") if d.startswith("both-")]
@@ -147,9 +148,3 @@ def test_one_launch_trains_each_job_as_a_launch_of_its_own(ray_local, tiny_stude
     assert again[1].metrics["restarts"] == 1 and again[1].metrics["steps"] == together[1].metrics["steps"]
     assert again[0].metrics == {**together[0].metrics, "wall_s": again[0].metrics["wall_s"],
                                 "startup_s": again[0].metrics["startup_s"]}  # job 0 was done: not trained again
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return torch.equal(a, b)
