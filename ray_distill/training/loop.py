@@ -205,10 +205,19 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
         tracker.log_metrics({"train/epoch_loss": epoch_metrics["train_loss"],
                              "train/non_pad_fraction": epoch_metrics["non_pad_fraction"]}, step=state.global_step)
         report(epoch_metrics, f"epoch_{state.epoch:04d}")
+    release_training_state(model, optimizer)
     save_model(model, base, tokenizer, job["output_path"], rank)
     if rank == 0:
         logger.info("exported student to %s", job["output_path"])
     return final
+
+
+def release_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Free the optimizer state and gradients once the last checkpoint is written, before the export gathers
+    the full weights: the gathered copy then takes their place in host memory rather than adding to them."""
+    optimizer.state.clear()
+    model.zero_grad(set_to_none=True)
+    gc.collect()
 
 
 def summary(state: LoopState, epoch_metrics: dict) -> dict:

@@ -208,3 +208,17 @@ def test_job_spans_time_each_job_of_a_launch_and_keep_those_of_an_earlier_one():
     assert job_spans([(126, 150), (150, 180), (180, 210)], 100, 212) == [(100, 150), (150, 180), (180, 212)]
     # a resume at t=500 of a launch that had finished jobs 0 and 1: they keep their own spans
     assert job_spans([(126, 150), (150, 180), (520, 530)], 500, 531) == [(126, 150), (150, 180), (500, 531)]
+
+
+def test_release_before_export_frees_optimizer_state_and_gradients_but_keeps_weights():
+    from ray_distill.training.loop import release_training_state
+
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(2, 8)).sum().backward()
+    optimizer.step()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    assert len(optimizer.state) == 2 and model.weight.grad is not None
+    release_training_state(model, optimizer)
+    assert len(optimizer.state) == 0 and model.weight.grad is None and model.bias.grad is None
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
