@@ -23,9 +23,9 @@ was written.)
     Ray cluster (one engine actor, ``--cpus`` CPUs), for every batch size x ``engine.max_concurrent_batches``
     (``--concurrent-batches``; 0 is the synchronous path, one ``LLM.generate`` wave per batch, else that
     many batches in flight in one continuously batched engine). Fixed = seconds of all - tokens / rate.
-Ratio = pipeline tokens/s / bare tokens/s (goal >= 0.95). The bare run is repeated after the pipeline
-runs and the ratio uses the mean of both: on a shared machine the load drifts between runs (the two
-bare figures show by how much); compare the columns of one run.
+Ratio = pipeline tokens/s / bare tokens/s (goal >= 0.95), each the median of its runs: the bare run
+comes first and after every round of pipeline runs (``--rounds``), since on a shared machine the load
+drifts between runs (the bare figures show by how much); compare the columns of one run.
 
 ``--long-tail``: output lengths with a long tail. The random student rarely samples its EOS token (about
 1 in 100 at temperature 1), so with ``max_tokens`` 480 a request stops after a geometric number of tokens
@@ -124,6 +124,7 @@ def main() -> None:
     p.add_argument("--concurrent-batches", type=int, nargs="+", default=[0, 8],
                    help="engine.max_concurrent_batches values (0: synchronous waves)")
     p.add_argument("--long-tail", action="store_true", help="long-tailed output lengths (see the module doc)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of pipeline runs, each followed by a bare run")
     args = p.parse_args()
     args.max_tokens = args.max_tokens or (480 if args.long_tail else 64)
     args.max_model_len = args.max_model_len or (512 if args.long_tail else 256)
@@ -137,32 +138,38 @@ def main() -> None:
 def run(args, work: str, model: str) -> None:
     n_req = args.questions * args.n
     print(f"{args.questions} questions x n={args.n} = {n_req} requests{' (long tail)' if args.long_tail else ''}, "
-          f"max_tokens={args.max_tokens}, temperature={args.temperature}, {args.cpus} CPU thread(s) per engine")
-
-    first = run_bare(args, model)
+          f"max_tokens={args.max_tokens}, temperature={args.temperature}, {args.cpus} CPU thread(s) per engine, "
+          f"{args.rounds} round(s)")
     import ray
 
     os.environ.update(ENV)
     questions, _ = requests(args)
-    ray.init(num_cpus=args.cpus + 1, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    results = {}
-    try:
-        for bs in args.batch_sizes:
-            for cb in args.concurrent_batches:
-                half, whole = (pipeline(args, model, bs, cb, os.path.join(work, f"store-{bs}-{cb}-{part}"), qs)
-                               for part, qs in (("half", questions[: len(questions) // 2]), ("all", questions)))
-                results[bs, cb] = half, whole
-    finally:
-        ray.shutdown()
-    second = run_bare(args, model)
+    bares = [run_bare(args, model)]
+    results: dict[tuple[int, int], list[tuple[dict, dict]]] = {}
+    for r in range(args.rounds):  # bare, pipelines, bare, pipelines, ..., bare: drift shows and averages out
+        ray.init(num_cpus=args.cpus + 1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            for bs in args.batch_sizes:
+                for cb in args.concurrent_batches:
+                    half, whole = (pipeline(args, model, bs, cb, os.path.join(work, f"store-{bs}-{cb}-{r}-{part}"), qs)
+                                   for part, qs in (("half", questions[: len(questions) // 2]), ("all", questions)))
+                    results.setdefault((bs, cb), []).append((half, whole))
+                    print(f"(b) round {r}, batch_size {bs}, {cb} batches in flight: {marginal(half, whole):8.0f} "
+                          "tokens/s", flush=True)
+        finally:
+            ray.shutdown()
+        bares.append(run_bare(args, model))
 
-    bare_tps = (first + second) / 2
-    print(f"(a) bare mean {bare_tps:8.0f} tokens/s")
-    for (bs, cb), (half, whole) in results.items():
-        tps = marginal(half, whole)
+    bare_tps = float(np.median(bares))
+    print(f"(a) bare median {bare_tps:8.0f} tokens/s over {len(bares)} runs ({', '.join(f'{b:.0f}' for b in bares)})")
+    for (bs, cb), runs in results.items():
+        rates = [marginal(half, whole) for half, whole in runs]
+        tps = float(np.median(rates))
+        half, whole = runs[-1]
         path = "synchronous waves" if cb == 0 else f"continuous, {cb} batches in flight"
         print(f"(b) pipeline, batch_size {bs:4d}, {path}: {whole['samples']} samples, {whole['tokens']} tokens in "
-              f"{whole['seconds']:6.1f} s (half: {half['tokens']} in {half['seconds']:6.1f} s) = {tps:8.0f} tokens/s, "
+              f"{whole['seconds']:6.1f} s (half: {half['tokens']} in {half['seconds']:6.1f} s); median {tps:8.0f} "
+              f"tokens/s over {len(rates)} rounds ({', '.join(f'{x:.0f}' for x in rates)}), "
               f"fixed {whole['seconds'] - whole['tokens'] / tps:6.1f} s | ratio b/a = {tps / bare_tps:.3f}", flush=True)
 
 

@@ -181,6 +181,7 @@ class VLLMEngine:
         SamplingParams, reasoning opening)``; and the output lists, where a prompt that cannot be rendered
         already holds its errors (every other slot is overwritten by the caller)."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         check_lengths(messages, seeds)
         out: list[list[Completion]] = [[error_completion(RuntimeError("not run"))] * len(s) for s in seeds]
@@ -192,8 +193,12 @@ class VLLMEngine:
                 out[i] = [error_completion(err)] * len(prompt_seeds)
                 continue
             for j, seed in enumerate(prompt_seeds):
+                # only the finished output, as ``LLM.generate`` asks: vLLM's default builds a cumulative output
+                # of every running request at every step, ~10% of the engine's throughput on the tiny student
+                # (benchmarks/output_kind.py)
                 params = SamplingParams(n=1, seed=seed, temperature=sampling.temperature, top_p=sampling.top_p,
-                                        max_tokens=sampling.max_tokens, stop=sampling.stop or None)
+                                        max_tokens=sampling.max_tokens, stop=sampling.stop or None,
+                                        output_kind=RequestOutputKind.FINAL_ONLY)
                 requests.append((i, j, {"prompt_token_ids": prompt.token_ids}, params, prompt.opened))
         return out, requests
 
