@@ -172,6 +172,7 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
     from ray_distill import pipeline as P
     from ray_distill.generation.store import GenerationStore
     from ray_distill.runtime import init_ray
+    from ray_distill.training.replay import training_rows
     from ray_distill.training.sft import train_sft
 
     if cfg.ablation.curve:  # before any work: an unequal step budget is a config error
@@ -219,7 +220,7 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
             with runner.stage(f"arm/{arm}/seed{seed}", rows_in=len(df)) as (t, rec):
                 corpus = [to_chat_row(r) for r in df.to_dict("records")]
                 slug = f"{arm.replace('+', 'plus_').replace(',', '').replace(' ', '_')}-seed{seed}"
-                trained = train_sft(corpus, base, join(cfg.run_dir, "ablation", slug),
+                trained = train_sft(training_rows(cfg, corpus)[0], base, join(cfg.run_dir, "ablation", slug),
                                     cfg.train.model_copy(update={"seed": seed, "epochs": epochs}),
                                     storage_path=join(cfg.run_dir, "ray_train"), run_name=f"ablation-{slug}",
                                     tracker_handle=t.handle(), log_model=False,

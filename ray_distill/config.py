@@ -554,6 +554,21 @@ class TrainConfig(_Strict):
         return self
 
 
+class ReplayConfig(_Strict):
+    """Rows the student already knew, mixed into every distillation's training rows (the job's student, Tune
+    trials, ablation arms; not the smoke test), so that it does not overwrite what it knew outside the distilled
+    domain. The curated corpus is kept whole and written as it is; the replayed rows are added to training only."""
+
+    fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of the training rows that are replayed: a corpus of N rows trains "
+        "on N + round(N x fraction / (1 - fraction)). 0: no replay.")
+    source: str | None = Field(
+        None, description="Chat rows to replay: a corpus file as 'ray-distill train' reads it (Parquet or JSONL with "
+        "'messages', any fsspec URL), e.g. general instruction data. Default: a synthetic student's own "
+        "pretraining facts (the first rows of its base corpus); a real student needs a source.")
+    seed: int = Field(0, description="Which rows of 'source' are replayed (a seeded shuffle).")
+
+
 SUITE_PRESETS = ("aime", "math500", "gpqa", "code")
 
 
@@ -725,6 +740,7 @@ class JobConfig(_Strict):
     compression: CompressionConfig = CompressionConfig()
     selection: SelectionConfig = SelectionConfig()
     train: TrainConfig = TrainConfig()
+    replay: ReplayConfig = Field(ReplayConfig(), description="Base-knowledge replay mixed into distillation.")
     eval: EvalConfig = EvalConfig()
     tune: TuneConfig = TuneConfig()
     budget: BudgetConfig = BudgetConfig()
@@ -747,6 +763,16 @@ class JobConfig(_Strict):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _replay_has_a_source(self) -> JobConfig:
+        from ray_distill.presets import is_preset
+
+        synthetic = self.student.model is None and not is_preset(self.student.preset)
+        if self.replay.fraction > 0 and self.replay.source is None and not synthetic:
+            raise ValueError("replay.fraction > 0 needs replay.source (a chat corpus file to replay) for a pretrained "
+                             "student: only a synthetic student's pretraining rows are known")
         return self
 
     @model_validator(mode="after")

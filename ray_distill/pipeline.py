@@ -53,6 +53,7 @@ from ray_distill.runtime import init_ray
 from ray_distill.students import prepare_student
 from ray_distill.tracking import NullTracker, Tracker
 from ray_distill.training.sft import SFTJob, train_sft, train_sft_many
+from ray_distill.training.replay import training_rows
 
 logger = logging.getLogger(__name__)
 
@@ -204,9 +205,14 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
 
 
 def train_stage(cfg: JobConfig, corpus: list[dict], base: str, runner: StageRunner):
-    """SFT of the base student on the corpus (Ray Train); the student goes to ``<run_dir>/student``."""
+    """SFT of the base student on the corpus and any replayed rows (Ray Train, ``training.replay``); the
+    student goes to ``<run_dir>/student``."""
     with runner.stage("train", rows_in=len(corpus)) as (t, rec):
-        result = train_sft(corpus, base, join(cfg.run_dir, "student"), cfg.train,
+        rows, replayed = training_rows(cfg, corpus)
+        t.log_metrics({"train/replay_rows": replayed["replay_rows"]})
+        if replayed["replay_rows"]:
+            rec.notes.update(replayed)
+        result = train_sft(rows, base, join(cfg.run_dir, "student"), cfg.train,
                            storage_path=join(cfg.run_dir, "ray_train"), run_name="sft", tracker_handle=t.handle(),
                            chat_template=cfg.student.chat_template, log_model=False)  # see log_student
         rec.notes.update({k: v for k, v in result.metrics.items()

@@ -122,6 +122,7 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
     """Curate once, then per rung: train up to that many epochs (resuming), evaluate on the dev suite;
     yields ``(epochs, metrics)``."""
     from ray_distill.evaluation.evaluate import evaluate_suites
+    from ray_distill.training.replay import training_rows
     from ray_distill.training.sft import train_sft
 
     teachers = teacher_names(params.get(TEACHER), [t.name for t in cfg.teachers])
@@ -138,13 +139,14 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
     if selected.empty:
         raise ValueError(f"trial {name}: the curated corpus is empty ({figures})")
     corpus = [to_chat_row(r) for r in selected.sort_values([C.QUESTION_ID, C.SAMPLE_INDEX]).to_dict("records")]
+    rows, _ = training_rows(cfg, corpus)  # the corpus (whose hash the trial reports) plus any replay, as in a job
     t = cfg.tune
     schedule = [cfg.train.epochs] if t.scheduler == "none" else rungs(cfg.train.epochs, t.grace_period,
                                                                       t.reduction_factor)
     e = cfg.eval
     start, student_tokens = time.perf_counter(), 0
     for epochs in schedule:
-        result = train_sft(corpus, base, join(cfg.run_dir, "tune", "students", name),
+        result = train_sft(rows, base, join(cfg.run_dir, "tune", "students", name),
                            cfg.train.model_copy(update={"epochs": epochs, "schedule_epochs": schedule[-1]}),
                            storage_path=join(absolute(cfg.run_dir), "ray_train"), run_name=name,
                            tracker_handle=tracker.handle(), log_model=False,
