@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from ray_distill.training.replay import replay_count
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -47,6 +49,7 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
         "questions.path=" + str(ROOT / "jobs/data/additions.jsonl"),
         "teachers.1.engine.chat_template=" + str(ROOT / "jobs/templates/chatml_think.jinja"),
         "eval.suites.0.path=" + str(ROOT / "jobs/data/additions_eval.jsonl"),
+        "replay.source=" + str(ROOT / "jobs/data/replay_chat.jsonl"),
         "eval.harness.include_path=" + str(ROOT / "jobs/harness"),
         "tracking.register_model=true",
     ]
@@ -85,6 +88,9 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
         assert ev.data.metrics[f"{when}/additions/n_questions"] == 40
         assert ev.data.metrics[f"{when}/additions/n_errors"] == 0
     assert (run_dir / "student" / "model.safetensors").exists() and (run_dir / "student" / "tokenizer.json").exists()
+    # a tenth of the training rows replayed general chat from replay.source; the corpus file holds none of them
+    corpus_rows = parent.data.metrics["rows/diverse"]
+    assert _child(children, "train").data.metrics["train/replay_rows"] == replay_count(int(corpus_rows), 0.1) > 0
     # out-of-domain through lm-evaluation-harness (its vLLM backend) on the exported SmolLM2 student
     harness = {k: v for k, v in ev.data.metrics.items() if k.startswith("after/harness/ray_distill_max_ood/")}
     assert 0.0 <= harness["after/harness/ray_distill_max_ood/exact_match/boxed"] <= 1.0, ev.data.metrics
@@ -99,7 +105,7 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
     weights = client.list_logged_model_artifacts(model.model_id, "model")
     assert "model.safetensors" in {os.path.basename(a.path) for a in weights}
     corpus = [json.loads(line) for line in (run_dir / "corpus" / "corpus.jsonl").read_text().splitlines()]
-    assert all(row["messages"][0]["content"].endswith("\\boxed{}.") for row in corpus)
+    assert all(row["messages"][0]["content"].endswith("\\boxed{}.") for row in corpus) and len(corpus) == corpus_rows
 
     # selection scored on a dev suite carved out of the pool, disjoint from the eval suite and the corpus
     dev = _table(client, _child(children, "questions"), "dev_questions.json", tmp_path)
