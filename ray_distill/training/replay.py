@@ -12,6 +12,7 @@ and replacing 10% of the rows with the base's own single-step facts kept 0.34 (d
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -41,14 +42,20 @@ def replay_rows(cfg: JobConfig, count: int) -> list[dict]:
         from ray_distill.synthetic.tasks import base_corpus
 
         return base_corpus(count, seed=cfg.seed)  # the same generator as the base's pretraining: its first rows
-    from ray_distill.data.corpus import read_corpus
-
-    rows = read_corpus(r.source)
+    rows = _source_rows(r.source)
     if count > len(rows):
         logger.warning("replay.source %s has %d rows; %d are replayed, so some appear more than once",
                        r.source, len(rows), count)
     order = np.random.default_rng(r.seed).permutation(len(rows))
     return [{C.MESSAGES: rows[order[i % len(rows)]][C.MESSAGES]} for i in range(count)]
+
+
+@functools.lru_cache(maxsize=4)
+def _source_rows(url: str) -> list[dict]:
+    """``replay.source`` read once per process: an ablation trains every arm of every seed with it."""
+    from ray_distill.data.corpus import read_corpus
+
+    return read_corpus(url)
 
 
 def training_rows(cfg: JobConfig, corpus: list[dict]) -> tuple[list[dict], dict]:
