@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -410,9 +411,19 @@ def _read(f, limit: int = -1) -> bytes:
     return f.read(limit)
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
+
+
 def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip()[:_DETAIL_CHARS] if lines else ""
+    """The last exception line of ``text`` (``ValueError: ...``), else its last non-blank line.
+
+    A program that forks writes several tracebacks into one stderr file, and a process killed when the
+    sandbox ends can leave one cut short, so the last line may be a traceback frame; the error is the
+    last line that names an exception."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    line = errors[-1] if errors else lines[-1] if lines else ""
+    return line[:_DETAIL_CHARS]
 
 
 def _short(text: str) -> str:

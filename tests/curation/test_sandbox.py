@@ -48,6 +48,17 @@ def test_output_and_value_comparison():
     assert not S.values_match([1, 2], [[1], [2]])
 
 
+def test_detail_is_the_last_exception_line_of_interleaved_tracebacks():
+    # a forking program's children write their tracebacks into the same stderr; one killed mid-write
+    # leaves a frame line last (seen in CI on the fork bomb)
+    stderr = ("Traceback (most recent call last):\n  File \"solution.py\", line 3, in <module>\n"
+              "BlockingIOError: [Errno 11] Resource temporarily unavailable\n"
+              "Traceback (most recent call last):\n  File \"solution.py\", line 3, in <module>\n")
+    assert S._last_line(stderr) == "BlockingIOError: [Errno 11] Resource temporarily unavailable"
+    assert S._last_line("no exception here\nlast words\n") == "last words"
+    assert S._last_line("") == ""
+
+
 def test_correct_and_wrong_stdio_programs(box):
     tests = {"type": "stdio", "cases": [{"input": "1 2\n", "output": "3\n"}, {"input": "2 2\n", "output": "5"}]}
     results = box.run_tests("a, b = map(int, input().split())\nprint(a + b)\n", tests, stop_on_failure=False)
