@@ -84,6 +84,13 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def canonical(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` in (question, teacher, sample index) order (index labels kept), so that a seeded draw from them
+    does not depend on the order they arrived in (Ray Data returns blocks in the order they finish) (pure)."""
+    keys = [c for c in (C.QUESTION_ID, C.TEACHER, C.SAMPLE_INDEX) if c in rows.columns]
+    return rows.sort_values(keys, kind="stable")
+
+
 def curve_budgets(n: int, multiples: list[int], epochs: int) -> list[tuple[int, int, int]]:
     """``(k, rows, epochs)`` of each curve arm: k x ``n`` rows for ``epochs / k`` epochs, so every arm takes
     the same optimizer steps as DED at ``n`` rows for ``epochs`` (up to the last partial batch of an
@@ -97,6 +104,7 @@ def curve_corpora(graded: pd.DataFrame, diverse: pd.DataFrame, n: int, multiples
     """The curve's corpora: DED at ``n`` rows (``diverse``, the DED corpus, cut to ``n``) and
     ``k x n`` random verified-correct rows of the teacher's graded samples for each k; the k = 1 arm
     is exactly the ``+correct`` arm of :func:`ablation_corpora` for the same seed (pure)."""
+    graded, diverse = canonical(graded), canonical(diverse)
     ok = graded[ok_mask(graded)]
     if len(diverse) < n:
         raise ValueError(f"ablation curve: the DED corpus has {len(diverse)} rows, fewer than N = {n}")
@@ -123,6 +131,7 @@ def curve_table(summary: pd.DataFrame, multiples: list[int]) -> pd.DataFrame:
 def ablation_corpora(graded: pd.DataFrame, kept_ids: set[str], diverse: pd.DataFrame, n: int,
                      seed: int) -> dict[str, pd.DataFrame]:
     """The four selection arms of one teacher's graded M samples, each cut to ``n`` rows (pure)."""
+    graded, diverse = canonical(graded), canonical(diverse)
     ok = ok_mask(graded)
     pools = {
         RANDOM: graded,
@@ -152,7 +161,8 @@ def plan_arms(cfg: JobConfig, graded: pd.DataFrame, kept_ids: set[str], diverse:
     if a.moves:
         corpora = {arm: (best, df, epochs) for arm, df in ablation_corpora(graded, kept_ids, diverse, n, seed).items()}
         if other is not None:
-            corpora[OTHER_TEACHER] = (accurate, other.sample(n=min(n, len(other)), random_state=seed), epochs)
+            drawn = canonical(other).sample(n=min(n, len(other)), random_state=seed)
+            corpora[OTHER_TEACHER] = (accurate, drawn, epochs)
     if a.curve:
         epochs_of = {curve_arm(k): e for k, _, e in curve_budgets(n, a.curve.multiples, epochs)}
         for arm, df in curve_corpora(graded, diverse, n, a.curve.multiples, seed).items():

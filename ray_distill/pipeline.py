@@ -22,6 +22,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import ray
 
@@ -56,6 +57,8 @@ from ray_distill.training.sft import SFTJob, train_sft, train_sft_many
 from ray_distill.training.replay import training_rows
 
 logger = logging.getLogger(__name__)
+
+_ROW = "_verify_row"  # a row's input position, carried through verification
 
 
 @dataclass
@@ -534,7 +537,9 @@ def verify(cfg: JobConfig, gen: pd.DataFrame, base: str, t: Tracker | None = Non
     counts and agreement with math-verify to ``t``. The main generation grades on storage instead
     (:func:`ray_distill.curation.plane.grade`)."""
     g = grading(cfg, base)
-    ds = ray.data.from_pandas(gen).map_batches(
+    # Ray Data returns blocks in the order its actors finish them: the input order is restored, so what
+    # callers draw from the rows (smoke-test rows, ablation arms) does not depend on actor timing
+    ds = ray.data.from_pandas(gen.assign(**{_ROW: np.arange(len(gen))})).map_batches(
         GradeBatch, fn_constructor_kwargs={"max_tokens": g.max_tokens, "require_think": g.require_think,
                                            "tokenizer_path": g.tokenizer, "code": g.code},
         batch_format="pandas", batch_size=256, num_cpus=1,
@@ -544,6 +549,7 @@ def verify(cfg: JobConfig, gen: pd.DataFrame, base: str, t: Tracker | None = Non
     graded = ds.to_pandas()
     if len(graded) != len(gen):
         raise RuntimeError(f"verify lost rows: {len(gen)} in, {len(graded)} out")
+    graded = graded.sort_values(_ROW).drop(columns=[_ROW]).reset_index(drop=True)
     summary = judge_summary(graded)
     if summary:
         if rec is not None:
@@ -698,7 +704,8 @@ def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
     if ok.empty:
         raise RuntimeError("no verified-correct teacher samples to select from; check the teacher and the grader")
     s = cfg.selection
-    return select_dataset(ok, s.keep_per_question, s.seed, base).to_pandas()
+    selected = select_dataset(ok, s.keep_per_question, s.seed, base).to_pandas()  # blocks in finishing order
+    return selected.sort_values([C.QUESTION_ID, C.TEACHER, C.SAMPLE_INDEX], kind="stable").reset_index(drop=True)
 
 
 def write_job_corpus(selected: pd.DataFrame, out_dir: str, t: Tracker) -> list[dict]:

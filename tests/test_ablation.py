@@ -15,6 +15,23 @@ def graded() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def test_arms_do_not_depend_on_the_order_rows_arrive_in():
+    # Ray Data hands verified and selected rows back in the order its actors finish blocks: a seeded draw
+    # must give the same arms from any order (it once gave a different DED arm on a rerun of the curve)
+    from ray_distill.ablation import curve_corpora
+
+    g = graded()
+    kept = {"q0", "q1", "q2", "q3"}
+    diverse = g[(g[C.QUESTION_ID].isin(kept)) & (g[C.SAMPLE_INDEX] <= 1)]
+    shuffled_g, shuffled_d = g.sample(frac=1, random_state=7), diverse.sample(frac=1, random_state=8)
+    assert not shuffled_d[C.COMPLETION].tolist() == diverse[C.COMPLETION].tolist()
+    for seed in (0, 1):
+        a, b = ablation_corpora(g, kept, diverse, 5, seed), ablation_corpora(shuffled_g, kept, shuffled_d, 5, seed)
+        c, d = curve_corpora(g, diverse, 3, [1, 2], seed), curve_corpora(shuffled_g, shuffled_d, 3, [1, 2], seed)
+        for x, y in ((a, b), (c, d)):
+            assert {k: v[C.COMPLETION].tolist() for k, v in x.items()} == {k: v[C.COMPLETION].tolist() for k, v in y.items()}
+
+
 def test_arms_have_equal_size_and_their_own_filters():
     g = graded()
     kept = {"q0", "q1", "q2"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
+from ray_distill import columns as C
 from ray_distill.config import config_from_dict
 from ray_distill.data.corpus import corpus_hash
 from ray_distill.generation.store import GenerationStore
@@ -31,7 +32,10 @@ def curate(storage, base: str, shuffle_seed: int | None, tracked: bool = False) 
     if shuffle_seed is not None:  # Ray Data may hand back blocks in any order
         gen = gen.sample(frac=1.0, random_state=shuffle_seed).reset_index(drop=True)
     graded = verify(cfg, gen, base)
+    order = [C.QUESTION_ID, C.SAMPLE_INDEX]
+    assert graded[order].values.tolist() == gen[order].values.tolist()  # verified rows keep their input order
     selected = select(cfg, graded, base)
+    assert selected[order].values.tolist() == sorted(selected[order].values.tolist())  # selection: question order
     corpus = write_job_corpus(selected, str(storage / "corpus"), t)
     t.end()
     tag = MlflowClient(t.handle().tracking_uri).get_run(t.run_id).data.tags["ray_distill.corpus_sha256"] if tracked else None
