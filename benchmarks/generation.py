@@ -25,7 +25,9 @@ was written.)
     many batches in flight in one continuously batched engine). Fixed = seconds of all - tokens / rate.
 Ratio = pipeline tokens/s / bare tokens/s (goal >= 0.95), each the median of its runs: the bare run
 comes first and after every round of pipeline runs (``--rounds``), since on a shared machine the load
-drifts between runs (the bare figures show by how much); compare the columns of one run.
+drifts between runs (the bare figures show by how much); compare the columns of one run. Also printed:
+each round's rate over the mean of the two bare runs around it, and the median of those (with one
+configuration per run, the steadiest figure: each ratio's two sides ran minutes apart).
 
 ``--long-tail``: output lengths with a long tail. The random student rarely samples its EOS token (about
 1 in 100 at temperature 1), so with ``max_tokens`` 480 a request stops after a geometric number of tokens
@@ -167,10 +169,13 @@ def run(args, work: str, model: str) -> None:
         tps = float(np.median(rates))
         half, whole = runs[-1]
         path = "synchronous waves" if cb == 0 else f"continuous, {cb} batches in flight"
+        bracketed = [rate / ((bares[r] + bares[r + 1]) / 2) for r, rate in enumerate(rates)]
         print(f"(b) pipeline, batch_size {bs:4d}, {path}: {whole['samples']} samples, {whole['tokens']} tokens in "
               f"{whole['seconds']:6.1f} s (half: {half['tokens']} in {half['seconds']:6.1f} s); median {tps:8.0f} "
               f"tokens/s over {len(rates)} rounds ({', '.join(f'{x:.0f}' for x in rates)}), "
-              f"fixed {whole['seconds'] - whole['tokens'] / tps:6.1f} s | ratio b/a = {tps / bare_tps:.3f}", flush=True)
+              f"fixed {whole['seconds'] - whole['tokens'] / tps:6.1f} s | ratio b/a = {tps / bare_tps:.3f}; "
+              f"per round vs its two bare runs {', '.join(f'{x:.2f}' for x in bracketed)}, "
+              f"median {float(np.median(bracketed)):.3f}", flush=True)
 
 
 def run_bare(args, model: str) -> float:
