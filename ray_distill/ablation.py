@@ -87,7 +87,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
 def canonical(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` in (question, teacher, sample index) order (index labels kept), so that a seeded draw from them
     does not depend on the order they arrived in (Ray Data returns blocks in the order they finish) (pure)."""
-    keys = [c for c in (C.QUESTION_ID, C.TEACHER, C.SAMPLE_INDEX) if c in rows.columns]
+    keys = [c for c in C.ROW_ORDER if c in rows.columns]
     return rows.sort_values(keys, kind="stable")
 
 

@@ -19,6 +19,7 @@ NUM_TOKENS = "num_tokens"  # completion tokens as counted by the engine
 PROMPT_TOKENS = "prompt_tokens"  # prompt tokens of the request as counted by the engine (-1: unknown)
 FINISH_REASON = "finish_reason"
 ERROR = "error"  # empty string when the request succeeded
+ROW_ORDER = (QUESTION_ID, TEACHER, SAMPLE_INDEX)  # the canonical order of generation rows (one per key)
 
 # verdicts
 FORMAT_OK = "format_ok"

@@ -705,7 +705,7 @@ def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
         raise RuntimeError("no verified-correct teacher samples to select from; check the teacher and the grader")
     s = cfg.selection
     selected = select_dataset(ok, s.keep_per_question, s.seed, base).to_pandas()  # blocks in finishing order
-    return selected.sort_values([C.QUESTION_ID, C.TEACHER, C.SAMPLE_INDEX], kind="stable").reset_index(drop=True)
+    return selected.sort_values(list(C.ROW_ORDER), kind="stable").reset_index(drop=True)
 
 
 def write_job_corpus(selected: pd.DataFrame, out_dir: str, t: Tracker) -> list[dict]:

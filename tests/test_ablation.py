@@ -29,7 +29,8 @@ def test_arms_do_not_depend_on_the_order_rows_arrive_in():
         a, b = ablation_corpora(g, kept, diverse, 5, seed), ablation_corpora(shuffled_g, kept, shuffled_d, 5, seed)
         c, d = curve_corpora(g, diverse, 3, [1, 2], seed), curve_corpora(shuffled_g, shuffled_d, 3, [1, 2], seed)
         for x, y in ((a, b), (c, d)):
-            assert {k: v[C.COMPLETION].tolist() for k, v in x.items()} == {k: v[C.COMPLETION].tolist() for k, v in y.items()}
+            texts = {k: v[C.COMPLETION].tolist() for k, v in x.items()}
+            assert texts == {k: v[C.COMPLETION].tolist() for k, v in y.items()}
 
 
 def test_arms_have_equal_size_and_their_own_filters():

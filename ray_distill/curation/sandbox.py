@@ -411,7 +411,7 @@ def _read(f, limit: int = -1) -> bytes:
     return f.read(limit)
 
 
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 
 
 def _last_line(text: str) -> str:
