@@ -528,12 +528,32 @@ class TrainConfig(_Strict):
     )
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data parallelism: DDP, or FSDP2 (sharded).")
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: DDP autocasts; FSDP computes with bf16 weights gathered from fp32 shards (the "
-        "optimizer state stays fp32, gradients are reduced in fp32). fp32: plain fp32.")
+        "fp32", description="Compute dtype. bf16: DDP autocasts; FSDP computes with bf16 weights gathered from its "
+        "shards (gradients reduced in fp32). fp32: plain fp32. The stored weights' dtype is param_dtype.")
+    param_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Dtype of the trained (sharded) parameters and their gradients. fp32: fp32 master weights "
+        "(AdamW: 16 bytes/param = 4 param + 4 grad + 8 moments). bf16 (needs precision bf16): bf16 parameters and "
+        "gradients with fp32 Adam moments (12 bytes/param); the update is computed in fp32 and written back with "
+        "stochastic rounding, so updates below bf16's resolution (lr 1e-5) are kept in expectation. DDP then "
+        "all-reduces bf16 gradients.")
+    reduce_every_micro_step: bool = Field(
+        True, description="FSDP: reduce-scatter gradients after every accumulation micro-step, so only sharded "
+        "gradients are kept (False skips the sync until the last micro-step: less communication, but an unsharded "
+        "gradient copy on every rank). DDP skips the all-reduce on accumulation micro-steps either way.")
+    cpu_offload: bool = Field(
+        False, description="FSDP: keep the sharded parameters, gradients and optimizer state in host memory "
+        "(FSDP2 CPUOffloadPolicy); layers are copied to the device for compute and the optimizer step runs on CPU.")
+    shard_size: int | None = Field(
+        None, ge=1, description="FSDP: shard over groups of this many workers (e.g. 8, one node) and replicate across "
+        "the groups (HSDP, a 2-D device mesh); num_workers must be a multiple. None: shard over all workers.")
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict, description="Extra Ray resources each training worker requests besides its CPUs (and "
+        "GPU), e.g. {training: 1} so that trainers land on the cluster's training node type.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     attn_implementation: str = Field(
-        "sdpa", description="Attention kernel of the student (transformers' attn_implementation): sdpa (CPU and "
-        "GPU), eager, or flash_attention_2 on GPUs (packed rows then go as one varlen row per micro-batch).")
+        "auto", description="Attention kernel of the student (transformers' attn_implementation): auto (resolved on "
+        "each worker: flash_attention_2 on a CUDA device when the flash_attn package imports, else sdpa), sdpa, "
+        "eager, or flash_attention_2 (GPU; packed rows then go as one varlen row per micro-batch).")
     loss_chunk_tokens: int | None = Field(
         1024, ge=1, description="Supervised tokens per chunk of the cross-entropy (logits are computed chunk by chunk, "
         "never for the whole sequence); None: all at once.")
@@ -551,6 +571,22 @@ class TrainConfig(_Strict):
                 f"batch_size {self.batch_size} < num_workers x grad_accum_steps "
                 f"({self.num_workers} x {self.grad_accum_steps}): some micro-batch would be empty"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _memory_knobs(self) -> TrainConfig:
+        if self.param_dtype == "bf16" and self.precision != "bf16":
+            raise ValueError("param_dtype bf16 needs precision bf16 (layers compute in their parameters' dtype)")
+        for knob, on in (("cpu_offload", self.cpu_offload), ("shard_size", self.shard_size is not None)):
+            if on and self.strategy != "fsdp":
+                raise ValueError(f"{knob} needs strategy fsdp (DDP keeps a full replica on every worker)")
+        if self.shard_size is not None and self.num_workers % self.shard_size:
+            raise ValueError(f"num_workers {self.num_workers} is not a multiple of shard_size {self.shard_size}")
+        reserved = sorted({"CPU", "GPU"} & set(self.custom_resources))
+        if reserved:
+            raise ValueError(f"custom_resources {reserved}: set cpus_per_worker / use_gpu instead")
+        if any(v <= 0 for v in self.custom_resources.values()):
+            raise ValueError(f"custom_resources {self.custom_resources}: each amount must be > 0")
         return self
 
 

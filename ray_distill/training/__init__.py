@@ -6,6 +6,8 @@
   and checkpointing, step/epoch checkpoints, exact resume).
 - :mod:`ray_distill.training.shard` — the student as workers train it: meta-device init, weights streamed
   from rank 0 into FSDP2 shards, the loss inside the forward (:mod:`ray_distill.training.loss`, chunked).
+- :mod:`ray_distill.training.optim` — AdamW with fp32 moments and stochastic rounding for bf16 parameters
+  (``train.param_dtype: bf16``).
 - :mod:`ray_distill.training.checkpoint` — sharded checkpoints (torch.distributed.checkpoint, every rank
   writes and reads its shards on any fsspec URL) and the ``save_pretrained`` export.
 - :mod:`ray_distill.training.sft` — the driver: :func:`train_sft`, :func:`train_sft_many` (several corpora on

@@ -8,7 +8,13 @@ Every worker holds the full list of encoded examples and computes the same batch
 its share of each global batch (``data.micro_batches``). The loss is the mean cross-entropy over the
 supervised tokens of the whole *global* batch: each worker divides every micro-batch's token-loss sum
 by the global count and multiplies by the world size; gradients add up over the accumulation steps
-and DDP/FSDP average them over the workers, which gives exactly that mean.
+and DDP/FSDP average them over the workers, which gives exactly that mean. DDP all-reduces on the last
+micro-step only; FSDP reduce-scatters after every micro-step (``reduce_every_micro_step``, gradients stay
+sharded) or, when that is off, on the last one only.
+
+Device-true: every tensor the loop hands to a collective is built on the worker's training device
+(``ray.train.torch.get_device()``): on GPU workers the process group is NCCL (``sft.process_group_backend``),
+which has no CPU tensors. ``tests/training/test_device_true.py`` checks it on CPU.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from ray_distill.config import TrainConfig
 from ray_distill.models import load_tokenizer
 from ray_distill.training.checkpoint import LoopState, load_checkpoint, save_checkpoint, save_model, storage_url
 from ray_distill.training.data import collate, layout, micro_batches, padded_size, plan_batches, supervised_count
-from ray_distill.training.shard import build_student
+from ray_distill.training.optim import AdamW
+from ray_distill.training.shard import build_student, resolve_attn_implementation
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +57,17 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
 
 
 def build_optimizer(model, cfg: TrainConfig, total_steps: int):
-    """AdamW (0.9, 0.98); weight decay on matrices only (not on norms and biases)."""
+    """AdamW (0.9, 0.98); weight decay on matrices only (not on norms and biases). With ``param_dtype: bf16``
+    the fp32-moment, stochastically rounding AdamW of :mod:`ray_distill.training.optim`."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+    if cfg.param_dtype == "bf16":
+        optimizer = AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), seed=cfg.seed)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.min_lr_ratio)
@@ -70,9 +81,10 @@ def token_loss_sum(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], labels=inputs["labels"])
 
 
-def global_sum(values: list[float]) -> list[float]:
-    """Sum a few numbers over all workers (identity with one process)."""
-    t = torch.tensor(values, dtype=torch.float64)
+def global_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few numbers over all workers (identity with one process); the tensor is built on the training
+    ``device`` (NCCL has no CPU tensors)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
@@ -86,8 +98,10 @@ def epoch_plan(lengths: list[int], cfg: TrainConfig, world: int, epoch: int) -> 
 
 # ---------------------------------------------------------------- parallelism
 @contextlib.contextmanager
-def gradient_sync(model, sync: bool) -> Iterator[None]:
-    """Skip the gradient all-reduce on all but the last accumulation micro-step."""
+def gradient_sync(model, sync: bool, reduce_every_micro_step: bool) -> Iterator[None]:
+    """Skip the gradient reduction on an accumulation micro-step (``sync`` False). DDP always skips it there;
+    FSDP only when ``reduce_every_micro_step`` is off, since a skipped reduce-scatter keeps the gradients
+    unsharded (a full gradient copy per rank) until the last micro-step."""
     from torch.distributed.fsdp import FSDPModule
     from torch.nn.parallel import DistributedDataParallel
 
@@ -96,7 +110,7 @@ def gradient_sync(model, sync: bool) -> Iterator[None]:
     elif isinstance(model, DistributedDataParallel):
         with model.no_sync():
             yield
-    elif isinstance(model, FSDPModule):
+    elif isinstance(model, FSDPModule) and not reduce_every_micro_step:
         model.set_requires_gradient_sync(False)
         try:
             yield
@@ -171,6 +185,7 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
     run = EpochRunner(model, optimizer, scheduler, cfg, examples, rank, world, pad_id or 0, tracker,
                       device, config.get("log_every", 10))
     final: dict = {}
+    node = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict, name: str) -> None:
         """Every worker writes its shards of checkpoint ``name`` into the run's storage and reports it
@@ -178,7 +193,7 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
         from ray.train import CheckpointUploadMode
 
         run.sync(state)
-        final.update(summary(state, metrics), **work_by_node(run.local_tokens))
+        final.update(summary(state, metrics), **work_by_node(run.local_tokens, node))
         name = checkpoint_name(j, len(config["jobs"]), name)
         storage = ray.train.get_context().get_storage()
         path = storage.build_checkpoint_path_from_name(name)
@@ -188,7 +203,7 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
     if state.epoch >= cfg.epochs:  # resumed a finished run: nothing to train, report its figures again
-        final.update(summary(state, {}), **work_by_node(0))
+        final.update(summary(state, {}), **work_by_node(0, node))
         ray.train.report(dict(final))
     every = cfg.checkpoint_every_steps
     for epoch in range(state.epoch, cfg.epochs):
@@ -249,9 +264,10 @@ def peak_memory() -> dict:
     return figures
 
 
-def work_by_node(local_tokens: int) -> dict:
-    """Non-pad tokens each node's workers trained on in this launch (``{node_id: tokens}``)."""
-    mine = (ray.get_runtime_context().get_node_id(), local_tokens)
+def work_by_node(local_tokens: int, node_id: str) -> dict:
+    """Non-pad tokens each node's workers trained on in this launch (``{node_id: tokens}``; ``node_id``: this
+    worker's node). The object gather runs on the current CUDA device under NCCL (Ray Train sets it)."""
+    mine = (node_id, local_tokens)
     everyone = [mine]
     if dist.is_available() and dist.is_initialized():
         everyone = [None] * dist.get_world_size()
@@ -286,7 +302,8 @@ class EpochRunner:
         # FSDP computes in bf16 through its mixed-precision policy; DDP and one worker autocast.
         self.autocast = self.cfg.precision == "bf16" and self.cfg.strategy != "fsdp"
         # varlen flash attention sees packed examples only in one row (position_ids restarting, batch 1)
-        self.one_row = self.cfg.packing and self.cfg.attn_implementation.startswith("flash")
+        attn = resolve_attn_implementation(self.cfg.attn_implementation, self.device)
+        self.one_row = self.cfg.packing and attn.startswith("flash")
 
     def steps(self, batches: list[list[int]], state: LoopState) -> Iterator[None]:
         """One optimiser step per global batch, updating ``state``; yields after each step."""
@@ -307,7 +324,7 @@ class EpochRunner:
             window_sum, window_sup = window_sum + loss_sum, window_sup + sup
             window_tokens, window_t = window_tokens + tokens, window_t + dt
             if state.global_step == 1 or state.global_step % self.log_every == 0:
-                (total,) = global_sum([window_sum])
+                (total,) = global_sum([window_sum], self.device)
                 loss = total / max(1, window_sup)
                 if state.initial_loss is None:
                     state.initial_loss = loss
@@ -327,7 +344,8 @@ class EpochRunner:
             rows = layout(self.lengths, micro, self.cfg.packing, self.cfg.max_seq_len)
             inputs = collate([[self.examples[i] for i in row] for row in rows], pad_id=self.pad_id,
                              one_row=self.one_row)
-            with gradient_sync(self.model, sync=j == len(micros) - 1):
+            with gradient_sync(self.model, sync=j == len(micros) - 1,
+                               reduce_every_micro_step=self.cfg.reduce_every_micro_step):
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     micro_loss = token_loss_sum(self.model, {k: v.to(self.device) for k, v in inputs.items()})
                 (micro_loss * scale).backward()
@@ -345,7 +363,7 @@ class EpochRunner:
 
     def sync(self, state: LoopState) -> None:
         """Add every rank's pending loss and token sums to the (rank-identical) state."""
-        loss_sum, real, padded = global_sum(self._pending)
+        loss_sum, real, padded = global_sum(self._pending, self.device)
         state.epoch_loss_sum += loss_sum
         state.epoch_real += int(real)
         state.epoch_padded += int(padded)

@@ -4,10 +4,12 @@
                        cfg=job.train, storage_path="s3://bucket/ray-train", run_name="sft-teacher-a")
 
 The driver encodes every row (``data.encode_example``), runs the preflight, puts the encoded
-examples in the object store and launches a ``TorchTrainer`` (DDP or FSDP; gloo on CPU, NCCL on
-GPU). The workers (``loop.train_loop_per_worker``) checkpoint every epoch (and every
-``checkpoint_every_steps``) under ``<storage_path>/<run_name>``, keeping ``keep_checkpoints``; a failed
-worker group is restarted from the latest checkpoint up to ``max_failures`` times, and rerunning the
+examples in the object store and launches a ``TorchTrainer`` (DDP or FSDP; the process group's backend
+chosen explicitly, :func:`process_group_backend`: gloo on CPU, NCCL on GPU; each worker asks for
+``cpus_per_worker`` CPUs, a GPU with ``use_gpu`` and the ``custom_resources`` that steer it onto the
+cluster's training node type, :func:`worker_resources`). The workers (``loop.train_loop_per_worker``)
+checkpoint every epoch (and every ``checkpoint_every_steps``) under ``<storage_path>/<run_name>``, keeping
+``keep_checkpoints``; a failed worker group is restarted from the latest checkpoint up to ``max_failures`` times, and rerunning the
 same ``(storage_path, run_name)`` on the same inputs resumes too (the run name gets a fingerprint of
 examples, recipe and base model, so a changed corpus starts fresh). Rank 0 exports the final model with
 ``save_pretrained`` to ``output_path``; the driver logs it to MLflow. Ray must already be initialised.
@@ -34,7 +36,7 @@ import fsspec
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from ray_distill.columns import MESSAGES
 from ray_distill.config import TrainConfig
@@ -59,10 +61,26 @@ def worker_env(cfg: TrainConfig) -> dict[str, str]:
     defaults = FSDP_WORKER_ENV if cfg.strategy == "fsdp" else {}
     return {k: os.environ.get(k, v) for k, v in defaults.items()}
 
+
+def process_group_backend(cfg: TrainConfig) -> str:
+    """The torch.distributed backend of the workers: NCCL on GPUs (every collective's tensors on the device,
+    see ``loop``), gloo on CPUs. With ``cpu_offload`` on GPUs the shards live in host memory and torch reduces
+    some of them there (the gradient norm of clipping, the full weights gathered for the export, the rank-0
+    weight broadcast at start): host tensors then go through gloo, device ones through NCCL."""
+    if not cfg.use_gpu:
+        return "gloo"
+    return "cpu:gloo,cuda:nccl" if cfg.cpu_offload else "nccl"
+
+
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """The Ray resources each training worker requests besides its GPU (``use_gpu``)."""
+    return {"CPU": cfg.cpus_per_worker, **cfg.custom_resources}
+
+
 JOB_METRICS_DIR = "jobs"  # under the run's storage dir: each job's final figures, written by rank 0
 
-# Settings that change how a run is kept, not what it computes: changing them resumes the same run.
-OPERATIONAL = {"keep_checkpoints", "max_failures", "checkpoint_every_steps"}
+# Settings that change how a run is kept or where it runs, not what it computes: changing them resumes the same run.
+OPERATIONAL = {"keep_checkpoints", "max_failures", "checkpoint_every_steps", "custom_resources"}
 
 
 @dataclass
@@ -142,8 +160,9 @@ def train_sft_many(
             "chat_template": chat_template,
         },
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=worker_resources(cfg)
         ),
+        torch_config=TorchConfig(backend=process_group_backend(cfg)),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage,

@@ -28,7 +28,8 @@ def test_changed_corpus_recipe_or_base_starts_fresh():
 
 def test_operational_settings_continue_the_same_run():
     base = fingerprint([EX], TrainConfig(), "/m")
-    changed = TrainConfig(keep_checkpoints=5, max_failures=3, checkpoint_every_steps=50)
+    changed = TrainConfig(keep_checkpoints=5, max_failures=3, checkpoint_every_steps=50,
+                          custom_resources={"training": 1})
     assert fingerprint([EX], changed, "/m") == base
     assert fingerprint([EX], TrainConfig(packing=True), "/m") != base  # a different batch composition
 
@@ -36,7 +37,7 @@ def test_operational_settings_continue_the_same_run():
 def test_one_job_hashes_as_before_launches_had_several():
     """Runs made before multi-job launches keep their names (and so resume)."""
     recipe = TrainConfig().model_dump(mode="json", exclude={"epochs", "keep_checkpoints", "max_failures",
-                                                              "checkpoint_every_steps"})
+                                                              "checkpoint_every_steps", "custom_resources"})
     h = hashlib.sha1(json.dumps([recipe, "/m"], sort_keys=True).encode())
     h.update(b"[1, 2, 3]")
     h.update(b"[-100, 2, 3]")

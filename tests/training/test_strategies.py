@@ -1,5 +1,5 @@
-"""Training strategies chosen by config: the TrainConfig rules (no Ray), and FSDP2 + bf16 autocast +
-gradient checkpointing on CPU (gloo) with 2 real Ray Train workers, checkpointed and resumed."""
+"""Training strategies chosen by config: the TrainConfig rules (no Ray), and FSDP2 (HSDP over 2 real Ray Train
+workers) with bf16 parameters + gradient checkpointing on CPU (gloo), checkpointed and resumed."""
 
 from __future__ import annotations
 
@@ -29,11 +29,14 @@ def test_fsdp_and_bf16_are_allowed_on_cpu():
 
 @pytest.mark.slow
 def test_fsdp_bf16_gradient_checkpointing_on_cpu_trains_and_resumes(ray_local, tiny_student_path, tmp_path):
+    """bf16 shards with the fp32-moment AdamW, reduce-scattered every micro-step, on a (2 replicate x 1 shard)
+    HSDP mesh; the resume reads the sharded bf16 weights and fp32 moments back."""
     from transformers import AutoModelForCausalLM
 
     rows = base_corpus(96, seed=4)
     cfg = TrainConfig(num_workers=2, epochs=1, batch_size=16, lr=3e-3, max_seq_len=64, strategy="fsdp",
-                      precision="bf16", gradient_checkpointing=True, grad_accum_steps=2, packing=True)
+                      precision="bf16", param_dtype="bf16", shard_size=1, gradient_checkpointing=True,
+                      grad_accum_steps=2, packing=True)
     first = train_sft(rows, tiny_student_path, str(tmp_path / "student"), cfg, storage_path=str(tmp_path / "ray"),
                       run_name="fsdp").metrics
     assert first["steps"] == 6 and first["restarts"] == 0
