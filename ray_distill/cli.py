@@ -340,7 +340,8 @@ def submit(
     working_dir: Annotated[str, typer.Option("--working-dir", help="Directory shipped to the cluster.")] = ".",
     install: Annotated[str, typer.Option("--install", help="none (nodes have ray-distill) | pip | uv (install it "
                                          "into the job's runtime env).")] = "none",
-    extra: Annotated[str, typer.Option("--extra", help="Package extra installed with --install: cpu | gpu.")] = "cpu",
+    extra: Annotated[str, typer.Option("--extra", help="Package extra installed with --install: auto (gpu when a "
+                                       "node of the cluster has GPUs, else cpu) | cpu | gpu.")] = "auto",
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Stream logs and exit with the job's status.")] = True,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop the job after this many seconds.")] = None,
 ) -> None:

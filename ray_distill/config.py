@@ -170,6 +170,9 @@ class ResourcesConfig(_Strict):
         "with engine.max_concurrent_batches=0 each batch is one synchronous wave and the engine idles in its tail "
         "(benchmarks/generation.py --long-tail compares both with bare vLLM).",
     )
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict, description="Extra Ray resources each actor requests, e.g. {generation: 8} so that an "
+        "engine lands on the node type that offers them (cluster/*.yaml; `ray-distill plan` checks that one holds it).")
 
 
 class EngineConfig(_Strict):
@@ -838,6 +841,21 @@ class JobConfig(_Strict):
     def _curve_arms_take_equal_steps(self) -> JobConfig:
         if self.ablation.curve is not None:
             check_curve_multiples(self.ablation.curve.multiples, self.train.epochs)
+        return self
+
+    @model_validator(mode="after")
+    def _completions_fit_max_seq_len(self) -> JobConfig:
+        """Every candidate's rows may be trained on (any may win the smoke test): its longest kept completion,
+        min(sampling.max_tokens, format.max_tokens), must fit train.max_seq_len, or training would cut final
+        answers off. Prompts are not counted (the longest question is not known from the config). Scripted
+        teachers (the synthetic world's writers) are exempt: their completions have fixed, short lengths."""
+        for t in self.teachers:
+            cap = min(t.sampling.max_tokens, self.format.max_tokens)
+            if t.engine.kind != "scripted" and self.train.max_seq_len < cap:
+                raise ValueError(f"train.max_seq_len {self.train.max_seq_len} < teacher {t.name!r} sampling.max_tokens "
+                                 f"{t.sampling.max_tokens} (format.max_tokens {self.format.max_tokens}): its longest "
+                                 f"completions would lose their final answer; set train.max_seq_len to at least {cap} "
+                                 "plus the longest prompt, or lower the max_tokens")
         return self
 
     @property

@@ -629,11 +629,13 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], dev: Suites, base
 
 def student_entropy(cfg: JobConfig, base: str, corpora: dict[str, tuple[list[str], list[str]]]) -> dict[str, float]:
     """``token_entropies_under_model`` of the base student over each teacher's (texts, prompts), run as one Ray
-    task on the student's serving resources (a GPU on a cluster), not in the driver; {} without a corpus."""
+    task on the student's serving resources, not in the driver (on GPUs the model is loaded in 16-bit and spread
+    over all of them: ``curation.stats.entropy_load_plan``); {} without a corpus."""
     if not corpora:
         return {}
     r = cfg.student.serving.resources
-    task = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(token_entropies_under_model)
+    task = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus,
+                      resources=dict(r.custom_resources) or None)(token_entropies_under_model)
     return ray.get(task.remote(base, corpora, chat_template=cfg.student.chat_template))
 
 

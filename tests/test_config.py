@@ -180,3 +180,38 @@ def test_curve_multiples_that_do_not_divide_the_epochs_are_a_config_error(tmp_pa
     assert cfg.ablation.curve.multiples == [1, 2, 4]
     with pytest.raises(ConfigError, match=r"ablation.curve.multiples \[3\] do not divide train.epochs=8"):
         load_config(job, ["ablation.curve.multiples=[1,3]", "train.epochs=8"])
+
+
+@pytest.mark.parametrize("overrides, where", [
+    (["eval.temperature=0"], "suites.0 (arith) avg@k: k=4 samples at temperature 0"),
+    (["eval.k=1", "eval.suites.0.k=3", "eval.suites.0.temperature=0"], "suites.0 (arith) avg@k: k=3"),
+    (["compression.temperature=0"], "compression: k=4 samples at temperature 0"),
+    (["dev={suite: {name: held, synthetic: {family: arith, seed: 9}, k: 2, temperature: 0}}"],
+     "dev.suite (held) avg@k: k=2 samples at temperature 0"),
+])
+def test_k_greedy_copies_of_one_answer_are_refused(tmp_path, overrides, where):
+    """avg@k / a pass rate over k > 1 samples at temperature 0 averages k identical greedy answers: refused in one
+    line that says what to set; k = 1 at temperature 0 and the defaults (k = 4 at 0.6) are fine."""
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, MINIMAL + EVAL), overrides)
+    msg = str(err.value)
+    assert where in msg and "copies of one greedy answer; set k: 1 or a temperature > 0" in msg and "\n" not in msg
+    cfg = load_config(_write(tmp_path, MINIMAL + EVAL), ["eval.k=1", "eval.temperature=0"])
+    assert cfg.eval.sampling(cfg.eval.suites[0]) == {"k": 1, "temperature": 0.0, "max_tokens": cfg.eval.max_tokens}
+    assert load_config(_write(tmp_path, MINIMAL + EVAL)).eval.temperature == 0.6
+
+
+def test_max_seq_len_must_hold_every_model_teachers_longest_completion(tmp_path):
+    """A model teacher's completions of up to min(sampling.max_tokens, format.max_tokens) tokens must fit
+    train.max_seq_len (else final answers are cut); scripted teachers write short fixed-length rows."""
+    two = MINIMAL.replace("teachers: [{name: t, engine: {kind: scripted, persona: concise}}]",
+                          "teachers: [{name: t, engine: {kind: scripted, persona: concise}},\n"
+                          "           {name: big, engine: {kind: vllm, model: org/name}, sampling: {max_tokens: 300}}]")
+    path = _write(tmp_path, two)
+    with pytest.raises(ConfigError, match=r"train.max_seq_len 256 < teacher 'big' sampling.max_tokens 300 "
+                                          r"\(format.max_tokens 512\)") as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
+    assert load_config(path, ["train.max_seq_len=300"]).train.max_seq_len == 300
+    assert load_config(path, ["format.max_tokens=200"]).format.max_tokens == 200  # the format cap binds
+    assert load_config(_write(tmp_path, MINIMAL), ["train.max_seq_len=8"]).train.max_seq_len == 8  # scripted only

@@ -146,6 +146,17 @@ def test_documented_submit_lines_name_jobs_that_validate(monkeypatch):
         _validates(doc, ctx.params["job"], ctx.params["overrides"] or [])
 
 
+def test_extra_auto_picks_gpu_when_any_node_has_one():
+    from ray_distill.submit import choose_extra
+
+    cpu_only = [{"CPU": 8.0, "memory": 1e9}, {"CPU": 4.0, "worker": 1.0}]
+    assert choose_extra("auto", cpu_only) == "cpu" and choose_extra("auto", []) == "cpu"
+    assert choose_extra("auto", [*cpu_only, {"CPU": 16.0, "GPU": 8.0}]) == "gpu"
+    assert choose_extra("cpu", [{"GPU": 8.0}]) == "cpu" and choose_extra("gpu", cpu_only) == "gpu"  # explicit wins
+    with pytest.raises(SubmitError, match="--extra must be auto, cpu or gpu"):
+        choose_extra("cuda", cpu_only)
+
+
 # ----------------------------------------------------------------------------- slow: a real cluster
 
 
@@ -171,6 +182,15 @@ def cluster():
     finally:
         subprocess.run([script, "stop"], env=env, capture_output=True, text=True, timeout=120)
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_extra_auto_reads_the_live_nodes_of_the_cluster(cluster):
+    from ray_distill.submit import choose_extra, cluster_node_resources
+
+    nodes = cluster_node_resources(cluster["RAY_ADDRESS"])
+    assert len(nodes) == 2 and any("worker" in n for n in nodes) and all(n["CPU"] >= 2 for n in nodes)
+    assert choose_extra("auto", nodes) == "cpu"  # the local cluster has no GPU
 
 
 @pytest.mark.slow

@@ -5,7 +5,14 @@
 
 The entropy is the paper's teacher diagnostic (lower-entropy teacher corpora were learned better:
 0.477 vs 0.705 bits): the mean, over every assistant token of the corpus, of the entropy of the
-model's next-token distribution at that position. CPU, batched, ``torch.no_grad``.
+model's next-token distribution at that position. Batched, ``torch.no_grad``; where the model is loaded
+(:func:`entropy_load_plan`): on CPU in float32 (the tiny students), on the GPUs of the Ray task that runs it
+(the student's serving resources, ``pipeline.student_entropy``) in 16-bit, sharded over all of them.
+
+vLLM's prompt logprobs are not used: vLLM returns at most the top-k (``max_logprobs``, 20 by default)
+log-probabilities of each prompt position, and the entropy needs the whole next-token distribution (the
+mass outside the top-k, spread over a 150k vocabulary, is unknown), so they give neither the entropy nor a
+bound close enough to rank teachers by.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ def token_entropy_under_model(model_path: str, texts: list[str], prompts: list[s
 def token_entropies_under_model(model_path: str, corpora: dict[str, tuple[list[str], list[str]]],
                                 max_rows: int = 256, chat_template: str | None = None) -> dict[str, float]:
     """:func:`token_entropy_under_model` of every corpus (name -> (texts, prompts)), the model loaded once."""
-    from ray_distill.models import load_causal_lm, load_tokenizer
+    from ray_distill.models import load_tokenizer
 
     for texts, prompts in corpora.values():
         if len(texts) != len(prompts):
@@ -65,8 +72,7 @@ def token_entropies_under_model(model_path: str, corpora: dict[str, tuple[list[s
         if not texts:
             raise ValueError("token_entropy_under_model: no texts")
     tokenizer = load_tokenizer(model_path, chat_template)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU when the task was given one
-    model = load_causal_lm(model_path, dtype=torch.float32).to(device).eval()
+    model = _load(model_path, entropy_load_plan(torch.cuda.device_count(), _checkpoint_dtype(model_path)))
     max_len = int(getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = {}
@@ -85,6 +91,40 @@ def token_entropies_under_model(model_path: str, corpora: dict[str, tuple[list[s
                     f" of {name}" if name else "", total_bits / total_tokens, total_tokens, len(rows))
         out[name] = total_bits / total_tokens
     return out
+
+
+def entropy_load_plan(num_gpus: int, checkpoint_dtype: str | None) -> dict:
+    """How :func:`token_entropies_under_model` loads the model, given the CUDA GPUs this process sees (a Ray
+    task sees the ones it requested: the student's serving resources) and the dtype the checkpoint's config
+    names. No GPU: float32 on the CPU, as before (the tiny students; their numbers do not change). GPUs: the
+    checkpoint's 16-bit dtype (bf16 for an fp32 or unnamed one: never a full fp32 copy on a GPU), layers
+    spread over every visible GPU (``device_map="auto"``), so a 32B student needs ~65 GB across the
+    serving GPUs instead of 131 GB on one device."""
+    if num_gpus == 0:
+        return {"dtype": torch.float32, "device_map": None}
+    half = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(str(checkpoint_dtype).removeprefix("torch."))
+    return {"dtype": half or torch.bfloat16, "device_map": "auto"}
+
+
+def _checkpoint_dtype(model_path: str) -> str | None:
+    from transformers import AutoConfig
+
+    from ray_distill.models import loadable
+
+    with loadable(model_path) as (name, revision):
+        dtype = AutoConfig.from_pretrained(name, revision=revision).dtype
+    return None if dtype is None else str(dtype)
+
+
+def _load(model_path: str, plan: dict):
+    from transformers import AutoModelForCausalLM
+
+    from ray_distill.models import loadable
+
+    with loadable(model_path) as (name, revision):
+        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, **plan)
+    logger.info("entropy: %s loaded in %s on %s", model_path, plan["dtype"], plan["device_map"] or "cpu")
+    return model.eval()
 
 
 def encode_turns(tokenizer, prompt: str, text: str, max_len: int) -> tuple[list[int], int]:
@@ -134,8 +174,8 @@ def _batch_entropy(model, batch: list[tuple[list[int], int]], pad_id: int) -> tu
         input_ids[b, : len(ids)] = torch.tensor(ids)
         attention[b, : len(ids)] = 1
         scored[b, max(start - 1, 0) : len(ids) - 1] = True
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device  # the first layer's GPU under device_map="auto"
     logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     entropy = -(logp.exp() * logp).sum(-1) / math.log(2)
-    return float(entropy[scored.to(device)].sum()), int(scored.sum())
+    return float(entropy[scored.to(logits.device)].sum()), int(scored.sum())

@@ -86,10 +86,26 @@ def teacher_fingerprint(teacher: TeacherConfig, model_digest: str | None = None)
     return fp
 
 
+# model_digest: files up to this size are hashed whole; larger *.safetensors files are sampled (see there).
+FULL_HASH_BELOW = 512 << 20
+SAMPLE_BYTES = 1 << 20  # first, middle and last MiB of a sampled file
+TENSOR_HEAD_BYTES = 4096  # and the first 4 KiB of every tensor in it
+
+
 def model_digest(path: str) -> str:
-    """A digest of a model directory's files (relative name, size, sha256 of the bytes) on any fsspec URL;
-    ``path`` itself for a hub id (``org/name[@revision]``: pin a commit for reproducible reruns). Computed
-    once per process for each set of (name, size, mtime) of the files."""
+    """A digest of a model directory's files on any fsspec URL; ``path`` itself for a hub id
+    (``org/name[@revision]``: pin a commit for reproducible reruns). Computed once per process for each
+    set of (name, size, mtime) of the files.
+
+    Every file contributes its relative name and size. Files up to :data:`FULL_HASH_BELOW` (512 MiB: config,
+    tokenizer, chat template, every weight file of a small model, so every model the CPU suite and the
+    quickstart use) and any file that is not safetensors contribute all their bytes, exactly as before.
+    A larger ``*.safetensors`` file (a 7B-32B checkpoint's shards) contributes its header (every tensor's
+    name, dtype, shape and byte offsets), the first :data:`TENSOR_HEAD_BYTES` of every tensor and the first,
+    middle and last MiB of the file: a few MiB per shard instead of 131 GB for a 32B student. What that
+    guarantees: a retrained checkpoint of the same shapes gets another digest as soon as any tensor's first
+    4 KiB changed, which full fine-tuning does to every trained tensor; a change confined to the rest of a
+    tensor of a large shard (a hand edit of a few values) is not seen (give such a model another path)."""
     fs, root = fsspec.core.url_to_fs(path)
     if not fs.isdir(root):
         return path
@@ -100,15 +116,35 @@ def model_digest(path: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def _digest(path: str, signature: tuple) -> str:
+def _digest(path: str, signature: tuple, full_below: int = FULL_HASH_BELOW) -> str:
     fs, root = fsspec.core.url_to_fs(path)
     h = hashlib.sha256()
     for name, size, _ in signature:
         h.update(f"{os.path.relpath(name, root)}\0{size}\0".encode())
+        if size > full_below and name.endswith(".safetensors"):
+            h.update(b"sampled\0")
+            for chunk in _safetensors_samples(fs, name, size):
+                h.update(chunk)
+            continue
         with fs.open(name, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
     return h.hexdigest()[:32]
+
+
+def _safetensors_samples(fs, name: str, size: int) -> list[bytes]:
+    """The header of the safetensors file ``name`` and the sampled ranges of its data (see
+    :func:`model_digest`), read with one ``cat_ranges`` (concurrent range requests on object stores)."""
+    with fs.open(name, "rb") as f:
+        head = f.read(8)
+        header = f.read(int.from_bytes(head, "little"))
+    data = 8 + len(header)
+    tensors = sorted(v["data_offsets"] for k, v in json.loads(header).items() if k != "__metadata__")
+    ranges = [(data + a, min(data + b, data + a + TENSOR_HEAD_BYTES)) for a, b in tensors if b > a]
+    middle = max(0, size // 2 - SAMPLE_BYTES // 2)
+    ranges += [(0, min(size, SAMPLE_BYTES)), (middle, min(size, middle + SAMPLE_BYTES)),
+               (max(0, size - SAMPLE_BYTES), size)]
+    return [head, header, *fs.cat_ranges([name] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges])]
 
 
 def generation_key(question: str, fingerprint: dict, sample_index: int) -> str:

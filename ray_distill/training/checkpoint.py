@@ -5,7 +5,8 @@ weights and the optimizer state straight to the run's storage URL (any fsspec UR
 ``__<rank>_0.distcp`` file per rank plus rank 0's ``.metadata``), and every rank reads back what its
 shards need, re-sharding when the world size changed. Nothing is gathered. Rank 0 adds the loop state
 and the LR schedule (``train_state.json``). The final export is gathered once, at the end, and written
-with ``save_pretrained``.
+with ``save_pretrained`` in the base model's own dtype (:func:`export_dtype`: bf16 for real checkpoints,
+fp32 for the synthetic presets), cast on rank 0 tensor by tensor, the dtype recorded in the saved config.
 
     save_checkpoint(url, model, optimizer, scheduler, state, rank)   # every rank calls
     state = load_checkpoint(url, model, optimizer, scheduler)         # every rank calls, after wrapping
@@ -18,10 +19,12 @@ the Hugging Face model inside it.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import dataclass, field
 
 import fsspec
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
@@ -35,6 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from ray_distill.data.fs import is_local, put_dir
 from ray_distill.training.shard import hf_state_dict
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.json"
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0, in CPU memory
@@ -106,17 +111,70 @@ def load_checkpoint(url: str, model, optimizer, scheduler) -> LoopState:
 
 
 def save_model(model, base, tokenizer, url: str, rank: int) -> None:
-    """``save_pretrained`` of weights, config and tokenizer (chat template included) to any URL.
-    A collective (the weights are gathered from every rank, once); rank 0 writes."""
+    """``save_pretrained`` of weights, config and tokenizer (chat template included) to any URL, in the
+    base model's own dtype (:func:`export_dtype`). A collective (the weights are gathered from every rank,
+    once); rank 0 casts and writes."""
     weights = hf_state_dict(get_model_state_dict(model, options=_FULL))
     if rank != 0:
         return
+    dtype = export_dtype(base)
+    weights = cast_floating(weights, dtype)
     if is_local(url):
-        path = fsspec.core.url_to_fs(url)[1]
-        base.save_pretrained(path, state_dict=weights)
-        tokenizer.save_pretrained(path)
+        _write(base, tokenizer, weights, dtype, fsspec.core.url_to_fs(url)[1])
         return
     with tempfile.TemporaryDirectory(prefix="ray-distill-export-") as tmp:
-        base.save_pretrained(tmp, state_dict=weights)
-        tokenizer.save_pretrained(tmp)
+        _write(base, tokenizer, weights, dtype, tmp)
         put_dir(tmp, url)
+
+
+def _write(base, tokenizer, weights: dict, dtype: torch.dtype, path: str) -> None:
+    saved = base.config.dtype  # save_pretrained writes the live model's dtype (fp32): record the export's
+    try:
+        base.save_pretrained(path, state_dict=weights)
+        tokenizer.save_pretrained(path)
+        base.config.dtype = dtype
+        base.config.save_pretrained(path)
+    finally:
+        base.config.dtype = saved
+
+
+def cast_floating(weights: dict, dtype: torch.dtype) -> dict:
+    """``weights`` with every floating tensor cast to ``dtype``, in place and one tensor at a time (the
+    peak is the gathered state plus one cast tensor); tensors shared by several keys (tied embeddings)
+    stay shared; integer tensors and tensors already in ``dtype`` are kept as they are."""
+    cast: dict[int, torch.Tensor] = {}
+    for key, value in weights.items():
+        if value.is_floating_point() and value.dtype != dtype:
+            if id(value) not in cast:
+                cast[id(value)] = value.to(dtype)
+            weights[key] = cast[id(value)]
+    return weights
+
+
+def export_dtype(base) -> torch.dtype:
+    """The dtype of the checkpoint ``base`` was built from (its ``config.json``'s ``dtype`` /
+    ``torch_dtype``): the workers train in fp32 (or bf16 compute over fp32 shards) and overwrite the config
+    in memory, so it is read again from ``base.name_or_path`` at the loaded commit. fp32 when the
+    checkpoint names no dtype or its config cannot be read again (said so in the log)."""
+    from transformers import AutoConfig
+
+    source = base.name_or_path
+    try:
+        config = AutoConfig.from_pretrained(source, revision=getattr(base.config, "_commit_hash", None))
+    except (OSError, ValueError) as err:
+        logger.warning("export: the config of %s cannot be read again (%s); exporting in float32", source, err)
+        return torch.float32
+    return parse_dtype(getattr(config, "dtype", None))
+
+
+def parse_dtype(value) -> torch.dtype:
+    """A config's ``dtype`` (a ``torch.dtype``, ``"bfloat16"``, ``"torch.float16"`` or None) as a floating
+    ``torch.dtype``; None and ``"auto"`` are float32."""
+    if isinstance(value, torch.dtype):
+        return value
+    if value in (None, "auto"):
+        return torch.float32
+    dtype = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"export: {value!r} is not a floating dtype")
+    return dtype

@@ -127,3 +127,66 @@ def test_parts_without_a_newer_column_read_back_with_its_default(ray_local, tmp_
     assert _rows(counters) == {"requested": 3, "cached": 3, "generated": 0, "failed": 0}
     assert (again[C.PROMPT_TOKENS] == -1).all() and counters["cached_prompt_tokens"] == 0
     pd.testing.assert_frame_equal(again.drop(columns=C.PROMPT_TOKENS), first.drop(columns=C.PROMPT_TOKENS))
+
+
+def _safetensors_model(folder, seed: int, nbytes: int = 3 << 20) -> str:
+    """A model folder: config.json and one safetensors file of float32 tensors drawn with ``seed``."""
+    import json
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    n = nbytes // 4 // 3
+    save_file({f"layer.{i}.weight": torch.randn(n, generator=g) for i in range(3)},
+              os.path.join(folder, "model.safetensors"))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"model_type": "qwen2"}, f)
+    return str(folder)
+
+
+def test_model_digest_hashes_small_files_whole_as_before(tmp_path):
+    """Under the threshold the digest is the old one (name, size, every byte), so existing stores stay valid."""
+    import hashlib
+    import os
+
+    from ray_distill.generation.store import model_digest
+
+    path = _safetensors_model(tmp_path / "m", seed=0)
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        data = open(os.path.join(path, name), "rb").read()
+        h.update(f"{name}\0{len(data)}\0".encode() + data)
+    assert model_digest(path) == h.hexdigest()[:32]
+
+
+def test_sampled_digest_changes_with_the_weights(tmp_path):
+    """Above the threshold (lowered to 1 MiB here) a safetensors file is sampled: header + each tensor's first
+    4 KiB + first/middle/last MiB. Weights redrawn with the same shapes (a retrain) change it; the same weights
+    rewritten (another mtime) keep it; a one-byte edit outside every sampled range is the documented blind
+    spot, which the whole-file digest (the default for a file this small) does see."""
+    import fsspec
+
+    from ray_distill.generation import store as S
+
+    def digest(path, full_below=1 << 20):
+        fs, root = fsspec.core.url_to_fs(path)
+        files = sorted(fs.find(root, detail=True).items())
+        return S._digest(path, tuple((f, int(i["size"]), str(i["mtime"])) for f, i in files), full_below)
+
+    a = _safetensors_model(tmp_path / "a", seed=0, nbytes=6 << 20)  # 3 tensors of 2 MiB
+    first, whole = digest(a), digest(a, S.FULL_HASH_BELOW)
+    assert first != whole  # sampled, not hashed whole
+    assert digest(_safetensors_model(tmp_path / "a", seed=0, nbytes=6 << 20)) == first  # rewritten, same weights
+    assert digest(_safetensors_model(tmp_path / "a", seed=1, nbytes=6 << 20)) != first  # retrained
+    _safetensors_model(tmp_path / "a", seed=0, nbytes=6 << 20)
+    weights = tmp_path / "a" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")  # tensor data begins after the header
+    for offset, seen in ((3 << 19, False), ((2 << 20) + 100, True)):  # inside tensor 0 / tensor 1's first 4 KiB
+        edited = bytearray(data)
+        edited[start + offset] ^= 0xFF
+        weights.write_bytes(bytes(edited))
+        assert (digest(a) != first) is seen and digest(a, S.FULL_HASH_BELOW) != whole
