@@ -8,6 +8,7 @@
     ray-distill tune jobs/quickstart_tune.yaml               # data-budget search with Ray Tune
     ray-distill ablate jobs/ablation.yaml                    # the paper's ablation in miniature
     ray-distill validate jobs/quickstart.yaml                # load + validate a job file only
+    ray-distill plan jobs/paper_math.yaml                    # GPU memory per stage vs the job's cluster
     ray-distill submit jobs/quickstart.yaml --address http://HEAD:8265 --env HF_TOKEN   # on a cluster
 
 Bad job files and bad overrides end with a one-line error naming the file and the key.
@@ -197,14 +198,91 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the teacher token
                                       "would spend (nothing is generated) and exit.")]
 
 
+ClusterOption = Annotated[str | None, typer.Option(
+    "--cluster", help="Cluster config to plan against (cluster/aws.yaml or a KubeRay manifest); default: the job's "
+    "`cluster:` key.")]
+
+
+def _plan(cfg: JobConfig, job: str, cluster: str | None):
+    """The job's memory plan against ``cluster`` (or its ``cluster:`` key; neither: needs only)."""
+    from ray_distill.planning.placement import load_cluster, resolve_cluster_path
+    from ray_distill.planning.plan import plan_job
+
+    path = cluster or (resolve_cluster_path(cfg.cluster, job) if cfg.cluster else None)
+    return plan_job(cfg, load_cluster(path) if path else None)
+
+
+def print_plan(plan) -> None:
+    """One row per stage (per-GPU need vs capacity, the node type and how many nodes it takes), then each
+    stage's components."""
+    from ray_distill.planning.plan import GiB
+
+    where = plan.cluster or "no cluster named (cluster: key or --cluster): needs only"
+    table = Table(title=f"Memory plan of {plan.job} per stage and per GPU, on {where}")
+    for col in ("stage", "model", "need/GPU", "capacity/GPU", "node type x nodes", "fits"):
+        table.add_column(col, justify="right" if "/GPU" in col else "left")
+    for s in plan.stages:
+        cap, node, fits = "CPU", "-", "[dim]not checked[/]"
+        if s.on_gpu:
+            cap = f"{s.capacity / GiB:.1f} GiB" if s.capacity else "?"
+            node = f"{s.spot.node.describe()} x {s.spot.nodes}" if s.spot else "-"
+            fits = "[red]NO[/]" if not s.fits else ("[green]yes[/]" if s.capacity else "?")
+        table.add_row(s.stage, s.model.rsplit("/", 1)[-1], f"{s.need / GiB:.1f} GiB", cap, node, fits)
+    out.print(table)
+    for s in plan.stages:
+        parts = ", ".join(f"{k} {v / GiB:.1f}" for k, v in s.components.items())
+        notes = "".join(f"; {n}" for n in s.notes)
+        out.print(f"  {s.stage} (GiB per GPU): {parts}{notes}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def plan(job: JobFile, overrides: Overrides = None, cluster: ClusterOption = None) -> None:
+    """GPU memory per stage and per GPU (training: params, grads, optimizer state, activations, logits; every vLLM
+    engine: weights and KV cache; smoke test; export) against the node types of the job's cluster config, from
+    the config alone (no network, no storage). Exit 2 with one line when a stage cannot fit."""
+    from ray_distill.planning.plan import refusal
+
+    cfg = _load(job, overrides)
+    try:
+        result = _plan(cfg, job, cluster)
+    except ConfigError as err:
+        raise _error(err, "config error") from None
+    print_plan(result)
+    line = refusal(result)
+    if line:
+        raise _error(line, "refused")
+
+
+def _refuse_unfit(cfg: JobConfig, job: str) -> None:
+    """Before any compute: a job whose cluster cannot hold a stage is refused in one line (jobs naming no cluster
+    are not planned; a model whose config is not at hand is logged and skipped)."""
+    from ray_distill.planning.plan import refusal
+
+    if not cfg.cluster:
+        return
+    try:
+        line = refusal(_plan(cfg, job, None))
+    except ConfigError as err:
+        logger.warning("memory plan skipped: %s", redact_text(str(err)))
+        return
+    if line:
+        raise _error(f"{line} (ray-distill plan {job} shows every stage)", "refused")
+
+
 @app.command()
 def run(job: JobFile, overrides: Overrides = None, verbose: Verbose = False, dry_run: DryRun = False) -> None:
     """Run a whole DED job: generation, curation, smoke test, compression, selection, SFT, evaluation."""
     cfg = _load(job, overrides)
     _setup_logging(verbose)
     if dry_run:
+        if cfg.cluster:
+            try:
+                print_plan(_plan(cfg, job, None))
+            except ConfigError as err:
+                console.print(f"[yellow]memory plan skipped:[/] {redact_text(str(err))}", soft_wrap=True)
         print_estimates(cfg)
         return
+    _refuse_unfit(cfg, job)
     from ray_distill.pipeline import run_job
 
     result, tracker, wall, target = _tracked(cfg, job, "run", cfg.name, run_job, verbose)
@@ -371,7 +449,12 @@ def print_estimates(cfg: JobConfig) -> None:
     """The dry run: per generation stage, requests, what the store already holds, expected tokens and cost."""
     from ray_distill.data.questions import DataError
     from ray_distill.pipeline import dry_run
+    from ray_distill.preflight import check_protocol
 
+    if problem := check_protocol("storage", cfg.storage):  # the estimate reads the generation store
+        console.print(f"[bold red]error:[/] {problem.key}: {problem.message}: the dry run's token estimate reads the "
+                      "generation store there (`ray-distill plan` needs no storage)", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     try:
         estimates = dry_run(cfg)
     except (ConfigError, DataError) as err:

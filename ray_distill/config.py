@@ -767,6 +767,10 @@ class JobConfig(_Strict):
         "outputs", description="Root of all outputs (any fsspec URL). A relative path is resolved against "
         "$RAY_DISTILL_STORAGE when set, else the working directory (refused under Ray's Jobs API).")
     seed: int = 0
+    cluster: str | None = Field(
+        None, description="The cluster config this job is sized for (cluster/aws.yaml or a KubeRay manifest; a relative "
+        "path is looked up from the working directory, then beside the job file and its parent folder): "
+        "`ray-distill plan` and `run` check each stage's GPU memory against its node types.")
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
     questions: QuestionsConfig

@@ -132,6 +132,7 @@ def run_harness(model_path: str, cfg: HarnessConfig, student: StudentConfig) -> 
         env = {"env_vars": {k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV_DEFAULTS.items()}}
     # max_calls=1: the worker exits after the run, so the engine's memory goes back before anything else runs
     task = ray.remote(max_calls=1)(evaluate_in_process).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                                                                resources=dict(res.custom_resources) or None,
                                                                 runtime_env=env, max_retries=0)
     args = harness_model_args(model_path, cfg, student)
     logger.info("lm-evaluation-harness (%s backend): tasks %s on %s", cfg.backend, cfg.tasks, model_path)

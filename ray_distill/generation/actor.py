@@ -151,7 +151,7 @@ def engine_pool(teacher: TeacherConfig, concurrent_batches: int | None = None) -
     compute = ray.data.ActorPoolStrategy(size=res.num_actors, max_concurrent_calls_per_actor=concurrent_batches)
     return {"compute": compute, "num_cpus": res.num_cpus,
             "num_gpus": res.num_gpus, "batch_size": res.batch_size, "batch_format": "pandas",
-            "runtime_env": engine_runtime_env(teacher)}
+            "runtime_env": engine_runtime_env(teacher), "resources": dict(res.custom_resources) or None}
 
 
 def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig) -> ray.data.Dataset:
