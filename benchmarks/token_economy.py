@@ -9,13 +9,15 @@ candidate). Arms differ only in how teacher samples are spent:
 
 - ``paper``: sample M solutions for every question, then compress (drop what the student solves);
 - ``compress_first``: compress, then sample M for the kept questions only;
-- ``adaptive``: compress, then sample kept questions in rounds, stopping each at P distinct correct
-  among at least ``selection.adaptive.min_samples`` (default 2P) samples.
+- ``adaptive``: compress, then sample kept questions in rounds, stopping each at P + 2 distinct correct
+  (``selection.adaptive.enough_margin``) among at least ``selection.adaptive.min_samples`` (default 2P) samples.
 
 Each arm gets its own teacher name, so its own generation-store directory: nothing is shared between
 arms except the cached base student. Printed per arm: teacher tokens (probe + M-sample generation),
-kept corpus samples, teacher tokens per kept sample and its ratio to ``paper``, and the student's
-in-domain avg@k after training with its 95% CI.
+kept corpus samples, teacher tokens per kept sample and its ratio to ``paper``, what selection had to choose
+from (the mean number of distinct verified-correct candidates per kept question) and what it kept (the mean
+pairwise token Levenshtein distance of each question's kept rows), and the student's in-domain avg@k after
+training with its 95% CI.
 """
 
 from __future__ import annotations
@@ -88,17 +90,37 @@ def main() -> None:
             "questions": res.rows.get("compressed", 0), "score": in_domain_score(cfg, res.scores_after),
             "ci": (after["ci_low"], after["ci_high"]), "wall_s": time.perf_counter() - t0,
         }
+        results[arm].update(choice(cfg.run_dir))
         print(f"[{arm}] {results[arm]}", flush=True)
 
     base = results.get("paper")
     print(f"\nteacher-token economy (M={args.m}, P={args.p}, concise teacher, {job['name']} pool)")
     print(f"{'arm':16s} {'teacher tok':>12s} {'of which M-gen':>14s} {'kept':>6s} {'tok/kept':>9s} "
-          f"{'ratio':>6s} {'avg@k after [95% CI]':>24s} {'wall s':>7s}")
+          f"{'ratio':>6s} {'candidates/q':>12s} {'kept dist':>9s} {'avg@k after [95% CI]':>24s} {'wall s':>7s}")
     for arm, r in results.items():
         per = r["teacher_tokens"] / r["kept"] if r["kept"] else float("nan")
         ratio = per / (base["teacher_tokens"] / base["kept"]) if base and base["kept"] else float("nan")
         print(f"{arm:16s} {r['teacher_tokens']:12,d} {r['generation_tokens']:14,d} {r['kept']:6d} {per:9.1f} "
-              f"{ratio:6.3f} {r['score']:8.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] {r['wall_s']:7.0f}")
+              f"{ratio:6.3f} {r['candidates_per_question']:12.2f} {r['kept_distance']:9.1f} "
+              f"{r['score']:8.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] {r['wall_s']:7.0f}")
+
+
+def choice(run_dir: str) -> dict:
+    """What selection had to choose from and what it kept, from the run's graded and selected rows: the mean number
+    of distinct verified-correct candidates per kept question, and the mean (over kept questions with two or more
+    rows) of the mean pairwise token Levenshtein distance of the kept rows."""
+    from ray_distill import columns as C
+    from ray_distill.curation.adaptive import distinct_correct
+    from ray_distill.curation.plane import read_parquet_dir
+    from ray_distill.curation.selection import distance_report
+    from ray_distill.data.fs import join
+
+    work = join(run_dir, "data", "generate")
+    graded, selected = read_parquet_dir(join(work, "graded")), read_parquet_dir(join(work, "selected"))
+    kept = selected[C.QUESTION_ID].astype(str).unique()
+    candidates = distinct_correct(graded).reindex(kept, fill_value=0)
+    return {"candidates_per_question": float(candidates.mean()) if len(kept) else float("nan"),
+            "kept_distance": distance_report(selected)["mean_distance_selected"]}
 
 
 if __name__ == "__main__":

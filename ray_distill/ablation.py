@@ -40,6 +40,7 @@ from ray_distill.config import ConfigError, JobConfig, check_curve_multiples
 from ray_distill.curation.adaptive import ok_mask
 from ray_distill.curation.smoke_test import winner
 from ray_distill.data.corpus import to_chat_row
+from ray_distill.data.dev import probe_questions
 from ray_distill.data.fs import join
 from ray_distill.progress import StageRunner
 from ray_distill.tracking import Tracker
@@ -128,13 +129,21 @@ def curve_table(summary: pd.DataFrame, multiples: list[int]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[cols]
 
 
+def generated(graded: pd.DataFrame) -> pd.Series:
+    """Rows the teacher really wrote: no generation error and a non-empty completion (pure)."""
+    ok = graded[C.COMPLETION].fillna("").astype(str).str.strip() != ""
+    if C.ERROR in graded.columns:
+        ok &= graded[C.ERROR].fillna("").astype(str) == ""
+    return ok
+
+
 def ablation_corpora(graded: pd.DataFrame, kept_ids: set[str], diverse: pd.DataFrame, n: int,
                      seed: int) -> dict[str, pd.DataFrame]:
     """The four selection arms of one teacher's graded M samples, each cut to ``n`` rows (pure)."""
     graded, diverse = canonical(graded), canonical(diverse)
     ok = ok_mask(graded)
     pools = {
-        RANDOM: graded,
+        RANDOM: graded[generated(graded)],  # any sample the teacher wrote; a failed request is no sample
         CORRECT: graded[ok],
         COMPRESSED: graded[ok & graded[C.QUESTION_ID].isin(kept_ids)],
         DIVERSE: diverse,
@@ -161,7 +170,11 @@ def plan_arms(cfg: JobConfig, graded: pd.DataFrame, kept_ids: set[str], diverse:
     if a.moves:
         corpora = {arm: (best, df, epochs) for arm, df in ablation_corpora(graded, kept_ids, diverse, n, seed).items()}
         if other is not None:
-            drawn = canonical(other).sample(n=min(n, len(other)), random_state=seed)
+            if len(other) < n:
+                raise ValueError(f"ablation arm {OTHER_TEACHER!r}: {accurate}'s DED corpus has {len(other)} rows, fewer "
+                                 f"than the budget of {n} (every arm trains on exactly N rows); lower "
+                                 "ablation.budget_rows")
+            drawn = canonical(other).sample(n=n, random_state=seed)
             corpora[OTHER_TEACHER] = (accurate, drawn, epochs)
     if a.curve:
         epochs_of = {curve_arm(k): e for k, _, e in curve_budgets(n, a.curve.multiples, epochs)}
@@ -195,7 +208,7 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
     store = GenerationStore(join(cfg.storage, "generations"))
     base, pool, suites, dev = P.student_and_questions(cfg, runner)
     with runner.stage("smoke_test") as (t, rec):
-        probe = pool[: cfg.smoke_test.probe_questions]
+        probe = probe_questions(cfg, pool)
         if cfg.budget.max_teacher_tokens is not None:
             P.check_budget(cfg, [P.estimate_generation(store, "generate_probe", probe, P._single(tc))
                                  for tc in cfg.teachers], 0)

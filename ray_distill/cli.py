@@ -551,20 +551,27 @@ def _print_ranking(ranking: list[dict]) -> None:
     out.print(top_two_note(ranking))
 
 
-def harness_tables(scores: dict[str, dict[str, float]]) -> list[Table]:
-    """The lm-evaluation-harness scores of the exported student (``eval.harness``), one row per task metric."""
+def harness_tables(scores: dict[str, dict[str, dict[str, float]]]) -> list[Table]:
+    """The lm-evaluation-harness scores (``eval.harness``) of the base student and the exported one
+    (``{"before"|"after": {task: {metric: value}}}``), one row per task metric, a column each."""
     if not scores:
         return []
-    table = Table(title="lm-evaluation-harness (exported student)", min_width=40)
-    for col in ("task", "metric", "after"):
-        table.add_column(col, justify="right" if col == "after" else "left")
-    for task, metrics in scores.items():
-        for metric, value in metrics.items():
-            name, sep, flt = metric.partition("/")
-            if name.endswith("_stderr"):
-                continue
-            err = metrics.get(f"{name}_stderr{sep}{flt}")
-            table.add_row(task, metric, f"{value:.3f}" + (f" ± {err:.3f}" if err is not None else ""))
+    table = Table(title="lm-evaluation-harness (base student, exported student)", min_width=40)
+    prefixes = [p for p in ("before", "after") if p in scores]
+    for col in ("task", "metric", *prefixes):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+
+    def cell(metrics: dict[str, float], metric: str) -> str:
+        if metric not in metrics:
+            return "–"
+        name, sep, flt = metric.partition("/")
+        err = metrics.get(f"{name}_stderr{sep}{flt}")
+        return f"{metrics[metric]:.3f}" + (f" ± {err:.3f}" if err is not None else "")
+
+    rows = dict.fromkeys((task, metric) for p in prefixes for task, ms in scores[p].items() for metric in ms
+                         if not metric.partition("/")[0].endswith("_stderr"))
+    for task, metric in rows:
+        table.add_row(task, metric, *[cell(scores[p].get(task, {}), metric) for p in prefixes])
     return [table]
 
 

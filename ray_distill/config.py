@@ -357,8 +357,10 @@ class JudgeConfig(_Strict):
         "most once); the reply must end with a line 'VERDICT: CORRECT' or 'VERDICT: INCORRECT'. None: the built-in "
         "template (curation.judge.DEFAULT_JUDGE_PROMPT).")
     agree: Literal["either", "both"] = Field(
-        "either", description="mode always, rows math-verify decided: keep a row either check accepts (either) or "
-        "only rows both accept (both).")
+        "both", description="mode always, rows math-verify decided: keep only rows both checks accept (both: the "
+        "judge can veto a math-verify 'correct' but never overrides its 'wrong'), or a row either accepts (either: the "
+        "judge also rescues answers math-verify rejected, e.g. equivalent forms it cannot parse; it can then accept "
+        "wrong ones). Rows math-verify could not decide are the judge's alone in both.")
 
     @field_validator("prompt")
     @classmethod
@@ -402,6 +404,19 @@ class CompressionConfig(_Strict):
     temperature: float = Field(0.7, ge=0.0)
     max_tokens: int = Field(128, ge=1)
 
+    @model_validator(mode="after")
+    def _sampled(self) -> CompressionConfig:
+        check_not_greedy_repeats(self.k, self.temperature, "compression")
+        return self
+
+
+def check_not_greedy_repeats(k: int, temperature: float, where: str) -> None:
+    """k > 1 samples at temperature 0 are k copies of one greedy answer: a pass rate or avg@k over them is one
+    sample's, reported as k. Refused, in one line that says what to set."""
+    if k > 1 and temperature == 0:
+        raise ValueError(f"{where}: k={k} samples at temperature 0 are {k} copies of one greedy answer; "
+                         "set k: 1 or a temperature > 0")
+
 
 class AdaptiveConfig(_Strict):
     """Sample each kept question in rounds and stop it early (see ray_distill.curation.adaptive)."""
@@ -411,8 +426,12 @@ class AdaptiveConfig(_Strict):
         None, ge=1, description="Samples added per question in each round after the first (which draws "
         "min_samples); default: P.")
     min_samples: int | None = Field(
-        None, ge=2, description="Floor: samples a question has before it stops with P distinct correct "
-        "trajectories, so farthest-P has more than P to choose from; must exceed P. Default: 2P (at most M).")
+        None, ge=2, description="Floor: samples a question has before it can stop as enough; must exceed P. "
+        "Default: 2P (at most M).")
+    enough_margin: int = Field(
+        2, ge=1, description="A question stops as enough once it has P + enough_margin distinct correct "
+        "trajectories (among at least min_samples samples), so farthest-P selection has more than P to choose "
+        "from; one that cannot get there stops at M with what it has.")
     hopeless_after_rounds: int | None = Field(
         2, ge=1, description="Stop a question with no correct sample after this many rounds (None: never).")
     stop_when_saturated: bool = Field(
@@ -501,6 +520,10 @@ class SmokeTestConfig(_Strict):
         True, description="Run the smoke test; False ranks the candidates by their own probe accuracy (said so "
         "in the ranking table, column ranked_by).")
     probe_questions: int = Field(400, ge=1, description="Questions each candidate teacher answers once.")
+    min_verified: float = Field(
+        0.1, gt=0, description="Floor of verified probe rows a candidate needs to be trained: a share of "
+        "probe_questions below 1, a count from 1 on. Every trained candidate gets as many rows as the weakest one "
+        "above the floor; one below it ranks last with its reason instead of starving the others.")
     epochs: int = Field(12, ge=1, description="Epochs of each short SFT (the rest of the recipe is train.*).")
     batch_size: int = Field(16, ge=1, description="Global batch size of the short SFT (small: more updates).")
     lr: float = 2e-3
@@ -627,6 +650,11 @@ class SuiteConfig(_FileSource):
     max_tokens: int | None = Field(None, ge=1, description="Completion tokens per sample; default eval.max_tokens.")
     pass_k: list[int] = Field(
         default_factory=list, description="Also report unbiased pass@k for these k (each at most the suite's k).")
+    finished_only: bool | None = Field(
+        None, description="Only a finished answer counts: a sample whose think block was opened and never closed "
+        "(cut off by max_tokens mid-reasoning, or a template that opens it) scores wrong whatever it wrote. False "
+        "grades the whole text (a non-reasoning student that writes the tags loosely). Default: format.require_think "
+        "(the same rule as curation and the student's pass rates).")
     date_from: dt.date | None = Field(None, description="Keep questions dated on or after this day (fields.date).")
     date_to: dt.date | None = Field(None, description="Keep questions dated on or before this day (fields.date).")
 
@@ -668,7 +696,8 @@ class HarnessConfig(_Strict):
 
 class EvalConfig(_Strict):
     k: int = Field(4, ge=1, description="Samples per question for avg@k (a suite's own k overrides it).")
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(
+        0.6, ge=0.0, description="Sampling temperature (a suite's own overrides it); avg@k with k > 1 needs one > 0.")
     max_tokens: int = Field(128, ge=1)
     suites: list[SuiteConfig] = Field(default_factory=list)
     harness: HarnessConfig | None = Field(
@@ -681,6 +710,8 @@ class EvalConfig(_Strict):
             k = suite.k or self.k
             if any(p > k for p in suite.pass_k):
                 raise ValueError(f"suites.{i}.pass_k {suite.pass_k}: each must be at most the suite's k={k}")
+            s = self.sampling(suite)
+            check_not_greedy_repeats(s["k"], s["temperature"], f"suites.{i} ({suite.name}) avg@k")
         return self
 
     def sampling(self, suite: SuiteConfig) -> dict[str, Any]:
@@ -839,6 +870,9 @@ class JobConfig(_Strict):
         suite = self.dev.suite
         if suite is not None and any(p > (suite.k or self.eval.k) for p in suite.pass_k):
             raise ValueError(f"dev.suite.pass_k {suite.pass_k}: each must be at most the suite's k={suite.k or self.eval.k}")
+        if suite is not None:
+            s = self.eval.sampling(suite)
+            check_not_greedy_repeats(s["k"], s["temperature"], f"dev.suite ({suite.name}) avg@k")
         return self
 
     @model_validator(mode="after")

@@ -37,11 +37,11 @@ from ray_distill.curation.judge_stage import count_stored_verdicts, judge_datase
 from ray_distill.curation.selection import distance_table
 from ray_distill.curation.plane import (Grading, Selection, generate_missing, grade, grader_pool_size, read_parquet_dir,
                                         select_buckets, write_graded, write_questions)
-from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY,
-                                             rank_teachers, top_two_note, training_questions, winner)
+from ray_distill.curation.smoke_test import (STUDENT_SCORE, TEACHER_ACCURACY, below_floor_reason,
+                                             rank_teachers, top_two_note, training_questions, verified_floor, winner)
 from ray_distill.curation.stats import token_entropies_under_model
 from ray_distill.data.corpus import corpus_hash, to_chat_row, write_corpus, write_rejects
-from ray_distill.data.dev import carve
+from ray_distill.data.dev import capped_questions, carve, probe_questions
 from ray_distill.data.fs import join
 from ray_distill.data.sources import decontaminate, load_source
 from ray_distill.evaluation.evaluate import evaluate_suites, grade_samples, sample_student
@@ -105,7 +105,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
     base, pool, suites, dev = student_and_questions(cfg, runner)
     rows["questions"] = len(pool)
     with runner.stage("generate_probe") as (t, rec):
-        probe = pool[: cfg.smoke_test.probe_questions]
+        probe = probe_questions(cfg, pool)
         if cfg.budget.max_teacher_tokens is not None:  # estimates read the store: only when there is a cap
             check_budget(cfg, [estimate_generation(store, "generate_probe", probe, _single(tc)) for tc in cfg.teachers], 0)
         probe_gen = {tc.name: generate(store, probe, _single(tc), t, rec) for tc in cfg.teachers}
@@ -190,11 +190,10 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
     if until == "corpus":
         return _partial(cfg, tracker, runner, rows, ranking, best, "corpus", corpus_dir=corpus_dir)
     result = train_stage(cfg, corpus, base, runner)
-    (before, after), harness = evaluate_stage(cfg, {"before": base, "after": result.model_path}, suites, runner,
-                                              harness_model=result.model_path)
+    (before, after), harness = evaluate_stage(cfg, {"before": base, "after": result.model_path}, suites, runner)
     tracker.log_metrics({f"rows/{k}": v for k, v in rows.items()})
     tracker.log_table(pd.DataFrame({"stage": list(rows), "rows": list(rows.values())}), "rows_per_stage.json")
-    model_uri = log_student(cfg, tracker, result, corpus, corpus_dir, after, harness)
+    model_uri = log_student(cfg, tracker, result, corpus, corpus_dir, after, harness.get("after"))
     accounting = log_accounting(tracker, runner, len(corpus))
     return JobResult(
         run_dir=cfg.run_dir, winner=best, ranking=ranking, rows=rows, scores_before=before, scores_after=after,
@@ -240,14 +239,15 @@ def log_student(cfg: JobConfig, tracker: Tracker, trained, corpus: list[dict], c
                              corpus_source=source, corpus_metrics=train, register_as=register_as)
 
 
-def evaluate_stage(cfg: JobConfig, models: dict[str, str], suites: Suites, runner: StageRunner,
-                   harness_model: str | None = None) -> tuple[list[dict], dict]:
+def evaluate_stage(cfg: JobConfig, models: dict[str, str], suites: Suites,
+                   runner: StageRunner) -> tuple[list[dict], dict[str, dict]]:
     """Every model of ``{prefix: model reference}`` on the eval suites (one score dict per model, in order)
-    and, with ``eval.harness``, ``harness_model`` through lm-evaluation-harness."""
+    and, with ``eval.harness``, through lm-evaluation-harness too (``{prefix: {task: {metric: value}}}``: the
+    base's scores beside the student's)."""
     with runner.stage("evaluate") as (t, rec):
         scores = evaluate_all(cfg, [(model, t, prefix) for prefix, model in models.items()], suites, rec)
-        harness = evaluate_harness(cfg, harness_model, t, prefix="after") if harness_model else {}
-    return scores, harness
+        harness = {prefix: evaluate_harness(cfg, model, t, prefix=prefix) for prefix, model in models.items()}
+    return scores, {prefix: s for prefix, s in harness.items() if s}
 
 
 def _partial(cfg: JobConfig, tracker: Tracker, runner: StageRunner, rows: dict, ranking: list[dict], best: str,
@@ -294,8 +294,7 @@ def eval_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, model: str |
         base = prepare_student(cfg, t)
     with runner.stage("questions") as (t, rec):
         suites = load_questions(cfg, t)[1]
-    (before, after), harness = evaluate_stage(cfg, {"before": base, "after": model}, suites, runner,
-                                              harness_model=model)
+    (before, after), harness = evaluate_stage(cfg, {"before": base, "after": model}, suites, runner)
     accounting = log_accounting(tracker, runner, 0)
     return JobResult(run_dir=cfg.run_dir, scores_before=before, scores_after=after, model_path=model,
                      stage_seconds={r.name: r.seconds for r in runner.records}, until="evaluate",
@@ -393,7 +392,7 @@ def dry_run(cfg: JobConfig) -> list[StageEstimate]:
     store = GenerationStore(join(cfg.storage, "generations"))
     pool, suites = load_questions(cfg, NullTracker(), write_rejects=False)
     pool = split_dev(cfg, pool, suites, NullTracker(), write_rejects=False)[0]
-    probe = pool[: cfg.smoke_test.probe_questions]
+    probe = probe_questions(cfg, pool)
     lengths = {tc.name: store.mean_completion_tokens(tc) for tc in cfg.teachers}  # one scan per teacher
     out = [estimate_generation(store, "probe", probe, _single(tc), lengths[tc.name]) for tc in cfg.teachers]
     for tc in cfg.teachers:  # M as the run takes it (a per-question token cap may lower it)
@@ -477,7 +476,8 @@ def load_questions(cfg: JobConfig, t: Tracker, write_rejects: bool = True) -> tu
     eval_texts = {r[C.QUESTION] for rs in held_out.values() for r in rs}
     pool, rejects = load_source(cfg.questions, exclude=eval_texts)
     d = cfg.questions.decontamination
-    pool, contaminated, counts = decontaminate(pool, held_out, ngram=d.ngram) if d.enabled else (pool, [], {})
+    # exact normalised matches always (whatever their spacing or case); shared n-grams only when enabled
+    pool, contaminated, counts = decontaminate(pool, held_out, ngram=d.ngram if d.enabled else None)
     if write_rejects:
         _write_rejects(cfg, rejects, "questions")
         _write_rejects(cfg, contaminated, "decontamination")
@@ -490,10 +490,13 @@ def split_dev(cfg: JobConfig, pool: list[dict], suites: Suites, t: Tracker,
               write_rejects: bool = True) -> tuple[list[dict], Suites]:
     """(the training pool without the dev questions, the dev suite ``{name: rows}``): the configured
     ``dev.suite`` (held out of the pool by :func:`load_questions`), or ``dev.num_questions`` carved out
-    of the pool (``data.dev.carve``). Dev questions that overlap an eval suite are dropped (rejects
-    ``dev_overlap``), so selection never scores on a reported question. Ids and texts go to MLflow."""
+    of the pool (``data.dev.carve``; a pool question with the same normalised text as a carved one, under another
+    id, leaves the pool too: rejects ``dev_twins``, reason ``contaminated:<dev>``). Dev questions that overlap an
+    eval suite are dropped (rejects ``dev_overlap``), so selection never scores on a reported question. Ids and
+    texts go to MLflow."""
     d = cfg.dev
     rejects: list[dict] = []
+    twins: list[dict] = []
     if d.suite is not None:
         rows, rejects = load_source(d.suite, where="dev.suite")
     else:
@@ -501,6 +504,8 @@ def split_dev(cfg: JobConfig, pool: list[dict], suites: Suites, t: Tracker,
             pool, rows = carve(pool, d.num_questions, d.seed)
         except ValueError as err:
             raise ConfigError(f"dev.num_questions: {err}; set dev.suite or lower dev.num_questions") from None
+        # a problem present twice under two ids: its other copies leave the training pool too (by normalised text)
+        pool, twins, _ = decontaminate(pool, {d.name: rows}, ngram=None)
     q = cfg.questions.decontamination
     rows, overlap, _ = decontaminate(rows, suites, ngram=q.ngram if q.enabled else None)  # exact matches always
     if not rows:
@@ -508,6 +513,7 @@ def split_dev(cfg: JobConfig, pool: list[dict], suites: Suites, t: Tracker,
     if write_rejects:
         _write_rejects(cfg, rejects, f"suite_{d.name}")
         _write_rejects(cfg, overlap, "dev_overlap")
+        _write_rejects(cfg, twins, "dev_twins")
     t.log_params({"dev_suite": d.name, "dev_source": "suite" if d.suite is not None else "carved"})
     t.log_metrics({"dev/questions": len(rows), "dev/overlapping_eval": len(overlap)})
     t.log_table(pd.DataFrame({C.QUESTION_ID: [str(r[C.QUESTION_ID]) for r in rows],
@@ -578,7 +584,10 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], dev: Suites, base
     s = cfg.smoke_test
     by = STUDENT_SCORE if s.enabled else TEACHER_ACCURACY
     verified = {name: graded[_ok(graded)] for name, graded in probe.items()}
-    picks = training_questions({n: ok[C.QUESTION_ID].astype(str) for n, ok in verified.items()}, seed=cfg.seed)
+    n_probe = max((int(g[C.QUESTION_ID].nunique()) for g in probe.values()), default=0)
+    floor = verified_floor(n_probe, s.min_verified) if s.enabled else 1  # ranked by accuracy: no training to starve
+    picks = training_questions({n: ok[C.QUESTION_ID].astype(str) for n, ok in verified.items()}, seed=cfg.seed,
+                               floor=floor)
     shared = set.intersection(*(set(p) for p in picks.values() if p)) if any(picks.values()) else set()
     entropy = student_entropy(cfg, base, {name: (ok[C.COMPLETION].tolist(), ok[C.PROMPT].tolist())
                                           for name, ok in verified.items() if len(ok)})
@@ -591,11 +600,14 @@ def smoke_test(cfg: JobConfig, probe: dict[str, pd.DataFrame], dev: Suites, base
             train = ok[ok[C.QUESTION_ID].astype(str).isin(picks[name])]
             res = {"teacher": name, STUDENT_SCORE: float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
                    TEACHER_ACCURACY: float(graded[C.CORRECT].mean()), "verified_rows": len(ok),
+                   "probe_questions": int(graded[C.QUESTION_ID].nunique()),
                    "train_rows": len(train) if s.enabled else 0, "shared_questions": len(shared) if s.enabled else 0,
                    "mean_length": float(graded[C.NUM_TOKENS].mean()), "entropy": entropy.get(name, float("nan")),
-                   "reason": "" if len(ok) else NO_VERIFIED_ROWS}
-            if ok.empty:
-                children[name].set_tags({"reason": NO_VERIFIED_ROWS})
+                   "reason": below_floor_reason(len(ok), floor)}
+            if res["reason"]:
+                children[name].set_tags({"reason": res["reason"]})
+                logger.warning("smoke test: %s ranks last: %s (floor: smoke_test.min_verified=%g of %d probe "
+                               "questions)", name, res["reason"], s.min_verified, res["probe_questions"])
             elif s.enabled:
                 to_train[name] = train
             else:  # ranked by the teacher's own accuracy: its CI and paired margins over the probe questions
@@ -656,9 +668,10 @@ def smoke_student_scores(cfg: JobConfig, train: dict[str, pd.DataFrame], dev: Su
 def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker,
                        rec: StageRecord | None = None) -> tuple[list[dict], list[dict]]:
     """The student samples k answers per question with vLLM; questions it already solves are dropped.
-    The first ``selection.max_questions`` kept questions go on (all of them without compression too)."""
+    ``selection.max_questions`` of the kept questions go on, a seeded sample (``data.dev.capped_questions``; all of
+    them without a cap, with or without compression)."""
     if not cfg.compression.enabled:
-        return pool[: cfg.selection.max_questions], []
+        return capped_questions(cfg, pool), []
     c = cfg.compression
     store = student_store(cfg)
     samples = student_samples(cfg, pool, base, store)
@@ -667,8 +680,7 @@ def compress_questions(cfg: JobConfig, pool: list[dict], base: str, t: Tracker,
         rec.student_tokens += int(samples[C.NUM_TOKENS].sum())
     rates = pass_rates(samples)
     kept, dropped = compress(pool, rates, c.max_pass_rate, c.min_pass_rate, c.replay_fraction, seed=cfg.seed)
-    if cfg.selection.max_questions is not None:
-        kept = kept[: cfg.selection.max_questions]
+    kept = capped_questions(cfg, kept)
     t.log_metrics({"kept": len(kept), "dropped": len(dropped), "mean_pass_rate": float(rates[C.PASS_RATE].mean())})
     hist = histogram(rates)
     t.log_figure(_bar_chart(hist, "bin", "count", "student pass rate per question"), "pass_rate_histogram.png")
@@ -687,7 +699,7 @@ def student_samples(cfg: JobConfig, pool: list[dict], base: str, store: Generati
     c = cfg.compression
     return grade_samples(sample_student(pool, base, c.k, c.temperature, c.max_tokens, seed=cfg.seed,
                                         student=cfg.student, store=store or student_store(cfg)),
-                         cfg.format.code.model_dump())
+                         cfg.format.code.model_dump(), finished_only=cfg.format.require_think)
 
 
 def student_store(cfg: JobConfig) -> GenerationStore:
@@ -746,6 +758,15 @@ def evaluate_all(cfg: JobConfig, runs: list[tuple[str, Tracker, str]], suites: d
     return [_log_scores(cfg, t, prefix, suites, *sampled[model], rec) for model, t, prefix in runs]
 
 
+def finished_only(cfg: JobConfig, suite: SuiteConfig | None) -> bool:
+    """Whether an answer inside unfinished reasoning (an unclosed think block) scores wrong on ``suite``: its own
+    ``finished_only``, else the job's ``format.require_think`` (a job of reasoning responses is strict everywhere:
+    curation, pass rates, the dev suite and evaluation; one that relaxed the think format grades whole texts)."""
+    if suite is not None and suite.finished_only is not None:
+        return suite.finished_only
+    return cfg.format.require_think
+
+
 def _configured_suites(cfg: JobConfig) -> dict[str, SuiteConfig]:
     return {s.name: s for s in [*cfg.eval.suites, *([cfg.dev.suite] if cfg.dev.suite else [])]}
 
@@ -756,8 +777,10 @@ def _score(cfg: JobConfig, model: str, suites: dict[str, list[dict]]) -> tuple[d
     configured = _configured_suites(cfg)
     settings = {name: e.sampling(configured[name]) for name in suites if name in configured}
     pass_k = {name: configured[name].pass_k for name in suites if name in configured}
+    finished = {name: finished_only(cfg, configured.get(name)) for name in suites}
     scores = evaluate_suites(model, suites, e.k, e.temperature, e.max_tokens, seed=cfg.seed, student=cfg.student,
-                             code=cfg.format.code.model_dump(), settings=settings, pass_k=pass_k, store=store)
+                             code=cfg.format.code.model_dump(), settings=settings, pass_k=pass_k, store=store,
+                             finished_only=finished)
     return scores, store
 
 

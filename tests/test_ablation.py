@@ -201,3 +201,32 @@ def test_plan_arms_trains_each_corpus_once_with_the_curve_epochs():
     assert list(arms) == [RANDOM, CORRECT, COMPRESSED, DIVERSE, OTHER_TEACHER, curve_arm(2)]
     assert aliases == {curve_arm(1): CORRECT}  # the same rows and recipe as +correct: not trained twice
     assert arms[OTHER_TEACHER][0] == "verbose" and arms[DIVERSE][2] == 8 and arms[curve_arm(2)][2] == 4
+
+
+def test_every_arm_has_exactly_n_rows_and_never_a_failed_generation():
+    """The random arm draws only samples the teacher really wrote (a failed request, empty completion and an
+    error, is no sample); the best-accuracy teacher's arm gets exactly N rows or the run refuses (it used to be
+    cut to what that teacher had, silently smaller than every other arm)."""
+    from pathlib import Path
+
+    from ray_distill.ablation import OTHER_TEACHER, plan_arms
+    from ray_distill.config import load_config
+
+    g = graded().assign(**{C.ERROR: ""})
+    failed = g[C.SAMPLE_INDEX] == 3  # one failed request per question: no text, an error
+    g.loc[failed, C.COMPLETION], g.loc[failed, C.ERROR] = "", "timeout"
+    kept = {"q0", "q1", "q2"}
+    diverse = g[(g[C.QUESTION_ID].isin(kept)) & (g[C.SAMPLE_INDEX] <= 1)]
+    for seed in range(5):  # 6 of 24 rows failed: a draw of 6 that ignored it would hit one in 5 seeds (p > 0.9999)
+        arm = ablation_corpora(g, kept, diverse, n=6, seed=seed)[RANDOM]
+        assert len(arm) == 6 and (arm[C.ERROR] == "").all() and (arm[C.COMPLETION] != "").all()
+    with pytest.raises(ValueError, match=r"'random' has 18 rows, fewer than the budget of 19"):
+        ablation_corpora(g, kept, diverse, n=19, seed=0)
+    job = Path(__file__).resolve().parents[1] / "jobs" / "ablation_curve.yaml"
+    cfg = load_config(job, ["ablation.moves=true", "ablation.curve=null"])
+    small_other = diverse.head(2).assign(teacher="verbose")
+    with pytest.raises(ValueError, match=rf"ablation arm '{OTHER_TEACHER}': verbose's DED corpus has 2 rows, fewer "
+                                         r"than the budget of 3 \(every arm trains on exactly N rows\)"):
+        plan_arms(cfg, g, kept, diverse, small_other, "concise", "verbose", n=3, seed=0)
+    arms, _ = plan_arms(cfg, g, kept, diverse, diverse.assign(teacher="verbose"), "concise", "verbose", n=3, seed=0)
+    assert {len(df) for _, df, _ in arms.values()} == {3}

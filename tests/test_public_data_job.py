@@ -65,6 +65,7 @@ def test_public_data_job_end_to_end(tmp_path):
     verify = children["verify"].data.metrics
     assert verify["judge/calls"] > 0 and verify["judge/agreement_rows"] > 0 and verify["judge/agreement"] >= 0.9
     assert parent.data.metrics["total/judge_calls"] >= verify["judge/calls"]
-    # lm-evaluation-harness ran its local task on the exported student, into the same evaluate run
-    em = ev["after/harness/ray_distill_max_ood/exact_match/boxed"]
-    assert 0.0 <= em <= 1.0 and "lm-evaluation-harness" in proc.stdout
+    # lm-evaluation-harness ran its local task on the base and the exported student, into the same evaluate run
+    for prefix in ("before", "after"):
+        assert 0.0 <= ev[f"{prefix}/harness/ray_distill_max_ood/exact_match/boxed"] <= 1.0, prefix
+    assert "lm-evaluation-harness (base student, exported student)" in proc.stdout

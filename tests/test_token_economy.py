@@ -45,9 +45,10 @@ def test_adaptive_sampling_spends_less_and_resumes_from_the_store(ray_local, tin
     assert per_q.size().max() <= 8 and set(graded[C.QUESTION_ID]) == {q[C.QUESTION_ID] for q in questions}
     assert per_q.size().mean() < 8  # most questions stop before M
     distinct = A.distinct_correct(graded).reindex(per_q.size().index, fill_value=0)
-    # Round 1 draws the floor (2P = 4 samples) at once; a question stops there only with P distinct
-    # correct answers; short of P it gets P more (hopeless/saturated are decided from round 2 on).
-    assert (per_q.size() >= 4).all() and (per_q.size()[distinct < 2] >= 6).all()
+    # Round 1 draws the floor (2P = 4 samples) at once; a question stops there only with P + 2 distinct
+    # correct answers (exactly P would leave farthest-P no choice); short of that it gets P more
+    # (hopeless/saturated are decided from round 2 on).
+    assert (per_q.size() >= 4).all() and (per_q.size()[distinct < 4] >= 6).all()
     assert (distinct >= 2).sum() >= 30  # the concise teacher reaches P=2 distinct correct answers on most
     assert rec.teacher_tokens == int(graded[C.NUM_TOKENS].sum()) > 0  # every sample was new
 
@@ -56,7 +57,9 @@ def test_adaptive_sampling_spends_less_and_resumes_from_the_store(ray_local, tin
     with runner.stage("generate") as (t, fixed):
         full = generate(GenerationStore(str(tmp_path / "fixed")), questions, _with_n(cfg.teachers[0], 8), t, fixed)
     assert len(full) == 8 * len(questions)
-    assert rec.teacher_tokens < 0.8 * fixed.teacher_tokens
+    # (this consistent teacher repeats itself: most questions stop as saturated, few reach P + 2 distinct answers;
+    # measured 0.81 of the fixed-M tokens)
+    assert rec.teacher_tokens < 0.9 * fixed.teacher_tokens
 
     # A rerun reads everything from the store: no teacher token spent, the same samples.
     again, _, rec2 = run_adaptive(cfg, store, questions, tiny_student_path)
@@ -77,4 +80,4 @@ def test_job_budget_stops_sampling_and_records_the_questions(ray_local, tiny_stu
     # actual spend may pass it by that estimate's error: here within 5%.
     assert 0 < rec.teacher_tokens <= 6200 * 1.05
     assert stopped and {s[C.REASON] for s in stopped} == {A.JOB_BUDGET}
-    assert all(A.distinct_correct(graded).get(s[C.QUESTION_ID], 0) < 2 for s in stopped)
+    assert all(A.distinct_correct(graded).get(s[C.QUESTION_ID], 0) < 4 for s in stopped)  # not yet P + 2

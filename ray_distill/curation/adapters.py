@@ -67,7 +67,7 @@ class GradeBatch:
         tests = [str(t) for t in batch[C.TESTS].fillna("")] if C.TESTS in batch.columns else [""] * len(batch)
         verdicts = grade_rows([str(t) for t in batch[C.COMPLETION].fillna("")], [str(a) for a in batch[C.ANSWER]],
                               tests, self.max_tokens, self.count_tokens, self.require_think,
-                              self.sandbox() if any(tests) else None)
+                              self.sandbox() if any(tests) else None, finished_only=self.require_think)
         out = batch.assign(
             **{
                 C.FORMAT_OK: [v.format_ok for v in verdicts],

@@ -8,9 +8,11 @@ generation store only adds what is new. Round 1 asks for the floor ``plan.floor`
 by default 2P, at most M) at once; each later round asks for ``plan.round_size`` more (default P). A
 question stops as soon as
 
-- ``enough``: it has ``plan.target`` (P) distinct verified-correct trajectories among at least
-  ``plan.floor`` samples -- so farthest-P selection has more than P samples to pick the far-apart
-  ones from (stopping at the first P distinct correct ones left it nothing to choose);
+- ``enough``: it has ``plan.enough`` (P + ``plan.margin``, default P + 2) distinct verified-correct
+  trajectories among at least ``plan.floor`` samples -- so farthest-P selection has more than P correct
+  candidates to pick the far-apart ones from (stopping at exactly P distinct correct ones left it nothing to
+  choose, and did so for exactly the questions the teacher solves easily, which would offer the most choice);
+  a question that cannot reach P + margin within M stops at M (``exhausted``) with what it has;
 - ``hopeless``: no correct sample after ``plan.hopeless_after_rounds`` rounds;
 - ``saturated``: a round of at least P new samples added no new distinct correct trajectory although
   some exist (the teacher keeps repeating itself; more samples would not add diversity) -- only with
@@ -45,10 +47,17 @@ class SamplingPlan:
     stop_when_saturated: bool = True
     max_tokens_per_question: int | None = None
     min_samples: int | None = None  # floor before "enough"; None: 2P (at most M)
+    margin: int = 2  # "enough" needs P + margin distinct correct trajectories (more than P to choose from)
 
     def __post_init__(self) -> None:
-        if min(self.target, self.max_samples, self.round_size or 1, self.min_samples or 1) < 1:
-            raise ValueError(f"sampling plan needs positive target, max_samples, round_size, min_samples: {self}")
+        if min(self.target, self.max_samples, self.round_size or 1, self.min_samples or 1, self.margin) < 1:
+            raise ValueError(f"sampling plan needs positive target, max_samples, round_size, min_samples, margin: "
+                             f"{self}")
+
+    @property
+    def enough(self) -> int:
+        """Distinct correct trajectories that stop a question as ``enough``: P + margin."""
+        return self.target + self.margin
 
     @property
     def floor(self) -> int:
@@ -66,9 +75,9 @@ class SamplingPlan:
 
     def next_total(self, have_distinct: int, sampled: int) -> int:
         """Samples a still-active question will have after its next round: up to the floor when it
-        already has P distinct correct ones (only the floor is missing), else ``step`` more (at least
+        already has P + margin distinct correct ones (only the floor is missing), else ``step`` more (at least
         the floor); never past M."""
-        if have_distinct >= self.target:
+        if have_distinct >= self.enough:
             return max(sampled, self.floor)
         return min(self.max_samples, max(self.floor, sampled + self.step))
 
@@ -80,7 +89,7 @@ def plan_from_config(cfg) -> SamplingPlan:
         target=s.keep_per_question, max_samples=s.samples_per_question,
         round_size=a.round_size, hopeless_after_rounds=a.hopeless_after_rounds,
         stop_when_saturated=a.stop_when_saturated, max_tokens_per_question=cfg.budget.max_teacher_tokens_per_question,
-        min_samples=a.min_samples,
+        min_samples=a.min_samples, margin=a.enough_margin,
     )
 
 
@@ -112,7 +121,7 @@ def round_status(graded: pd.DataFrame, active: list[str], round_index: int, plan
         have = int(distinct.get(qid, 0))
         before = int(previous_distinct.get(qid, 0)) if previous_distinct is not None else 0
         added = int(sampled.get(qid, 0)) - (int(previous_sampled.get(qid, 0)) if previous_sampled is not None else 0)
-        if have >= plan.target and int(sampled.get(qid, 0)) >= plan.floor:
+        if have >= plan.enough and int(sampled.get(qid, 0)) >= plan.floor:
             out[qid] = ENOUGH
         elif have == 0 and plan.hopeless_after_rounds is not None and round_index >= plan.hopeless_after_rounds:
             out[qid] = HOPELESS

@@ -6,7 +6,9 @@
 - format: a strict ``<think>…</think>`` pair at the start of the response, and a length cap in
   student tokens;
 - math: the final answer (the text after ``</think>``; ``\\boxed{}`` preferred) checked against the
-  reference with math-verify, so LaTeX/number/fraction equivalence comes from the library;
+  reference with math-verify, so LaTeX/number/fraction equivalence comes from the library. Only a finished
+  answer counts: a think block opened and never closed (cut off by the token cap) has no final answer, in
+  curation, compression and evaluation alike (:func:`final_answer_region`);
 - code: the last fenced ```python block after ``</think>`` run against the question's tests in the
   sandbox (``curation.sandbox``); correct iff every test passes;
 - multiple choice (rows with ``answer_format: choice``, e.g. a GPQA suite): the option letter of the
@@ -85,9 +87,16 @@ def check_format(text: str, require_think: bool = True) -> str:
     return ""
 
 
-def final_answer_region(text: str) -> str:
-    """The text after ``</think>`` (the whole text when there is no think block)."""
-    return text.rsplit(THINK_CLOSE, 1)[-1]
+def final_answer_region(text: str, finished_only: bool = True) -> str:
+    """The text after the last ``</think>``; the whole text when there is no think block. A think block that
+    was opened and never closed (reasoning cut off by the token cap, or never finished) has no final answer:
+    ``""``, so an answer written inside unfinished reasoning never counts. ``finished_only=False`` grades the
+    whole text instead (a non-reasoning student that writes the tags loosely)."""
+    if THINK_CLOSE in text:
+        return text.rsplit(THINK_CLOSE, 1)[-1]
+    if finished_only and THINK_OPEN in text:
+        return ""
+    return text
 
 
 class GraderTimeout(Exception):
@@ -125,19 +134,20 @@ def with_deadline(fn: Callable, *args, timeout_s: float | None = None):
     return box["value"]
 
 
-def extract_answer(text: str) -> list:
+def extract_answer(text: str, finished_only: bool = True) -> list:
     """math-verify's parse of the final-answer region (``[]`` when nothing is found)."""
-    return parse(final_answer_region(text), parsing_timeout=_timeouts())
+    region = final_answer_region(text, finished_only)
+    return parse(region, parsing_timeout=_timeouts()) if region.strip() else []
 
 
-def answers_match(reference: str, text: str) -> tuple[bool, str]:
+def answers_match(reference: str, text: str, finished_only: bool = True) -> tuple[bool, str]:
     """(is the final answer of ``text`` equivalent to ``reference``, the extracted answer); raises
     :class:`GraderTimeout` when math-verify overruns (in any thread)."""
-    return with_deadline(_answers_match, reference, text)
+    return with_deadline(_answers_match, reference, text, finished_only)
 
 
-def _answers_match(reference: str, text: str) -> tuple[bool, str]:
-    pred = extract_answer(text)
+def _answers_match(reference: str, text: str, finished_only: bool = True) -> tuple[bool, str]:
+    pred = extract_answer(text, finished_only)
     if not pred:
         return False, ""
     gold = parse(f"${reference}$" if not reference.startswith("$") else reference, parsing_timeout=_timeouts())
@@ -153,15 +163,17 @@ def grade(
     max_tokens: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
     require_think: bool = True,
+    finished_only: bool = True,
 ) -> Verdict:
     """Grade one response: format first (cheap), then the final answer with math-verify.
 
     ``correct`` reports answer correctness even when the format fails (evaluation counts a right
-    answer without think tags as right; curation keeps only ``format_ok and correct``).
+    answer without think tags as right; curation keeps only ``format_ok and correct``), but an answer
+    inside an unclosed think block is no answer (:func:`final_answer_region`, ``finished_only``).
     """
     reason = _format_reason(text, max_tokens, count_tokens, require_think)
     try:
-        correct, predicted = answers_match(reference, text) if text.strip() else (False, "")
+        correct, predicted = answers_match(reference, text, finished_only) if text.strip() else (False, "")
     except GraderTimeout:
         return Verdict(format_ok=reason in ANSWER_REASONS, correct=False, predicted="", reason=reason or R_GRADER_TIMEOUT)
     if not reason and not correct:
@@ -169,12 +181,12 @@ def grade(
     return Verdict(format_ok=reason in ANSWER_REASONS, correct=correct, predicted=predicted, reason=reason)
 
 
-def extract_choice(text: str) -> str:
+def extract_choice(text: str, finished_only: bool = True) -> str:
     """The option letter (A-J) of the final answer: the last ``\\boxed{}`` holding a letter (``B``, ``(B)``,
     ``B) 42``, ``\\text{B}``), else the last "answer is (B)" / "Answer: B"; "" when there is none."""
     from ray_distill.data.questions import last_boxed
 
-    region = final_answer_region(text)
+    region = final_answer_region(text, finished_only)
     boxed = last_boxed(region)
     if boxed is not None:
         inner = re.sub(r"^\\text(?:bf)?\{(.*)\}$", r"\1", boxed.strip()).strip()
@@ -189,11 +201,12 @@ _ANSWER_LETTER = re.compile(r"(?:[Aa]nswer|ANSWER)\s*(?:is|:)?\s*:?\s*\(?([A-J])
 
 
 def grade_choice(text: str, reference: str, max_tokens: int | None = None,
-                 count_tokens: Callable[[str], int] | None = None, require_think: bool = True) -> Verdict:
+                 count_tokens: Callable[[str], int] | None = None, require_think: bool = True,
+                 finished_only: bool = True) -> Verdict:
     """Grade a multiple-choice response: the same format rules, then its option letter against the
     reference letter (no equivalence checking: a letter is right or wrong)."""
     reason = _format_reason(text, max_tokens, count_tokens, require_think)
-    predicted = extract_choice(text) if text.strip() else ""
+    predicted = extract_choice(text, finished_only) if text.strip() else ""
     correct = bool(predicted) and predicted == reference.strip().upper()
     if not reason and not correct:
         reason = R_WRONG if predicted else R_NO_CHOICE
@@ -210,9 +223,9 @@ def _format_reason(text: str, max_tokens: int | None, count_tokens: Callable[[st
     return reason
 
 
-def extract_program(text: str) -> str:
+def extract_program(text: str, finished_only: bool = True) -> str:
     """The last fenced ```python (or ```py) block after ``</think>`` ("" when there is none)."""
-    blocks = _FENCE.findall(final_answer_region(text))
+    blocks = _FENCE.findall(final_answer_region(text, finished_only))
     return blocks[-1].strip("\n") if blocks else ""
 
 
@@ -223,12 +236,13 @@ def grade_code(
     max_tokens: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
     require_think: bool = True,
+    finished_only: bool = True,
 ) -> Verdict:
     """Grade one code response: the same format rules as math, then the program against ``tests``
     (canonical dict) in ``sandbox``, stopping at the first failing test. ``predicted`` summarises the
     run ("passed 3/3", "test 2/3: wrong_output: ...")."""
     reason = _format_reason(text, max_tokens, count_tokens, require_think)
-    program = extract_program(text)
+    program = extract_program(text, finished_only)
     if not program:
         return Verdict(format_ok=reason in ANSWER_REASONS, correct=False, predicted="", reason=reason or R_NO_CODE)
     results = sandbox.run_tests(program, tests, stop_on_failure=True)
@@ -252,15 +266,17 @@ def grade_row(
     require_think: bool = True,
     sandbox: S.Sandbox | None = None,
     answer_format: str = "",
+    finished_only: bool = True,
 ) -> Verdict:
     """Grade one response to one question: as code when the question has ``tests`` (the canonical
     JSON string of the ``tests`` column), by option letter when ``answer_format`` is ``choice``, else
     as math against ``reference``. Without ``sandbox``, a default one (:func:`default_sandbox`) runs the code."""
     if not tests and answer_format == CHOICE:
-        return grade_choice(text, reference, max_tokens, count_tokens, require_think)
+        return grade_choice(text, reference, max_tokens, count_tokens, require_think, finished_only)
     if not tests:
-        return grade(text, reference, max_tokens, count_tokens, require_think)
-    return grade_code(text, parse_tests(tests), sandbox or default_sandbox(), max_tokens, count_tokens, require_think)
+        return grade(text, reference, max_tokens, count_tokens, require_think, finished_only)
+    return grade_code(text, parse_tests(tests), sandbox or default_sandbox(), max_tokens, count_tokens, require_think,
+                      finished_only)
 
 
 def grade_rows(
@@ -272,6 +288,7 @@ def grade_rows(
     require_think: bool = True,
     sandbox: S.Sandbox | None = None,
     formats: list[str] | None = None,
+    finished_only: bool = True,
 ) -> list[Verdict]:
     """:func:`grade_row` over rows, in order (``formats``: each row's ``answer_format``; None: all default).
     Math rows are graded in the calling thread (math-verify's timeouts use signals); code rows, whose tests
@@ -280,7 +297,7 @@ def grade_rows(
 
     def one(i: int) -> Verdict:
         return grade_row(texts[i], references[i], tests[i], max_tokens, count_tokens, require_think, sandbox,
-                         formats[i])
+                         formats[i], finished_only)
 
     verdicts: list[Verdict | None] = [None if t else one(i) for i, t in enumerate(tests)]
     code = [i for i, t in enumerate(tests) if t]

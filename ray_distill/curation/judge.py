@@ -12,8 +12,9 @@ The verdict is parsed strictly: the last non-empty line of the judge's output mu
 Modes (``verify.judge.mode``): ``fallback`` judges only the rows math-verify could not decide (no final answer
 parsed, or a reference that is not a math expression, such as a word); ``always`` judges every row whose
 format passed; ``off``. Code rows (with tests) are never judged: the sandbox decides them. Where math-verify
-did decide and the judge also ran (``always``), ``agree: either`` keeps a row either of them accepts (the
-judge rescues equivalent answers math-verify misses) and ``agree: both`` keeps only rows both accept.
+did decide and the judge also ran (``always``), ``agree: both`` (the default) keeps only rows both accept: the
+judge can veto a math-verify "correct" but never overrides its "wrong"; ``agree: either`` keeps a row either of
+them accepts (the judge rescues equivalent answers math-verify misses, and can let a wrong one through).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def needs_judge(mode: str, format_ok: bool, tests: str, decided: bool) -> bool:
 
 
 def combine(mv_correct: bool, mv_reason: str, decided: bool, verdict: JudgeVerdict | None,
-            agree: str = "either") -> tuple[bool, str]:
+            agree: str = "both") -> tuple[bool, str]:
     """(correct, reason) of a row after the judge. ``verdict`` None: not judged, math-verify stands. Where
     math-verify did not decide, the judge alone decides; where both decided, ``agree`` says how they combine."""
     if verdict is None:

@@ -22,6 +22,29 @@ def seeded_order(ids: Iterable[str], seed: int) -> list[str]:
     return sorted(set(ids), key=lambda i: (hashlib.sha256(f"{seed}:{i}".encode()).hexdigest(), i))
 
 
+def seeded_sample(pool: list[dict], n: int | None, seed: int) -> list[dict]:
+    """``n`` questions of ``pool`` chosen by :func:`seeded_order` of their ids (all of them when ``n`` is None or
+    at least the pool), in pool order: a sample that does not depend on the file's order (the smoke test's probe,
+    ``selection.max_questions``). A larger ``n`` with the same seed keeps every question a smaller one chose."""
+    if n is None or n >= len(pool):
+        return list(pool)
+    chosen = set(seeded_order((str(q[C.QUESTION_ID]) for q in pool), seed)[:n])
+    return [q for q in pool if str(q[C.QUESTION_ID]) in chosen]
+
+
+def probe_questions(cfg, pool: list[dict]) -> list[dict]:
+    """The smoke test's probe of a job (``JobConfig``): ``smoke_test.probe_questions`` of the pool, a seeded sample
+    (the job's seed). The one definition the job, the ablation and the data-budget search use."""
+    return seeded_sample(pool, cfg.smoke_test.probe_questions, cfg.seed)
+
+
+def capped_questions(cfg, kept: list[dict]) -> list[dict]:
+    """The questions of a job (``JobConfig``) that go on to teacher sampling: ``selection.max_questions`` of the
+    kept ones, a seeded sample (all of them without a cap). Shared by the job and its Tune trials, so that a
+    best job rebuilds the trial's corpus."""
+    return seeded_sample(kept, cfg.selection.max_questions, cfg.seed)
+
+
 def carve(pool: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
     """(the pool without the dev questions, the ``n`` dev questions), both in pool order. Raises
     ``ValueError`` when the pool has no more than ``n`` questions (nothing would be left to train on)."""

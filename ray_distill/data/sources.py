@@ -119,4 +119,5 @@ def _find(text: str, index: tuple[set[str], set[tuple[str, ...]]], n: int | None
 
 
 def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
+    """A question's normalised text: its lower-cased words and punctuation marks (spacing does not matter)."""
+    return " ".join(_WORD.findall(text.lower()))

@@ -102,10 +102,11 @@ def sample_student(
     return df
 
 
-def grade_samples(df: pd.DataFrame, code: dict | None = None) -> pd.DataFrame:
+def grade_samples(df: pd.DataFrame, code: dict | None = None, finished_only: bool = True) -> pd.DataFrame:
     """A copy of ``df`` with CORRECT / FORMAT_OK / PREDICTED / REASON from ``graders.grade_rows``;
     code rows run in a sandbox with the limits of ``code`` (a ``CodeGraderConfig`` dump, the job's
-    ``format.code``; None: the defaults).
+    ``format.code``; None: the defaults). ``finished_only``: an answer inside an unclosed think block (the
+    sample ran out of tokens mid-reasoning) is wrong (``graders.final_answer_region``).
 
     A row whose generation failed (non-empty ``error``) is incorrect with reason
     ``generation_error``: it stays in the table and counts against the student."""
@@ -116,7 +117,8 @@ def grade_samples(df: pd.DataFrame, code: dict | None = None) -> pd.DataFrame:
     ok = [i for i, failed in enumerate(_failed(df)) if not failed]
     verdicts: list[Verdict | None] = [None] * len(df)
     graded = grade_rows([texts[i] for i in ok], [refs[i] for i in ok], [tests[i] for i in ok],
-                        sandbox=sandbox_from_config(code) if any(tests) else None, formats=[formats[i] for i in ok])
+                        sandbox=sandbox_from_config(code) if any(tests) else None, formats=[formats[i] for i in ok],
+                        finished_only=finished_only)
     for i, verdict in zip(ok, graded):
         verdicts[i] = verdict
     out = df.copy()
@@ -222,11 +224,13 @@ def evaluate_suites(
     store: GenerationStore | None = None,
     settings: dict[str, dict] | None = None,
     pass_k: dict[str, list[int]] | None = None,
+    finished_only: dict[str, bool] | None = None,
 ) -> dict[str, dict]:
     """``{suite: avg_at_k(...)}`` for every suite, sampled in one engine pass per distinct (temperature,
     max_tokens, k) (:func:`suite_plan`; ``settings`` overrides k/temperature/max_tokens per suite), read
     back from ``store`` when it has them (see :func:`sample_student`); code rows graded in the sandbox of
-    ``code`` (the job's ``format.code``); ``pass_k``: per suite, the extra pass@j to report."""
+    ``code`` (the job's ``format.code``); ``pass_k``: per suite, the extra pass@j to report; ``finished_only``: per
+    suite, whether an answer inside unfinished reasoning is wrong (default True: :func:`grade_samples`)."""
     empty = [name for name, rows in suites.items() if not rows]
     if empty:
         raise ValueError(f"evaluation suites without questions: {empty}")
@@ -237,7 +241,8 @@ def evaluate_suites(
     samples = pd.concat(frames, ignore_index=True)
     logger.info("sampled %d answers of %s in %.1f s (%d engine passes, engine starts included)", len(samples),
                 model_path, time.perf_counter() - start, len(frames))
-    graded = grade_samples(samples, code)
+    graded = pd.concat([grade_samples(samples[samples[SUITE] == name], code, (finished_only or {}).get(name, True))
+                        for name in suites])
     scores = {name: avg_at_k(graded[graded[SUITE] == name], (pass_k or {}).get(name, ())) for name in suites}
     for name, s in scores.items():
         logger.info("eval %s: avg@%d %.3f [%.3f, %.3f], pass@%d %.3f, mean length %.1f over %d questions",

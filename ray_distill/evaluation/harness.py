@@ -1,11 +1,13 @@
-"""Out-of-domain evaluation through lm-evaluation-harness (``lm_eval``) on the exported student, as an optional
-part of the evaluate stage (``eval.harness``).
+"""Out-of-domain evaluation through lm-evaluation-harness (``lm_eval``) on the base and the exported student, as
+an optional part of the evaluate stage (``eval.harness``): the same tasks before and after distillation, so a
+score comes with its baseline.
 
     scores = run_harness("/ckpt/student", HarnessConfig(tasks=["max_ood"], include_path="jobs/harness"), student)
     scores["max_ood"]["exact_match/boxed"]     # {task: {metric: value}}, metric names as MLflow takes them
 
 The harness runs in one Ray task with the student's serving resources (``student.serving``), on lm_eval's own
-vLLM backend (``backend: vllm``, the student's serving settings and chat template, the CPU settings vLLM needs
+vLLM backend (``backend: vllm``, the student's serving settings, chat template and ``chat_template_kwargs``
+(:func:`template_args`), the CPU settings vLLM needs
 without a GPU) or its transformers backend (``backend: hf``). Custom tasks are YAML files in ``include_path``;
 the task runs with that folder as its working directory, so a task's ``dataset_kwargs.data_files`` may name a
 file next to its YAML (``dataset_path: json``: no download).
@@ -21,6 +23,7 @@ import os
 import re
 
 from ray_distill.config import HarnessConfig, StudentConfig
+from ray_distill.models import THINK_CLOSE
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ def harness_model_args(model_path: str, cfg: HarnessConfig, student: StudentConf
         args.update(tensor_parallel_size=e.tensor_parallel_size, enforce_eager=e.enforce_eager)
         if e.max_model_len:
             args["max_model_len"] = e.max_model_len
+        args.update(template_args(student.chat_template_kwargs))
         if not gpu:
             args.update(VLLM_CPU_SETTINGS)
     else:
@@ -50,6 +54,23 @@ def harness_model_args(model_path: str, cfg: HarnessConfig, student: StudentConf
     if cfg.batch_size is not None:
         args["batch_size"] = cfg.batch_size
     return args | cfg.model_args
+
+
+def template_args(kwargs: dict) -> dict:
+    """lm_eval vLLM ``model_args`` that render the chat template as the student is sampled everywhere else
+    (``student.chat_template_kwargs``): ``chat_template_args``, and for ``enable_thinking`` lm_eval's own switch with
+    the ``</think>`` end token it needs to read the answer after the reasoning."""
+    kwargs = dict(kwargs)
+    if not kwargs:
+        return {}
+    out: dict = {}
+    if "enable_thinking" in kwargs:
+        out["enable_thinking"] = bool(kwargs.pop("enable_thinking"))
+        if out["enable_thinking"]:
+            out["think_end_token"] = THINK_CLOSE
+    if kwargs:
+        out["chat_template_args"] = kwargs
+    return out
 
 
 def metric_name(task: str, key: str) -> str:

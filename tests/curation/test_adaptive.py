@@ -23,26 +23,44 @@ def test_plan_rounds():
     default = A.SamplingPlan(target=4, max_samples=12)  # floor 2P, later rounds add P
     assert default.floor == 8 and default.step == 4 and default.first_round() == 8
     assert [default.next_total(h, 8) for h in (0, 1, 3)] == [12, 12, 12]
-    assert default.next_total(4, 5) == 8  # P distinct but below the floor: only the floor is missing
+    assert default.next_total(6, 5) == 8  # P + 2 distinct but below the floor: only the floor is missing
+    assert default.next_total(4, 8) == 12  # exactly P distinct is not enough: sample on (farthest-P needs a choice)
+    assert default.enough == 6 and A.SamplingPlan(target=4, max_samples=12, margin=1).enough == 5
     assert A.SamplingPlan(target=4, max_samples=6).floor == 6  # the floor never passes M
     with pytest.raises(ValueError):
         A.SamplingPlan(target=0, max_samples=8, round_size=3)
 
 
 def test_enough_distinct_correct_stops_a_question():
-    graded = frame(rows("a", [("x", True), ("y", True)]), rows("b", [("x", True), ("x", True)]))
+    graded = frame(rows("a", [("x", True), ("y", True), ("z", True), ("w", True)]),
+                   rows("b", [("x", True), ("x", True), ("y", True), ("y", True)]))
     status = A.round_status(graded, ["a", "b"], 1, PLAN)
     assert status == {"a": A.ENOUGH, "b": A.CONTINUE}  # duplicates count once
 
 
+def test_exactly_p_distinct_correct_is_not_enough():
+    """A question with exactly P distinct correct trajectories goes on sampling: farthest-P would have nothing to
+    choose from, and stopping there would cut exactly the easy questions that offer the most choice. It stops as
+    enough at P + margin, or at M with what it has."""
+    exactly_p = frame(rows("a", [("x", True), ("y", True), ("q", False), ("r", False)]))
+    assert A.round_status(exactly_p, ["a"], 1, PLAN) == {"a": A.CONTINUE}
+    assert A.round_status(exactly_p, ["a"], 1, A.SamplingPlan(target=2, max_samples=6, margin=1,
+                                                              min_samples=2)) == {"a": A.CONTINUE}
+    three = frame(rows("a", [("x", True), ("y", True), ("z", True), ("r", False)]))
+    assert A.round_status(three, ["a"], 1, A.SamplingPlan(target=2, max_samples=6, margin=1,
+                                                          min_samples=2)) == {"a": A.ENOUGH}
+    capped = frame(rows("a", [("x", True), ("y", True)] + [("x", True)] * 4))  # M = 6 reached with P distinct
+    assert A.round_status(capped, ["a"], 3, A.SamplingPlan(target=2, max_samples=6, stop_when_saturated=False)) == {
+        "a": A.EXHAUSTED}
+
+
 def test_enough_waits_for_the_floor():
-    # P=2 distinct correct in the first 2 samples is not enough under the default floor of 2P=4:
-    # farthest-P would have nothing to choose from
-    plan = A.SamplingPlan(target=2, max_samples=8)
-    two = frame(rows("a", [("x", True), ("y", True)]))
-    assert A.round_status(two, ["a"], 1, plan) == {"a": A.CONTINUE}
-    four = frame(rows("a", [("x", True), ("y", True), ("z", False), ("w", True)]))
-    assert A.round_status(four, ["a"], 1, plan) == {"a": A.ENOUGH}
+    # P + 2 = 4 distinct correct answers are not enough before the floor of samples (3 < min_samples=5)
+    plan = A.SamplingPlan(target=2, max_samples=8, min_samples=5)
+    few = frame(rows("a", [("x", True), ("y", True), ("z", True)]))
+    assert A.round_status(few, ["a"], 1, plan) == {"a": A.CONTINUE}
+    five = frame(rows("a", [("x", True), ("y", True), ("z", False), ("w", True), ("v", True)]))
+    assert A.round_status(five, ["a"], 1, plan) == {"a": A.ENOUGH}
 
 
 def test_format_failures_do_not_count_as_correct():
@@ -129,7 +147,8 @@ def test_replay_runs_the_rounds_over_stored_samples():
     assert status == {"easy": A.ENOUGH, "dull": A.SATURATED, "hard": A.HOPELESS, "late": A.ENOUGH,
                       "thin": A.EXHAUSTED}
     counts = drawn.groupby(C.QUESTION_ID).size().to_dict()
-    assert counts == {"easy": 4, "dull": 6, "hard": 6, "late": 6, "thin": 5}
+    # late: 2 distinct correct after round 2 (6 samples) is only P: round 3 draws to M and finds P + 2
+    assert counts == {"easy": 4, "dull": 6, "hard": 6, "late": 8, "thin": 5}
     assert (drawn.groupby(C.QUESTION_ID)[C.SAMPLE_INDEX].max() + 1).to_dict() == counts  # always a prefix
     off = A.SamplingPlan(target=2, max_samples=8, hopeless_after_rounds=None, stop_when_saturated=False)
     assert A.replay(graded, ["dull", "hard"], off)[1] == {"dull": A.EXHAUSTED, "hard": A.EXHAUSTED}

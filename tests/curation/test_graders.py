@@ -11,7 +11,7 @@ from ray_distill.curation import graders as G
         ("<think>x</think>the answer is \\boxed{\\frac{1}{2}}", "0.5", True, ""),  # equivalence from math-verify
         ("<think>x</think>\\boxed{2/4}", "\\frac{1}{2}", True, ""),
         ("9", "9", True, G.R_NO_THINK),
-        ("<think>9+0=9 \\boxed{9}", "9", True, G.R_UNCLOSED),
+        ("<think>9+0=9 \\boxed{9}", "9", False, G.R_UNCLOSED),  # unfinished reasoning: no final answer
         ("<think>a</think><think>b</think>\\boxed{9}", "9", True, G.R_NESTED),
         ("<think>x</think>no number", "9", False, G.R_NO_ANSWER),
         ("   ", "9", False, G.R_EMPTY),
@@ -27,6 +27,23 @@ def test_grade(text, ref, correct, reason):
 def test_answer_inside_think_does_not_count():
     # "9+0=9" inside the think block must not be read as the final answer.
     assert G.grade("<think>9+0=9</think>", "9").correct is False
+
+
+def test_only_a_finished_answer_counts():
+    """An answer written inside a think block that never closed (the sample hit max_tokens mid-reasoning) is no
+    answer, for math, multiple choice and code alike; a response with no think block at all is graded whole; a
+    suite of a non-reasoning student can opt out (finished_only=False)."""
+    cut, cut_choice = "<think>\nso 9+0=9, the answer is \\boxed{9}", "<think>\nso the answer is (B)"
+    assert G.final_answer_region(cut) == ""
+    assert G.grade(cut, "9").correct is False and G.grade(cut, "9").predicted == ""
+    assert G.grade_choice(cut_choice, "B").correct is False
+    assert G.extract_program("<think>\n```python\nprint(1)\n```") == ""
+    assert G.grade(cut, "9", finished_only=False).correct is True
+    assert G.grade_choice(cut_choice, "B", finished_only=False).correct is True
+    assert G.grade("\\boxed{9}", "9").correct is True  # no think block: the whole text is the answer
+    assert G.grade("<think>a</think>x <think>b</think>\\boxed{9}", "9").correct is True  # after the last close
+    (v,) = G.grade_rows([cut], ["9"], [""])
+    assert v.correct is False and v.reason == G.R_UNCLOSED
 
 
 def test_length_cap_in_student_tokens():
@@ -163,7 +180,7 @@ def test_math_verify_has_a_deadline_in_worker_threads(monkeypatch):
     from ray_distill.curation import graders as G
 
     monkeypatch.setattr(G, "MATH_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(G, "_answers_match", lambda reference, text: time.sleep(3) or (True, "1"))
+    monkeypatch.setattr(G, "_answers_match", lambda reference, text, finished_only=True: time.sleep(3) or (True, "1"))
     out: dict = {}
 
     def worker():

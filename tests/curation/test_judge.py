@@ -117,6 +117,9 @@ def test_combine_with_math_verify():
     assert J.combine(True, "", True, no, "either") == (True, "")
     assert J.combine(True, "", True, no, "both") == (False, J.R_JUDGE_INCORRECT)  # vetoed
     assert J.combine(False, "wrong_answer", True, yes, "both") == (False, "wrong_answer")
+    # the default never lets the judge override a math-verify "wrong" (config and function agree)
+    assert J.combine(False, "wrong_answer", True, yes) == (False, "wrong_answer")
+    assert JudgeConfig().agree == "both"
 
 
 def test_scripted_judge_reads_the_default_prompt():

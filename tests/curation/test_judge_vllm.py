@@ -37,8 +37,10 @@ def test_smollm2_as_a_vllm_judge(ray_local, smollm2_path, tmp_path):
     assert (out[C.JUDGE_OUTPUT].str.len() > 0).all()
     unparsed = out[out[C.JUDGE_VERDICT] == J.UNPARSED]
     assert unparsed[C.JUDGE_DETAIL].str.contains("is not 'VERDICT: CORRECT'").all()
-    # an unparseable verdict verifies nothing: math-verify's own decision stands where it decided, else rejected
-    assert (unparsed[C.CORRECT] == (unparsed[C.MATH_VERIFY_DECIDED] & unparsed[C.MATH_VERIFY_CORRECT])).all()
+    # an unparseable verdict verifies nothing: under the default agree: both the row is not accepted by both checks,
+    # so it is rejected whatever math-verify decided, with the judge's reason where math-verify had accepted it
+    assert judge.agree == "both" and not unparsed[C.CORRECT].any()
+    assert (unparsed[unparsed[C.MATH_VERIFY_CORRECT]][C.REASON] == J.R_JUDGE_UNPARSED).all()
     assert len(GenerationStore(store).load("judge")) == 4
 
     # a rerun is answered by the store: no call, no engine start, the same outputs

@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from ray_distill.curation.smoke_test import (NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY, mean_ci,
-                                             paired_margin, rank_teachers, top_two_note, training_questions, winner)
+from ray_distill.curation.smoke_test import (MIN_SHARED_QUESTIONS, NO_VERIFIED_ROWS, STUDENT_SCORE, TEACHER_ACCURACY,
+                                             below_floor_reason, margin_ci, mean_ci, paired_margin, rank_teachers,
+                                             top_two_note, training_questions, verified_floor, winner)
 
 NAN = float("nan")
 
@@ -111,8 +112,45 @@ def test_mean_ci_and_paired_margin_hand_computed():
     # differences 0.25, 0.25, 0.5 over the questions both were scored on (q9 is only in a)
     a, b = {"q1": 0.5, "q2": 0.75, "q3": 1.0, "q9": 1.0}, {"q1": 0.25, "q2": 0.5, "q3": 0.5}
     d, lo, hi, n = paired_margin(a, b)
-    assert n == 3 and d == pytest.approx(1 / 3) and lo == pytest.approx(1 / 3 - 1.959964 * 0.1443376 / 3 ** 0.5, abs=1e-6)
-    assert hi > d > lo > 0
+    # t interval, n = 3 degrees of freedom, variance (0.5^2 + 2 x 0.1443376^2) / 3 = 0.0972222 (the prior's)
+    half = 3.182446 * (0.0972222 / 3) ** 0.5
+    assert n == 3 and d == pytest.approx(1 / 3)
+    assert lo == pytest.approx(1 / 3 - half, abs=1e-5) and hi == pytest.approx(1 / 3 + half, abs=1e-5)
+    assert hi > d > 0 > lo  # three questions cannot separate a +0.33 margin
+
+
+def test_the_margin_interval_never_has_zero_width():
+    """One shared question, or every difference equal, is not certainty: the interval has width (one question
+    spans all of [-1, 1]), and fewer than MIN_SHARED_QUESTIONS shared questions are never separable."""
+    d, lo, hi = margin_ci([1.0])
+    assert (d, lo, hi) == (1.0, -1.0, 1.0)
+    d, lo, hi = margin_ci([0.0] * 30)
+    assert d == 0.0 and lo < 0 < hi
+    few = {f"q{i}": 1.0 for i in range(MIN_SHARED_QUESTIONS - 1)}
+    none = {q: 0.0 for q in few}
+    ranking = rank_teachers([_r("a", 1.0, 0.5), _r("b", 0.0, 0.5)], per_question={"a": few, "b": none})
+    assert ranking[0]["margin_ci_low"] > 0 and ranking[0]["separable"] is False  # clear, but too few questions
+    assert top_two_note(ranking).endswith(f"only {MIN_SHARED_QUESTIONS - 1} shared questions (< {MIN_SHARED_QUESTIONS}))")
+    many = {f"q{i}": 1.0 for i in range(MIN_SHARED_QUESTIONS)}
+    ranking = rank_teachers([_r("a", 1.0, 0.5), _r("b", 0.0, 0.5)],
+                            per_question={"a": many, "b": {q: 0.0 for q in many}})
+    assert ranking[0]["separable"] is True
+
+
+def test_a_candidate_below_the_floor_ranks_last_instead_of_starving_the_others():
+    """A teacher that verified 3 of 400 probe questions does not make every smoke student train on 3 rows: it is
+    left out of the common count (not trained) and its reason says why."""
+    assert verified_floor(400, 0.1) == 40 and verified_floor(400, 25) == 25 and verified_floor(5, 0.1) == 1
+    verified = {"good": [f"q{i}" for i in range(200)], "fair": [f"q{i}" for i in range(100, 260)],
+                "starved": ["q1", "q2", "q3"]}
+    picks = training_questions(verified, seed=0, floor=verified_floor(400, 0.1))
+    assert len(picks["good"]) == len(picks["fair"]) == 160 and picks["starved"] == []
+    assert training_questions(verified, seed=0)["good"].__len__() == 3  # without a floor: everyone starves
+    assert below_floor_reason(3, 40) == "too few verified probe rows: 3 < 40"
+    assert below_floor_reason(0, 40) == NO_VERIFIED_ROWS and below_floor_reason(40, 40) == ""
+    ranking = rank_teachers([_r("good", 0.3, 0.5), _r("fair", 0.2, 0.5),
+                             _r("starved", NAN, 0.1, acc=0.01, reason=below_floor_reason(3, 40))])
+    assert [r["teacher"] for r in ranking] == ["good", "fair", "starved"] and winner(ranking) == "good"
 
 
 def test_paired_margin_separates_what_overlapping_cis_cannot():
@@ -125,9 +163,10 @@ def test_paired_margin_separates_what_overlapping_cis_cannot():
     assert mean_ci(a.values())[1] < mean_ci(b.values())[2]  # the CIs overlap
     first = ranking[0]
     assert first["teacher"] == "a" and first["separable"] is True
-    assert first["margin"] == pytest.approx(0.1) and first["margin_ci_low"] == pytest.approx(0.1)
+    assert first["margin"] == pytest.approx(0.1) and 0 < first["margin_ci_low"] < 0.1 < first["margin_ci_high"]
     note = top_two_note(ranking)
     assert note.startswith("top two separable at 95%: a - b = +0.100")
+    assert note.endswith("(student_score, paired over the same 20 questions)")
     assert ranking[1]["separable"] is None and math.isnan(ranking[1]["margin"])  # the last scored row
 
 
@@ -138,6 +177,9 @@ def test_top_two_that_cannot_be_separated_are_flagged():
     results = [_r("a", 0.5, 0.5), _r("b", 0.4375, 0.5), _r("c", 0.0, 0.5),
                _r("d", NAN, None, reason=NO_VERIFIED_ROWS)]
     ranking = rank_teachers(results, per_question={"a": a, "b": b, "c": c})
-    assert [r["separable"] for r in ranking] == [False, True, None, None]
+    # b - c is positive on 3 of the 4 questions and never negative (a z interval over them excluded 0), but four
+    # questions cannot separate them
+    assert [r["separable"] for r in ranking] == [False, False, None, None]
+    assert ranking[1]["margin_ci_low"] < 0 < ranking[1]["margin"] and ranking[1]["margin_questions"] == 4
     assert top_two_note(ranking).startswith("top two cannot be separated at 95%: a - b = +0.062 [")
     assert "no per-question scores" in top_two_note(rank_teachers(results))  # without them: no verdict

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from ray_distill import columns as C
 from ray_distill.config import ConfigError, config_from_dict
-from ray_distill.data.dev import carve, seeded_order
+from ray_distill.data.dev import carve, seeded_order, seeded_sample
 from ray_distill.pipeline import load_questions, split_dev
 from ray_distill.tracking import NullTracker, start_tracker
 
@@ -90,3 +90,42 @@ def test_a_carve_larger_than_the_pool_is_a_config_error(tmp_path):
     pool, suites = load_questions(cfg, NullTracker(), write_rejects=False)
     with pytest.raises(ConfigError, match=r"^dev.num_questions: carving 500 dev questions out of a pool of 80"):
         split_dev(cfg, pool, suites, NullTracker())
+
+
+def test_held_out_means_held_out_by_text_not_only_by_id(tmp_path):
+    """A problem present twice in the pool under two ids: when one copy is carved into the dev suite, the other
+    leaves the training pool too (rejects dev_twins). And an eval question copied into a question file (other
+    spacing and case) leaves the pool even with decontamination off: exact normalised matches always go."""
+    suite_rows = load_questions(_cfg(tmp_path, num_questions=1), NullTracker(), write_rejects=False)[1]["arith"]
+    copied = suite_rows[0][C.QUESTION]
+    rows = [{"id": f"q{i}", "question": f"{i}+{i}-{i}", "answer": str(i % 10)} for i in range(40)]
+    rows += [{"id": f"twin{i}", "question": f"{i}+{i}-{i}", "answer": str(i % 10)} for i in range(40)]
+    rows.append({"id": "leak", "question": "  " + copied.upper().replace("+", " + ") + " ", "answer": "0"})
+    qfile = tmp_path / "pool.jsonl"
+    qfile.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config_from_dict({"storage": str(tmp_path), "name": "devtest", "questions": {
+        "path": str(qfile), "fields": {"question_id": "id"}, "decontamination": {"enabled": False}},
+        "teachers": [{"name": "t", "engine": {"kind": "scripted", "persona": "concise"}}],
+        "eval": {"suites": EVAL}, "dev": {"num_questions": 10, "seed": 2}})
+    pool, suites = load_questions(cfg, NullTracker())
+    assert "leak" not in {r[C.QUESTION_ID] for r in pool} and len(pool) == 80
+    train, dev = split_dev(cfg, pool, suites, NullTracker())
+    dev_texts = {r[C.QUESTION] for r in dev["dev"]}
+    assert not dev_texts & {r[C.QUESTION] for r in train}  # no dev problem left in training, under any id
+    twins = (tmp_path / "devtest" / "rejects" / "dev_twins.jsonl").read_text().splitlines()
+    assert len(train) + len(dev["dev"]) + len(twins) == 80 and len(twins) >= 1
+    assert all(json.loads(t)[C.REASON] == "contaminated:dev" for t in twins)
+
+
+def test_seeded_sample_is_chosen_by_seed_not_by_file_order():
+    """The smoke test's probe (and selection.max_questions) is a seeded sample of the pool, not its first N
+    questions: a reordered file gives the same questions, another seed others, a larger N a superset."""
+    pool = _pool(100)
+    ids = lambda rows: [r[C.QUESTION_ID] for r in rows]  # noqa: E731
+    probe = seeded_sample(pool, 20, seed=0)
+    assert len(probe) == 20 and ids(probe) != ids(pool[:20])
+    assert ids(probe) == [i for i in ids(pool) if i in set(ids(probe))]  # pool order kept
+    assert set(ids(seeded_sample(list(reversed(pool)), 20, seed=0))) == set(ids(probe))
+    assert set(ids(seeded_sample(pool, 20, seed=1))) != set(ids(probe))
+    assert set(ids(probe)) < set(ids(seeded_sample(pool, 40, seed=0)))
+    assert seeded_sample(pool, None, seed=0) == pool and seeded_sample(pool, 500, seed=0) == pool

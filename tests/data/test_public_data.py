@@ -261,9 +261,9 @@ def test_suite_options_are_validated():
         config_from_dict(suite(preset="aime25"))
     with pytest.raises(ConfigError, match=r"dev\.suite\.pass_k \[8\]: each must be at most the suite's k=4"):
         config_from_dict({**suite(), "dev": {"suite": {"name": "d", "path": "d.jsonl", "pass_k": [8]}}})
-    cfg = config_from_dict(suite(k=16, pass_k=[1, 8], temperature=0.0, fields={"date": "released"},
+    cfg = config_from_dict(suite(k=16, pass_k=[1, 8], temperature=0.6, fields={"date": "released"},
                                  date_from="2024-01-01"))
-    assert cfg.eval.sampling(cfg.eval.suites[0]) == {"k": 16, "temperature": 0.0, "max_tokens": 128}
+    assert cfg.eval.sampling(cfg.eval.suites[0]) == {"k": 16, "temperature": 0.6, "max_tokens": 128}
 
 
 # ----------------------------------------------------------------------------- the README's section

@@ -35,6 +35,31 @@ def test_model_args_follow_the_students_serving_settings():
                   "seed": 3}
 
 
+def test_the_students_template_kwargs_reach_lm_eval():
+    """The harness renders prompts as the student is sampled everywhere else: its chat_template_kwargs go to
+    lm_eval's vLLM backend, enable_thinking through lm_eval's own switch with the end token it needs."""
+    cfg = HarnessConfig(tasks=["x"])
+    student = StudentConfig(chat_template_kwargs={"enable_thinking": True, "reasoning_effort": "low"})
+    args = harness_model_args("/m", cfg, student)
+    assert args["enable_thinking"] is True and args["think_end_token"] == "</think>"
+    assert args["chat_template_args"] == {"reasoning_effort": "low"}
+    assert student.chat_template_kwargs == {"enable_thinking": True, "reasoning_effort": "low"}  # not consumed
+    off = harness_model_args("/m", cfg, StudentConfig(chat_template_kwargs={"enable_thinking": False}))
+    assert off["enable_thinking"] is False and "think_end_token" not in off and "chat_template_args" not in off
+    assert not {"enable_thinking", "chat_template_args"} & set(harness_model_args("/m", cfg, StudentConfig()))
+
+
+def test_the_harness_table_shows_the_base_beside_the_student():
+    from ray_distill.cli import harness_tables
+
+    (table,) = harness_tables({"before": {"t": {"exact_match/boxed": 0.1, "exact_match_stderr/boxed": 0.05}},
+                               "after": {"t": {"exact_match/boxed": 0.4, "exact_match_stderr/boxed": 0.07}}})
+    assert [c.header for c in table.columns] == ["task", "metric", "before", "after"]
+    assert [list(c.cells) for c in table.columns] == [["t"], ["exact_match/boxed"], ["0.100 ± 0.050"],
+                                                      ["0.400 ± 0.070"]]
+    assert harness_tables({}) == []
+
+
 def test_harness_config_errors_are_one_line():
     base = {"questions": {"synthetic": {}}, "teachers": [{"name": "t", "engine": {"persona": "concise"}}]}
     with pytest.raises(ConfigError, match="eval.harness.tasks: List should have at least 1 item"):
