@@ -749,9 +749,9 @@ class TuneConfig(_Strict):
     search_space: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="Dotted config key -> list of choices, e.g. {'selection.keep_per_question': [1, 2, 4]}; "
-        "'teacher' chooses a job teacher by name, or a mix of several joined by '+' (e.g. 'concise+verbose'). "
-        "Keys no trial can vary (teachers.*, compression.order, student.*, ...: ray_distill.tuning.space.FIXED) "
-        "are refused.",
+        "'teacher' chooses a job teacher by name (without it every trial distils from the first teacher and "
+        "best_job.yaml pins it; a mix 'a+b' is refused: a job distils from one teacher). Keys no trial can vary "
+        "(teachers.*, compression.order, student.*, ...: ray_distill.tuning.space.FIXED) are refused.",
     )
     search: Literal["grid", "optuna"] = Field("grid", description="grid: every combination; optuna: TPE sampling.")
     points_to_evaluate: list[dict[str, Any]] = Field(

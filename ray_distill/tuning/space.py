@@ -14,10 +14,17 @@ Every searchable key changes what a trial does (the search searches what its con
   ``selection.adaptive.*`` too: the trial replays the job's adaptive rounds over the stored samples;
 - ``compression.k`` / ``temperature`` / ``max_tokens`` (:data:`RATE_KEYS`): the driver computes the
   student's pass rates once per combination of their values (student tokens, no teacher token);
-- ``format.*``: the driver grades the stored samples once per combination (verdicts, no new sample).
+- ``format.*`` and ``verify.*`` (the judge): the driver grades the stored samples once per combination
+  (verdicts, no new teacher sample).
 
 :data:`FIXED` lists what a trial cannot vary, and why; :func:`check_space` refuses it with one line
-naming the key (``teachers.*`` would need a new generation per trial: search ``teacher`` instead).
+naming the key (``teachers.*`` would need a new generation per trial: search ``teacher`` instead), and
+refuses a teacher mix (a job distils from one teacher: no job could rebuild a mix's corpus).
+
+Search = job: :func:`trial_job` is the job a trial runs (its choices applied, its one teacher, no smoke
+test, M as the per-question token cap lowers it, the learning-rate schedule pinned) and
+:func:`best_job_tree` writes that job out for the best trial, so ``ray-distill curate best_job.yaml``
+rebuilds the corpus the trial trained on (same ``corpus_sha256``).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from ray_distill.curation.compression import compress
 TEACHER = "teacher"  # the search-space key that picks the teacher (or mix)
 MIX = "+"
 RATE_KEYS = ("compression.k", "compression.temperature", "compression.max_tokens")  # the pass rates' inputs
-VERDICT_PREFIX = "format."  # the grader's settings: the verdicts' inputs
+VERDICT_PREFIXES = ("format.", "verify.")  # the grader's and the judge's settings: the verdicts' inputs
 # Search-space keys (or key prefixes) that no trial can vary, and why: check_space refuses them.
 FIXED = {
     "teachers": "teacher samples are read from the generation store under the job's teacher settings; another "
@@ -103,7 +110,10 @@ def check_space(cfg: JobConfig, metrics: tuple[str, ...] = ()) -> None:
             raise ConfigError(f"tune.search_space.{key}: needs at least one choice")
         if key == TEACHER:
             for choice in choices:
-                teacher_names(choice, teachers)
+                if len(teacher_names(choice, teachers)) > 1:
+                    raise ConfigError(f"tune.search_space.teacher: {choice!r} cannot be searched: a job distils from "
+                                      "one teacher, so no best_job.yaml could rebuild a mix's corpus (search the "
+                                      "teachers one by one)")
             continue
         reason = fixed_reason(key)
         if reason:
@@ -125,11 +135,11 @@ def _exists(tree: Any, path: list[str]) -> bool:
 
 def group_keys(cfg: JobConfig, group: str) -> list[str]:
     """The searched keys of a group whose values the driver prepares inputs for: ``"rates"``
-    (:data:`RATE_KEYS`) or ``"verdicts"`` (``format.*``), sorted."""
+    (:data:`RATE_KEYS`) or ``"verdicts"`` (``format.*``, ``verify.*``), sorted."""
     if group == "rates":
         return sorted(k for k in cfg.tune.search_space if k in RATE_KEYS)
     if group == "verdicts":
-        return sorted(k for k in cfg.tune.search_space if k.startswith(VERDICT_PREFIX))
+        return sorted(k for k in cfg.tune.search_space if k.startswith(VERDICT_PREFIXES))
     raise ValueError(f"unknown input group {group!r}")
 
 
@@ -188,17 +198,46 @@ def candidate_questions(cfg: JobConfig, pool: list[dict], rates) -> list[dict]:
     return [q for q in pool if str(q[C.QUESTION_ID]) in keep]
 
 
-def best_job_tree(cfg: JobConfig, best: dict[str, Any]) -> dict:
-    """The job that runs the best configuration at full scale: its choices applied, its teacher as
-    the only candidate (no smoke test: the search already chose), no ``tune`` section. The pipeline
-    distils from one teacher: for a mix, the mix's teachers stay candidates of the smoke test."""
+def trial_teacher(cfg: JobConfig, params: dict[str, Any]) -> str:
+    """The one teacher a trial distils from: its ``teacher`` choice, else the job's first (a search without
+    a ``teacher`` key does not run the smoke test; its best job pins that teacher too)."""
+    (name,) = teacher_names(params.get(TEACHER), [t.name for t in cfg.teachers])
+    return name
+
+
+def needs_probe_length(cfg: JobConfig) -> bool:
+    """Whether some trial's M depends on its teacher's probe length: a per-question token cap with fixed M."""
+    return cfg.budget.max_teacher_tokens_per_question is not None and not all(
+        choices(cfg, "selection.adaptive.enabled"))
+
+
+def max_epochs(cfg: JobConfig) -> int:
+    """The most epochs any trial trains (``train.epochs`` may be searched): ASHA's ``max_t``."""
+    return max(int(e) for e in choices(cfg, "train.epochs"))
+
+
+def trial_job(job: dict, params: dict[str, Any], probe_lengths: dict[str, float | None] | None = None) -> JobConfig:
+    """The job a trial runs, and the one its ``best_job.yaml`` holds (less ``tune``): the trial's choices
+    applied; its teacher (:func:`trial_teacher`) as the only one and no smoke test (the trial chose it);
+    with fixed M, M as the per-question token cap lowers it (``pipeline._fixed_samples`` on the teacher's
+    mean probe length, ``probe_lengths``: as the job computes it); the learning-rate schedule pinned to
+    what the trial trains (``train.schedule_epochs``, default ``train.epochs``)."""
+    from ray_distill.pipeline import _fixed_samples
+
+    cfg = trial_config(job, params)
     tree = cfg.model_dump(mode="json")
-    for key, value in best.items():
-        if key != TEACHER:
-            apply_override(tree, key.split("."), value)
-    if TEACHER in best:
-        names = teacher_names(best[TEACHER], [t.name for t in cfg.teachers])
-        tree["teachers"] = [t for t in tree["teachers"] if t["name"] in names]
-        tree["smoke_test"]["enabled"] = len(names) > 1
+    name = trial_teacher(cfg, params)
+    tree["teachers"] = [t for t in tree["teachers"] if t["name"] == name]
+    tree["smoke_test"]["enabled"] = False
+    if not cfg.selection.adaptive.enabled:
+        tree["selection"]["samples_per_question"] = _fixed_samples(cfg, (probe_lengths or {}).get(name))
+    tree["train"]["schedule_epochs"] = cfg.train.schedule_epochs or cfg.train.epochs
+    return config_from_dict(tree, source=f"tune trial {params}")
+
+
+def best_job_tree(cfg: JobConfig, best: dict[str, Any], probe_lengths: dict[str, float | None] | None = None) -> dict:
+    """The job that rebuilds the best trial's corpus and trains as it did (:func:`trial_job`), without
+    the ``tune`` section; it keeps the search's dev and eval suites."""
+    tree = trial_job(cfg.model_dump(mode="json"), best, probe_lengths).model_dump(mode="json")
     tree.pop("tune", None)
     return tree

@@ -4,6 +4,8 @@ stop it early.
 
 - :func:`curate`: pure; the job's corpus from stored samples: compress → cap questions → the first M
   samples (or the job's adaptive rounds replayed) → farthest-P, plus the corpus figures and hash.
+- :func:`trial_corpus`: the trial's job (``space.trial_job``: what its ``best_job.yaml`` holds) and its
+  corpus from the driver's inputs.
 - :func:`trial`: the Tune function trainable. Each rung resumes the same Ray Train run (same
   ``(storage_path, run_name)``, see ``training.sft``) for more epochs, evaluates, and calls
   ``tune.report``; a stopped trial simply gets no further rung. The trial's nested MLflow run gets
@@ -27,10 +29,10 @@ from ray_distill.curation.adapters import load_tokenize
 from ray_distill.curation import adaptive as A
 from ray_distill.curation.selection import distance_report, distance_table, select_questions
 from ray_distill.data.corpus import corpus_hash, to_chat_row
+from ray_distill.data.dev import capped_questions
 from ray_distill.data.fs import absolute, join
 from ray_distill.tracking import MLflowTracker, NullTracker, Tracker, TrackerHandle
-from ray_distill.tuning.space import (TEACHER, group_keys, rungs, teacher_names, trial_config, trial_name,
-                                      variant_id)
+from ray_distill.tuning.space import group_keys, rungs, trial_job, trial_name, variant_id
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ RUN_ID = "mlflow_run_id"  # reported to Tune so the driver can close the run of 
 EPOCHS = "epochs"  # ASHA's time attribute
 CORPUS_SHA256 = "corpus_sha256"  # content hash of the trial's corpus (``data.corpus.corpus_hash``)
 # What a trial reports after every rung (``tune.metric`` must be one of the numbers)
-METRICS = ("score", "score_ci_low", "score_ci_high", "pass_at_k", "mean_length", "dev_questions", "train_loss",
+METRICS = ("score", "score_ci_low", "score_ci_high", "pass_at_k", "mean_length", "dev_questions", "dev_k", "train_loss",
            "kept_questions", "candidate_samples", "corpus_rows", "corpus_questions", "corpus_tokens",
            "mean_distance_selected", "mean_distance_all_correct", "questions_with_choice", "student_tokens", "wall_s")
 
@@ -49,15 +51,15 @@ def curate(cfg: JobConfig, pool: list[dict], rates: pd.DataFrame, graded: pd.Dat
     ``cfg`` builds from the same samples (``ray-distill run best_job.yaml`` rebuilds it, same
     ``corpus_sha256``).
 
-    As in the job: questions are kept by the pass-rate band (in pool order), the first
-    ``selection.max_questions`` of them are sampled (a question without a verified-correct sample
+    As in the job: questions are kept by the pass-rate band (in pool order), ``selection.max_questions`` of them
+    (a seeded sample, ``data.dev.capped_questions``) are sampled (a question without a verified-correct sample
     then adds nothing); each gets its first M samples (``selection.samples_per_question``), or the
     samples the job's adaptive rounds would draw (``selection.adaptive``, replayed on the stored
     ones); per question the P farthest-apart correct trajectories stay."""
     c, s = cfg.compression, cfg.selection
     kept = compress(pool, rates, c.max_pass_rate, c.min_pass_rate, c.replay_fraction, seed=cfg.seed)[0] \
         if c.enabled else pool
-    sampled = [str(q[C.QUESTION_ID]) for q in kept][: s.max_questions]
+    sampled = [str(q[C.QUESTION_ID]) for q in capped_questions(cfg, kept)]
     qid = graded[C.QUESTION_ID].astype(str)
     candidates = graded[qid.isin(set(sampled)) & (graded[C.SAMPLE_INDEX] < s.samples_per_question)]
     stops: dict[str, str] = {}
@@ -81,11 +83,34 @@ def curate(cfg: JobConfig, pool: list[dict], rates: pd.DataFrame, graded: pd.Dat
 def dev_metrics(m: dict) -> dict[str, float]:
     """Tune metrics of one evaluation on the dev suite (``avg_at_k`` figures of that one suite): ``score``
     (avg@k, the default objective) with its 95% CI (``score_ci_low``/``score_ci_high``), ``pass_at_k``,
-    ``mean_length`` and ``dev_questions``. The eval suites are not scored in trials: they are what the
-    best configuration's job reports (selection on them would be selection on the test set)."""
+    ``mean_length``, ``dev_questions`` and ``dev_k`` (the suite's own k when it sets one, as in the smoke
+    test). The eval suites are not scored in trials: they are what the best configuration's job reports
+    (selection on them would be selection on the test set)."""
     return {"score": float(m["avg_at_k"]), "score_ci_low": float(m["ci_low"]), "score_ci_high": float(m["ci_high"]),
             "pass_at_k": float(m["pass_at_k"]), "mean_length": float(m["mean_length"]),
-            "dev_questions": int(m["n_questions"])}
+            "dev_questions": int(m["n_questions"]), "dev_k": int(m["k"])}
+
+
+def score_dev(cfg: JobConfig, model: str, dev: dict[str, list[dict]]) -> dict:
+    """``model``'s avg@k figures on the dev suite, sampled and graded exactly as the job's smoke test
+    scores its students (``pipeline._score``: the suite's own k / temperature / max_tokens / pass_k and
+    grading settings, student samples kept in the job's store by checkpoint digest)."""
+    from ray_distill.pipeline import _score
+
+    (m,) = _score(cfg, model, dev)[0].values()
+    return m
+
+
+def trial_corpus(job: dict, params: dict, inputs: dict, tokenize: Callable[[str], list[int]]
+                 ) -> tuple[JobConfig, pd.DataFrame, dict]:
+    """(the trial's job, its corpus rows, their figures) from the driver's ``inputs`` (pool, pass rates per
+    rate variant, graded samples per teacher and verdict variant, probe lengths): :func:`curate` under
+    ``space.trial_job``, the job ``best_job.yaml`` writes out."""
+    cfg = trial_job(job, params, inputs.get("probe_lengths"))
+    rates = inputs["rates"][variant_id(params, group_keys(cfg, "rates"))]  # this trial's compression.k, ...
+    graded = inputs["graded"][cfg.teachers[0].name][variant_id(params, group_keys(cfg, "verdicts"))]  # format.*, verify.*
+    selected, figures = curate(cfg, inputs["pool"], rates, graded, tokenize)
+    return cfg, selected, figures
 
 
 def trial(params: dict, job: dict, base: str, inputs: dict, handle: TrackerHandle | None) -> None:
@@ -97,8 +122,7 @@ def trial(params: dict, job: dict, base: str, inputs: dict, handle: TrackerHandl
     tracker = nested_run(handle, name) if handle else NullTracker()
     try:
         tracker.log_params(params)
-        cfg = trial_config(job, params)
-        for epochs, metrics in run_rungs(cfg, params, base, inputs, name, tracker):
+        for epochs, metrics in run_rungs(job, params, base, inputs, name, tracker):
             tracker.log_metrics({k: v for k, v in metrics.items() if k != CORPUS_SHA256}, step=epochs)
             tune.report({**metrics, RUN_ID: tracker.run_id or ""})
     except Exception as err:
@@ -118,23 +142,21 @@ def nested_run(parent: TrackerHandle, name: str) -> MLflowTracker:
                                 parent_run_id=parent.run_id)
 
 
-def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, tracker: Tracker):
-    """Curate once, then per rung: train up to that many epochs (resuming), evaluate on the dev suite;
-    yields ``(epochs, metrics)``."""
-    from ray_distill.evaluation.evaluate import evaluate_suites
+def run_rungs(job: dict, params: dict, base: str, inputs: dict, name: str, tracker: Tracker):
+    """Curate once (:func:`trial_corpus`), then per rung: train up to that many epochs (resuming, on the
+    job's learning-rate schedule), evaluate on the dev suite; yields ``(epochs, metrics)``."""
     from ray_distill.training.replay import training_rows
     from ray_distill.training.sft import train_sft
 
-    teachers = teacher_names(params.get(TEACHER), [t.name for t in cfg.teachers])
-    pool, dev = inputs["pool"], inputs["dev"]
-    rates = inputs["rates"][variant_id(params, group_keys(cfg, "rates"))]  # this trial's compression.k, ...
-    verdicts = variant_id(params, group_keys(cfg, "verdicts"))  # ... and format.*
-    graded = pd.concat([inputs["graded"][t][verdicts] for t in teachers], ignore_index=True)
-    selected, figures = curate(cfg, pool, rates, graded, load_tokenize(base))
+    cfg, selected, figures = trial_corpus(job, params, inputs, load_tokenize(base))
     digest = figures.pop(CORPUS_SHA256)
-    tracker.log_params({"teachers": "+".join(teachers)})
+    tracker.log_params({"teachers": cfg.teachers[0].name,
+                        "effective.selection.samples_per_question": cfg.selection.samples_per_question})
     tracker.set_tags({f"ray_distill.{CORPUS_SHA256}": digest})
     tracker.log_metrics(figures)
+    job_tree = cfg.model_dump(mode="json")
+    job_tree.pop("tune", None)
+    tracker.log_dict(job_tree, "trial_job.json")  # the job that rebuilds this corpus (best_job.yaml for the best)
     tracker.log_table(distance_table(selected), "selection_distances.json")  # kept vs available, per question
     if selected.empty:
         raise ValueError(f"trial {name}: the curated corpus is empty ({figures})")
@@ -143,16 +165,14 @@ def run_rungs(cfg: JobConfig, params: dict, base: str, inputs: dict, name: str, 
     t = cfg.tune
     schedule = [cfg.train.epochs] if t.scheduler == "none" else rungs(cfg.train.epochs, t.grace_period,
                                                                       t.reduction_factor)
-    e = cfg.eval
     start, student_tokens = time.perf_counter(), 0
-    for epochs in schedule:
+    for epochs in schedule:  # cfg.train.schedule_epochs is pinned (trial_job): every rung continues one schedule
         result = train_sft(rows, base, join(cfg.run_dir, "tune", "students", name),
-                           cfg.train.model_copy(update={"epochs": epochs, "schedule_epochs": schedule[-1]}),
+                           cfg.train.model_copy(update={"epochs": epochs}),
                            storage_path=join(absolute(cfg.run_dir), "ray_train"), run_name=name,
                            tracker_handle=tracker.handle(), log_model=False,
                            chat_template=cfg.student.chat_template)
-        (m,) = evaluate_suites(result.model_path, dev, e.k, e.temperature, e.max_tokens, seed=cfg.seed,
-                               student=cfg.student, code=cfg.format.code.model_dump()).values()
+        m = score_dev(cfg, result.model_path, inputs["dev"])
         student_tokens += int(m["tokens"])
         # a trial curates the samples the driver read (its teacher tokens: search/teacher_tokens_generated)
         yield epochs, {**figures, **dev_metrics(m), EPOCHS: epochs, CORPUS_SHA256: digest,

@@ -5,6 +5,7 @@ store already holds every sample, so the search generates no teacher token."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,6 +24,9 @@ from ray_distill.tuning.search import run_search, teacher_samples
 
 TEACHER = {"name": "concise", "engine": {"kind": "scripted", "persona": "concise"},
            "sampling": {"temperature": 0.8, "max_tokens": 64}}
+# Two teachers and no 'teacher' key: every trial distils from the first, and so must its best job.
+OTHER = {"name": "verbose", "engine": {"kind": "scripted", "persona": "verbose"},
+         "sampling": {"temperature": 0.8, "max_tokens": 64}}
 
 
 def _job(storage, student: str, **tune) -> dict:
@@ -30,7 +34,7 @@ def _job(storage, student: str, **tune) -> dict:
         "name": "tiny-tune", "storage": str(storage),
         "questions": {"synthetic": {"family": "arith", "num_questions": 24, "min_difficulty": 1, "max_difficulty": 2,
                                     "seed": 3}},
-        "teachers": [TEACHER],
+        "teachers": [TEACHER, OTHER],
         "student": {"model": student},
         "compression": {"k": 1, "max_pass_rate": 0.5, "max_tokens": 8},
         "selection": {"samples_per_question": 2, "keep_per_question": 1},
@@ -38,9 +42,30 @@ def _job(storage, student: str, **tune) -> dict:
         "eval": {"k": 2, "temperature": 1.0, "max_tokens": 8, "suites": [
             {"name": "arith", "synthetic": {"family": "arith", "num_questions": 6, "max_difficulty": 2, "seed": 7}},
             {"name": "max", "domain": "ood", "synthetic": {"family": "max", "num_questions": 4, "seed": 8}}]},
-        "dev": {"num_questions": 6, "seed": 1},  # carved out of the pool: trials are scored on it
+        # trials, the baseline and the smoke test score the dev suite with its own k (not eval.k)
+        "dev": {"suite": {"name": "dev", "k": 1, "synthetic": {"family": "arith", "num_questions": 6,
+                                                              "max_difficulty": 2, "seed": 1}}},
         "tune": tune,
     }
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory, ray_local):
+    """A storage root whose generation store holds 3 samples of every question from the first teacher (the
+    search's), none from the other; and the first teacher's mean sample length (a per-question cap of 1.5x
+    that pays for one sample)."""
+    storage = tmp_path_factory.mktemp("tune-store")
+    cfg = config_from_dict(_job(storage, "unused"))
+    samples, _ = GenerationStore(join(cfg.storage, "generations")).get_or_generate(
+        load_source(cfg.questions)[0], cfg.teachers[0], n=3)
+    return storage, float(samples.loc[samples["sample_index"] == 0, "num_tokens"].mean())
+
+
+def _rebuilt_hash(best_job) -> str:
+    """The corpus hash of the best job run by its own path up to the corpus (`ray-distill curate`)."""
+    built = P.run_job(best_job, NullTracker(), until="corpus")
+    written = [json.loads(line) for line in (Path(built.corpus_dir) / "corpus.jsonl").read_text().splitlines()]
+    return corpus_hash(written)
 
 
 def test_store_lookup_and_top_up(ray_local, tmp_path):
@@ -65,16 +90,17 @@ def test_store_lookup_and_top_up(ray_local, tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_asha_search_records_a_failing_trial(ray_local, tiny_student_path, tmp_path):
+def test_optuna_asha_search_records_a_failing_trial(stored, tiny_student_path):
+    storage, length = stored
     space = {"selection.keep_per_question": [1, 2], "compression.min_pass_rate": [0.0, 0.9]}
     # Two trials keep the test near 3 minutes on 2 CPUs (each rung of a trial restarts Ray Train and vLLM).
     points = [{"selection.keep_per_question": 1, "compression.min_pass_rate": 0.9},  # band 0.9..0.5: fails
               {"selection.keep_per_question": 2, "compression.min_pass_rate": 0.0}]
-    cfg = config_from_dict(_job(tmp_path, tiny_student_path, search="optuna", scheduler="asha", num_samples=2,
-                                grace_period=1, reduction_factor=2, search_space=space, points_to_evaluate=points))
+    job = _job(storage, tiny_student_path, search="optuna", scheduler="asha", num_samples=2,
+               grace_period=1, reduction_factor=2, search_space=space, points_to_evaluate=points)
+    # a per-question cap that pays for one of M=2 samples: the job lowers M to 1, so must every trial
+    cfg = config_from_dict({**job, "budget": {"max_teacher_tokens_per_question": int(1.5 * length)}})
     # The store already holds M=2 samples of every question: the search must not generate any.
-    store = GenerationStore(join(cfg.storage, "generations"))
-    store.get_or_generate(load_source(cfg.questions)[0], cfg.teachers[0], n=2)
     tracker = start_tracker(True, None, "tune-test", cfg.storage, run_name="search")
 
     result = run_search(cfg, tracker, StageRunner(tracker))
@@ -90,6 +116,7 @@ def test_optuna_asha_search_records_a_failing_trial(ray_local, tiny_student_path
     assert ok["score"].between(0, 1).all() and (ok["pass_at_k"] >= ok["score"]).all()
     assert (ok["score_ci_low"] <= ok["score"]).all() and (ok["score"] <= ok["score_ci_high"]).all()
     assert result.counters["search/teacher_tokens_generated"] == 0
+    assert result.baseline["dev_k"] == 1  # the base student is scored as the trials and the smoke test score
     assert load_config(result.best_job_path).selection.keep_per_question in (1, 2)
 
     client = MlflowClient(tracker.tracking_uri)
@@ -105,24 +132,44 @@ def test_optuna_asha_search_records_a_failing_trial(ray_local, tiny_student_path
         m = run.data.metrics
         assert {"corpus_rows", "corpus_tokens", "score", "pass_at_k", "mean_length", "epochs_reached"} <= set(m)
         assert m["dev_questions"] == 6 and not any(k.startswith(("arith/", "max/")) for k in m)  # no eval suite
+        assert m["dev_k"] == 1  # the dev suite's own k, as the smoke test samples it (eval.k is 2)
         assert run.data.params["selection.keep_per_question"] in ("1", "2")
         history = client.get_metric_history(run.info.run_id, "score")
         assert [h.step for h in history] == list(range(1, int(m["epochs_reached"]) + 1))  # one score per rung
     assert isinstance(result.front, pd.DataFrame) and len(result.front) >= 1
 
-    # best_job.yaml rebuilds exactly the corpus the best trial scored: the job's own stages (as run_job
-    # calls them) up to the corpus, without training, give the same content hash
+    # best_job.yaml rebuilds exactly the corpus the best trial trained on: the trial's teacher pinned (the
+    # search ran no smoke test), M as the cap lowered it; the job's own path (`ray-distill curate`), same hash
     (digest,) = ok["corpus_sha256"].tolist()
     assert len(digest) == 64
-    job = P.resolve_models(load_config(result.best_job_path))
-    t = NullTracker()
-    base, pool, _, _ = P.student_and_questions(job, StageRunner(t))
-    kept, _ = P.compress_questions(job, pool, base, t)
-    teacher = P._with_n(job.teachers[0], P._fixed_samples(job, None))
-    graded = P.verify(job, P.generate(store, kept, teacher, t), base)
-    corpus = P.write_job_corpus(P.select(job, graded, base), str(tmp_path / "best"), t)
-    written = [json.loads(line) for line in (tmp_path / "best" / "corpus.jsonl").read_text().splitlines()]
-    assert corpus_hash(corpus) == corpus_hash(written) == digest
+    best = load_config(result.best_job_path)
+    assert [t.name for t in best.teachers] == ["concise"] and not best.smoke_test.enabled
+    assert best.selection.samples_per_question == 1
+    assert _rebuilt_hash(best) == digest
+
+
+@pytest.mark.slow
+def test_the_best_job_rebuilds_an_adaptive_trials_corpus(stored, tiny_student_path):
+    """Adaptive sampling under a per-question cap: the trial replays the rounds on the stored samples, the
+    best job samples them live (from the same store) and must keep the same rows."""
+    from ray_distill.curation.adapters import load_tokenize
+    from ray_distill.tuning.search import prepare
+    from ray_distill.tuning.space import best_job_tree
+    from ray_distill.tuning.trial import trial_corpus
+
+    storage, length = stored
+    job = {**_job(storage, tiny_student_path, search_space={"selection.keep_per_question": [1]}),
+           "name": "tiny-adaptive", "budget": {"max_teacher_tokens_per_question": int(2.5 * length)},
+           "selection": {"samples_per_question": 3, "keep_per_question": 1, "adaptive": {"enabled": True}}}
+    cfg = config_from_dict(job)
+    resolved, base, inputs, counters = prepare(cfg, StageRunner(NullTracker()))
+    params = {"selection.keep_per_question": 1}
+    _, selected, figures = trial_corpus(resolved.model_dump(mode="json"), params, inputs, load_tokenize(base))
+    assert counters["search/teacher_tokens_generated"] == 0 and len(selected) > 0
+    assert any(k.startswith("adaptive_") for k in figures)  # the trial replayed the rounds (stop reasons counted)
+    best = config_from_dict(best_job_tree(cfg, params, inputs["probe_lengths"]))
+    assert [t.name for t in best.teachers] == ["concise"] and best.selection.adaptive.enabled
+    assert _rebuilt_hash(best) == figures["corpus_sha256"]
 
 
 def test_the_best_trial_is_chosen_by_tune_metric(tmp_path):
@@ -144,3 +191,25 @@ def test_the_best_trial_is_chosen_by_tune_metric(tmp_path):
     k, value, job = best(metric="pass_at_k")
     assert (k, value, job.selection.keep_per_question) == (2, 0.9, 2)  # best_job.yaml follows the metric
     assert best(metric="mean_length", mode="min")[:2] == (3, 10.0)
+
+
+def test_a_trial_asha_stopped_early_is_never_the_best(tmp_path):
+    from ray_distill.tracking import NullTracker
+    from ray_distill.tuning.search import summarise
+
+    # trial a scored best after 1 of 4 epochs and was stopped; b and c finished: b is the best
+    space = {"selection.keep_per_question": [1, 2, 3]}
+    trials = pd.DataFrame({"trial_id": ["a", "b", "c"], "selection.keep_per_question": [1, 2, 3],
+                           "score": [0.9, 0.4, 0.3], "corpus_rows": [10, 20, 30], "epochs": [1, 4, 4],
+                           "status": ["stopped_early", "finished", "finished"], "error": [""] * 3,
+                           "corpus_sha256": ["ha", "hb", "hc"]})
+    cfg = config_from_dict(_job(tmp_path, "unused", search_space=space))
+    result = summarise(cfg, trials, NullTracker(), {}, {})
+    assert result.best_config == {"selection.keep_per_question": 2} and result.best_score == 0.4
+    assert load_config(result.best_job_path).selection.keep_per_question == 2
+    assert result.front["trial_id"].tolist() == ["b"]  # the front compares finished trials only
+    from ray_distill.tuning.search import rank_trials
+
+    assert rank_trials(trials, "score", "max")["trial_id"].tolist() == ["b", "c"]
+    with pytest.raises(RuntimeError, match="no trial finished its epochs .1 stopped early by ASHA"):
+        summarise(cfg, trials.iloc[:1], NullTracker(), {}, {})

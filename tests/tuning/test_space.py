@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 
@@ -10,17 +12,18 @@ from ray_distill.config import ConfigError, JobConfig, config_from_dict
 from ray_distill.tuning.space import (best_job_tree, candidate_questions, check_space, group_keys, rungs,
                                       teacher_names, trial_config, trial_name, variant_id, variants)
 from ray_distill.data.corpus import corpus_hash, to_chat_row
+from ray_distill.tuning.search import trial_row
 from ray_distill.tuning.trial import METRICS, curate, dev_metrics
 
 TEACHERS = [{"name": n, "engine": {"kind": "scripted", "persona": n}} for n in ("concise", "verbose")]
 
 
-def _job(**tune) -> JobConfig:
+def _job(extra: dict | None = None, **tune) -> JobConfig:
     return config_from_dict({"questions": {"synthetic": {"num_questions": 5}}, "teachers": TEACHERS,
                              "dev": {"suite": {"name": "d", "synthetic": {"num_questions": 3, "seed": 9}}},
                              "eval": {"suites": [{"name": "a", "synthetic": {"num_questions": 3}},
                                                  {"name": "b", "domain": "ood", "synthetic": {"num_questions": 3}}]},
-                             "tune": tune})
+                             "tune": tune, **(extra or {})})
 
 
 def test_rungs_follow_asha_milestones():
@@ -108,9 +111,14 @@ def test_curate_band_m_cap_and_p():
                                                "max_questions": max_questions}})
 
     tokenize = lambda t: [ord(c) for c in t]  # noqa: E731
-    # as in a job: the first max_questions kept questions are sampled, whether or not one turns out right
+    # as in a job: max_questions of the kept questions are sampled (a seeded sample, not the first ones), whether
+    # or not one turns out right
+    from ray_distill.data.dev import seeded_order
+
+    capped = set(seeded_order(["q0", "q1", "q2"], cfg_with(2).seed)[:2])
     selected, figures = curate(cfg_with(2), pool, rates, graded, tokenize=tokenize)
-    assert sorted(selected[C.QUESTION_ID]) == ["q0"] and figures["corpus_questions"] == 1
+    assert sorted(selected[C.QUESTION_ID]) == sorted(capped - {"q1"})  # q1 has no correct sample
+    assert figures["corpus_questions"] == len(capped - {"q1"})
     selected, figures = curate(cfg_with(3), pool, rates, graded, tokenize=tokenize)
     assert sorted(selected[C.QUESTION_ID]) == ["q0", "q2"]  # P=1 each; q1 unusable; q3 too easy
     assert set(selected[C.SAMPLE_INDEX]) <= {0, 1}  # sample 2 is beyond M=2
@@ -131,9 +139,9 @@ def test_curate_band_m_cap_and_p():
 
 def test_trials_are_scored_on_the_dev_suite():
     m = dev_metrics({"avg_at_k": 0.5, "ci_low": 0.4, "ci_high": 0.6, "pass_at_k": 0.75, "mean_length": 10.0,
-                     "n_questions": 30, "question_rates": {"q": 0.5}})
+                     "n_questions": 30, "k": 2, "question_rates": {"q": 0.5}})
     assert m == {"score": 0.5, "score_ci_low": 0.4, "score_ci_high": 0.6, "pass_at_k": 0.75, "mean_length": 10.0,
-                 "dev_questions": 30}
+                 "dev_questions": 30, "dev_k": 2}
 
 
 @pytest.mark.parametrize("key", ["compression.order", "teachers.0.sampling.temperature",
@@ -179,7 +187,7 @@ def test_rate_and_verdict_keys_get_inputs_per_value():
 
 def test_adaptive_keys_change_what_a_trial_curates():
     # q0: six distinct correct samples. All M at once: farthest-P picks among six; adaptive sampling stops
-    # at the floor (min_samples), and the trial replays that on the stored samples.
+    # once it has enough (past the floor, min_samples), and the trial replays that on the stored samples.
     pool, rates = _pool_rates([0.0])
     graded = _graded([("q0", i, True, "<think>" + "ab"[i % 2] * (1 + 3 * i) + "</think>") for i in range(6)])
     tokenize = lambda t: [ord(c) for c in t]  # noqa: E731
@@ -191,7 +199,8 @@ def test_adaptive_keys_change_what_a_trial_curates():
         return curate(config_from_dict(job), pool, rates, graded, tokenize)[1]
 
     fixed, floor3, floor6 = trial(), trial(enabled=True, min_samples=3), trial(enabled=True, min_samples=6)
-    assert [f["candidate_samples"] for f in (fixed, floor3, floor6)] == [6, 3, 6]
+    # floor 3, then a round of P=2 more: five samples hold P + margin (2 + 2) distinct correct ones (adaptive.enough)
+    assert [f["candidate_samples"] for f in (fixed, floor3, floor6)] == [6, 5, 6]
     assert floor3["adaptive_enough"] == 1 and floor3["corpus_sha256"] != fixed["corpus_sha256"]
     assert floor6["corpus_sha256"] == fixed["corpus_sha256"]  # the floor at M draws what sampling all M draws
 
@@ -203,3 +212,86 @@ def test_corpus_sha256_is_the_content_not_the_order():
     assert corpus_hash([{**rows[0], C.CORRECT: False}, rows[1]]) == digest  # verdicts are metadata
     assert corpus_hash([{**rows[0], C.COMPLETION: "<think>c</think>"}, rows[1]]) != digest
     assert corpus_hash([{**rows[0], C.SAMPLE_INDEX: 5}, rows[1]]) != digest
+
+
+# ----------------------------------------------------------------------------- search = job (issue 27)
+
+
+def test_a_teacher_mix_is_refused():
+    # a job distils from one teacher: no best_job.yaml could rebuild the rows a mix trial trained on
+    with pytest.raises(ConfigError, match=r"^tune.search_space.teacher: 'concise\+verbose' cannot be searched: a job "
+                                          r"distils from one teacher") as err:
+        check_space(_job(search_space={"teacher": ["concise", "concise+verbose"]}))
+    assert "\n" not in str(err.value)
+    check_space(_job(search_space={"teacher": ["concise", "verbose"]}))  # one teacher per choice: fine
+
+
+def test_judge_keys_are_graded_once_per_value():
+    # verify.* decides verdicts as format.* does: the driver grades once per value, the trial reads its own
+    judge = {"engine": {"kind": "scripted", "persona": "concise"}}
+    job = _job({"verify": {"judge": judge}},
+               search_space={"verify.judge.mode": ["off", "always"], "format.max_tokens": [50]})
+    assert group_keys(job, "verdicts") == ["format.max_tokens", "verify.judge.mode"]
+    graded_for = variants(job, "verdicts")
+    assert [v["verify.judge.mode"] for v in graded_for] == ["off", "always"]
+    params = {"verify.judge.mode": "always", "format.max_tokens": 50}
+    assert variant_id(params, group_keys(job, "verdicts")) == variant_id(graded_for[1], list(graded_for[1]))
+    assert trial_config(job.model_dump(mode="json"), graded_for[1]).verify.judge.mode == "always"
+    # and the best job grades as the trial did
+    assert best_job_tree(job, params)["verify"]["judge"]["mode"] == "always"
+
+
+def test_without_a_teacher_key_the_best_job_pins_the_trials_teacher():
+    # every trial distilled from the first teacher: the best job must not run a smoke test that may pick another
+    job = _job({"smoke_test": {"enabled": True}}, search_space={"selection.keep_per_question": [1, 2]})
+    tree = best_job_tree(job, {"selection.keep_per_question": 2})
+    assert [t["name"] for t in tree["teachers"]] == ["concise"] and tree["smoke_test"]["enabled"] is False
+    from ray_distill.tuning.space import trial_job
+
+    assert trial_job(job.model_dump(mode="json"), {"selection.keep_per_question": 2}).teachers[0].name == "concise"
+    assert JobConfig.model_validate(tree).selection.keep_per_question == 2  # runnable as a job
+
+
+def test_a_per_question_token_cap_lowers_m_in_the_trial_and_the_best_job():
+    from ray_distill.pipeline import _fixed_samples
+    from ray_distill.tuning.trial import trial_corpus
+
+    # 100 tokens a question at ~30 tokens a sample pays for 3 of M=8: the job samples 3, so must the trial
+    job = _job({"budget": {"max_teacher_tokens_per_question": 100}, "compression": {"max_pass_rate": 0.5},
+                "selection": {"samples_per_question": 8, "keep_per_question": 1}},
+               search_space={"selection.keep_per_question": [1, 2]})
+    lengths = {"concise": 30.0}
+    pool, rates = _pool_rates([0.0, 0.0])
+    graded = _graded([(q, i, True, "<think>" + "ab"[i % 2] * (2 + i) + "</think>") for q in ("q0", "q1")
+                      for i in range(8)])
+    inputs = {"pool": pool, "rates": {variant_id({}, []): rates}, "graded": {"concise": {variant_id({}, []): graded}},
+              "probe_lengths": lengths}
+    cfg, _, figures = trial_corpus(job.model_dump(mode="json"), {"selection.keep_per_question": 1}, inputs,
+                                   tokenize=lambda t: [ord(c) for c in t])
+    assert cfg.selection.samples_per_question == 3 and figures["candidate_samples"] == 2 * 3
+    tree = best_job_tree(job, {"selection.keep_per_question": 1}, lengths)
+    assert tree["selection"]["samples_per_question"] == 3
+    assert tree["budget"]["max_teacher_tokens_per_question"] == 100  # the cap stays; it lowers M no further
+    assert _fixed_samples(JobConfig.model_validate(tree), lengths["concise"]) == 3
+    # adaptive sampling applies the cap in its rounds (replayed by the trial): M stays the bound
+    adaptive = _job({"budget": {"max_teacher_tokens_per_question": 100},
+                     "selection": {"samples_per_question": 8, "keep_per_question": 1, "adaptive": {"enabled": True}}},
+                    search_space={"selection.keep_per_question": [1]})
+    assert best_job_tree(adaptive, {"selection.keep_per_question": 1}, lengths)["selection"]["samples_per_question"] == 8
+
+
+def test_the_trial_trains_on_the_jobs_schedule_and_searched_epochs_set_the_budget():
+    job = _job({"train": {"epochs": 8}}, search_space={"train.epochs": [4, 8]}, scheduler="asha")
+    # a trial that trained all of its own 4 epochs finished (not "stopped early" against the job's 8)
+    done = SimpleNamespace(metrics={"epochs": 4, "score": 0.5}, config={"train.epochs": 4}, error=None)
+    stopped = SimpleNamespace(metrics={"epochs": 4, "score": 0.5}, config={"train.epochs": 8}, error=None)
+    assert trial_row(job, done)["status"] == "finished" and trial_row(job, stopped)["status"] == "stopped_early"
+    from ray_distill.tuning.space import max_epochs, trial_job
+
+    assert max_epochs(job) == 8  # ASHA's max_t: the most epochs a trial trains
+    assert trial_job(job.model_dump(mode="json"), {"train.epochs": 4}).train.schedule_epochs == 4
+    assert best_job_tree(job, {"train.epochs": 4})["train"]["schedule_epochs"] == 4
+    # a job's own schedule is what its trials train on, and what the best job keeps
+    own = _job({"train": {"epochs": 8, "schedule_epochs": 12}}, search_space={"train.epochs": [4, 8]})
+    assert trial_job(own.model_dump(mode="json"), {"train.epochs": 4}).train.schedule_epochs == 12
+    assert best_job_tree(own, {"train.epochs": 4})["train"]["schedule_epochs"] == 12
