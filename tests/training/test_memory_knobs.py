@@ -121,7 +121,6 @@ def _rank(rank: int, port: int, student: str, out: str) -> None:
 
     from ray_distill.synthetic.tasks import base_corpus
     from ray_distill.tracking import NullTracker
-    from ray_distill.training.checkpoint import LoopState
     from ray_distill.training.loop import EpochRunner, build_optimizer, epoch_plan, global_sum
     from ray_distill.training.shard import build_student
     from ray_distill.training.sft import encode_rows
@@ -137,7 +136,7 @@ def _rank(rank: int, port: int, student: str, out: str) -> None:
         model, _ = build_student(student, cfg, rank, 2, cpu)
         optimizer, scheduler = build_optimizer(model, cfg, total_steps=8)
         runner = EpochRunner(model, optimizer, scheduler, cfg, examples, rank, 2, 0, NullTracker(), cpu)
-        state, losses = LoopState(), []
+        losses = []
         for epoch in range(2):
             for batch in epoch_plan(lengths, cfg, 2, epoch):
                 loss_sum, sup, _ = runner.step(batch)
