@@ -31,13 +31,17 @@ def test_far_one_is_picked(seed):
 
 
 def test_greedy_max_min_order():
-    # points on a line (lengths of a repeated token): start 0, then the farthest (20), then the middle.
+    # points on a line (lengths of a repeated token, so the distance is the length difference): from every start
+    # the greedy max-min order, worked out by hand (ties to the lowest index), e.g. from 0: the farthest (20), then
+    # 10 (10 away from both) over 11 (9 from 20); from 1: 20, then 10 and 11 tie at 9 -> 10
     seqs = [[7] * n for n in (0, 1, 2, 10, 11, 20)]
-    for seed in range(10):
+    expected = {0: [0, 5, 3], 1: [1, 5, 3], 2: [2, 5, 4], 3: [3, 0, 5], 4: [4, 0, 5], 5: [5, 0, 3]}
+    starts = set()
+    for seed in range(30):
         picked = farthest_point(seqs, p=3, seed=seed)
-        assert len(set(picked)) == 3
-        if picked[0] == 0:
-            assert picked == [0, 5, 3]  # 10 and 11 both 10/9 away; max-min picks 10 (distance 10)
+        assert picked == expected[picked[0]], (seed, picked)
+        starts.add(picked[0])
+    assert starts == set(expected)  # every start was checked, not only the one a seed happens to draw
 
 
 def test_deterministic_and_seed_dependent():
