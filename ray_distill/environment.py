@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ray_distill.config import ConfigError
+from ray_distill.errors import ConfigError
 from ray_distill.redact import redact  # noqa: F401  (re-exported: callers import it from here)
 
 STORAGE_ENV = "RAY_DISTILL_STORAGE"

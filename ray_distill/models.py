@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import fsspec
 
 from ray_distill.config import ConfigError
+from ray_distill.errors import UNEXPECTED, ModelLoadError, exit_code
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -75,12 +76,17 @@ def loadable(ref: str):
     from ray_distill.data.fs import absolute, is_local, local_dir
 
     name, revision = split_ref(ref)
-    if is_hub_id(ref):
-        yield name, revision
-    elif is_local(name):
-        yield absolute(name), None
-    else:
-        yield local_dir(name), None
+    try:
+        if is_hub_id(ref):
+            yield name, revision
+        elif is_local(name):
+            yield absolute(name), None
+        else:
+            yield local_dir(name), None
+    except (OSError, ValueError) as err:  # no such repo or folder, no config.json or tokenizer, offline, 401
+        if exit_code(err) != UNEXPECTED:  # already a user error of its own family
+            raise
+        raise ModelLoadError(f"model {ref!r} does not load: {_first_line(err)}") from err
 
 
 def load_tokenizer(ref: str, chat_template: str | None = None):
@@ -168,3 +174,8 @@ def resolve_engine(engine, storage: str, key: str):
     if engine.chat_template:
         update["chat_template"] = resolve_chat_template(engine.chat_template, f"{key}.chat_template")
     return engine.model_copy(update=update) if update else engine
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__

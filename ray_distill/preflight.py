@@ -6,9 +6,13 @@
 - every question file (``questions.path``, ``dev.suite.path``, ``eval.suites[i].path``) exists and its
   first bytes can be read, through fsspec as the job would (a missing file is an error; so is an URL
   whose protocol fsspec does not know or whose package is not installed);
-- the protocol of ``storage`` is known to fsspec and its implementation is importable;
+- the protocol of ``storage`` is known to fsspec and its implementation is importable (a missing s3fs or
+  gcsfs names the package extra that installs it: ``pip install 'ray-distill[s3]'``, ``[gcs]``);
 - ``selection.keep_per_question`` (P) is at most ``selection.samples_per_question`` (M): a larger P is
   allowed but warned about, with what it means.
+
+Before a job starts its cluster, the CLI also checks that ``storage`` can be written (:func:`check_writable`)
+and that a ``HOST:PORT`` Ray address answers (:func:`check_ray_address`).
 
 A job run on the cluster reads its files there: a path that only exists on the cluster's nodes is an
 error here, which is why ``validate`` reports instead of ``submit`` refusing.
@@ -16,6 +20,9 @@ error here, which is why ``validate`` reports instead of ``submit`` refusing.
 
 from __future__ import annotations
 
+import re
+import socket
+import uuid
 from dataclasses import dataclass
 
 import fsspec
@@ -24,6 +31,8 @@ from ray_distill.config import JobConfig
 from ray_distill.redact import redact
 
 ERROR, WARNING = "error", "warning"
+# fsspec protocol -> the package extra that installs its implementation (pyproject.toml)
+PROTOCOL_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,42 @@ def check_protocol(key: str, url: str) -> Problem | None:
     except ValueError:
         return Problem(ERROR, key, f"{redact(url)}: storage protocol {protocol!r} is not known to fsspec")
     except ImportError as err:
+        extra = PROTOCOL_EXTRAS.get(protocol)
+        fix = f"; pip install 'ray-distill[{extra}]'" if extra else ""
         return Problem(ERROR, key, f"{redact(url)}: protocol {protocol!r} needs a package that is not installed "
-                                   f"({_first_line(err)})")
+                                   f"({_first_line(err)}){fix}")
+    return None
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why the Ray cluster at ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) cannot be reached (a TCP connect
+    within ``timeout_s``), or None. ``ray.init`` itself retries an address where nothing listens for minutes;
+    other forms (``auto``) are left to it."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address.strip())
+    if not match:
+        return None
+    try:
+        with socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout_s):
+            return None
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+
+
+def check_writable(key: str, url: str) -> Problem | None:
+    """An error when a file cannot be written and removed under ``url`` (created if missing): the storage a
+    job is about to write to, checked before a cluster starts (missing credentials, no such bucket, a read-only
+    or unreachable mount, an unknown host)."""
+    if p := check_protocol(key, url):
+        return p
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        fs.makedirs(root, exist_ok=True)
+        probe = f"{root.rstrip('/')}/.ray-distill-write-check-{uuid.uuid4().hex[:8]}"
+        with fs.open(probe, "wb") as f:
+            f.write(b"ok")
+        fs.rm(probe)
+    except Exception as err:  # credentials, network, permissions: whatever the job would hit first
+        return Problem(ERROR, key, f"{redact(url)}: cannot write there ({type(err).__name__}: {_first_line(err)})")
     return None
 
 

@@ -38,13 +38,20 @@ def test_wrong_type_and_missing_file():
 def test_dry_run_estimates_teacher_tokens_without_generating(tmp_path):
     result = runner.invoke(app, ["run", QUICKSTART, f"storage={tmp_path}", "--dry-run",
                                  "budget.max_teacher_tokens=1000"], env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 8, result.output  # the budget family: the plan may not fit the cap
     out = result.output
     # three candidates answer 800 probe questions once; each could win and sample 1,200 questions x M=4
     assert out.count("800×1") == 3 and out.count("1,200×4") == 3
     assert "204,800" in out  # 800 x max_tokens 256: nothing stored yet, so the cap is assumed
     assert "budget.max_teacher_tokens=1,000: may exceed" in out
+    assert "over budget: the dry run's estimate may exceed budget.max_teacher_tokens=1,000" in result.stderr
     assert not any(tmp_path.iterdir())  # nothing generated, nothing written
+    allowed = runner.invoke(app, ["run", QUICKSTART, f"storage={tmp_path}", "--dry-run", "--allow-over-budget",
+                                  "budget.max_teacher_tokens=1000"], env={"COLUMNS": "200"})
+    assert allowed.exit_code == 0 and "may exceed" in allowed.output
+    within = runner.invoke(app, ["run", QUICKSTART, f"storage={tmp_path}", "--dry-run",
+                                 "budget.max_teacher_tokens=10000000"], env={"COLUMNS": "200"})
+    assert within.exit_code == 0 and "budget.max_teacher_tokens=10,000,000: within" in within.output
 
 
 def test_submit_rejects_a_bad_config_before_contacting_the_cluster():

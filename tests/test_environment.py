@@ -218,7 +218,7 @@ def test_submit_takes_its_address_from_the_environment_after_the_flag(monkeypatc
     assert result.exit_code == 2 and "--address (or RAY_ADDRESS) is required" in result.output
     # Nothing listens on port 1: the address from RAY_ADDRESS is the one contacted.
     result = runner.invoke(app, ["submit", QUICKSTART], env={"RAY_ADDRESS": "http://127.0.0.1:1", "COLUMNS": "400"})
-    assert result.exit_code == 2 and "127.0.0.1:1" in result.output
+    assert result.exit_code == 6 and "127.0.0.1:1" in result.output  # the unreachable family (ray_distill.errors)
 
 
 def test_the_chosen_jobs_api_address_wins_over_rays_environment_override(monkeypatch):
