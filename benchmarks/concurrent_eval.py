@@ -1,4 +1,4 @@
-"""Evaluating several students (a smoke test's candidates): one after the other vs ``pipeline.evaluate_all``
+"""Evaluating several students (a smoke test's candidates): one after the other vs ``evaluation.stage.evaluate_all``
 (all sampled at once, one vLLM engine actor each), side by side on the same students and suite.
 
     python benchmarks/concurrent_eval.py                      # 3 random 'tiny' students, 150 questions x k=4
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs per way; the best of each is compared")
     args = ap.parse_args()
 
-    from ray_distill import pipeline as P
+    from ray_distill.evaluation import stage as E
     from ray_distill.runtime import init_ray
     from ray_distill.tracking import NullTracker
 
@@ -49,11 +49,11 @@ def main() -> None:
     for r in range(args.repeats):
         c = cfg(os.path.join(work, f"seq{r}"))
         t0 = time.perf_counter()
-        seq = [P.evaluate(c, m, suites, NullTracker(), prefix="x") for m in models]
+        seq = [E.evaluate(c, m, suites, NullTracker(), prefix="x") for m in models]
         walls["one after the other"].append(time.perf_counter() - t0)
         c = cfg(os.path.join(work, f"all{r}"))
         t0 = time.perf_counter()
-        together = P.evaluate_all(c, [(m, NullTracker(), "x") for m in models], suites)
+        together = E.evaluate_all(c, [(m, NullTracker(), "x") for m in models], suites)
         walls["evaluate_all"].append(time.perf_counter() - t0)
         assert together == seq, "concurrent evaluation changed a score"
     seq_best, all_best = min(walls["one after the other"]), min(walls["evaluate_all"])

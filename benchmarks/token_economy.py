@@ -71,7 +71,8 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
-    from ray_distill.pipeline import in_domain_score, run_job
+    from ray_distill.evaluation.stage import in_domain_score
+    from ray_distill.pipeline import run_job
     from ray_distill.tracking import NullTracker
 
     job = yaml.safe_load(Path(args.job).read_text())

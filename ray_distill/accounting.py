@@ -9,6 +9,10 @@
 Reserved seconds are what a cluster bills: the integral over time of the CPUs and GPUs that Ray
 tasks and actors hold (``cluster_resources() - available_resources()``), sampled every
 ``interval_s``. The driver process itself reserves nothing and is not counted.
+
+The budget, before anything is spent: :func:`estimate_generation` and :func:`estimate_judge` (a dry-run line
+each, from what the generation store already holds), :func:`check_budget` (raises :class:`BudgetExceeded`) and
+:func:`fixed_samples` (M as a per-question token cap lowers it).
 """
 
 from __future__ import annotations
@@ -17,8 +21,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ray_distill.config import CostConfig, ResourcesConfig
+from ray_distill.config import CostConfig, JobConfig, ResourcesConfig, TeacherConfig
+from ray_distill.errors import BudgetExceeded  # noqa: F401  (re-exported: callers import it from here)
+
+if TYPE_CHECKING:
+    from ray_distill.generation.store import GenerationStore
 
 logger = logging.getLogger(__name__)
 
@@ -136,5 +145,46 @@ def estimate(stage: str, teacher, questions: int, samples_per_question: int, cac
     )
 
 
-class BudgetExceeded(RuntimeError):
-    """Spending would pass a configured teacher-token cap; raised before the tokens are spent."""
+def fixed_samples(cfg: JobConfig, probe_length: float | None) -> int:
+    """M, or fewer when the per-question token cap cannot pay for M samples of the expected length."""
+    m, cap = cfg.selection.samples_per_question, cfg.budget.max_teacher_tokens_per_question
+    if cap is None or not probe_length:
+        return m
+    fit = max(1, int(cap // probe_length))
+    if fit < m:
+        logger.warning("per-question cap of %d teacher tokens pays for %d of M=%d samples (~%.0f tokens each)",
+                       cap, fit, m, probe_length)
+    return min(m, fit)
+
+
+def estimate_generation(store: GenerationStore, stage: str, questions: list[dict], teacher: TeacherConfig,
+                        mean_length: float | None = None) -> StageEstimate:
+    """Dry-run line for one generation call: requests, how many the store already has, expected tokens."""
+    n = teacher.sampling.n
+    cached = store.count_cached(questions, teacher, n) if questions else 0
+    if mean_length is None:
+        mean_length = store.mean_completion_tokens(teacher)
+    return estimate(stage, teacher, len(questions), n, cached, mean_length)
+
+
+def estimate_judge(store: GenerationStore, gen: StageEstimate, questions: list[dict], teacher: TeacherConfig,
+                   judge, mean_length: float | None) -> StageEstimate:
+    """Dry-run line for the judge's verdicts on one generation stage's samples: at most one call per sample
+    (fallback mode judges only the rows math-verify cannot decide, and malformed rows are never judged); a
+    sample already stored whose verdict is stored too costs nothing."""
+    from ray_distill.curation.judge_stage import count_stored_verdicts  # the judge's store keys; Ray Data with it
+
+    cached = count_stored_verdicts(store, judge, store.lookup(questions, teacher)) if questions else 0
+    return estimate(f"{gen.stage}/judge", judge.as_teacher(), gen.questions, gen.samples_per_question, cached,
+                    mean_length, role="judge")
+
+
+def check_budget(cfg: JobConfig, estimates: list[StageEstimate], spent: float) -> None:
+    """Raise :class:`BudgetExceeded` before spending when the expected tokens pass the job's cap."""
+    cap = cfg.budget.max_teacher_tokens
+    need = sum(e.expected_tokens for e in estimates)
+    if cap is not None and spent + need > cap:
+        what = ", ".join(f"{e.teacher}: {e.to_generate:,} samples x ~{e.tokens_per_sample:.0f} tokens" for e in estimates)
+        raise BudgetExceeded(
+            f"budget.max_teacher_tokens={cap:,}: {estimates[0].stage} would spend ~{need:,.0f} teacher tokens "
+            f"({what}) after {spent:,.0f} already spent; raise the cap or shrink the job (see --dry-run)")

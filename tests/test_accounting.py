@@ -32,7 +32,7 @@ def test_estimate_uses_stored_length_and_skips_cached():
 
 def test_check_budget_refuses_before_spending(tmp_path):
     from ray_distill.config import config_from_dict
-    from ray_distill.pipeline import check_budget
+    from ray_distill.accounting import check_budget
 
     cfg = config_from_dict({"storage": str(tmp_path), "questions": {"synthetic": {"num_questions": 10}},
                             "teachers": [{"name": "t", "engine": {"kind": "scripted", "persona": "concise"}}],

@@ -10,6 +10,7 @@ import pytest
 
 from ray_distill import columns as C
 from ray_distill import pipeline as P
+from ray_distill.curation.driver import verify
 from ray_distill.config import config_from_dict
 from ray_distill.curation import judge as J
 from ray_distill.generation.store import GenerationStore
@@ -50,7 +51,7 @@ def test_judge_in_verify_rejects_mlflow_and_a_free_rerun(ray_local, tmp_path):
     tracker = start_tracker(True, None, "judge-test", cfg.storage, run_name="verify")
     runner = StageRunner(tracker)
     with runner.stage("verify") as (t, rec):
-        graded = P.verify(cfg, samples(), None, t, rec)
+        graded = verify(cfg, samples(), None, t, rec)
 
     by_row = graded.set_index([C.QUESTION_ID, C.SAMPLE_INDEX]).sort_index()
     text = by_row.loc[["fr", "it"]]
@@ -79,7 +80,7 @@ def test_judge_in_verify_rejects_mlflow_and_a_free_rerun(ray_local, tmp_path):
 
     # a rerun answers every verdict from the generation store: 0 judge calls, the same verdicts
     with runner.stage("verify") as (t, again):
-        rerun = P.verify(cfg, samples(), None, t, again)
+        rerun = verify(cfg, samples(), None, t, again)
     assert again.judge_calls == 0 and again.judge_tokens == 0
     cols = [C.QUESTION_ID, C.SAMPLE_INDEX, C.CORRECT, C.REASON, C.JUDGE_VERDICT]
     pd.testing.assert_frame_equal(rerun[cols].sort_values(cols[:2], ignore_index=True),

@@ -12,7 +12,9 @@ from ray_distill import columns as C
 from ray_distill.config import config_from_dict
 from ray_distill.data.corpus import corpus_hash
 from ray_distill.generation.store import GenerationStore
-from ray_distill.pipeline import _ok, _with_n, generate, select, verify, write_job_corpus
+from ray_distill.curation.driver import generate, select, verify
+from ray_distill.data.stage import write_job_corpus
+from ray_distill.pipeline import _ok, _with_n
 from ray_distill.synthetic.tasks import make_questions
 from ray_distill.tracking import start_tracker
 

@@ -9,7 +9,7 @@ import pandas as pd
 from ray_distill import columns as C
 from ray_distill.config import config_from_dict
 from ray_distill.curation.smoke_test import NO_VERIFIED_ROWS, TEACHER_ACCURACY, top_two_note, winner
-from ray_distill.pipeline import smoke_test
+from ray_distill.curation.smoke_stage import smoke_test
 from ray_distill.tracking import NullTracker
 
 QUESTIONS = [f"{i}+1" for i in range(8)]

@@ -10,7 +10,8 @@ from ray_distill import columns as C
 from ray_distill.config import config_from_dict
 from ray_distill.curation import adaptive as A
 from ray_distill.generation.store import GenerationStore
-from ray_distill.pipeline import _with_n, adaptive_generate, generate
+from ray_distill.curation.driver import adaptive_generate, generate
+from ray_distill.pipeline import _with_n
 from ray_distill.progress import StageRunner
 from ray_distill.synthetic.tasks import make_questions
 from ray_distill.tracking import NullTracker

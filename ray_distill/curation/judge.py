@@ -34,7 +34,7 @@ R_JUDGE_UNPARSED = "judge_unparsed_verdict"
 R_JUDGE_ERROR = "judge_error"
 _REASONS = {INCORRECT: R_JUDGE_INCORRECT, UNPARSED: R_JUDGE_UNPARSED, ERROR: R_JUDGE_ERROR}
 
-PLACEHOLDERS = ("question", "reference", "answer")
+# the placeholders of a judge prompt (config.JUDGE_PLACEHOLDERS; config.check_judge_prompt checks a job's template)
 _PLACEHOLDER = re.compile(r"\{(question|reference|answer)\}")
 _VERDICT_LINE = re.compile(r"VERDICT: (CORRECT|INCORRECT)")
 
@@ -68,16 +68,6 @@ class JudgeVerdict:
     @property
     def decided(self) -> bool:
         return self.label in (CORRECT, INCORRECT)
-
-
-def check_judge_prompt(template: str) -> str:
-    """``template`` when it holds ``{reference}`` and ``{answer}`` exactly once and ``{question}`` at most once."""
-    for name in PLACEHOLDERS:
-        count = template.count("{" + name + "}")
-        if count > 1 or (count == 0 and name != "question"):
-            raise ValueError(f"judge prompt must contain '{{{name}}}' {'at most' if name == 'question' else 'exactly'} "
-                             f"once (found {count})")
-    return template
 
 
 def render_judge_prompt(template: str, question: str, reference: str, answer: str) -> str:

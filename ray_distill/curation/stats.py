@@ -7,7 +7,7 @@ The entropy is the paper's teacher diagnostic (lower-entropy teacher corpora wer
 0.477 vs 0.705 bits): the mean, over every assistant token of the corpus, of the entropy of the
 model's next-token distribution at that position. Batched, ``torch.no_grad``; where the model is loaded
 (:func:`entropy_load_plan`): on CPU in float32 (the tiny students), on the GPUs of the Ray task that runs it
-(the student's serving resources, ``pipeline.student_entropy``) in 16-bit, sharded over all of them.
+(the student's serving resources, ``curation.smoke_stage.student_entropy``) in 16-bit, sharded over all of them.
 
 vLLM's prompt logprobs are not used: vLLM returns at most the top-k (``max_logprobs``, 20 by default)
 log-probabilities of each prompt position, and the entropy needs the whole next-token distribution (the

@@ -15,7 +15,7 @@ import time
 import torch
 
 from ray_distill.config import EngineConfig, SamplingConfig
-from ray_distill.generation.engines import (
+from ray_distill.generation.types import (
     FINISH_LENGTH,
     FINISH_STOP,
     Completion,

@@ -88,6 +88,8 @@ def prepare(cfg: JobConfig, runner: StageRunner) -> tuple[JobConfig, str, dict, 
     graded teacher samples per teacher and verdict variant (``format.*``, ``verify.*``), and each
     teacher's mean probe length where a per-question token cap lowers a fixed M (as in the job)."""
     from ray_distill import pipeline as P
+    from ray_distill.curation.driver import mean_tokens, verify
+    from ray_distill.evaluation.stage import student_pass_rates
 
     cfg = P.resolve_models(cfg)
     raw_job = cfg.model_dump(mode="json")
@@ -97,7 +99,7 @@ def prepare(cfg: JobConfig, runner: StageRunner) -> tuple[JobConfig, str, dict, 
     for v in variants(cfg, "rates"):
         with runner.stage("pass_rates" + "".join(f"/{k.rsplit('.', 1)[-1]}={x}" for k, x in v.items()),
                           rows_in=len(pool)) as (t, rec):
-            rates[variant_id(v, list(v))] = table = P.student_pass_rates(trial_config(raw_job, v), pool, base)
+            rates[variant_id(v, list(v))] = table = student_pass_rates(trial_config(raw_job, v), pool, base)
             rec.notes["mean_pass_rate"] = float(table[C.PASS_RATE].mean())
     candidates = candidate_questions(cfg, pool, rates)
     m_max = max(choices(cfg, "selection.samples_per_question"))
@@ -122,15 +124,15 @@ def prepare(cfg: JobConfig, runner: StageRunner) -> tuple[JobConfig, str, dict, 
             spend(spent, rec)
             counters[f"search/store_coverage/{teacher.name}"] = len(samples) / max(1, len(candidates) * m_max)
             # verdicts per searched format.* / verify.* combination (the judge's engine resolved as in a job)
-            graded[teacher.name] = {variant_id(v, list(v)): P.verify(P.resolve_models(trial_config(raw_job, v)),
-                                                                    samples, base, t, rec)
+            graded[teacher.name] = {variant_id(v, list(v)): verify(P.resolve_models(trial_config(raw_job, v)),
+                                                                  samples, base, t, rec)
                                     for v in variants(cfg, "verdicts")}
             if needs_probe_length(cfg):  # the job lowers a fixed M by the teacher's mean probe length
                 probe = probe_questions(cfg, pool)
                 held, spent = teacher_samples(store, probe, teacher, 1, cfg.tune.top_up,
                                               what="budget.max_teacher_tokens_per_question: the probe")
                 spend(spent, rec)
-                probe_lengths[teacher.name] = P._mean_tokens(held)
+                probe_lengths[teacher.name] = mean_tokens(held)
             rec.rows_out = len(samples)
     logger.info("teacher tokens generated for the search: %d", counters["search/teacher_tokens_generated"])
     inputs = {"pool": pool, "rates": rates, "graded": graded, "dev": dev, "probe_lengths": probe_lengths}

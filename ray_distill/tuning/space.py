@@ -219,10 +219,10 @@ def max_epochs(cfg: JobConfig) -> int:
 def trial_job(job: dict, params: dict[str, Any], probe_lengths: dict[str, float | None] | None = None) -> JobConfig:
     """The job a trial runs, and the one its ``best_job.yaml`` holds (less ``tune``): the trial's choices
     applied; its teacher (:func:`trial_teacher`) as the only one and no smoke test (the trial chose it);
-    with fixed M, M as the per-question token cap lowers it (``pipeline._fixed_samples`` on the teacher's
+    with fixed M, M as the per-question token cap lowers it (``accounting.fixed_samples`` on the teacher's
     mean probe length, ``probe_lengths``: as the job computes it); the learning-rate schedule pinned to
     what the trial trains (``train.schedule_epochs``, default ``train.epochs``)."""
-    from ray_distill.pipeline import _fixed_samples
+    from ray_distill.accounting import fixed_samples
 
     cfg = trial_config(job, params)
     tree = cfg.model_dump(mode="json")
@@ -230,7 +230,7 @@ def trial_job(job: dict, params: dict[str, Any], probe_lengths: dict[str, float 
     tree["teachers"] = [t for t in tree["teachers"] if t["name"] == name]
     tree["smoke_test"]["enabled"] = False
     if not cfg.selection.adaptive.enabled:
-        tree["selection"]["samples_per_question"] = _fixed_samples(cfg, (probe_lengths or {}).get(name))
+        tree["selection"]["samples_per_question"] = fixed_samples(cfg, (probe_lengths or {}).get(name))
     tree["train"]["schedule_epochs"] = cfg.train.schedule_epochs or cfg.train.epochs
     return config_from_dict(tree, source=f"tune trial {params}")
 

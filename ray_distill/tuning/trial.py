@@ -93,11 +93,11 @@ def dev_metrics(m: dict) -> dict[str, float]:
 
 def score_dev(cfg: JobConfig, model: str, dev: dict[str, list[dict]]) -> dict:
     """``model``'s avg@k figures on the dev suite, sampled and graded exactly as the job's smoke test
-    scores its students (``pipeline._score``: the suite's own k / temperature / max_tokens / pass_k and
+    scores its students (``evaluation.stage.score_model``: the suite's own k / temperature / max_tokens / pass_k and
     grading settings, student samples kept in the job's store by checkpoint digest)."""
-    from ray_distill.pipeline import _score
+    from ray_distill.evaluation.stage import score_model
 
-    (m,) = _score(cfg, model, dev)[0].values()
+    (m,) = score_model(cfg, model, dev)[0].values()
     return m
 
 

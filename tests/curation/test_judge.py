@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ray_distill import columns as C
-from ray_distill.config import ConfigError, JudgeConfig, config_from_dict
+from ray_distill.config import ConfigError, JudgeConfig, check_judge_prompt, config_from_dict
 from ray_distill.curation import judge as J
 from ray_distill.curation.adapters import GradeBatch
 from ray_distill.curation.judge_stage import JudgeBatch, count_stored_verdicts
@@ -28,7 +28,7 @@ def test_prompt_fills_each_placeholder_once_and_leaves_other_braces():
 
 
 def test_default_prompt_is_valid_and_asks_for_the_verdict_line():
-    assert J.check_judge_prompt(J.DEFAULT_JUDGE_PROMPT) == J.DEFAULT_JUDGE_PROMPT
+    assert check_judge_prompt(J.DEFAULT_JUDGE_PROMPT) == J.DEFAULT_JUDGE_PROMPT
     assert "VERDICT: CORRECT" in J.DEFAULT_JUDGE_PROMPT and "VERDICT: INCORRECT" in J.DEFAULT_JUDGE_PROMPT
 
 
@@ -42,7 +42,7 @@ def test_bad_judge_prompt_is_a_one_line_config_error(template, message):
             "verify": {"judge": {"mode": "always", "engine": {"persona": "judge"}, "prompt": template}}}
     with pytest.raises(ConfigError, match=re.escape("verify.judge.prompt: judge prompt must contain " + message)):
         config_from_dict(tree, source="job.yaml")
-    assert J.check_judge_prompt("{reference} vs {answer}")  # {question} is optional
+    assert check_judge_prompt("{reference} vs {answer}")  # {question} is optional
 
 
 def test_judge_config_needs_an_engine_and_a_name_apart_from_the_teachers():

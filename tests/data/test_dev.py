@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from ray_distill import columns as C
 from ray_distill.config import ConfigError, config_from_dict
 from ray_distill.data.dev import carve, seeded_order, seeded_sample
-from ray_distill.pipeline import load_questions, split_dev
+from ray_distill.data.stage import load_questions, split_dev
 from ray_distill.tracking import NullTracker, start_tracker
 
 

@@ -1,12 +1,13 @@
-"""pipeline.evaluate_all: several students sampled at once (real vLLM actors on the local cluster), each
+"""evaluation.stage.evaluate_all: several students sampled at once (real vLLM actors on the local cluster), each
 model's scores logged to its own MLflow run, the same scores as evaluating that model alone."""
 
 from __future__ import annotations
 
+import pytest
 from mlflow import MlflowClient
 
 from ray_distill.config import config_from_dict
-from ray_distill.pipeline import evaluate, evaluate_all
+from ray_distill.evaluation.stage import evaluate, evaluate_all
 from ray_distill.synthetic.student import save_random_student
 from ray_distill.synthetic.tasks import make_questions
 from ray_distill.tracking import MLflowTracker, NullTracker
@@ -18,6 +19,7 @@ def _cfg(storage) -> object:
                              "eval": {"k": 2, "temperature": 1.0, "max_tokens": 16}})
 
 
+@pytest.mark.slow
 def test_concurrent_evaluation_keeps_each_model_and_run_apart(ray_local, tiny_student_path, tmp_path):
     other = save_random_student("tiny", str(tmp_path / "other"), seed=1)
     suites = {"arith": make_questions("arith", 6, 1, 2, seed=9)}

@@ -39,7 +39,8 @@ def test_build_engine_rejects_unknown_persona():
 
 def test_stop_strings_cut_the_completion_and_change_the_store_key():
     from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
-    from ray_distill.generation.engines import ScriptedEngine, cut_at_stop
+    from ray_distill.generation.engines import ScriptedEngine
+    from ray_distill.generation.types import cut_at_stop
     from ray_distill.generation.store import generation_key, teacher_fingerprint
 
     assert cut_at_stop("a;b;c", [";", "c"]) == ("a", True) and cut_at_stop("abc", ["x"]) == ("abc", False)

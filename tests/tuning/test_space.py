@@ -253,7 +253,7 @@ def test_without_a_teacher_key_the_best_job_pins_the_trials_teacher():
 
 
 def test_a_per_question_token_cap_lowers_m_in_the_trial_and_the_best_job():
-    from ray_distill.pipeline import _fixed_samples
+    from ray_distill.accounting import fixed_samples
     from ray_distill.tuning.trial import trial_corpus
 
     # 100 tokens a question at ~30 tokens a sample pays for 3 of M=8: the job samples 3, so must the trial
@@ -272,7 +272,7 @@ def test_a_per_question_token_cap_lowers_m_in_the_trial_and_the_best_job():
     tree = best_job_tree(job, {"selection.keep_per_question": 1}, lengths)
     assert tree["selection"]["samples_per_question"] == 3
     assert tree["budget"]["max_teacher_tokens_per_question"] == 100  # the cap stays; it lowers M no further
-    assert _fixed_samples(JobConfig.model_validate(tree), lengths["concise"]) == 3
+    assert fixed_samples(JobConfig.model_validate(tree), lengths["concise"]) == 3
     # adaptive sampling applies the cap in its rounds (replayed by the trial): M stays the bound
     adaptive = _job({"budget": {"max_teacher_tokens_per_question": 100},
                      "selection": {"samples_per_question": 8, "keep_per_question": 1, "adaptive": {"enabled": True}}},
