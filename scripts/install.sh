@@ -17,17 +17,16 @@ fi
 
 "$PYTHON" -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "ray-distill needs Python 3.11 or 3.12"'
 
-# The code grader runs untrusted programs under bubblewrap (fallback: util-linux unshare); it refuses
-# to run code without one of them.
-if ! command -v bwrap >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-    apt-get install -y -q bubblewrap >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } \
-      || echo "notice: 'apt-get install bubblewrap' failed; code grading will fall back to 'unshare'" >&2
-  else
-    echo "notice: bubblewrap (bwrap) is not installed; code grading will fall back to 'unshare' or refuse to run" \
-         "(install the 'bubblewrap' package as root)" >&2
-  fi
+# The code grader runs untrusted programs under bubblewrap >= 0.8.0 (format.code.backend: auto) and refuses
+# to run code without it, in one line; it never falls back to anything weaker (docs/sandbox.md).
+# scripts/install_bwrap.sh installs it (apt, or a build from source where apt's is older, e.g. Ubuntu 22.04)
+# when this runs as root or with passwordless sudo; otherwise say what is missing.
+if [ "$(id -u)" = "0" ] || sudo -n true 2>/dev/null; then
+  scripts/install_bwrap.sh \
+    || echo "notice: scripts/install_bwrap.sh failed: code grading needs bubblewrap >= 0.8.0 and stops without it" >&2
+elif ! bwrap --version 2>/dev/null | awk '{split($2, v, "."); exit !(v[1] > 0 || v[2] >= 8)}'; then
+  echo "notice: code grading needs bubblewrap >= 0.8.0 (found: $(bwrap --version 2>/dev/null || echo none));" \
+       "run scripts/install_bwrap.sh as root (jobs with code questions stop with one line until then)" >&2
 fi
 [ -d "$VENV" ] || "$PYTHON" -m venv "$VENV"
 # shellcheck disable=SC1091

@@ -6,6 +6,7 @@ and the local two-node script. Fast: parsing only, no cluster."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def test_kuberay_secrets_come_from_the_platform_never_from_the_job_spec():
 def _assert_token_auth(name: str, spec: dict) -> None:
     """Token auth on: authOptions.mode token, or RAY_AUTH_MODE=token on every Ray container; never disabled."""
     text = yaml.safe_dump(spec)
-    assert "disabled" not in text.lower(), f"{name}: something disables auth"
+    # RAY_AUTH_MODE=disabled / {name: RAY_AUTH_MODE, value: disabled} / authOptions: {mode: disabled}
+    assert not re.search(r"(auth_mode|mode)\W+(value\W+)?disabled", text, re.I), f"{name}: something disables auth"
     if spec.get("authOptions", {}).get("mode") == "token":
         return
     pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]

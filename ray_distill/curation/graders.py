@@ -53,8 +53,10 @@ R_CODE_ERROR = "code_runtime_error"
 R_CODE_MEMORY = "code_memory_limit"
 R_CODE_OUTPUT = "code_output_limit"
 R_CODE_SANDBOX = "code_sandbox_error"
+R_CODE_KILLED = "code_killed"  # SIGKILL that was not the timeout: out of memory (OOM killer) or a signal
 _CODE_REASONS = {S.WRONG_OUTPUT: R_CODE_WRONG, S.TIMEOUT: R_CODE_TIMEOUT, S.RUNTIME_ERROR: R_CODE_ERROR,
-                 S.MEMORY_LIMIT: R_CODE_MEMORY, S.OUTPUT_LIMIT: R_CODE_OUTPUT, S.SANDBOX_ERROR: R_CODE_SANDBOX}
+                 S.MEMORY_LIMIT: R_CODE_MEMORY, S.OUTPUT_LIMIT: R_CODE_OUTPUT, S.KILLED: R_CODE_KILLED,
+                 S.SANDBOX_ERROR: R_CODE_SANDBOX}
 # Reasons about the answer itself: the format is fine.
 ANSWER_REASONS = frozenset({"", R_WRONG, R_NO_ANSWER, R_GRADER_TIMEOUT, R_NO_CODE, R_NO_CHOICE,
                             *_CODE_REASONS.values()})
@@ -229,6 +231,9 @@ def extract_program(text: str, finished_only: bool = True) -> str:
     return blocks[-1].strip("\n") if blocks else ""
 
 
+_PREDICTED_CHARS = 300  # a failed code run's stored summary (reason-shaped: see grade_code)
+
+
 def grade_code(
     text: str,
     tests: dict,
@@ -240,7 +245,11 @@ def grade_code(
 ) -> Verdict:
     """Grade one code response: the same format rules as math, then the program against ``tests``
     (canonical dict) in ``sandbox``, stopping at the first failing test. ``predicted`` summarises the
-    run ("passed 3/3", "test 2/3: wrong_output: ...")."""
+    run ("passed 3/3", "test 2/3: runtime_error: ValueError"); it is stored in the graded Parquet and the
+    rejects file, so it holds only the sandbox's reason-shaped detail, capped at 300 characters: the name of
+    a built-in exception (an ``OSError``'s errno and the system's text for it), an exit code or signal, the
+    test's expected output and the shape of what the program printed or returned -- never the program's
+    own output or messages (see :func:`ray_distill.curation.sandbox.error_summary`)."""
     reason = _format_reason(text, max_tokens, count_tokens, require_think)
     program = extract_program(text, finished_only)
     if not program:
@@ -252,7 +261,7 @@ def grade_code(
     if correct:
         predicted = f"passed {n}/{n}"
     else:
-        predicted = f"test {len(results)}/{n}: {failed.reason}: {failed.detail}"
+        predicted = f"test {len(results)}/{n}: {failed.reason}: {failed.detail}"[:_PREDICTED_CHARS]
         reason = reason or _CODE_REASONS[failed.reason]
     return Verdict(format_ok=reason in ANSWER_REASONS, correct=correct, predicted=predicted, reason=reason)
 
