@@ -48,7 +48,7 @@ from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import judge_dataset
 from ray_distill.curation.selection import POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE, select_questions
 from ray_distill.data.corpus import write_rejects
-from ray_distill.data.fs import join
+from ray_distill.data.fs import TMP_PREFIX, atomic_write, fresh, join
 from ray_distill.generation.actor import generate_dataset
 from ray_distill.generation.store import KEY, STORED_COLUMNS, GenerationStore, request_frame
 
@@ -120,6 +120,7 @@ def generate_missing(store: GenerationStore, questions_url: str, teacher: Teache
     counters = {"generated": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
     todo_url = join(work_url, "todo")
     _clear(todo_url)
+    store.clean_temp_parts(teacher.name)
     index = _index.remote(store.root, teacher.name)
     _requests(questions_url, teacher, n).map_batches(
         _missing, fn_kwargs={"index": index}, batch_format="pandas").write_parquet(todo_url)
@@ -221,9 +222,7 @@ def select_buckets(graded_url: str, selected_url: str, selection: Selection, rej
 
 def write_questions(questions: list[dict], url: str) -> str:
     """The phase's question rows as one Parquet file on storage (what the plan reads)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as f:
+    with atomic_write(url, "wb") as f:
         pd.DataFrame(questions).astype({C.QUESTION_ID: str}).to_parquet(f, index=False)
     return url
 
@@ -237,10 +236,10 @@ def write_graded(graded: pd.DataFrame, url: str) -> str:
 
 def parquet_rows(url: str) -> int:
     """Rows of the Parquet file or directory at ``url``, from the footers (0 when there is none)."""
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = fresh(url)
     if not fs.exists(path):
         return 0
-    files = [f for f in fs.find(path) if f.endswith(".parquet")] if fs.isdir(path) else [path]
+    files = [f for f in fs.find(path) if f.endswith(".parquet") and not _is_temp(f)] if fs.isdir(path) else [path]
     return sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
 
 
@@ -250,7 +249,7 @@ def bucket_of(question_ids: pd.Series, buckets: int) -> list[int]:
 
 
 def bucket_dirs(graded_url: str) -> list[str]:
-    fs, path = fsspec.core.url_to_fs(graded_url)
+    fs, path = fresh(graded_url)
     if not fs.isdir(path):
         return []
     names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
@@ -258,10 +257,9 @@ def bucket_dirs(graded_url: str) -> list[str]:
 
 
 def read_parquet_dir(url: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """Every complete part file under ``url`` (temp names of unfinished writes are skipped)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    files = sorted(f for f in fs.find(path) if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith("_tmp-")) \
-        if fs.isdir(path) else []
+    """Every complete part file under ``url``, listed fresh (temp names of unfinished writes are skipped)."""
+    fs, path = fresh(url)
+    files = sorted(f for f in fs.find(path) if f.endswith(".parquet") and not _is_temp(f)) if fs.isdir(path) else []
     frames = [pq.read_table(f, filesystem=fs, columns=columns).to_pandas() for f in files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
@@ -299,14 +297,8 @@ def _request_rows(batch: pd.DataFrame, teacher: TeacherConfig, n: int) -> pd.Dat
 
 @ray.remote
 def _index(root: str, teacher_name: str) -> dict[str, tuple[str, bool]]:
-    """content key → (part file, is a failed request); a success wins over a stored failure."""
-    store = GenerationStore(root)
-    out: dict[str, tuple[str, bool]] = {}
-    for rejects in (True, False):
-        for path in store.part_files(teacher_name, rejects=rejects):
-            for key in pq.read_table(path, filesystem=store.fs, columns=[KEY]).column(0).to_pylist():
-                out[key] = (path, rejects)
-    return out
+    """content key → (part file, is a failed request), listed fresh (:meth:`GenerationStore.index`)."""
+    return GenerationStore(root).index(teacher_name)
 
 
 _RESOLVED: dict[str, dict] = {}
@@ -368,11 +360,8 @@ def _write_buckets(batch: pd.DataFrame, url: str, buckets: int) -> pd.DataFrame:
     returns its counter row."""
     fs, path = fsspec.core.url_to_fs(url)
     for b, part in batch.assign(**{BUCKET: bucket_of(batch[C.QUESTION_ID], buckets)}).groupby(BUCKET):
-        folder, name = f"{path}/{BUCKET}={b}", uuid.uuid4().hex
-        fs.makedirs(folder, exist_ok=True)
-        with fs.open(f"{folder}/_tmp-{name}.parquet", "wb") as f:
+        with atomic_write(f"{path}/{BUCKET}={b}/part-{uuid.uuid4().hex}.parquet", "wb", fs=fs) as f:
             part.drop(columns=[BUCKET]).to_parquet(f, index=False)
-        fs.mv(f"{folder}/_tmp-{name}.parquet", f"{folder}/part-{name}.parquet")
     return _count(batch)
 
 
@@ -394,9 +383,7 @@ def _select_bucket(bucket_url: str, out_url: str, rejects_url: str | None, p: in
     graded = graded.drop_duplicates([C.QUESTION_ID, C.TEACHER, C.SAMPLE_INDEX])
     good = graded[ok_mask(graded)]
     selected = select_questions(good, p, seed, load_tokenize(tokenizer))
-    fs, path = fsspec.core.url_to_fs(out_url)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as f:
+    with atomic_write(out_url, "wb") as f:
         selected.to_parquet(f, index=False)
     if rejects_url:
         write_rejects(generation_rejects(graded, selected).to_dict("records"), rejects_url)
@@ -425,7 +412,11 @@ def generation_rejects(graded: pd.DataFrame, selected: pd.DataFrame) -> pd.DataF
 
 def _clear(url: str) -> None:
     """A phase's output directory is rewritten whole (a rerun must not mix in an older run's files)."""
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = fresh(url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def _is_temp(path: str) -> bool:
+    return path.rstrip("/").rsplit("/", 1)[-1].startswith(TMP_PREFIX)
 

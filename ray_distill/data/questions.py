@@ -52,6 +52,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_distill import columns as C
+from ray_distill.data.fs import atomic_write
+from ray_distill.errors import DataError, FieldError, RowError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -75,20 +77,6 @@ R_NO_BOXED = "no_boxed_answer"
 _ID_LIKE = ("id", "ID", "Id", "unique_id", "problem_id", "task_id", "uid", "Record ID")
 
 
-class DataError(ValueError):
-    """A data file cannot be read at all; ``str(err)`` is a one-line message naming the file."""
-
-
-class RowError(ValueError):
-    """One row is invalid; ``str(err)`` is its reject reason."""
-
-
-class FieldError(DataError):
-    """A ``fields`` mapping names a column the file does not have; ``field`` is the target (``question``)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -502,21 +490,18 @@ def _table_records(path: str, kind: str = "parquet") -> Iterator[tuple[int, str,
 
 
 def write_rows(rows: Iterable[dict], path: str) -> str:
-    """Write rows as JSON lines (``.jsonl``/``.json``) or parquet by extension, creating parent dirs."""
+    """Write rows as JSON lines (``.jsonl``/``.json``) or parquet by extension, creating parent dirs; atomically
+    (``data.fs.atomic_write``: readers see the old file or the whole new one)."""
     rows = list(rows)
     kind = file_kind(path)
     if kind == "csv":
         raise DataError(f"{path}: question files are written as .jsonl or .parquet, not .csv")
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    parent = fs._parent(fs_path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
     if kind == "parquet":
         table = pa.Table.from_pylist([_plain(r) for r in rows])
-        with fsspec.open(path, "wb") as f:
+        with atomic_write(path, "wb") as f:
             pq.write_table(table, f)
     else:
-        with fsspec.open(path, "wt", encoding="utf-8", compression="infer") as f:
+        with atomic_write(path, "w", encoding="utf-8", compression="infer") as f:
             for row in rows:
                 f.write(json.dumps(_plain(row), ensure_ascii=False, allow_nan=False) + "\n")
     logger.debug("wrote %d rows to %s", len(rows), path)

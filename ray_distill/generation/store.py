@@ -17,10 +17,14 @@ counters of every call of this store object (how many samples it generated, how 
 
 Layout: ``<root>/<teacher>/part-<uuid>.parquet`` (successes, ``GENERATION_COLUMNS`` + ``generation_key``)
 and ``<root>/<teacher>/rejects/part-<uuid>.parquet`` (failed requests, kept for inspection and
-retried on the next call). Part files are written under a ``_tmp-`` name and then moved, and
-readers only read ``part-*.parquet``, so a crash never leaves a half-written part visible. Parts
-are flushed every ``flush_rows`` rows, so a crashed run keeps what it finished. Parts written before
-a column was added read back with that column's default (:data:`STORED_DEFAULTS`).
+retried on the next call). Part files are written under a ``_tmp-`` name, fsynced (local disks) and
+then renamed (``data.fs.atomic_write``), and readers only read ``part-*.parquet``, listed fresh (no
+cached listing), so a crash never leaves a half-written part visible; temp parts left by a crash are
+removed after an hour. A part that cannot be read (empty, truncated) is skipped with a warning naming
+it: its samples count as missing and are generated again. Finished samples are written once
+``flush_rows`` are waiting or the oldest has waited ``flush_s`` seconds (and when the run stops, even
+by an error), so a crashed driver loses at most seconds of paid work. Parts written before a column
+was added read back with that column's default (:data:`STORED_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -28,21 +32,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import os
+import queue
+import threading
+import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime, timezone
 from functools import lru_cache
 
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
 from ray_distill import columns as C
 from ray_distill.config import TeacherConfig
+from ray_distill.data.fs import TMP_PREFIX, atomic_write, fresh, invalidate_listings, signature
 from ray_distill.generation.actor import generate_dataset, with_question_defaults
 from ray_distill.generation.engines import PROMPT_TEMPLATE_HASH
 from ray_distill.presets import PRESETS
@@ -50,7 +59,8 @@ from ray_distill.presets import PRESETS
 logger = logging.getLogger(__name__)
 
 KEY = "generation_key"  # content key of one stored sample
-PART_PREFIX, TMP_PREFIX, REJECTS_DIR = "part-", "_tmp-", "rejects"
+PART_PREFIX, REJECTS_DIR = "part-", "rejects"
+TEMP_MAX_AGE_S = 3600.0  # a temp part older than this is a crashed write's leftover (a live write takes seconds)
 STORED_COLUMNS = [*C.GENERATION_COLUMNS, KEY]
 STORED_DEFAULTS = {C.PROMPT_TOKENS: -1}  # for parts written before the column existed (others: None)
 Counts = int | Mapping[str, int] | None  # samples per question: one n for all, or one per question id
@@ -106,13 +116,10 @@ def model_digest(path: str) -> str:
     guarantees: a retrained checkpoint of the same shapes gets another digest as soon as any tensor's first
     4 KiB changed, which full fine-tuning does to every trained tensor; a change confined to the rest of a
     tensor of a large shard (a hand edit of a few values) is not seen (give such a model another path)."""
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = fresh(path)
     if not fs.isdir(root):
         return path
-    files = sorted((f, info) for f, info in fs.find(root, detail=True).items())
-    signature = tuple((f, int(info.get("size") or 0), str(info.get("mtime") or info.get("LastModified") or
-                                                          info.get("ETag") or "")) for f, info in files)
-    return _digest(path, signature)
+    return _digest(path, signature(path))
 
 
 @lru_cache(maxsize=64)
@@ -153,10 +160,14 @@ def generation_key(question: str, fingerprint: dict, sample_index: int) -> str:
 
 
 class GenerationStore:
-    def __init__(self, root: str, flush_rows: int = 4096):
+    """``flush_rows``/``flush_s``: finished samples are written as a part once this many are waiting or the
+    oldest has waited this long (``clock``: the time function those seconds are measured with)."""
+
+    def __init__(self, root: str, flush_rows: int = 4096, flush_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.root = root.rstrip("/")
         self.fs, self.root_path = fsspec.core.url_to_fs(self.root)
-        self.flush_rows = flush_rows
+        self.flush_rows, self.flush_s, self.clock = flush_rows, flush_s, clock
         self.totals: defaultdict[str, Counter] = defaultdict(Counter)  # row counters of this object's calls
 
     def teacher_dir(self, teacher_name: str) -> str:
@@ -165,39 +176,108 @@ class GenerationStore:
         return f"{self.root_path}/{teacher_name}"
 
     def part_files(self, teacher_name: str, rejects: bool = False) -> list[str]:
-        """Complete part files (temp names are never listed)."""
-        d = self.teacher_dir(teacher_name) + (f"/{REJECTS_DIR}" if rejects else "")
+        """Complete part files, listed fresh (temp names are never listed)."""
+        d = self._dir(teacher_name, rejects)
+        invalidate_listings(self.fs, d)  # another process may have written parts since this one listed
         if not self.fs.isdir(d):
             return []
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(d, detail=False)]
         return sorted(f"{d}/{n}" for n in names if n.startswith(PART_PREFIX) and n.endswith(".parquet"))
 
+    def read_part(self, path: str, columns: list[str] | None = None, filters=None) -> pa.Table | None:
+        """One part file as a table; None, with a warning naming it, when it cannot be read (an empty or
+        truncated file: its samples then count as missing and are generated again)."""
+        try:
+            return pq.read_table(path, filesystem=self.fs, columns=columns, filters=filters)
+        except Exception as err:
+            logger.warning("generation store part %s is unreadable and skipped (its samples will be generated "
+                           "again; delete the file to silence this): %s", path, _first_line(err))
+            return None
+
     def load(self, teacher_name: str, keys: set[str] | None = None, rejects: bool = False) -> pd.DataFrame:
-        """Stored rows of a teacher (only ``keys`` when given), one row per key."""
+        """Stored rows of a teacher (only ``keys`` when given), one row per key; unreadable parts are skipped."""
         if keys is not None and not keys:
             return pd.DataFrame(columns=STORED_COLUMNS)
-        frames = []
-        for path in self.part_files(teacher_name, rejects):
-            filters = [(KEY, "in", sorted(keys))] if keys is not None else None
-            try:
-                table = pq.read_table(path, filesystem=self.fs, filters=filters)
-                frames.append(_with_stored_columns(table.to_pandas()))
-            except Exception as err:
-                raise RuntimeError(f"generation store part {path} is unreadable: {err}") from err
+        filters = [(KEY, "in", sorted(keys))] if keys is not None else None
+        tables = [self.read_part(path, filters=filters) for path in self.part_files(teacher_name, rejects)]
+        frames = [_with_stored_columns(t.to_pandas()) for t in tables if t is not None]
         if not frames:
             return pd.DataFrame(columns=STORED_COLUMNS)
         return pd.concat(frames, ignore_index=True).drop_duplicates(KEY, ignore_index=True)
 
+    def index(self, teacher_name: str) -> dict[str, tuple[str, bool]]:
+        """content key → (part file, is a failed request) of every readable stored sample; a success wins
+        over a stored failure."""
+        out: dict[str, tuple[str, bool]] = {}
+        for rejects in (True, False):
+            for path in self.part_files(teacher_name, rejects=rejects):
+                table = self.read_part(path, columns=[KEY])
+                for key in table.column(0).to_pylist() if table is not None else []:
+                    out[key] = (path, rejects)
+        return out
+
     def write_part(self, teacher_name: str, df: pd.DataFrame, rejects: bool = False) -> str:
-        """Write ``df`` as a new part file atomically (temp name, then move); returns its path."""
-        d = self.teacher_dir(teacher_name) + (f"/{REJECTS_DIR}" if rejects else "")
-        self.fs.makedirs(d, exist_ok=True)
-        name = uuid.uuid4().hex
-        tmp, final = f"{d}/{TMP_PREFIX}{name}.parquet", f"{d}/{PART_PREFIX}{name}.parquet"
-        with self.fs.open(tmp, "wb") as f:
+        """Write ``df`` as a new part file atomically (temp name, fsync, rename); returns its path."""
+        final = f"{self._dir(teacher_name, rejects)}/{PART_PREFIX}{uuid.uuid4().hex}.parquet"
+        with atomic_write(final, "wb", fs=self.fs) as f:
             df[STORED_COLUMNS].to_parquet(f, index=False)
-        self.fs.mv(tmp, final)
         return final
+
+    def clean_temp_parts(self, teacher_name: str, older_than_s: float = TEMP_MAX_AGE_S) -> list[str]:
+        """Remove the temp parts of crashed writes (older than ``older_than_s``); returns their paths."""
+        removed = []
+        for rejects in (False, True):
+            d = self._dir(teacher_name, rejects)
+            invalidate_listings(self.fs, d)
+            if not self.fs.isdir(d):
+                continue
+            now = datetime.now(timezone.utc)
+            for path in self.fs.ls(d, detail=False):
+                if not path.rstrip("/").rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+                    continue
+                try:
+                    modified = self.fs.modified(path)
+                except (NotImplementedError, OSError):  # a storage that does not say: leave it (readers skip it)
+                    continue
+                modified = modified if modified.tzinfo else modified.replace(tzinfo=timezone.utc)
+                if (now - modified).total_seconds() > older_than_s:
+                    self.fs.rm(path)
+                    removed.append(path)
+        if removed:
+            logger.info("generation store %s/%s: removed %d temp parts of crashed writes", self.root, teacher_name,
+                        len(removed))
+        return removed
+
+    def persist(self, teacher_name: str, batches: Iterable[pd.DataFrame],
+                poll_s: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Write finished batches (``STORED_COLUMNS`` with ``error``) as parts while they stream in, failures
+        under ``rejects/``: a part once ``flush_rows`` rows are waiting or the oldest has waited ``flush_s``
+        seconds (checked at least every ``poll_s`` seconds while no batch arrives), and whatever is waiting
+        when the stream ends or fails. Returns (successes, failures)."""
+        empty = pd.DataFrame(columns=STORED_COLUMNS)
+        ok, bad = [empty], [empty]
+        buffer = PartBuffer(self, teacher_name, self.flush_rows, self.flush_s, self.clock)
+
+        def wait_s() -> float:
+            left = buffer.seconds_left()
+            return poll_s if left is None else min(poll_s, left)
+
+        try:
+            for batch in _with_timeouts(batches, wait_s):
+                if batch is None:  # no batch for a while: write what has waited long enough
+                    if buffer.due():
+                        buffer.flush()
+                    continue
+                failed = batch[C.ERROR] != ""
+                ok.append(batch.loc[~failed, STORED_COLUMNS])
+                bad.append(batch.loc[failed, STORED_COLUMNS])
+                buffer.add(batch)
+        finally:
+            buffer.flush()  # what finished is kept, even when the run fails
+        return pd.concat(ok, ignore_index=True), pd.concat(bad, ignore_index=True)
+
+    def _dir(self, teacher_name: str, rejects: bool) -> str:
+        return self.teacher_dir(teacher_name) + (f"/{REJECTS_DIR}" if rejects else "")
 
     def get_or_generate(
         self, questions: list[dict], teacher: TeacherConfig, n: Counts = None, digest: str | None = None,
@@ -210,6 +290,7 @@ class GenerationStore:
         prompts, tokens and wall time spent by this call, plus the tokens of the cached samples.
         ``digest``: the model's content digest (:func:`model_digest`), part of every key when given."""
         requests = request_frame(questions, teacher, n, digest)
+        self.clean_temp_parts(teacher.name)
         cached = self.load(teacher.name, set(requests[KEY]))
         todo = requests[~requests[KEY].isin(cached[KEY])].drop_duplicates(KEY)
         start = time.perf_counter()
@@ -241,35 +322,117 @@ class GenerationStore:
         the length a dry run expects of new samples."""
         total = count = 0
         for path in self.part_files(teacher.name):
-            tokens = pq.read_table(path, filesystem=self.fs, columns=[C.NUM_TOKENS]).column(0).to_numpy()
+            table = self.read_part(path, columns=[C.NUM_TOKENS])
+            if table is None:
+                continue
+            tokens = table.column(0).to_numpy()
             tokens = tokens[tokens >= 0]  # -1: the engine did not report a count
             total, count = total + int(tokens.sum()), count + len(tokens)
         return total / count if count else None
 
     def _generate(self, todo: pd.DataFrame, teacher: TeacherConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Generate ``todo`` (one row per missing sample) and persist it in parts as it streams in."""
-        empty = pd.DataFrame(columns=STORED_COLUMNS)
         if todo.empty:
+            empty = pd.DataFrame(columns=STORED_COLUMNS)
             return empty, empty
         logger.info("generating %d missing samples for teacher %s", len(todo), teacher.name)
-        ok, bad = [empty], [empty]
         # One block per engine batch: a block's output only streams out when the whole block is done, so
         # a single big block would persist nothing before the end and keep every actor but one idle.
         size = teacher.resources.batch_size
         blocks = [todo.iloc[i: i + size] for i in range(0, len(todo), size)]
         ds = generate_dataset(ray.data.from_pandas(blocks), teacher)
-        for batch in ds.iter_batches(batch_size=self.flush_rows, batch_format="pandas"):
-            failed = batch[C.ERROR] != ""
-            if (~failed).any():
-                self.write_part(teacher.name, batch[~failed])
-                ok.append(batch.loc[~failed, STORED_COLUMNS])
-            if failed.any():
-                self.write_part(teacher.name, batch[failed], rejects=True)
-                bad.append(batch.loc[failed, STORED_COLUMNS])
-        new_ok, new_bad = pd.concat(ok, ignore_index=True), pd.concat(bad, ignore_index=True)
+        new_ok, new_bad = self.persist(teacher.name, ds.iter_batches(batch_size=None, batch_format="pandas"))
         if len(new_ok) + len(new_bad) != len(todo):
             raise RuntimeError(f"generation returned {len(new_ok) + len(new_bad)} rows for {len(todo)} requests")
         return new_ok, new_bad
+
+
+class PartBuffer:
+    """Finished samples waiting to be written as a store part (successes and, under ``rejects/``, failures):
+    written once ``flush_rows`` are waiting or the oldest has waited ``flush_s`` seconds of ``clock``."""
+
+    def __init__(self, store: GenerationStore, teacher_name: str, flush_rows: int, flush_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.store, self.teacher_name = store, teacher_name
+        self.flush_rows, self.flush_s, self.clock = flush_rows, flush_s, clock
+        self.frames: list[pd.DataFrame] = []
+        self.rows, self.since = 0, 0.0  # rows waiting; when the oldest of them arrived
+        self.parts: list[str] = []  # every part written
+
+    def add(self, batch: pd.DataFrame) -> None:
+        if not len(batch):
+            return
+        if not self.rows:
+            self.since = self.clock()
+        self.frames.append(batch)
+        self.rows += len(batch)
+        if self.due():
+            self.flush()
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the waiting rows are due by time (<= 0: due now); None when none wait."""
+        return self.flush_s - (self.clock() - self.since) if self.rows else None
+
+    def due(self) -> bool:
+        return self.rows >= self.flush_rows or (self.rows > 0 and self.seconds_left() <= 0)
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        batch = pd.concat(self.frames, ignore_index=True)
+        failed = batch[C.ERROR] != ""
+        if (~failed).any():
+            self.parts.append(self.store.write_part(self.teacher_name, batch[~failed]))
+        if failed.any():
+            self.parts.append(self.store.write_part(self.teacher_name, batch[failed], rejects=True))
+        self.frames, self.rows = [], 0
+
+
+def _with_timeouts(items: Iterable, timeout: Callable[[], float]) -> Iterator:
+    """The items of ``items``, pulled by a helper thread, and a ``None`` whenever ``timeout()`` seconds
+    pass without one (so the consumer can act while the producer is slow). The producer's error is raised
+    here; when the consumer stops, the helper stops pulling."""
+    q: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pull() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as err:  # handed to the consumer
+            put(("error", err))
+
+    threading.Thread(target=pull, name="generation-store-reader", daemon=True).start()
+    try:
+        while True:
+            try:
+                kind, value = q.get(timeout=max(0.0, timeout()))
+            except queue.Empty:
+                yield None
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def generation_counters(requests: pd.DataFrame, cached: pd.DataFrame, todo: pd.DataFrame, new_ok: pd.DataFrame,

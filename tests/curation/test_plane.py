@@ -41,6 +41,40 @@ def test_generation_rejects_name_stage_and_reason():
                    ("b", 0): ("verify", "wrong_answer")}
 
 
+def test_index_and_bucket_reads_see_what_other_processes_wrote_despite_a_listing_cache(tmp_path):
+    """On a storage whose filesystem caches listings without expiry (as s3fs and gcsfs do), a reused worker
+    that listed the store or a bucket before must still see every part written since by other processes."""
+    import uuid
+
+    from tests.data.test_fs import CachingMemoryFileSystem  # registers the cachedmem:// protocol
+
+    root = f"cachedmem://plane-{uuid.uuid4().hex}"
+    store, other = GenerationStore(f"{root}/gens"), CachingMemoryFileSystem(skip_instance_cache=True)
+    rows = pd.DataFrame([{c: "x" for c in plane.STORED_COLUMNS} | {C.SEED: 1, C.NUM_TOKENS: 1, C.SAMPLE_INDEX: 0,
+                                                                   C.ERROR: "", plane.KEY: "k1"}])
+    store.write_part("t", rows)
+    assert set(store.index("t")) == {"k1"}  # this worker has now listed the teacher's directory
+    with other.open(f"{store.teacher_dir('t')}/part-from-another-worker.parquet", "wb") as f:
+        rows.assign(**{plane.KEY: "k2"}).to_parquet(f, index=False)
+    assert len(store.fs.ls(store.teacher_dir("t"))) == 1  # the cached listing is stale...
+    assert set(store.index("t")) == {"k1", "k2"}  # ...and the index is not
+
+    def graded_rows(*ids):
+        return pd.DataFrame({C.QUESTION_ID: list(ids), C.REASON: "", C.NUM_TOKENS: 1, C.FORMAT_OK: True,
+                             C.CORRECT: True})
+
+    graded = plane.write_graded(graded_rows("q1", "q2"), f"{root}/graded")
+    assert len(plane.read_buckets(graded)) == 2 and plane.parquet_rows(graded) == 2
+    (bucket,) = plane.bucket_dirs(graded)
+    with other.open(f"{bucket}/part-late.parquet", "wb") as f:
+        graded_rows("q3").to_parquet(f, index=False)
+    with other.open(f"{root}/graded/bucket=7/part-new.parquet", "wb") as f:
+        graded_rows("q4").to_parquet(f, index=False)
+    assert sorted(plane.read_buckets(graded)[C.QUESTION_ID]) == ["q1", "q2", "q3", "q4"]
+    assert plane.parquet_rows(graded) == 4 and len(plane.bucket_dirs(graded)) == 2
+
+
+@pytest.mark.slow
 def test_curate_streams_into_the_store_buckets_and_selection(ray_local, tmp_path, monkeypatch):
     monkeypatch.setattr(plane, "ROWS_PER_BUCKET", 50)  # several buckets at test size
     questions = make_questions("arith", 40, 1, 3, seed=3)

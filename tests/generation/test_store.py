@@ -49,6 +49,93 @@ def test_parts_on_any_fsspec_url_and_temp_names_ignored():
     assert store.load("t", {"k1"})[KEY].tolist() == ["k1"] and store.load("t", {"k2"}).empty
 
 
+def _stored(keys: list[str], error: str = "") -> pd.DataFrame:
+    return pd.DataFrame([{c: "x" for c in STORED_COLUMNS} | {C.DIFFICULTY: 1, C.SAMPLE_INDEX: 0, C.SEED: 1,
+                                                             C.NUM_TOKENS: 5, C.ERROR: error, KEY: k} for k in keys])
+
+
+@pytest.mark.parametrize("broken", [b"", b"PAR1 half a footer"])
+def test_empty_or_truncated_part_is_skipped_with_a_warning_naming_it(broken, caplog):
+    store = GenerationStore(f"memory://store-{uuid.uuid4().hex}")
+    store.write_part("t", _stored(["k1", "k2"]))
+    bad = f"{store.teacher_dir('t')}/part-broken.parquet"  # a crash between rename and the data reaching disk
+    store.fs.pipe_file(bad, broken)
+    assert bad in store.part_files("t")
+    assert sorted(store.load("t")[KEY]) == ["k1", "k2"] and sorted(store.load("t", {"k1"})[KEY]) == ["k1"]
+    assert set(store.index("t")) == {"k1", "k2"} and store.mean_completion_tokens(_teacher()) is None
+    assert any(bad in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_temp_parts_of_crashed_writes_are_removed_once_old(tmp_path):
+    import os
+    import time
+
+    store = GenerationStore(str(tmp_path / "gens"))
+    store.write_part("t", _stored(["k1"]))
+    old, live = tmp_path / "gens" / "t" / "_tmp-crashed.parquet", tmp_path / "gens" / "t" / "_tmp-writing.parquet"
+    old.write_bytes(b"half")
+    live.write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    assert store.clean_temp_parts("t") == [str(old)]
+    assert not old.exists() and live.exists() and len(store.part_files("t")) == 1
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_part_buffer_writes_by_rows_and_by_time():
+    from ray_distill.generation.store import PartBuffer
+
+    clock = FakeClock()
+    store = GenerationStore(f"memory://store-{uuid.uuid4().hex}")
+    buf = PartBuffer(store, "t", flush_rows=4, flush_s=30.0, clock=clock)
+    assert buf.seconds_left() is None and not buf.due()
+    buf.add(_stored(["a"]))
+    clock.now = 29.0
+    buf.add(_stored(["b"], error="timeout"))
+    assert buf.parts == [] and buf.seconds_left() == 1.0  # the oldest waiting row arrived at 0
+    clock.now = 30.5
+    assert buf.due()
+    buf.add(_stored(["c"]))  # due by time: a success part and a rejects part
+    assert len(buf.parts) == 2 and buf.rows == 0 and buf.seconds_left() is None
+    assert sorted(store.load("t")[KEY]) == ["a", "c"] and store.load("t", rejects=True)[KEY].tolist() == ["b"]
+    buf.add(_stored(["d", "e", "f", "g"]))  # due by rows, at once
+    assert len(buf.parts) == 3 and sorted(store.load("t")[KEY]) == ["a", "c", "d", "e", "f", "g"]
+
+
+def test_persist_writes_waiting_rows_while_the_engine_is_slow_and_when_it_fails():
+    """A batch that waits longer than flush_s is written while the next one is still being generated (the
+    crash window is seconds, not flush_rows rows), and what finished is written when the stream fails."""
+    import threading
+    import time
+
+    clock = FakeClock()
+    store = GenerationStore(f"memory://store-{uuid.uuid4().hex}", flush_rows=1000, flush_s=30.0, clock=clock)
+    slow_batch_started, written_meanwhile = threading.Event(), []
+
+    def engine():
+        yield _stored(["a", "b"])
+        slow_batch_started.set()  # the next batch takes long: a fake second passes every poll
+        deadline = time.monotonic() + 10
+        while not store.part_files("t") and time.monotonic() < deadline:
+            clock.now += 3.0
+            time.sleep(0.01)
+        written_meanwhile.append(len(store.part_files("t")))
+        yield _stored(["c"])
+        raise RuntimeError("engine died")
+
+    with pytest.raises(RuntimeError, match="engine died"):
+        store.persist("t", engine(), poll_s=0.01)
+    assert slow_batch_started.is_set() and written_meanwhile == [1]
+    assert sorted(store.load("t")[KEY]) == ["a", "b", "c"] and len(store.part_files("t")) == 2
+
+
 def test_second_call_is_cached_and_larger_n_generates_only_the_extra(ray_local, tmp_path):
     store = GenerationStore(str(tmp_path / "gens"))
     questions = make_questions("arith", 6, 1, 3, seed=2)
