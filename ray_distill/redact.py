@@ -9,13 +9,23 @@ Hidden: the user-info part of any ``scheme://user[:password]@host`` (``postgresq
 (:data:`SECRET_PARAMS`: ``token``, ``sig``, ``X-Amz-Signature``, ``X-Goog-Signature``, ``api_key``,
 ``password``..., compared case-insensitively, also as a ``*_token``/``*-key`` suffix). Everything else
 stays, so a redacted URI still says which server, bucket and file it names.
+
+Secret *values* are hidden too, wherever they appear in a text: the value of every environment
+variable whose name looks like a secret's (:func:`is_secret_name`: ``HF_TOKEN``, ``OPENAI_API_KEY``,
+``AWS_SECRET_ACCESS_KEY``, ``MLFLOW_TRACKING_PASSWORD``, ``GOOGLE_APPLICATION_CREDENTIALS``...) and every value
+handed to :func:`register_secret` (an engine's API key, whatever the name of its variable), from
+:data:`MIN_SECRET_LEN` characters on. The driver passes every worker log line Ray forwards to its console
+through the same function (:func:`redact_log_batch`, installed by ``ray_distill.runtime``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "***"
@@ -34,6 +44,57 @@ _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^
 _QUERY_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#\s]+)=(?P<value>[^&;#\s\"']*)")
 
 
+# Words of an environment variable name that make its value a secret (the name split at every character that
+# is not a letter or digit: HF_TOKEN, OPENAI_API_KEY, AWS_SECRET_ACCESS_KEY; TOKENIZERS_PARALLELISM is not).
+SECRET_NAME_WORDS = frozenset({
+    "KEY", "KEYS", "APIKEY", "TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWORDS", "PASSWD", "PASSPHRASE",
+    "CREDENTIAL", "CREDENTIALS", "CREDS", "PAT", "SAS",
+})
+# A last word that makes the variable hold where a secret is, not the secret (RAY_AUTH_TOKEN_PATH, KEY_FILE).
+NOT_SECRET_LAST_WORDS = frozenset({"PATH", "FILE", "DIR", "MODE"})
+# Shorter values are not masked: "1", "true" or "us-east-1" would blank out unrelated text.
+MIN_SECRET_LEN = 8
+
+_registered: set[str] = set()
+_registered_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4096)
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable called ``name`` holds a secret, by the words of its name
+    (:data:`SECRET_NAME_WORDS`, also glued on as in ``HFTOKEN``): ``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``,
+    ``MLFLOW_TRACKING_PASSWORD`` yes; ``TOKENIZERS_PARALLELISM``, ``RAY_AUTH_TOKEN_PATH``, ``HF_HOME`` no."""
+    words = [w for w in re.split(r"[^A-Z0-9]+", name.upper()) if w]
+    if not words or words[-1] in NOT_SECRET_LAST_WORDS:
+        return False
+    return any(w in SECRET_NAME_WORDS or w.endswith(("TOKEN", "APIKEY", "SECRET", "PASSWORD", "PASSWD"))
+               or "CREDENTIAL" in w for w in words)
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` in every text this process redacts from now on (an API key read from a variable whose
+    name need not look secret). Values shorter than :data:`MIN_SECRET_LEN` are ignored."""
+    if value and len(value) >= MIN_SECRET_LEN:
+        with _registered_lock:
+            _registered.add(value)
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The values :func:`redact_text` masks: those of the secret-looking variables of ``environ`` (default: this
+    process's environment, read at each call) and the registered ones, longest first."""
+    environ = os.environ if environ is None else environ
+    found = {v for k, v in environ.items() if len(v) >= MIN_SECRET_LEN and is_secret_name(k)}
+    found.update(_registered)
+    return sorted(found, key=len, reverse=True)
+
+
+def _mask_values(text: str, values: Iterable[str]) -> str:
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
 def is_secret_param(name: str) -> bool:
     name = name.lower()
     return name in SECRET_PARAMS or name.endswith(SECRET_SUFFIXES)
@@ -45,7 +106,9 @@ def redact(uri: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """``text`` (a log line, an error, a URI) with the credentials of every URI in it masked."""
+    """``text`` (a log line, an error, a URI) with the credentials of every URI in it and every secret value
+    (:func:`secret_values`) masked."""
+    text = _mask_values(text, secret_values())
     if "@" in text:
         text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@" if m["userinfo"] else m[0], text)
     if "=" in text and ("?" in text or "&" in text or ";" in text):
@@ -72,8 +135,8 @@ def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 class RedactingFilter(logging.Filter):
     """A logging filter that masks credentials in every record it passes (message and arguments
-    rendered first), so a URI logged anywhere in the package, Ray or MLflow leaves no secret in the
-    console or a log file. Installed on the CLI's handler."""
+    rendered first), so a URI or a key logged anywhere in the package, Ray or MLflow leaves no secret in
+    the console or a log file. Installed on the CLI's handler."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -81,3 +144,12 @@ class RedactingFilter(logging.Filter):
         if clean != message:
             record.msg, record.args = clean, None
         return True
+
+
+def redact_log_batch(batch: dict) -> dict:
+    """A batch of worker log lines as Ray forwards it to the driver (``{"lines": [...], "pid": ..., ...}``)
+    with every line redacted (the other fields stay)."""
+    lines = batch.get("lines")
+    if not lines:
+        return batch
+    return {**batch, "lines": [redact_text(line) if isinstance(line, str) else line for line in lines]}

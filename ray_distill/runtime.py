@@ -43,6 +43,7 @@ def init_ray(cfg: JobConfig) -> int:
 
     from ray_distill.environment import check_shared_storage, job_env_vars, ray_address
 
+    redact_forwarded_logs()  # before any worker prints
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
     address, source = ray_address(cfg.ray.address, os.environ)  # a bad address is refused even when connected
@@ -56,6 +57,7 @@ def init_ray(cfg: JobConfig) -> int:
     kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True, "configure_logging": False}
     if address:
         ray.init(address=address, **kwargs)
+        _route_logs_again()
         nodes = live_nodes()
         logger.info("joined Ray cluster at %s (from %s, %d node(s))", address, source, nodes)
         try:
@@ -70,11 +72,51 @@ def init_ray(cfg: JobConfig) -> int:
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, need)
     kwargs["runtime_env"]["worker_process_setup_hook"] = "ray_distill.runtime.quiet_ray_train_cleaner"
     ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    _route_logs_again()
     # Processes started by this job (Ray Train's helpers, subprocesses) join this cluster, not another
     # one that happens to run on the same machine.
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     logger.info("started a local Ray cluster with %d CPUs", num_cpus)
     return 1
+
+
+def _route_logs_again() -> None:
+    """``ray.init`` resets the handlers of Ray's loggers: back to the job's log file (ray_distill.console)."""
+    from ray_distill.console import active
+
+    if (log := active()) is not None:
+        log.route_libraries()
+
+
+def redact_forwarded_logs() -> bool:
+    """Pass every worker log line Ray prints on this driver's console (``log_to_driver``: the workers' stdout
+    and stderr, and the raylet's error messages about them) through
+    :func:`ray_distill.redact.redact_log_batch` first: the same masking as the driver's own log records, so a
+    key or a credential URI a worker prints never reaches the console or a captured job log. Ray prints those
+    lines itself, past the logging module, through one function, ``ray._private.worker.print_worker_logs``
+    (no public hook in Ray 2.60), which is wrapped once per process. Returns whether it was found (a warning
+    otherwise: another Ray version)."""
+    try:
+        from ray._private import worker
+
+        printer = worker.print_worker_logs
+    except (ImportError, AttributeError) as err:
+        logger.warning("worker log lines forwarded by Ray are not redacted (%s: %s)", type(err).__name__, err)
+        return False
+    if not getattr(printer, "redacting", False):
+        worker.print_worker_logs = _redacting_printer(printer)
+    return True
+
+
+def _redacting_printer(print_worker_logs):
+    """Ray's ``print_worker_logs(batch, file, ignore_prefix)`` with the batch's lines redacted first."""
+    from ray_distill.redact import redact_log_batch
+
+    def printer(data, print_file, ignore_prefix=False):
+        return print_worker_logs(redact_log_batch(data), print_file, ignore_prefix)
+
+    printer.redacting = True
+    return printer
 
 
 def live_nodes() -> int:

@@ -5,15 +5,19 @@
 The job config is loaded and validated here first, so a bad file or override fails in a second with the
 config error and nothing reaches the cluster. Then ``JobSubmissionClient.submit_job`` ships the working
 directory (``runtime_env.working_dir``, minus virtualenvs/outputs/caches) and runs
-``ray-distill run JOB [overrides]`` as the job's entrypoint on the cluster; logs stream back and the
+``ray-distill run JOB [overrides]`` (or ``tune``, ``ablate``, a stage command: ``command=``) as the job's
+entrypoint on the cluster; logs stream back and the
 return value is the job's exit status (0 = SUCCEEDED).
 
-Secrets travel **by name**: ``env_names=["HF_TOKEN"]`` reads ``HF_TOKEN`` from the local environment and
-hands it to the job's ``runtime_env.env_vars``; values are never printed or logged (the summary lists
-names only). The cluster stores the runtime_env with the job, though, and anyone who can reach its Jobs
-API or dashboard can read it back: a convenience for private clusters, so every use prints
-:data:`ENV_WARNING`. On a shared cluster give the nodes the secret from the platform instead (a
-Kubernetes Secret via ``secretKeyRef``, as in ``cluster/kuberay/``).
+Secrets never travel with the job. The cluster stores a job's entrypoint and ``runtime_env`` with it, and
+anyone who can reach its Jobs API or dashboard can read them back; so secrets reach the job through the
+cluster's own mechanisms (a Kubernetes Secret via ``secretKeyRef``, as in ``cluster/kuberay/``; the head and
+worker nodes' environment; a secrets file on shared storage that the nodes' start command reads), see
+docs/clusters.md, "Secrets". ``env_names=["MLFLOW_EXPERIMENT_NAME"]`` reads those variables from the local
+environment and hands them to the job's ``runtime_env.env_vars`` (the summary lists names only, every use
+prints :data:`ENV_WARNING`); a secret-looking name (:func:`ray_distill.redact.is_secret_name`: ``HF_TOKEN``,
+``AWS_SECRET_ACCESS_KEY``...), a value holding a credential, or an override or job URL holding one (the
+stored entrypoint) is refused with one line (:data:`SECRET_REFUSED`), the value never shown.
 
 By default the cluster's nodes are expected to have ``ray-distill`` installed already (a cluster image,
 or the local test cluster). ``install="pip"`` / ``install="uv"`` instead installs the package's
@@ -46,7 +50,8 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from ray_distill.config import load_config
-from ray_distill.redact import redact_text
+from ray_distill.errors import SubmitError
+from ray_distill.redact import is_secret_name, redact_text
 
 # Never shipped with the working directory (Ray's own limit on a working_dir package is a few hundred MiB).
 DEFAULT_EXCLUDES = [
@@ -59,15 +64,19 @@ _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Install = Literal["none", "pip", "uv"]
+# The CLI commands a submission may run on the cluster (the job's entrypoint: ray-distill COMMAND JOB ...).
+COMMANDS = ("run", "tune", "ablate", "generate", "curate", "train", "eval")
 
 
-class SubmitError(RuntimeError):
-    """The submission itself is wrong (missing secret variable, job file outside the working dir, ...)."""
+SECRETS_DOC = 'docs/clusters.md, "Secrets"'
+SECRET_REFUSED = ("{what}: a secret never travels with the job (the cluster stores its entrypoint and runtime_env, "
+                  "readable through its Jobs API); give it to the nodes instead: a Kubernetes Secret (secretKeyRef) in "
+                  "the RayJob/RayCluster, the head and worker nodes' environment, or a secrets file on shared storage "
+                  "read at node start (" + SECRETS_DOC + ")")
 
-
-ENV_WARNING = ("warning: --env {names}: the value(s) go into the job's runtime_env, which anyone with access to "
-               "this cluster's Jobs API or dashboard can read back; on a shared cluster give the nodes the secret "
-               "from the platform instead (e.g. a Kubernetes Secret via secretKeyRef, see cluster/kuberay/)")
+ENV_WARNING = ("note: --env {names}: the value(s) go into the job's runtime_env, which anyone with access to "
+               "this cluster's Jobs API or dashboard can read back (fine for settings; secrets are refused, "
+               "see " + SECRETS_DOC + ")")
 
 
 @dataclass
@@ -93,12 +102,19 @@ def build_submission(
     extra: str = "cpu",
     install: Install = "none",
     environ: dict[str, str] | None = None,
+    command: str = "run",
+    command_args: list[str] | None = None,
 ) -> Submission:
-    """Validate the job locally and build the entrypoint + runtime_env (no cluster contact).
+    """Validate the job locally and build the entrypoint + runtime_env (no cluster contact): ``ray-distill
+    COMMAND JOB [overrides] [command_args]`` (``command_args``: the command's own options, e.g.
+    ``["--corpus", "s3://b/corpus"]`` for ``train``; passed as they are).
 
     Raises :class:`ConfigError` for a bad job file/override and :class:`SubmitError` for a bad submission.
     """
+    if command not in COMMANDS:
+        raise SubmitError(f"cannot submit {command!r}: the command is one of {', '.join(COMMANDS)}")
     overrides = list(overrides or [])
+    _refuse_credentials(job_path, overrides, command_args or [])  # the entrypoint is stored with the job
     load_config(job_path, overrides)  # fail here, not minutes later on the cluster
     env_names = list(dict.fromkeys(env_names or []))
     environ = os.environ if environ is None else environ
@@ -113,13 +129,13 @@ def build_submission(
     if env_vars:
         runtime_env["env_vars"] = env_vars
     if install == "none":
-        command = ["ray-distill", "run"]
+        program = ["ray-distill"]
     elif install in ("pip", "uv"):
         runtime_env[install] = {"packages": package_requirements(extra, wd / "pyproject.toml")}
-        command = ["python", "-m", "ray_distill.cli", "run"]
+        program = ["python", "-m", "ray_distill.cli"]
     else:
         raise SubmitError(f"install must be one of none|pip|uv, got {install!r}")
-    entrypoint = shlex.join([*command, job_arg, *overrides])
+    entrypoint = shlex.join([*program, command, job_arg, *overrides, *(command_args or [])])
     return Submission(entrypoint=entrypoint, runtime_env=runtime_env, env_names=env_names)
 
 
@@ -136,8 +152,11 @@ def submit_job(
     submission_id: str | None = None,
     timeout_s: float | None = None,
     poll_s: float = 1.0,
+    command: str = "run",
+    command_args: list[str] | None = None,
 ) -> int:
-    """Validate ``job_path`` + ``overrides`` locally, submit ``ray-distill run`` to the cluster at
+    """Validate ``job_path`` + ``overrides`` locally, submit ``ray-distill COMMAND`` (``run`` unless
+    ``command`` names another, see :data:`COMMANDS`) to the cluster at
     ``address`` (the dashboard URL, e.g. ``http://127.0.0.1:8265``), stream its logs to ``log_stream``
     and return the job's exit status: 0 when it SUCCEEDED, 1 when it FAILED or was STOPPED.
     With ``wait=False`` it returns 0 as soon as the cluster accepted the job; with ``timeout_s`` a job still
@@ -147,7 +166,8 @@ def submit_job(
         nodes = cluster_node_resources(address)
         extra = choose_extra(extra, nodes)
         _say(log, f"--extra auto: {extra} ({len(nodes)} live node(s), {sum(n.get('GPU', 0) for n in nodes):g} GPUs)")
-    sub = build_submission(job_path, overrides, env_names, working_dir, extra, install)
+    sub = build_submission(job_path, overrides, env_names, working_dir, extra, install, command=command,
+                           command_args=command_args)
     if sub.env_names:
         _say(log, ENV_WARNING.format(names=", ".join(sub.env_names)))
     client = job_client(address)
@@ -266,6 +286,7 @@ def ray_job_submit_command(
     extra: str = "cpu",
     install: Install = "none",
     no_wait: bool = False,
+    command: str = "run",
 ) -> list[str]:
     """The equivalent plain ``ray job submit`` argv (``shlex.join`` it for a shell):
 
@@ -274,9 +295,10 @@ def ray_job_submit_command(
 
     It validates the job locally like :func:`submit_job`. Secrets are not part of it: ``ray job submit``
     can only pass environment *values* (``--runtime-env-json``), which would land in shell history and
-    process lists — give the cluster's nodes the variables instead (Kubernetes secret, instance env), or
-    use ``ray-distill submit --env NAME``. ``ray job submit`` exits non-zero when the job fails."""
-    sub = build_submission(job_path, overrides, [], working_dir, extra, install)
+    process lists and in the job's stored runtime_env — give the cluster's nodes the variables instead
+    (Kubernetes secret, the nodes' environment, a secrets file their start reads; docs/clusters.md, "Secrets").
+    ``ray job submit`` exits non-zero when the job fails."""
+    sub = build_submission(job_path, overrides, [], working_dir, extra, install, command=command)
     runtime = {k: v for k, v in sub.runtime_env.items() if k not in ("working_dir", "env_vars")}
     argv = ["ray", "job", "submit", "--address", address, "--working-dir", working_dir,
             "--runtime-env-json", json.dumps(runtime, separators=(",", ":"))]
@@ -304,8 +326,12 @@ def _env_vars(env_names: list[str], environ: dict[str, str]) -> dict[str, str]:
     from ray_distill.runtime import WORKER_ENV
 
     bad = [n for n in env_names if not _ENV_NAME.match(n)]
-    if bad:
-        raise SubmitError(f"--env takes variable names, not values: {', '.join(map(repr, bad))}")
+    if bad:  # never echoed: "--env HF_TOKEN=hf_..." holds the key
+        shown = [f"{n.split('=', 1)[0]}=…" if _ENV_NAME.match(n.split("=", 1)[0]) else "(not shown)" for n in bad]
+        raise SubmitError(f"--env takes variable names, not values: {', '.join(shown)}")
+    secret = [n for n in env_names if is_secret_name(n)]
+    if secret:
+        raise SubmitError(SECRET_REFUSED.format(what=f"--env {', '.join(secret)}"))
     clash = [n for n in env_names if n in WORKER_ENV]
     if clash:
         # The driver's ray.init(runtime_env={"env_vars": WORKER_ENV}) may not repeat a job-level env var.
@@ -314,7 +340,20 @@ def _env_vars(env_names: list[str], environ: dict[str, str]) -> dict[str, str]:
     missing = [n for n in env_names if n not in environ]
     if missing:
         raise SubmitError(f"environment variable(s) not set locally: {', '.join(missing)}")
+    holding = [n for n in env_names if redact_text(environ[n]) != environ[n]]  # e.g. https://user:pw@host
+    if holding:
+        raise SubmitError(SECRET_REFUSED.format(what=f"--env {', '.join(holding)} holds a credential (not shown)"))
     return {n: environ[n] for n in env_names}
+
+
+def _refuse_credentials(job_path: str, overrides: list[str], command_args: list[str]) -> None:
+    """The entrypoint is stored with the job: an argument the redaction would change (a URI's ``user:password@``,
+    a credential query parameter, a secret value of this environment) is refused, naming only its key."""
+    for i, arg in enumerate([job_path, *overrides, *command_args]):
+        if redact_text(arg) != arg:
+            what = "the job URL" if i == 0 else f"argument {arg.split('=', 1)[0]!r}" if "=" in arg and \
+                not arg.startswith("-") else f"argument {i} of the entrypoint"
+            raise SubmitError(SECRET_REFUSED.format(what=f"{what} holds a credential (not shown)"))
 
 
 def _job_path_on_cluster(job_path: str, wd: Path) -> str:

@@ -61,3 +61,75 @@ def test_logging_filter_masks_rendered_records(caplog):
         log.filters.clear()
     assert caplog.messages == ["reading https://***@h/q.jsonl?token=*** (3 rows)"]
     assert "pw" not in caplog.text and "t0k" not in caplog.text
+
+
+# ----------------------------------------------------------------------------- secret values, not only URIs
+
+KEY = "hf_Canary0Redact9Value"
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                  "MLFLOW_TRACKING_PASSWORD", "GOOGLE_APPLICATION_CREDENTIALS", "DB_PASSWD", "HFTOKEN",
+                                  "my_api_key", "GITHUB_PAT", "AZURE_STORAGE_SAS_TOKEN", "SERVICE_APIKEY"])
+def test_secret_looking_variable_names(name):
+    from ray_distill.redact import is_secret_name
+
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["TOKENIZERS_PARALLELISM", "RAY_AUTH_TOKEN_PATH", "SSL_KEY_FILE", "HF_HOME", "PATH",
+                                  "PWD", "RAY_AUTH_MODE", "MLFLOW_EXPERIMENT_NAME", "KEYBOARD", "MONKEY_PATCH", ""])
+def test_names_that_only_look_alike(name):
+    from ray_distill.redact import is_secret_name
+
+    assert not is_secret_name(name)
+
+
+def test_values_of_secret_variables_are_masked_anywhere_in_a_text(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", KEY)
+    monkeypatch.setenv("RD_SHORT_TOKEN", "abc")  # too short to mask safely
+    monkeypatch.setenv("RD_SETTING", "not-a-secret-value")
+    text = f"401 for Bearer {KEY} (abc, not-a-secret-value); again: {KEY}"
+    assert redact_text(text) == "401 for Bearer *** (abc, not-a-secret-value); again: ***"
+    assert redact_params({"x": [f"k={KEY}"]}) == {"x": ["k=***"]}
+    monkeypatch.delenv("HF_TOKEN")  # read at each call
+    assert redact_text(text) == text
+
+
+def test_a_registered_key_is_masked_whatever_its_variable(monkeypatch):
+    from ray_distill.redact import register_secret, secret_values
+
+    value = "tk-registered-key-4f1e2d"
+    assert redact_text(f"key {value}") == f"key {value}"
+    register_secret(value)
+    register_secret("short")  # ignored
+    assert redact_text(f"key {value}") == "key ***" and "short" not in secret_values()
+
+
+def test_forwarded_worker_lines_go_through_the_same_redaction(monkeypatch):
+    """Ray's own printer of worker output on the driver (ray._private.worker.print_worker_logs), wrapped by
+    runtime.redact_forwarded_logs: a worker's line with a key or a credential URI is printed masked; the
+    unwrapped printer prints it as it came (what reached the console before)."""
+    import io
+
+    from ray._private import worker
+
+    from ray_distill.redact import redact_log_batch
+    from ray_distill.runtime import redact_forwarded_logs
+
+    monkeypatch.setenv("HF_TOKEN", KEY)
+    batch = {"ip": "10.0.0.1", "pid": 4242, "task_name": "GenerateBatch", "is_err": False, "localhost": "10.0.0.1",
+             "lines": [f"engine says {KEY}", "GET https://u:pw@h/q.jsonl?token=t0k"], "actor_name": ""}
+    assert redact_log_batch(batch)["lines"] == ["engine says ***", "GET https://***@h/q.jsonl?token=***"]
+    assert redact_log_batch({"lines": []}) == {"lines": []} and batch["lines"][0].endswith(KEY)  # input untouched
+    original = worker.print_worker_logs
+    monkeypatch.setattr(worker, "print_worker_logs", original)  # restored after the test
+    before = io.StringIO()
+    worker.print_worker_logs(batch, before)
+    assert KEY in before.getvalue()
+    assert redact_forwarded_logs() and redact_forwarded_logs()  # wraps once, idempotent
+    assert worker.print_worker_logs is not original and worker.print_worker_logs.redacting
+    after = io.StringIO()
+    worker.print_worker_logs(batch, after)
+    assert "engine says ***" in after.getvalue() and "https://***@h/q.jsonl?token=***" in after.getvalue()
+    assert KEY not in after.getvalue() and "pw@" not in after.getvalue() and "GenerateBatch pid=4242" in after.getvalue()

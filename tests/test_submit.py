@@ -53,32 +53,98 @@ STAGES = {"student", "questions", "generate_probe", "verify_probe", "smoke_test"
 
 def test_build_submission_entrypoint_and_runtime_env(monkeypatch):
     monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("RD_TEST_SECRET", "s3cr3t-value")
-    sub = build_submission(JOB, ["train.epochs=2", "name=a b"], ["RD_TEST_SECRET"], working_dir=".")
+    monkeypatch.setenv("RD_TEST_SETTING", "s3cr3t-value")
+    sub = build_submission(JOB, ["train.epochs=2", "name=a b"], ["RD_TEST_SETTING"], working_dir=".")
     assert sub.entrypoint == "ray-distill run jobs/quickstart.yaml train.epochs=2 'name=a b'"
     assert sub.runtime_env["working_dir"] == str(ROOT)
     assert {".venv", "outputs", ".git"} <= set(sub.runtime_env["excludes"])
-    assert sub.runtime_env["env_vars"] == {"RD_TEST_SECRET": "s3cr3t-value"}
+    assert sub.runtime_env["env_vars"] == {"RD_TEST_SETTING": "s3cr3t-value"}
     assert "pip" not in sub.runtime_env and "uv" not in sub.runtime_env  # the nodes have the package
-    assert "s3cr3t-value" not in sub.describe() and "RD_TEST_SECRET" in sub.describe()
+    assert "s3cr3t-value" not in sub.describe() and "RD_TEST_SETTING" in sub.describe()
 
 
-def test_env_warns_that_the_value_is_readable_through_the_jobs_api(monkeypatch):
-    """--env keeps working, but says on every use (before the cluster is contacted) where the value ends up."""
+def test_env_notes_that_the_value_is_readable_through_the_jobs_api(monkeypatch):
+    """--env of a setting works, but says on every use (before the cluster is contacted) where the value ends up."""
     monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("RD_TEST_SECRET", "s3cr3t-value")
-    for names, warned in ((["RD_TEST_SECRET"], True), ([], False)):
+    monkeypatch.setenv("RD_TEST_SETTING", "s3cr3t-value")
+    for names, warned in ((["RD_TEST_SETTING"], True), ([], False)):
         log = io.StringIO()
-        with pytest.raises(ConnectionError):  # nothing listens there: the warning came first
+        with pytest.raises(ConnectionError):  # nothing listens there: the note came first
             submit_job(JOB, [], address="http://127.0.0.1:1", env_names=names, log_stream=log)
-        assert ("warning: --env RD_TEST_SECRET" in log.getvalue() and "Jobs API" in log.getvalue()) is warned
+        assert ("note: --env RD_TEST_SETTING" in log.getvalue() and "Jobs API" in log.getvalue()) is warned
         assert "s3cr3t-value" not in log.getvalue()
 
 
-def test_describe_redacts_credentials_in_overrides(monkeypatch):
+CANARY = "canary-9f2c4e7a1b3d5f60"
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "OPENAI_API_KEY",
+                                  "MLFLOW_TRACKING_PASSWORD", "GOOGLE_APPLICATION_CREDENTIALS", "DB_PASSWD", "HFTOKEN"])
+def test_a_secret_never_goes_into_the_runtime_env(name, monkeypatch):
+    """--env of a secret-looking name is refused before anything else (set or not), in one line that points at
+    the cluster's own mechanisms and the docs section that shows them; the value is never read out."""
     monkeypatch.chdir(ROOT)
-    sub = build_submission(JOB, ["tracking.tracking_uri=https://u:pw@mlflow:5000"])
-    assert "https://***@mlflow:5000" in sub.describe() and "pw@" not in sub.describe()
+    monkeypatch.setenv(name, CANARY)
+    with pytest.raises(SubmitError) as err:
+        build_submission(JOB, [], [name])
+    msg = str(err.value)
+    assert f"--env {name}: a secret never travels with the job" in msg and CANARY not in msg and "\n" not in msg
+    assert "Kubernetes Secret" in msg and "nodes' environment" in msg and "secrets file on shared storage" in msg
+    assert 'docs/clusters.md, "Secrets"' in msg and re.search(r"^## Secrets\b", DOCS[1].read_text(), re.MULTILINE)
+    log = io.StringIO()
+    with pytest.raises(SubmitError):  # submit_job refuses it before contacting the cluster (nothing listens there)
+        submit_job(JOB, [], address="http://127.0.0.1:1", env_names=[name], log_stream=log)
+    assert CANARY not in log.getvalue()
+
+
+@pytest.mark.parametrize("name", ["TOKENIZERS_PARALLELISM_X", "RAY_AUTH_TOKEN_PATH", "MLFLOW_EXPERIMENT_NAME", "HF_HOME"])
+def test_settings_that_only_look_alike_still_pass(name, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv(name, "some-setting")
+    assert build_submission(JOB, [], [name]).runtime_env["env_vars"] == {name: "some-setting"}
+
+
+def test_credentials_in_overrides_the_job_url_or_an_env_value_are_refused_unshown(monkeypatch):
+    """The entrypoint (job URL, overrides, command options) is stored with the job like its runtime_env: what the
+    redaction would change there is refused, naming the key only; so is a --env value that holds a credential."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("MY_TEACHER_SECRET", CANARY)
+    monkeypatch.setenv("RD_TEST_URI", f"https://user:{CANARY}@mlflow:5000")
+    cases = [
+        ([f"tracking.tracking_uri=https://u:{CANARY}@mlflow:5000"], [], "argument 'tracking.tracking_uri' holds"),
+        ([f"storage=s3://bucket/out?X-Amz-Signature={CANARY}"], [], "argument 'storage' holds"),
+        ([f"name={CANARY}"], [], "argument 'name' holds"),  # a secret value of this environment
+        ([], ["RD_TEST_URI"], "--env RD_TEST_URI holds a credential"),
+    ]
+    for overrides, env, said in cases:
+        with pytest.raises(SubmitError) as err:
+            build_submission(JOB, overrides, env)
+        assert said in str(err.value) and CANARY not in str(err.value), str(err.value)
+    with pytest.raises(SubmitError, match="the job URL holds a credential") as err:
+        build_submission(f"https://h/job.yaml?token={CANARY}", [])
+    assert CANARY not in str(err.value)
+    with pytest.raises(SubmitError, match=r"not values: HF_TOKEN=…$") as err:
+        build_submission(JOB, [], [f"HF_TOKEN={CANARY}"])
+    with pytest.raises(SubmitError, match=r"not values: \(not shown\)$"):
+        build_submission(JOB, [], [f"{CANARY}"])
+
+
+def test_documented_submit_lines_pass_no_secret_with_env(monkeypatch):
+    """No `ray-distill submit` line of the docs or the job files' comments passes a secret-looking --env."""
+    import typer.main
+
+    from ray_distill.cli import app
+    from ray_distill.redact import is_secret_name
+
+    submit = typer.main.get_command(app).commands["submit"]
+    lines = [cmd for _, cmd in documented_commands("ray-distill submit")]
+    for path in sorted((ROOT / "jobs").glob("*.yaml")):
+        text = re.sub(r"\\\n#\s*", " ", path.read_text())
+        lines += [m.strip() for m in re.findall(r"^#\s*(ray-distill submit .*)$", text, re.MULTILINE)]
+    assert len(lines) >= 3
+    for cmd in lines:
+        ctx = submit.make_context("submit", shlex.split(_strip_env(cmd))[2:])
+        assert not [n for n in ctx.params["env"] or [] if is_secret_name(n)], cmd
 
 
 def test_build_submission_rejects_bad_submissions(monkeypatch, tmp_path):
@@ -89,7 +155,7 @@ def test_build_submission_rejects_bad_submissions(monkeypatch, tmp_path):
     with pytest.raises(SubmitError, match="RD_NOT_SET"):
         build_submission(JOB, [], ["RD_NOT_SET"])
     with pytest.raises(SubmitError, match="names, not values"):
-        build_submission(JOB, [], ["HF_TOKEN=abc"])
+        build_submission(JOB, [], ["RD_SETTING=abc"])
     with pytest.raises(SubmitError, match="VLLM_CPU_KVCACHE_SPACE"):
         build_submission(JOB, [], ["VLLM_CPU_KVCACHE_SPACE"], environ={"VLLM_CPU_KVCACHE_SPACE": "1"})
     outside = tmp_path / "job.yaml"
@@ -141,9 +207,12 @@ def test_documented_submit_lines_name_jobs_that_validate(monkeypatch):
         if "--runtime-env-json" in opts:
             assert json.loads(opts[opts.index("--runtime-env-json") + 1]) == {"excludes": DEFAULT_EXCLUDES}, cmd
         _validates(doc, entry[2], entry[3:])
+    from ray_distill.cli import split_submit_args
+
     for doc, cmd in ours:
         ctx = submit.make_context("submit", shlex.split(_strip_env(cmd))[2:])  # the CLI's own parser
-        _validates(doc, ctx.params["job"], ctx.params["overrides"] or [])
+        _, job, overrides, _ = split_submit_args(ctx.params["job"], ctx.params["overrides"] or [])  # [COMMAND] JOB
+        _validates(doc, job, overrides)
 
 
 def test_extra_auto_picks_gpu_when_any_node_has_one():

@@ -1,5 +1,6 @@
 """Ray Data adapter for the generation engines: an actor pool of :class:`GenerateBatch` (for ``vllm``,
-:class:`ContinuousGenerateBatch`: several batches in flight per actor in one continuously batched engine).
+:class:`ContinuousGenerateBatch`: several batches in flight per actor in one continuously batched engine; for
+``openai``, :class:`AsyncGenerateBatch`: several batches in flight sharing the engine's request slots).
 
     out = generate_dataset(ray.data.from_items(question_rows), teacher_cfg)   # rows = questions x n
 
@@ -23,7 +24,8 @@ from pydantic import SecretStr
 
 from ray_distill import columns as C
 from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
-from ray_distill.generation.engines import Completion, build_engine, question_messages, resolve_api_key
+from ray_distill.generation.engines import build_engine, question_messages, resolve_api_key
+from ray_distill.generation.types import Completion
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +132,22 @@ class ContinuousGenerateBatch(GenerateBatch):
         return self.rows(batch, indices, seeds, await self.engine.generate_async(messages, self.sampling, seeds))
 
 
+class AsyncGenerateBatch(GenerateBatch):
+    """``openai``: an async ``__call__``, so Ray Data runs several batches of one actor at once
+    (``engine.max_concurrent_batches``); their requests share the engine's ``max_concurrency`` slots, and the slot a
+    finished request frees starts the next one of any batch: no batch waits for another's slowest request."""
+
+    async def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch, indices, seeds, messages = self.requests(batch)
+        return self.rows(batch, indices, seeds, await self.engine.generate_async(messages, self.sampling, seeds))
+
+
 def batch_class(engine: EngineConfig) -> type[GenerateBatch]:
-    """The ``map_batches`` class for ``engine``: continuous batching for ``vllm`` unless
-    ``max_concurrent_batches`` is 0; every other engine one batch at a time."""
-    return ContinuousGenerateBatch if engine.kind == "vllm" and engine.max_concurrent_batches > 0 else GenerateBatch
+    """The ``map_batches`` class for ``engine``: continuous batching for ``vllm`` and several batches in flight for
+    ``openai`` unless ``max_concurrent_batches`` is 0; every other engine one batch at a time."""
+    if engine.max_concurrent_batches > 0 and engine.kind in ("vllm", "openai"):
+        return ContinuousGenerateBatch if engine.kind == "vllm" else AsyncGenerateBatch
+    return GenerateBatch
 
 
 def engine_runtime_env(teacher: TeacherConfig) -> dict | None:
@@ -160,7 +174,7 @@ def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig) -> ray
     handed to the actors as a SecretStr."""
     api_key = resolve_api_key(teacher.engine) if teacher.engine.kind == "openai" else None
     cls = batch_class(teacher.engine)
-    concurrent = teacher.engine.max_concurrent_batches if cls is ContinuousGenerateBatch else None
+    concurrent = teacher.engine.max_concurrent_batches if cls in (ContinuousGenerateBatch, AsyncGenerateBatch) else None
     return questions.map_batches(
         cls,
         fn_constructor_kwargs={

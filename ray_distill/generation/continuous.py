@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass, field
 
 from ray_distill.config import EngineConfig, SamplingConfig
-from ray_distill.generation.engines import Completion, VLLMEngine, _to_completion, error_completion
+from ray_distill.generation.engines import VLLMEngine, _to_completion
+from ray_distill.generation.types import Completion, error_completion
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,8 @@ batch. Engines ignore ``sampling.n`` and ``sampling.seed``: the caller derives p
 Engines: ``scripted`` (synthetic personas), ``vllm`` (``vllm.LLM`` in the actor; in the Ray Data
 pipeline continuously batched across batches, :mod:`.continuous`), ``openai`` (any
 OpenAI-compatible endpoint, :mod:`.openai_engine`), ``hf`` (transformers ``generate``, :mod:`.hf_engine`).
+The contract's types live in the leaf :mod:`.types`: an engine module imports them, not this registry, which
+imports an engine's module only when it builds that engine.
 """
 
 from __future__ import annotations
@@ -22,18 +24,24 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Protocol, TypedDict
 
 from pydantic import SecretStr
 
 from ray_distill.config import EngineConfig, SamplingConfig
+from ray_distill.generation.types import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Completion,
+    Engine,
+    check_lengths,
+    cut_at_stop,
+    error_completion,
+)
 from ray_distill.models import last_user_content, loadable, model_ref, render_prompt
 from ray_distill.synthetic.judge import JUDGES
 from ray_distill.synthetic.teachers import PERSONAS, write_solution
 
 logger = logging.getLogger(__name__)
-
-FINISH_STOP, FINISH_LENGTH, FINISH_ERROR = "stop", "length", "error"
 
 # How a question row becomes chat messages. Part of every generation-store key: change the version
 # when the prompt construction changes.
@@ -41,28 +49,9 @@ PROMPT_TEMPLATE = "user:{question}"
 PROMPT_TEMPLATE_HASH = hashlib.sha256(PROMPT_TEMPLATE.encode()).hexdigest()[:16]
 
 
-class Completion(TypedDict):
-    text: str
-    num_tokens: int
-    finish_reason: str  # "stop" | "length" | "error"
-    error: str  # "" unless finish_reason == "error"
-    prompt_tokens: int  # tokens of the prompt as the engine counted them (-1: unknown)
-
-
-class Engine(Protocol):
-    def generate(
-        self, messages: list[list[dict]], sampling: SamplingConfig, seeds: list[list[int]]
-    ) -> list[list[Completion]]: ...
-
-
 def question_messages(question: str) -> list[dict]:
     """The chat messages for one question (see :data:`PROMPT_TEMPLATE`)."""
     return [{"role": "user", "content": question}]
-
-
-def error_completion(err: BaseException | str) -> Completion:
-    error = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
-    return Completion(text="", num_tokens=0, finish_reason=FINISH_ERROR, error=error, prompt_tokens=0)
 
 
 def resolve_api_key(cfg: EngineConfig) -> SecretStr | None:
@@ -71,15 +60,14 @@ def resolve_api_key(cfg: EngineConfig) -> SecretStr | None:
         return None
     value = os.environ.get(cfg.api_key_env, "")
     if not value:
-        raise ValueError(f"engine 'openai' ({cfg.model} at {cfg.base_url}): environment variable "
+        from ray_distill.errors import MissingVariable
+
+        raise MissingVariable(f"engine 'openai' ({cfg.model} at {cfg.base_url}): environment variable "
                          f"{cfg.api_key_env} named by api_key_env is not set")
+    from ray_distill.redact import register_secret
+
+    register_secret(value)  # masked in this process's logs and errors, whatever the variable's name
     return SecretStr(value)
-
-
-def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    """``text`` up to (without) its first stop string, and whether one was found (vLLM's convention)."""
-    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return (text[: min(cuts)], True) if cuts else (text, False)
 
 
 class ScriptedEngine:
@@ -228,11 +216,6 @@ def _to_completion(output, prompt_tokens: int, opened: str = "") -> Completion:
         return error_completion(RuntimeError(f"request finished with {output.finish_reason!r}"))
     return Completion(text=opened + output.text, num_tokens=len(output.token_ids),
                       finish_reason=output.finish_reason or FINISH_STOP, error="", prompt_tokens=prompt_tokens)
-
-
-def check_lengths(messages: list[list[dict]], seeds: list[list[int]]) -> None:
-    if len(messages) != len(seeds):
-        raise ValueError(f"{len(messages)} prompts but {len(seeds)} seed lists")
 
 
 def _openai_engine(cfg: EngineConfig, api_key: SecretStr | None) -> Engine:
