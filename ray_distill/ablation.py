@@ -25,7 +25,10 @@ Every arm runs once per seed of ``ablation.seeds`` (the seed draws the arm's row
 training, ``train.seed``), each a nested MLflow run. The per-seed table (score and 95% CI over
 questions per suite) is logged as ``ablation.json``, the summary over seeds (mean, standard deviation,
 range) as ``ablation_summary.json`` and a bar chart (mean, error bars: the spread over seeds, or the
-CI with one seed) as ``ablation.png``; the CLI prints the summary.
+CI with one seed) as ``ablation.png``; the CLI prints the summary. DED is compared with every other arm
+**paired by seed** (both arms of a seed train with the same ``train.seed``): the per-seed differences as
+``ablation_paired_seeds.json``, their mean with the paired 95% t-interval as ``ablation_paired.json``
+(:func:`paired_summary`), printed in the closing table.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class AblationResult:
     best_accuracy_teacher: str
     budget_rows: int
     curve: pd.DataFrame | None = None  # :func:`curve_table`: one row per (method, rows, suite), None without a curve
+    paired: pd.DataFrame | None = None  # :func:`paired_summary` of DED minus every other arm, paired by seed
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
@@ -82,6 +86,39 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     half = out["sd"] / n.pow(0.5) * n.map(lambda s: float(student_t.ppf(0.975, s - 1)) if s > 1 else 0.0)
     out["seed_ci_low"] = (out["mean"] - half).where(n > 1, out["ci_low"]).clip(lower=0.0)  # scores lie in [0, 1]
     out["seed_ci_high"] = (out["mean"] + half).where(n > 1, out["ci_high"]).clip(upper=1.0)
+    return out.reset_index()
+
+
+def paired_differences(table: pd.DataFrame, arm: str, baseline: str) -> pd.DataFrame:
+    """Per seed and suite, ``arm`` minus ``baseline`` on the same seed: ``seed``, ``suite``, ``score`` (the
+    arm's avg@k), ``baseline_score`` and ``diff``; seeds only one of the two ran are left out (pure)."""
+    cols = ["seed", "suite", "avg_at_k"]
+    a = table.loc[table["arm"] == arm, cols].rename(columns={"avg_at_k": "score"})
+    b = table.loc[table["arm"] == baseline, cols].rename(columns={"avg_at_k": "baseline_score"})
+    out = a.merge(b, on=["seed", "suite"], how="inner")
+    out["diff"] = out["score"] - out["baseline_score"]
+    return out.assign(arm=arm, baseline=baseline)[["arm", "baseline", "seed", "suite", "score", "baseline_score",
+                                                      "diff"]]
+
+
+def paired_summary(diffs: pd.DataFrame) -> pd.DataFrame:
+    """Per (arm, baseline, suite) of :func:`paired_differences` rows: ``seeds``, the arms' means, the mean
+    per-seed difference ``diff``, its sample sd, the paired 95% t-interval of the mean difference
+    (``ci_low``/``ci_high``: mean ± t(0.975, n - 1) x sd / sqrt(n), cut to [-1, 1]; NaN with one seed, where
+    the spread is unknown) and ``wins``/``losses`` (seeds where the arm is ahead/behind). Pairing by seed
+    removes what two arms of one seed share (its ``train.seed``), which the intervals of the two means over
+    seeds do not (pure)."""
+    from scipy.stats import t as student_t
+
+    keys = ["arm", "baseline", "suite"]
+    g = diffs.groupby(keys, sort=False)
+    out = g.agg(seeds=("diff", "count"), score=("score", "mean"), baseline_score=("baseline_score", "mean"),
+                diff=("diff", "mean"), sd=("diff", "std"), wins=("diff", lambda d: int((d > 0).sum())),
+                losses=("diff", lambda d: int((d < 0).sum())))
+    n = out["seeds"]
+    half = out["sd"] / n.pow(0.5) * n.map(lambda s: float(student_t.ppf(0.975, s - 1)) if s > 1 else float("nan"))
+    out["ci_low"] = (out["diff"] - half).clip(lower=-1.0)
+    out["ci_high"] = (out["diff"] + half).clip(upper=1.0)
     return out.reset_index()
 
 
@@ -193,6 +230,10 @@ def best_accuracy_teacher(ranking: list[dict]) -> str:
 
 def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> AblationResult:
     from ray_distill import pipeline as P
+    from ray_distill.accounting import check_budget, estimate_generation
+    from ray_distill.curation.driver import generate, select, verify
+    from ray_distill.curation.smoke_stage import smoke_test
+    from ray_distill.evaluation.stage import evaluate
     from ray_distill.generation.store import GenerationStore
     from ray_distill.runtime import init_ray
     from ray_distill.training.replay import training_rows
@@ -210,12 +251,12 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
     with runner.stage("smoke_test") as (t, rec):
         probe = probe_questions(cfg, pool)
         if cfg.budget.max_teacher_tokens is not None:
-            P.check_budget(cfg, [P.estimate_generation(store, "generate_probe", probe, P._single(tc))
-                                 for tc in cfg.teachers], 0)
-        probe_gen = pd.concat([P.generate(store, probe, P._single(tc), t, rec) for tc in cfg.teachers], ignore_index=True)
-        graded_probe = P.verify(cfg, probe_gen, base, t, rec)
-        ranking = P.smoke_test(cfg, {tc.name: graded_probe[graded_probe[C.TEACHER] == tc.name] for tc in cfg.teachers},
-                               dev, base, t, rec)
+            check_budget(cfg, [estimate_generation(store, "generate_probe", probe, P._single(tc))
+                               for tc in cfg.teachers], 0)
+        probe_gen = pd.concat([generate(store, probe, P._single(tc), t, rec) for tc in cfg.teachers], ignore_index=True)
+        graded_probe = verify(cfg, probe_gen, base, t, rec)
+        ranking = smoke_test(cfg, {tc.name: graded_probe[graded_probe[C.TEACHER] == tc.name] for tc in cfg.teachers},
+                             dev, base, t, rec)
         best, accurate = winner(ranking), best_accuracy_teacher(ranking)
         rec.notes.update({"winner": best, "best_accuracy": accurate})
     with runner.stage("compress", rows_in=len(pool)) as (t, rec):
@@ -227,10 +268,10 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
         with runner.stage(f"generate/{name}", rows_in=len(pool)) as (t, rec):
             teacher = P._with_n(next(tc for tc in cfg.teachers if tc.name == name), cfg.selection.samples_per_question)
             if cfg.budget.max_teacher_tokens is not None:
-                P.check_budget(cfg, [P.estimate_generation(store, f"generate/{name}", pool, teacher)],
-                               runner.totals()["teacher_tokens"] + rec.teacher_tokens)
-            graded = P.verify(cfg, P.generate(store, pool, teacher, t, rec), base, t, rec)
-            graded_by[name] = graded, P.select(cfg, graded[graded[C.QUESTION_ID].isin(kept_ids)], base)
+                check_budget(cfg, [estimate_generation(store, f"generate/{name}", pool, teacher)],
+                             runner.totals()["teacher_tokens"] + rec.teacher_tokens)
+            graded = verify(cfg, generate(store, pool, teacher, t, rec), base, t, rec)
+            graded_by[name] = graded, select(cfg, graded[graded[C.QUESTION_ID].isin(kept_ids)], base)
             rec.rows_out = len(graded_by[name][1])
     n = cfg.ablation.budget_rows or len(graded_by[best][1])
     a = cfg.ablation
@@ -248,7 +289,7 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
                                     storage_path=join(cfg.run_dir, "ray_train"), run_name=f"ablation-{slug}",
                                     tracker_handle=t.handle(), log_model=False,
                                     chat_template=cfg.student.chat_template)
-                scores = P.evaluate(cfg, trained.model_path, suites, t, prefix="after", rec=rec)
+                scores = evaluate(cfg, trained.model_path, suites, t, prefix="after", rec=rec)
                 t.log_params({"arm": arm, "teacher": teacher_name, "rows": len(corpus), "seed": seed,
                               "epochs": epochs})
                 t.log_metrics({"steps": trained.metrics.get("steps", 0)})
@@ -270,8 +311,16 @@ def run_ablation(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> Ablat
         curve = curve_table(summary, a.curve.multiples)
         tracker.log_table(curve, "ablation_curve.json")
         tracker.log_figure(_curve_chart(curve, table), "ablation_curve.png")
+    # DED minus every other arm on the same seed (a curve arm equal to +correct is not compared twice)
+    others = [arm for arm in dict.fromkeys(table["arm"]) if arm != DIVERSE and arm not in aliases]
+    paired = None
+    if others:
+        diffs = pd.concat([paired_differences(table, DIVERSE, arm) for arm in others], ignore_index=True)
+        paired = paired_summary(diffs)
+        tracker.log_table(diffs, "ablation_paired_seeds.json")
+        tracker.log_table(paired, "ablation_paired.json")
     return AblationResult(table=table, summary=summary, winner=best, best_accuracy_teacher=accurate, budget_rows=n,
-                          curve=curve)
+                          curve=curve, paired=paired)
 
 
 def _curve_chart(curve: pd.DataFrame, table: pd.DataFrame):

@@ -230,3 +230,68 @@ def test_every_arm_has_exactly_n_rows_and_never_a_failed_generation():
         plan_arms(cfg, g, kept, diverse, small_other, "concise", "verbose", n=3, seed=0)
     arms, _ = plan_arms(cfg, g, kept, diverse, diverse.assign(teacher="verbose"), "concise", "verbose", n=3, seed=0)
     assert {len(df) for _, df, _ in arms.values()} == {3}
+
+
+def _scores(arm: str, scores: list[float], suite: str = "in", seeds: list[int] | None = None) -> list[dict]:
+    return [{"arm": arm, "teacher": "t", "rows": 10, "seed": s, "suite": suite, "avg_at_k": v, "ci_low": v - 0.05,
+             "ci_high": v + 0.05} for s, v in zip(seeds or range(len(scores)), scores)]
+
+
+def test_paired_interval_on_hand_worked_numbers():
+    from ray_distill.ablation import paired_differences, paired_summary
+
+    # suite "in": differences 0.1, 0.2, 0.3: mean 0.2, sd 0.1, t(0.975, 2) = 4.302653,
+    # half-width 4.302653 x 0.1 / sqrt(3) = 0.248414
+    # suite "ood": differences 0.3, -0.1, 0.2, 0.0: mean 0.1, sd sqrt(0.10 / 3) = 0.182574,
+    # t(0.975, 3) = 3.182446, half-width 3.182446 x 0.182574 / 2 = 0.290516; one tie, so 2 wins and 1 loss
+    table = pd.DataFrame(_scores(DIVERSE, [0.5, 0.6, 0.7]) + _scores("random", [0.4, 0.4, 0.4])
+                         + _scores(DIVERSE, [0.5, 0.3, 0.6, 0.4], "ood")
+                         + _scores("random", [0.2, 0.4, 0.4, 0.4], "ood"))
+    diffs = paired_differences(table, DIVERSE, "random")
+    assert diffs[diffs["suite"] == "in"]["diff"].round(9).tolist() == [0.1, 0.2, 0.3]
+    s = paired_summary(diffs).set_index("suite")
+    assert s.loc["in", "seeds"] == 3 and s.loc["in", "diff"] == pytest.approx(0.2)
+    assert s.loc["in", "sd"] == pytest.approx(0.1)
+    assert (s.loc["in", "ci_low"], s.loc["in", "ci_high"]) == pytest.approx((-0.048414, 0.448414), abs=1e-6)
+    assert (s.loc["in", "wins"], s.loc["in", "losses"]) == (3, 0)
+    assert s.loc["in", "score"] == pytest.approx(0.6) and s.loc["in", "baseline_score"] == pytest.approx(0.4)
+    assert s.loc["ood", "diff"] == pytest.approx(0.1) and s.loc["ood", "sd"] == pytest.approx(0.182574, abs=1e-6)
+    assert (s.loc["ood", "ci_low"], s.loc["ood", "ci_high"]) == pytest.approx((-0.190516, 0.390516), abs=1e-6)
+    assert (s.loc["ood", "wins"], s.loc["ood", "losses"]) == (2, 1)
+
+
+def test_paired_interval_matches_scipy_paired_t_test_and_pairs_by_seed():
+    from scipy.stats import ttest_rel
+
+    from ray_distill.ablation import paired_differences, paired_summary
+
+    a, b = [0.42, 0.30, 0.29, 0.55, 0.61, 0.38], [0.49, 0.29, 0.26, 0.47, 0.52, 0.33]
+    # the baseline's rows arrive in another seed order, and it ran one seed the arm did not: pairing is by seed
+    table = pd.DataFrame(_scores(DIVERSE, a) + _scores("random", b[::-1] + [0.9], seeds=[5, 4, 3, 2, 1, 0, 6]))
+    s = paired_summary(paired_differences(table, DIVERSE, "random")).iloc[0]
+    ci = ttest_rel(a, b).confidence_interval(0.95)
+    assert s["seeds"] == 6
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx((ci.low, ci.high))
+
+
+def test_pairing_removes_the_shared_seed_spread():
+    # DED is ahead by 0.05 +- 0.01 on every seed, while seeds move both arms by up to 0.4: the paired interval
+    # excludes 0 although the two arms' intervals over seeds overlap
+    from ray_distill.ablation import paired_differences, paired_summary
+
+    base = [0.1, 0.5, 0.3, 0.45, 0.2, 0.35, 0.15, 0.4, 0.25, 0.3]
+    ded = [v + 0.05 + (0.01 if i % 2 else -0.01) for i, v in enumerate(base)]
+    table = pd.DataFrame(_scores(DIVERSE, ded) + _scores("random", base))
+    over_seeds = summarize(table).set_index("arm")
+    assert over_seeds.loc[DIVERSE, "seed_ci_low"] < over_seeds.loc["random", "seed_ci_high"]
+    s = paired_summary(paired_differences(table, DIVERSE, "random")).iloc[0]
+    assert 0.04 < s["ci_low"] < 0.05 < s["ci_high"] < 0.06 and s["wins"] == 10
+
+
+def test_paired_interval_is_unknown_with_one_seed():
+    from ray_distill.ablation import paired_differences, paired_summary
+
+    s = paired_summary(paired_differences(pd.DataFrame(_scores(DIVERSE, [0.5]) + _scores("random", [0.3])),
+                                          DIVERSE, "random")).iloc[0]
+    assert s["diff"] == pytest.approx(0.2) and s["seeds"] == 1
+    assert pd.isna(s["ci_low"]) and pd.isna(s["ci_high"])
