@@ -9,9 +9,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pandas as pd
 from rich.console import Console
 
 from ray_distill.accounting import ResourceMeter
+from ray_distill.console import active as active_log
 from ray_distill.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,11 @@ class StageRunner:
     @contextlib.contextmanager
     def stage(self, name: str, rows_in: int | None = None, parent: Tracker | None = None) -> Iterator[tuple[Tracker, StageRecord]]:
         rec = StageRecord(name, rows_in=rows_in)
-        self.console.print(f"[bold cyan]▶ {name}[/]" + (f"  ({rows_in} rows in)" if rows_in is not None else ""))
+        job_log = active_log()
+        if job_log is None or job_log.verbose:  # else a live line in a terminal, the log file in any case
+            self.console.print(f"[bold cyan]▶ {name}[/]" + (f"  ({rows_in} rows in)" if rows_in is not None else ""))
+        logger.info("stage %s started%s", name, f" ({rows_in} rows in)" if rows_in is not None else "")
+        live_task = job_log.stage_started(name) if job_log else None
         start = time.perf_counter()
         used = self.meter.snapshot() if self.meter else None
         with (parent or self.tracker).child(name, tags={"ray_distill.stage": name}) as child:
@@ -57,6 +63,8 @@ class StageRunner:
                 yield child, rec
             finally:
                 rec.seconds = time.perf_counter() - start
+                if job_log:
+                    job_log.stage_ended(live_task)
                 if self.meter and used is not None:
                     spent = self.meter.since(used)
                     rec.cpu_s, rec.gpu_s = spent.cpu_s, spent.gpu_s
@@ -70,7 +78,8 @@ class StageRunner:
                 metrics.update({k: v for k, v in rec.notes.items() if isinstance(v, (int, float))})
                 child.log_metrics(metrics)
         self.records.append(rec)
-        self.console.print(f"[green]✔ {name}[/]  {_describe(rec)}")
+        self.console.print(f"[green]✔ {name}[/]  {_describe(rec)}", highlight=False, soft_wrap=True)
+        logger.info("stage %s finished: %s", name, _describe(rec))
 
     def seconds(self, name: str) -> float:
         return sum(r.seconds for r in self.records if r.name == name)
@@ -100,3 +109,16 @@ def _describe(rec: StageRecord) -> str:
 
 def _n(v: int | None) -> str:
     return "–" if v is None else f"{v:,}"
+
+
+def log_accounting(tracker: Tracker, runner: StageRunner, corpus_rows: int) -> list[dict]:
+    """Per-stage and total spend to MLflow (table + metrics); returns the table rows."""
+    table = [{"stage": r.name, "wall_s": r.seconds, "teacher_tokens": r.teacher_tokens,
+              "student_tokens": r.student_tokens, "judge_tokens": r.judge_tokens, "judge_calls": r.judge_calls,
+              "cpu_s": r.cpu_s, "gpu_s": r.gpu_s} for r in runner.records]
+    totals = runner.totals()
+    per_sample = totals["teacher_tokens"] / corpus_rows if corpus_rows else float("nan")
+    tracker.log_table(pd.DataFrame(table), "accounting.json")
+    tracker.log_metrics({f"total/{k}": v for k, v in totals.items()}
+                        | {"teacher_tokens_per_corpus_sample": per_sample})
+    return table

@@ -63,6 +63,15 @@ def test_quickstart_end_to_end(storage):
     assert "top two separable at 95%" in out or "top two cannot be separated at 95%" in out
     assert "teacher tokens per kept corpus sample" in out
     assert "Failed to query Ray Train Controller" not in proc.stdout + proc.stderr  # runtime.quiet_ray_train_cleaner
+    # the console shows the job (stage lines, the tables, where things went); everything else is in the log file
+    console_lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(console_lines) <= 80, "\n".join(console_lines)
+    assert max(map(len, console_lines)) <= 200  # COLUMNS=200: no line longer than the terminal
+    (log_line,) = [ln for ln in console_lines if ln.startswith("log: ")]
+    log_file = Path(log_line.removeprefix("log: "))
+    assert log_file.parent == storage / "quickstart" / "logs"
+    logged = log_file.read_text()
+    assert "step " in logged and "stage train finished" in logged  # Ray Train's worker lines, our info lines
 
     runs = _runs(storage)
     (parent,) = [r for r in runs if r.info.run_name == "quickstart"]
@@ -120,6 +129,7 @@ def test_quickstart_end_to_end(storage):
     assert linked["train_loss"].dataset_name == "curated_corpus"
     weights = client.list_logged_model_artifacts(model.model_id, "model")
     assert "config.json" in {os.path.basename(a.path) for a in weights}
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "logs")] == [f"logs/{log_file.name}"]
     description = parent.data.tags["mlflow.note.content"]
     assert f"Teacher: **{ranking['teacher'].iloc[0]}**" in description and "| arith_2to3 |" in description
     assert f"models:/{model.model_id}" in description

@@ -48,6 +48,11 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- optimisation
+# Rank 0's line every ``log_every`` steps; the driver's console turns it into its training bar
+# (ray_distill.console.STEP_LINE reads it back).
+STEP_FORMAT = "step %d/%d loss %.4f lr %.2e tokens/s %.0f"
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
     """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
     if step < warmup_steps:
@@ -169,7 +174,8 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
     torch.manual_seed(cfg.seed)  # each job trains as it would in a launch of its own
     examples = ray.get(job["examples"])
     lengths = [len(e["input_ids"]) for e in examples]
-    total_steps = len(epoch_plan(lengths, cfg, world, 0)) * (cfg.schedule_epochs or cfg.epochs)
+    steps_per_epoch = len(epoch_plan(lengths, cfg, world, 0))
+    total_steps = steps_per_epoch * (cfg.schedule_epochs or cfg.epochs)  # the learning-rate schedule's length
     device = ray.train.torch.get_device()
     # the base: a path, URL or hub id (each worker loads it itself); the exported student carries the training
     # chat template. A resume reads its weights from the sharded checkpoint instead.
@@ -183,7 +189,7 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     tracker = tracker_from_handle(job["tracker_handle"] if rank == 0 else None)
     run = EpochRunner(model, optimizer, scheduler, cfg, examples, rank, world, pad_id or 0, tracker,
-                      device, config.get("log_every", 10))
+                      device, config.get("log_every", 10), total_steps=steps_per_epoch * cfg.epochs)
     final: dict = {}
     node = ray.get_runtime_context().get_node_id()
 
@@ -293,6 +299,7 @@ class EpochRunner:
     tracker: Any  # ray_distill.tracking.Tracker
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     log_every: int = 10
+    total_steps: int = 0  # optimizer steps of the whole launch (the console's training bar)
     local_tokens: int = 0  # non-pad tokens this worker trained on (this launch)
 
     def __post_init__(self) -> None:
@@ -375,4 +382,4 @@ class EpochRunner:
                    "train/supervised_tokens": supervised}
         self.tracker.log_metrics(metrics, step=step)
         if self.rank == 0:
-            logger.info("step %d loss %.4f lr %.2e tokens/s %.0f", step, loss, lr, tokens_per_s)
+            logger.info(STEP_FORMAT, step, self.total_steps, loss, lr, tokens_per_s)
