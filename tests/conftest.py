@@ -11,6 +11,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# The CLI's tables at a known width, whether pytest runs in a terminal, under CI or in an xdist worker (Rich
+# falls back to 80 columns without a terminal, and a long cell would wrap differently).
+os.environ["COLUMNS"] = "200"
 # Tests choose where outputs and runs go themselves: a developer's MLflow server, storage root or a Ray job's
 # environment must not leak in (the CLI honours these, see ray_distill.environment).
 for _name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "RAY_DISTILL_STORAGE", "RAY_JOB_CONFIG_JSON_ENV_VAR",
@@ -53,3 +56,22 @@ def smollm2_path(smollm2_storage) -> str:
     from ray_distill.presets import build_preset
 
     return build_preset("smollm2-135m", smollm2_storage)
+
+
+# The suite runs on two pytest-xdist workers, one test file at a time per worker (`--dist loadfile`: a
+# file's module fixtures, e.g. the quickstart storage its later tests read, stay on one worker). The files
+# with the longest end-to-end tests go first, so the last minutes are not one long job running alone while
+# the other worker idles (measured durations: the README's "Tests" section).
+LONGEST_FIRST = (
+    "test_real_model.py", "test_end_to_end.py", "test_submit.py", "test_public_data_job.py", "tuning/test_search.py",
+    "training/test_resilience.py", "training/test_sft.py", "curation/test_sandbox.py", "evaluation/test_evaluate.py",
+    "generation/test_vllm_engine.py", "training/test_strategies.py", "evaluation/test_evaluate_all.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: a file's tests keep their order

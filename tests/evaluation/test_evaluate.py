@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from ray_distill.evaluation.evaluate import evaluate_suites
 from ray_distill.generation.store import GenerationStore, model_digest
 from ray_distill.synthetic.tasks import make_questions
+
+pytestmark = pytest.mark.slow  # real Ray Train / vLLM: not a unit test (make test-fast skips it)
 
 
 def test_evaluate_suites_one_pass(ray_local, tiny_student_path, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ray_distill.config import EngineConfig, SamplingConfig
 from ray_distill.generation.engines import build_engine, question_messages
 
@@ -34,12 +36,13 @@ def test_hf_engine_prompt_too_long_is_an_error_completion(tiny_student_path):
     assert good[0]["error"] == "" and good[0]["num_tokens"] >= 1
 
 
+@pytest.mark.slow
 def test_hf_engine_keeps_the_reasoning_block_its_template_opens(smollm2_path):
     """The real checkpoint behind a template whose generation prompt ends in "<think>\\n": the completion is
     the whole assistant turn, opening included; the model's own template opens nothing."""
-    from ray_distill.models import resolve_chat_template
-
     from pathlib import Path
+
+    from ray_distill.models import resolve_chat_template
 
     think = resolve_chat_template(str(Path(__file__).resolve().parents[2] / "jobs/templates/chatml_think.jinja"), "t")
     sampling = SamplingConfig(temperature=0.7, max_tokens=8)

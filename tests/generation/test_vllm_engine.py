@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ray_distill import columns as C
 from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
 from ray_distill.generation.actor import generate_dataset, sample_seed
 from ray_distill.synthetic.tasks import make_questions
+
+pytestmark = pytest.mark.slow  # real Ray Train / vLLM: not a unit test (make test-fast skips it)
 
 
 def test_vllm_keeps_every_sample_and_is_seeded(ray_local, tiny_student_path):

@@ -69,6 +69,7 @@ def test_bf16_base_trained_in_fp32_exports_bf16_and_reloads(tiny_student_path, t
         assert torch.equal(again.state_dict()[name], value.to(torch.bfloat16)), name
 
 
+@pytest.mark.slow
 def test_fsdp_training_of_a_bf16_base_exports_bf16(ray_local, tiny_student_path, tmp_path):
     """The whole path: one Ray Train FSDP worker trains a bf16 checkpoint (fp32 shards) and exports it in bf16."""
     from ray_distill.config import TrainConfig

@@ -167,6 +167,7 @@ def _relative(a: dict, b: dict) -> float:
     return max(((a[k].float() - b[k].float()).norm() / b[k].float().norm()).item() for k in b)
 
 
+@pytest.mark.slow
 def test_reduce_scatter_every_micro_step_trains_as_the_last_step_sync(two_ranks):
     """Sharded gradients reduced after every accumulation micro-step give the same run (losses and weights)
     as one reduction on the last micro-step; so do HSDP and CPU offload."""
@@ -178,6 +179,7 @@ def test_reduce_scatter_every_micro_step_trains_as_the_last_step_sync(two_ranks)
         assert _relative(run["weights"], ref["weights"]) < 1e-3, name  # measured 3e-5 to 5e-5 (summation order)
 
 
+@pytest.mark.slow
 def test_bf16_parameters_train(two_ranks):
     """bf16 shards and gradients with the fp32-moment AdamW: the loss falls about as with fp32 master weights."""
     run, ref = two_ranks["bf16"], two_ranks["sync_last"]

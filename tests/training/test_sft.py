@@ -14,6 +14,8 @@ from ray_distill.config import TrainConfig
 from ray_distill.synthetic.tasks import base_corpus
 from ray_distill.training import train_sft
 
+pytestmark = pytest.mark.slow  # real Ray Train / vLLM: not a unit test (make test-fast skips it)
+
 
 VLLM_GENERATE = """
 import json, sys
@@ -83,7 +85,6 @@ def test_checkpoint_under_storage_and_tracked_metrics(trained):
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= logged
 
 
-@pytest.mark.slow
 def test_export_generates_with_vllm_on_cpu(trained):
     """The exported directory is all vLLM needs: weights, config, tokenizer and chat template."""
     result, _, _, _ = trained
