@@ -9,27 +9,37 @@
     ray-distill ablate jobs/ablation.yaml                    # the paper's ablation in miniature
     ray-distill validate jobs/quickstart.yaml                # load + validate a job file only
     ray-distill plan jobs/paper_math.yaml                    # GPU memory per stage vs the job's cluster
-    ray-distill submit jobs/quickstart.yaml --address http://HEAD:8265 --env HF_TOKEN   # on a cluster
+    ray-distill submit jobs/quickstart.yaml --address http://HEAD:8265   # on a cluster (secrets: on its nodes)
+    ray-distill submit tune jobs/quickstart_tune.yaml --address http://HEAD:8265   # any command, on a cluster
+    ray-distill --version
 
-Bad job files and bad overrides end with a one-line error naming the file and the key.
+Bad job files and bad overrides end with a one-line error naming the file and the key; every other failure a user
+can cause (data, a missing key variable, no sandbox, an unreachable cluster or storage, a model that does not load,
+budget, memory) with one line naming what and where, its traceback in a log file, and its family's exit code
+(ray_distill.errors; README, "The CLI").
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
+import tempfile
 import time
-from typing import Annotated
+import traceback
+from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from ray_distill.config import ConfigError, JobConfig, load_config, to_flat_dict
-from ray_distill.redact import RedactingFilter, redact, redact_text, redact_value
+from ray_distill.config import JobConfig, load_config, to_flat_dict
+from ray_distill.errors import ConfigError, Unreachable
+from ray_distill.redact import redact, redact_text, redact_value
 
 logger = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Data-efficient reasoning distillation on Ray.")
@@ -39,48 +49,71 @@ out = Console()
 JobFile = Annotated[str, typer.Argument(help="YAML job file (any fsspec URL).")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.epochs=2 selection.keep_per_question=2.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs (Ray, vLLM, MLflow).")]
+_where: dict[str, Any] = {}  # the running command's run directory and log file (a failure's traceback goes there)
 
 
-def _setup_logging(verbose: bool) -> None:
-    handler = RichHandler(console=console, show_path=False)
-    handler.addFilter(RedactingFilter())  # no credentials of a URI in any log line
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
-    for noisy in ("ray", "vllm", "mlflow", "alembic", "urllib3", "filelock", "httpx", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
-    if not verbose:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"ray-distill {version('ray-distill')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Data-efficient reasoning distillation on Ray."""
+
+
+def _setup_logging(verbose: bool, cfg: JobConfig, kind: str) -> None:
+    """The job's log file (``<run dir>/logs/<kind>-<time>.log``) gets every log line, Ray's forwarded worker
+    lines and Python warnings; the console gets ray-distill's stage lines, its warnings and the closing tables
+    (``-v``: everything, live). See :mod:`ray_distill.console`."""
+    from ray_distill.console import open_job_log
+
+    for noisy in ("alembic", "urllib3", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # their INFO/DEBUG is noise even in the file
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if _where.get("log") is not None:  # one per command; tests run several in one process
+        _where.pop("log").close()
+    _where["log"] = open_job_log(kind, verbose, console)
 
 
 def _load(job: str, overrides: list[str] | None) -> JobConfig:
     try:
-        return load_config(job, overrides or [])
+        cfg = load_config(job, overrides or [])
     except ConfigError as err:
-        console.print(f"[bold red]config error:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]config error:[/] {escape(redact_text(str(err)))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    _where["run_dir"] = cfg.run_dir  # a failure's traceback goes to a log file there
+    return cfg
 
 
 @contextlib.contextmanager
 def _failing(tracker, verbose: bool):
-    """Mark the MLflow run FAILED on any error; data errors end with one line (--verbose: traceback)."""
-    from ray_distill.accounting import BudgetExceeded
-    from ray_distill.data.questions import DataError
-
+    """Mark the MLflow run FAILED on any error, then let it reach :func:`_guarded` (one line, a log file, the
+    family's exit code; --verbose: the traceback on the console too)."""
     try:
         yield
-    except (ConfigError, DataError, BudgetExceeded) as err:
-        tracker.end("FAILED")
-        if verbose:
-            raise
-        console.print(f"[bold red]error:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
     except BaseException:
+        _log_file_to(tracker)
         tracker.end("FAILED")
         raise
 
 
+def _log_file_to(tracker) -> None:
+    """The command's log file as it stands, into the MLflow run's ``logs/`` artifacts."""
+    log = _where.get("log")
+    if log is not None and tracker.run_id:
+        try:
+            tracker.log_artifact(log.path, "logs")
+        except Exception as err:  # noqa: BLE001 - the log is a convenience; the job's outcome stands
+            logger.warning("the log file did not reach MLflow: %s", _first_line(err))
+
+
 def _error(err: BaseException, label: str = "error") -> typer.Exit:
-    console.print(f"[bold red]{label}:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]{label}:[/] {escape(redact_text(str(err)))}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -107,19 +140,31 @@ def _prepare(cfg: JobConfig):
     (joined at ``ray.address`` / ``RAY_ADDRESS``, or started). Refusals end here with one line (exit 2)."""
     from ray.exceptions import AuthenticationError
 
-    from ray_distill.environment import in_ray_job
+    from ray_distill.environment import in_ray_job, ray_address
+    from ray_distill.errors import MissingVariable
+    from ray_distill.preflight import check_ray_address, check_writable
     from ray_distill.runtime import init_ray
 
     try:
         ray_job = in_ray_job(os.environ, os.getcwd())
         target = _resolve_tracking(cfg, cluster=ray_job)
+        address, source = ray_address(cfg.ray.address, os.environ)
+        if problem := check_writable("storage", cfg.storage):  # before a cluster starts
+            raise Unreachable(f"{problem.key}: {problem.message}")
+        if address and (why := check_ray_address(address)):
+            raise Unreachable(f"Ray cluster at {address} (from {source}) cannot be reached: {why}")
         nodes = init_ray(cfg)
         if nodes > 1 and not ray_job:
             target = _resolve_tracking(cfg, cluster=True)
     except ConfigError as err:
         raise _error(err) from None
-    except (AuthenticationError, ConnectionError) as err:
-        raise _error(f"{err} (token auth: RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from None
+    except AuthenticationError as err:
+        raise MissingVariable(f"Ray cluster at {address} (from {source}): {_first_line(err)} (token auth: set "
+                              "RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from err
+    except ConnectionError as err:
+        if isinstance(err, Unreachable):
+            raise
+        raise Unreachable(f"Ray cluster at {address} (from {source}) cannot be reached: {_first_line(err)}") from err
     if cfg.tracking.enabled and target.uri.startswith("sqlite:") and (ray_job or nodes > 1):
         logger.warning("%s: a SQLite file on a cluster works only on a file system every node shares; "
                        "use an MLflow server (MLFLOW_TRACKING_URI)", target.describe())
@@ -136,6 +181,8 @@ def _tracked(cfg: JobConfig, job: str, kind: str, run_name: str, body, verbose: 
     from ray_distill.tracking import start_tracker
 
     target = _prepare(cfg)
+    if _where.get("log") is not None:
+        _where["log"].announce(cfg.run_dir)
     tags = {"ray_distill.job": job, "ray_distill.kind": kind, "ray_distill.storage_source": cfg.storage_source,
             "ray_distill.tracking_uri_source": target.uri_source,
             "ray_distill.experiment_source": target.experiment_source}
@@ -159,6 +206,7 @@ def _tracked(cfg: JobConfig, job: str, kind: str, run_name: str, body, verbose: 
         from ray_distill.tracking.description import describe
 
         tracker.set_description(describe(result, wall, result.extra.get("model_uri")))
+    _log_file_to(tracker)
     tracker.end()
     return result, tracker, wall, target
 
@@ -189,13 +237,16 @@ def validate(job: JobFile, overrides: Overrides = None) -> None:
     problems = preflight(cfg)  # files readable, storage protocol known, P <= M
     for p in problems:
         color = "red" if p.level == "error" else "yellow"
-        console.print(f"[bold {color}]{p.level}:[/] {p.key}: {p.message}", highlight=False, soft_wrap=True)
+        console.print(f"[bold {color}]{p.level}:[/] {p.key}: {escape(p.message)}", highlight=False, soft_wrap=True)
     if any(p.level == "error" for p in problems):
         raise typer.Exit(2)
 
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the teacher tokens and cost each generation stage "
-                                      "would spend (nothing is generated) and exit.")]
+                                      "would spend (nothing is generated) and exit: 0, or 8 when they may exceed "
+                                      "budget.max_teacher_tokens.")]
+AllowOverBudget = Annotated[bool, typer.Option("--allow-over-budget", help="With --dry-run: exit 0 even when the "
+                                               "estimate may exceed budget.max_teacher_tokens.")]
 
 
 ClusterOption = Annotated[str | None, typer.Option(
@@ -270,19 +321,26 @@ def _refuse_unfit(cfg: JobConfig, job: str) -> None:
 
 
 @app.command()
-def run(job: JobFile, overrides: Overrides = None, verbose: Verbose = False, dry_run: DryRun = False) -> None:
+def run(job: JobFile, overrides: Overrides = None, verbose: Verbose = False, dry_run: DryRun = False,
+        allow_over_budget: AllowOverBudget = False) -> None:
     """Run a whole DED job: generation, curation, smoke test, compression, selection, SFT, evaluation."""
     cfg = _load(job, overrides)
-    _setup_logging(verbose)
     if dry_run:
         if cfg.cluster:
             try:
                 print_plan(_plan(cfg, job, None))
             except ConfigError as err:
                 console.print(f"[yellow]memory plan skipped:[/] {redact_text(str(err))}", soft_wrap=True)
-        print_estimates(cfg)
+        if not print_estimates(cfg) and not allow_over_budget:
+            from ray_distill.errors import EXIT_CODES, BudgetExceeded
+
+            console.print(f"[bold red]over budget:[/] the dry run's estimate may exceed budget.max_teacher_tokens="
+                          f"{cfg.budget.max_teacher_tokens:,} (--allow-over-budget: exit 0 anyway)", highlight=False,
+                          soft_wrap=True)
+            raise typer.Exit(EXIT_CODES[BudgetExceeded][0])
         return
     _refuse_unfit(cfg, job)
+    _setup_logging(verbose, cfg, "run")
     from ray_distill.pipeline import run_job
 
     result, tracker, wall, target = _tracked(cfg, job, "run", cfg.name, run_job, verbose)
@@ -292,7 +350,7 @@ def run(job: JobFile, overrides: Overrides = None, verbose: Verbose = False, dry
 
 def _stage_command(job: str, overrides: list[str] | None, verbose: bool, kind: str, body) -> None:
     cfg = _load(job, overrides)
-    _setup_logging(verbose)
+    _setup_logging(verbose, cfg, kind)
     result, tracker, wall, target = _tracked(cfg, job, kind, f"{cfg.name}-{kind}", body, verbose)
     print_summary(result, wall, tracker)
     _print_where(cfg, tracker, target)
@@ -345,7 +403,7 @@ def tune(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) ->
     """Search data budgets with Ray Tune on stored generations; each trial = select → train → evaluate."""
     cfg = _load(job, overrides)
     _check_search(cfg)
-    _setup_logging(verbose)
+    _setup_logging(verbose, cfg, "tune")
     from ray_distill.tuning.search import run_search
 
     result, tracker, _, target = _tracked(cfg, job, "tune", f"{cfg.name}-tune", run_search, verbose)
@@ -372,7 +430,7 @@ def ablate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) 
     """The paper's ablation in miniature: random vs +correct vs +compressed vs +diverse, and the smoke-test
     teacher vs the most accurate one, at an equal training budget."""
     cfg = _load(job, overrides)
-    _setup_logging(verbose)
+    _setup_logging(verbose, cfg, "ablate")
     from ray_distill.ablation import CURVE, run_ablation
 
     result, tracker, _, target = _tracked(cfg, job, "ablation", f"{cfg.name}-ablation", run_ablation, verbose)
@@ -395,6 +453,15 @@ def ablate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) 
             curve.add_row(method, f"{rows:,}", *[f"{r.mean:.3f} ± {r.sd:.3f} [{r.seed_ci_low:.3f}, {r.seed_ci_high:.3f}]"
                                                for r in sub.itertuples()])
         out.print(curve)
+    if result.paired is not None:
+        paired = Table(title="DED at N minus each arm, paired by seed (mean per-seed difference "
+                       "[95% paired t-interval]; seeds where DED is ahead / behind)")
+        for col in ("DED minus", *dict.fromkeys(result.paired["suite"])):
+            paired.add_column(col)
+        for arm, sub in result.paired.groupby("baseline", sort=False):
+            paired.add_row(arm, *[f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]; {r.wins}/{r.losses} of {r.seeds}"
+                                  for r in sub.itertuples()])
+        out.print(paired)
     out.print(f"smoke-test winner: [bold]{result.winner}[/]   best own accuracy: {result.best_accuracy_teacher}")
     _print_where(cfg, tracker, target)
 
@@ -408,13 +475,18 @@ def _print_where(cfg: JobConfig, tracker, target) -> None:
 
 @app.command()
 def submit(
-    job: JobFile,
-    overrides: Overrides = None,
+    job: Annotated[str, typer.Argument(metavar="[COMMAND] JOB", help="The command to run on the cluster (run, tune, "
+                                       "ablate, generate, curate, train, eval; default run) and its YAML job file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, then after -- the command's own "
+                                                          "options, e.g. train JOB train.epochs=2 -- --corpus URL.")
+                         ] = None,
     address: Annotated[str | None, typer.Option("--address", "-a", help="Ray dashboard / Jobs API URL, e.g. "
                                                 "http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, "
                                                 "then $RAY_ADDRESS).")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Environment variable to pass to the job BY NAME "
-                                                  "(value read here, never printed). Repeatable.")] = None,
+                                                  "(value read here, never printed; readable through the Jobs API, so "
+                                                  "secret-looking names are refused: secrets go on the nodes, "
+                                                  "docs/clusters.md). Repeatable.")] = None,
     working_dir: Annotated[str, typer.Option("--working-dir", help="Directory shipped to the cluster.")] = ".",
     install: Annotated[str, typer.Option("--install", help="none (nodes have ray-distill) | pip | uv (install it "
                                          "into the job's runtime env).")] = "none",
@@ -422,44 +494,77 @@ def submit(
                                        "node of the cluster has GPUs, else cpu) | cpu | gpu.")] = "auto",
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Stream logs and exit with the job's status.")] = True,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop the job after this many seconds.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print what would be submitted (entrypoint, "
+                                          "runtime env, variables by name); contact no cluster.")] = False,
 ) -> None:
-    """Submit a job to a Ray cluster (Ray Jobs API): validate locally, ship the working dir, run it there."""
+    """Submit a job to a Ray cluster (Ray Jobs API): validate locally, ship the working dir, run it there.
+    `submit JOB` runs `ray-distill run JOB` there; `submit tune JOB` (or ablate, generate, curate, train, eval)
+    runs that command."""
     from ray.exceptions import AuthenticationError
 
     from ray_distill.environment import submission_address
-    from ray_distill.submit import SubmitError, submit_job
+    from ray_distill.errors import MissingVariable
+    from ray_distill.submit import submit_job
 
+    command, job, overrides, command_args = split_submit_args(job, overrides or [])
+    if dry_run:
+        from ray_distill.errors import SubmitError
+        from ray_distill.submit import build_submission
+
+        try:
+            sub = build_submission(job, overrides, env or [], working_dir, "cpu" if extra == "auto" else extra,
+                                   install, command=command, command_args=command_args)  # type: ignore[arg-type]
+        except ConfigError as err:
+            raise _error(err, "config error") from None
+        except SubmitError as err:
+            raise _error(err) from None
+        out.print(sub.describe(), highlight=False, soft_wrap=True)
+        raise typer.Exit(0)
     try:
         address, _ = submission_address(address, os.environ)
     except ConfigError as err:
         raise _error(err) from None
     try:
-        code = submit_job(job, overrides or [], address=address, env_names=env or [], working_dir=working_dir,
-                          extra=extra, wait=wait, install=install, timeout_s=timeout)  # type: ignore[arg-type]
+        code = submit_job(job, overrides, address=address, env_names=env or [], working_dir=working_dir,
+                          extra=extra, wait=wait, install=install, timeout_s=timeout,  # type: ignore[arg-type]
+                          command=command, command_args=command_args)
     except ConfigError as err:
-        console.print(f"[bold red]config error:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]config error:[/] {escape(redact_text(str(err)))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except (SubmitError, ConnectionError, AuthenticationError) as err:
-        console.print(f"[bold red]error:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    except AuthenticationError as err:
+        raise MissingVariable(f"Jobs API at {address}: {_first_line(err)} (token auth: set RAY_AUTH_MODE=token with "
+                              "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from err
+    except ConnectionError as err:
+        raise Unreachable(f"Jobs API at {address} cannot be reached: {_first_line(err)}") from err
     raise typer.Exit(code)
 
 
-def print_estimates(cfg: JobConfig) -> None:
-    """The dry run: per generation stage, requests, what the store already holds, expected tokens and cost."""
-    from ray_distill.data.questions import DataError
+def split_submit_args(first: str, rest: list[str]) -> tuple[str, str, list[str], list[str]]:
+    """``(command, job, overrides, command options)`` of ``submit``'s arguments: ``[COMMAND] JOB [key=value ...]
+    [-- --option value ...]`` (the first argument that starts with ``-`` begins the command's own options)."""
+    from ray_distill.submit import COMMANDS
+
+    command = "run"
+    if first in COMMANDS:
+        if not rest:
+            raise _error(f"submit {first}: the job file is missing (submit {first} JOB [key=value ...])",
+                         "config error")
+        command, first, rest = first, rest[0], rest[1:]
+    cut = next((i for i, a in enumerate(rest) if a.startswith("-")), len(rest))
+    return command, first, rest[:cut], rest[cut:]
+
+
+def print_estimates(cfg: JobConfig) -> bool:
+    """The dry run: per generation stage, requests, what the store already holds, expected tokens and cost;
+    False when the expected teacher tokens may exceed ``budget.max_teacher_tokens``."""
     from ray_distill.pipeline import dry_run
     from ray_distill.preflight import check_protocol
 
     if problem := check_protocol("storage", cfg.storage):  # the estimate reads the generation store
-        console.print(f"[bold red]error:[/] {problem.key}: {problem.message}: the dry run's token estimate reads the "
+        console.print(f"[bold red]error:[/] {problem.key}: {escape(problem.message)}: the dry run's token estimate reads the "
                       "generation store there (`ray-distill plan` needs no storage)", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
-    try:
-        estimates = dry_run(cfg)
-    except (ConfigError, DataError) as err:
-        console.print(f"[bold red]error:[/] {redact_text(str(err))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    estimates = dry_run(cfg)  # a config or data error ends in one line (_guarded)
     table = Table(title=f"Dry run of {cfg.name}: teacher tokens per generation stage, before any is spent")
     for col in ("stage", "teacher", "requests", "in store", "tok/sample", "expected", "at most", "cost"):
         table.add_column(col, justify="left" if col in ("stage", "teacher") else "right")
@@ -483,6 +588,7 @@ def print_estimates(cfg: JobConfig) -> None:
     if cap is not None:
         verdict = "[green]within[/]" if probe + worst <= cap else "[red]may exceed[/]"
         out.print(f"budget.max_teacher_tokens={cap:,}: {verdict}")
+    return cap is None or probe + worst <= cap
 
 
 def print_summary(result, wall: float, tracker) -> None:
@@ -542,7 +648,7 @@ def _print_ranking(ranking: list[dict]) -> None:
     diagnostics = [c for c in ("teacher_accuracy", "mean_length", "entropy") if c != by]
     table = Table(title=title, min_width=60)
     for col in ("rank", "teacher", by, "train rows", *diagnostics, "reason"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == by)  # the score and its interval on one line
     for r in ranking:
         score = "–" if r["reason"] else f"{r[by]:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         table.add_row(str(r["rank"]), r["teacher"], score, f"{r['train_rows']:,}" if r["train_rows"] else "–",
@@ -579,6 +685,83 @@ def _fmt_score(m: dict) -> str:
     if not m:
         return "–"
     return f"{m['avg_at_k']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def _guarded(command):
+    """``command`` with every failure ended by :func:`_fail`; typer's own exits (and usage errors) pass."""
+
+    @functools.wraps(command)
+    def guarded(*args, **kwargs):
+        _where.clear()
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise
+        except BaseException as err:  # noqa: BLE001 - KeyboardInterrupt too: one line, exit 130
+            raise _fail(err, bool(kwargs.get("verbose"))) from None
+        finally:
+            if _where.get("log") is not None:  # after _fail appended the traceback to it
+                _where.pop("log").close(keep_worker_lines=True)
+
+    return guarded
+
+
+def _fail(err: BaseException, verbose: bool = False) -> typer.Exit:
+    """One line naming what failed and where (the user's error found inside Ray's wrappers), the traceback in a
+    log file whose path the line ends with, and the exit code of the error's family (ray_distill.errors)."""
+    from ray_distill.errors import EXIT_CODES, INTERRUPTED, UNEXPECTED, OutOfMemory, causes, family, label
+
+    user_err, code = family(err)
+    if code == UNEXPECTED:
+        root = next(causes(err))
+        name, what = "unexpected error", f"{type(root).__name__}: {_first_line(root)}"
+    else:
+        name, what = ("interrupted", "stopped by the user") if code == INTERRUPTED else (label(user_err),
+                                                                                          _first_line(user_err))
+    if code == EXIT_CODES[OutOfMemory][0]:
+        what += " (`ray-distill plan JOB` shows each stage's memory per GPU and the knobs that lower it)"
+    log = _write_log(err)
+    console.print(f"[bold red]{name}:[/] {escape(redact_text(what))}" + (f" (traceback: {log})" if log else ""),
+                  highlight=False, soft_wrap=True)
+    if verbose:
+        console.print(redact_text("".join(traceback.format_exception(err))), highlight=False, markup=False)
+    return typer.Exit(code)
+
+
+def _write_log(err: BaseException) -> str | None:
+    """Append ``err``'s traceback (credentials redacted) to the job's log file: the root logger's file, else
+    ``<run dir>/logs/error-<time>.log`` (local storage), else a new temporary file; its path, or None."""
+    text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n" + \
+        redact_text("".join(traceback.format_exception(err)))
+    candidates = [h.baseFilename for h in logging.getLogger().handlers
+                  if isinstance(h, logging.FileHandler) and os.path.isfile(h.baseFilename)]  # not os.devnull
+    run_dir = _where.get("run_dir")
+    if run_dir and "://" not in run_dir:
+        candidates.append(os.path.join(run_dir, "logs", f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"))
+    for path in candidates:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    try:
+        fd, path = tempfile.mkstemp(prefix="ray-distill-error-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+    except OSError:
+        return None
+
+
+def _first_line(err: BaseException | str) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+for _command in app.registered_commands:  # after every @app.command() above
+    _command.callback = _guarded(_command.callback)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,9 +19,7 @@ import fsspec
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A job file or an override is invalid; ``str(err)`` is a one-line message for the user."""
+from ray_distill.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
 
 
 class _Strict(BaseModel):
@@ -175,6 +174,17 @@ class ResourcesConfig(_Strict):
         "engine lands on the node type that offers them (cluster/*.yaml; `ray-distill plan` checks that one holds it).")
 
 
+# What api_key_env accepts: an environment variable name as people write them (HF_TOKEN, OPENAI_API_KEY). Keys
+# (hf_..., gsk_..., fw_..., sk-..., all alphanumeric) have lower-case letters or dashes and never match.
+ENV_VAR_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def looks_like_env_var_name(name: str) -> bool:
+    """``^[A-Z][A-Z0-9_]*$``, and not 16+ characters without an underscore (an upper-case key such as an AWS
+    access key id, AKIA...)."""
+    return bool(ENV_VAR_NAME.fullmatch(name)) and ("_" in name or len(name) < 16)
+
+
 class EngineConfig(_Strict):
     # inputs stay out of error texts: a key pasted into api_key_env must not reach a log
     model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
@@ -207,7 +217,9 @@ class EngineConfig(_Strict):
         "chat", description="'chat' applies the chat template (a server's, or the model's own for vllm/hf); "
         "'completions' sends the question text as a raw prompt"
     )
-    max_concurrency: int = Field(16, ge=1, description="Requests in flight per engine actor (engine 'openai').")
+    max_concurrency: int = Field(
+        16, ge=1, description="Requests in flight per engine actor (engine 'openai'), across all its batches: a "
+        "finished request's slot starts the next one of any batch.")
     max_concurrent_batches: int = Field(
         8, ge=0, description="Batches in flight per engine actor (engine 'vllm'). Their requests share one "
         "continuously batched engine: each step runs the unfinished requests of all of them and a finished "
@@ -215,12 +227,26 @@ class EngineConfig(_Strict):
         "with long-tailed lengths only a fraction of its requests runs most of the time: keep batch_size x "
         "max_concurrent_batches several times vLLM's max_num_seqs (256 by default) to keep the engine full "
         "(benchmarks/generation.py --long-tail). 0: the synchronous path, one batch at a time as one "
-        "LLM.generate wave.")
+        "LLM.generate wave. Engine 'openai': batches in flight per actor too, their requests sharing the actor's "
+        "max_concurrency slots; 0: one batch at a time.")
     request_timeout_s: float = Field(600.0, gt=0, description="Timeout of one request (engine 'openai').")
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/connection errors (engine 'openai').")
     retry_backoff_s: float = Field(
-        1.0, gt=0, description="First retry delay; doubles per retry, with jitter, at most 60 s (engine 'openai')."
-    )
+        1.0, gt=0, description="First retry delay; doubles per retry, with jitter, at most max_retry_wait_s "
+        "(engine 'openai'). A server's Retry-After / retry-after-ms (seconds, milliseconds or an HTTP date) "
+        "replaces it.")
+    max_retry_wait_s: float = Field(
+        120.0, gt=0, description="Longest wait before one retry (engine 'openai'): caps the backoff and a server's "
+        "Retry-After (a longer one is waited this long, then the request is retried).")
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="Requests per minute sent to the endpoint by all engine actors of this teacher "
+        "together (engine 'openai'; one shared limiter per endpoint, model and key variable); None: no limit.")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="Prompt + completion tokens per minute of all engine actors of this teacher together "
+        "(engine 'openai'; counted from each reply, so it can overshoot by the requests in flight); None: no limit.")
+    tokenizer: str | None = Field(
+        None, description="Tokenizer (hub id, path or URL) that counts a reply's tokens when the server sends no "
+        "usage (engine 'openai'); None: an estimate of one token per 3 bytes of UTF-8, which over-counts English.")
 
     @model_validator(mode="after")
     def _needs(self) -> EngineConfig:
@@ -235,9 +261,19 @@ class EngineConfig(_Strict):
         if self.kind in ("openai", "scripted") and (self.chat_template or self.preset):
             raise ValueError(f"engine '{self.kind}' takes no 'chat_template' or 'preset' (a server applies its own "
                              "template; set chat_template_kwargs for its variables)")
-        if self.api_key_env is not None and not self.api_key_env.isidentifier():
-            raise ValueError("api_key_env must be the name of an environment variable (letters, digits, _), not a key")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_variable_name(cls, data: Any) -> Any:
+        # Checked on the engine's whole input, before any field: an error then carries the engine's mapping as
+        # its input, which is never echoed, while a field's own error would end in "(got '<the key>')".
+        value = data.get("api_key_env") if isinstance(data, dict) else None
+        if value is None or (isinstance(value, str) and looks_like_env_var_name(value)):
+            return data
+        raise ValueError("api_key_env must be the NAME of an environment variable (upper-case letters, digits and _, "
+                         "e.g. TEACHER_API_KEY), not its value: a key seems to have been pasted in place of a variable "
+                         "name (not shown); put the key in that variable and name the variable here")
 
 
 class CostConfig(_Strict):
@@ -322,10 +358,11 @@ class CodeGraderConfig(_Strict):
     max_output_bytes: int = Field(1 << 20, ge=1024, description="Cap on stdout, stderr and any file written.")
     max_open_files: int = Field(64, ge=16, description="Open file descriptors.")
     max_tmp_bytes: int = Field(16 << 20, ge=1 << 16, description="Cap on all the program writes to its private /tmp "
-                               "(its working directory; a tmpfs of this size).")
+                               "(its working directory) and, as much again, to its /dev/shm (tmpfs of this size).")
     backend: Literal["auto", "bwrap", "unshare"] = Field(
-        "auto", description="Namespace tool: auto = bwrap (read-only root), refusing to run when it does not work "
-        "here; unshare (network/pid/mount namespaces, writable root) only when set explicitly.")
+        "auto", description="Namespace tool: auto = bwrap >= 0.8.0 (a read-only view with nothing of the host but the "
+        "system and Python directories), refusing to run when it does not work here; unshare (the same view, built "
+        "as root) only when set explicitly, and only for a root caller. See docs/sandbox.md.")
     python: str | None = Field(None, description="Interpreter inside the sandbox; default: this one or python3.")
 
 
@@ -336,6 +373,19 @@ class FormatConfig(_Strict):
     num_graders: int | None = Field(
         None, ge=1, description="Largest size of the grader actor pool (default: one per CPU of the cluster; the pool "
         "starts with one actor and grows while rows wait).")
+
+
+JUDGE_PLACEHOLDERS = ("question", "reference", "answer")  # filled by curation.judge.render_judge_prompt
+
+
+def check_judge_prompt(template: str) -> str:
+    """``template`` when it holds ``{reference}`` and ``{answer}`` exactly once and ``{question}`` at most once."""
+    for name in JUDGE_PLACEHOLDERS:
+        count = template.count("{" + name + "}")
+        if count > 1 or (count == 0 and name != "question"):
+            raise ValueError(f"judge prompt must contain '{{{name}}}' {'at most' if name == 'question' else 'exactly'} "
+                             f"once (found {count})")
+    return template
 
 
 class JudgeConfig(_Strict):
@@ -365,8 +415,6 @@ class JudgeConfig(_Strict):
     @field_validator("prompt")
     @classmethod
     def _placeholders(cls, v: str | None) -> str | None:
-        from ray_distill.curation.judge import check_judge_prompt
-
         return None if v is None else check_judge_prompt(v)
 
     @model_validator(mode="after")
@@ -802,6 +850,11 @@ class JobConfig(_Strict):
         None, description="The cluster config this job is sized for (cluster/aws.yaml or a KubeRay manifest; a relative "
         "path is looked up from the working directory, then beside the job file and its parent folder): "
         "`ray-distill plan` and `run` check each stage's GPU memory against its node types.")
+    base_dir: str | None = Field(
+        None, description="Directory the job file's relative input paths (question, suite, replay, harness and chat "
+        "template files) resolve against; default: the job file's directory, a relative base_dir is relative to it. "
+        "A path found only from the working directory is read from there; storage stays relative to the working "
+        "directory (see ray_distill.job_paths). Set by load_config to the directory used.")
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
     questions: QuestionsConfig
@@ -1002,9 +1055,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
         raise ConfigError(f"{path}: invalid YAML ({_first_line(err)})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(tree).__name__}")
+    from ray_distill.job_paths import resolve_inputs
+
     for text_override in overrides or []:
         keys, value = parse_override(text_override)
         apply_override(tree, keys, value)
+    tree = resolve_inputs(tree, path, os.getcwd())  # input files from the job's base_dir (see job_paths)
     return config_from_dict(tree, source=path)
 
 
