@@ -263,7 +263,6 @@ def _quiet_progress_bars() -> None:
     transformers' "Loading weights")."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         from ray.data import DataContext
 
