@@ -254,8 +254,13 @@ def active() -> JobLog | None:
 
 
 def _to_terminal(handler: logging.Handler) -> bool:
-    stream = getattr(handler, "stream", None)
-    return stream in (sys.stderr, sys.stdout) or getattr(stream, "name", "") in ("<stderr>", "<stdout>")
+    """A library's console handler: a stream handler that is not a file (MLflow's writes to a wrapper of
+    stderr, ``mlflow.utils.logging_utils.MlflowLoggingStream``, not to ``sys.stderr`` itself)."""
+    if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
+        return False
+    stream = handler.stream
+    return (stream in (sys.stderr, sys.stdout) or getattr(stream, "name", "") in ("<stderr>", "<stdout>")
+            or type(stream).__name__ == "MlflowLoggingStream")
 
 
 def _quiet_progress_bars() -> None:

@@ -28,6 +28,11 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # log_to_driver=False also switches off Ray's printer of worker lines for the rest of this process
+        # (ray._private.worker._worker_logs_enabled, never reset); the tests of our wrappers of it need it on
+        from ray._private import worker
+
+        worker._worker_logs_enabled = True
     yield ray
     ray.shutdown()
 

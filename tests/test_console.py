@@ -31,7 +31,9 @@ def test_the_console_shows_our_warnings_and_everything_with_verbose():
         assert console_shows(_record(library, logging.INFO), verbose=True)
 
 
-def test_library_logs_worker_lines_and_warnings_go_to_the_file_only(tmp_path, monkeypatch):
+def test_library_logs_worker_lines_and_warnings_go_to_the_file_only(tmp_path, monkeypatch, capsys):
+    import mlflow  # noqa: F401 - MLflow's console handler (to a wrapper of stderr) exists before the job log
+
     monkeypatch.setenv("RD_TEST_API_KEY", "sk-canary-0123456789abcdef")
     out = io.StringIO()
     log = JobLog(str(tmp_path / "job.log"), verbose=False, console=Console(file=out, width=100)).install()
@@ -52,7 +54,7 @@ def test_library_logs_worker_lines_and_warnings_go_to_the_file_only(tmp_path, mo
         assert log.last_step == (10, 100, 1.5, 900.0)
     finally:
         log.close()
-    shown = out.getvalue()
+    shown = out.getvalue() + capsys.readouterr().err  # what Rich printed and what a library wrote to stderr
     assert "a warning that needs the user" in shown and f"log: {log.path}" in shown
     for hidden in ("an info line of ours", "Dataset execution", "model card", "deprecation", "step 10/100"):
         assert hidden not in shown, hidden

@@ -124,6 +124,8 @@ def test_forwarded_worker_lines_go_through_the_same_redaction(monkeypatch):
     assert redact_log_batch({"lines": []}) == {"lines": []} and batch["lines"][0].endswith(KEY)  # input untouched
     original = worker.print_worker_logs
     monkeypatch.setattr(worker, "print_worker_logs", original)  # restored after the test
+    # a ray.init(log_to_driver=False) earlier in this process (tests/conftest.py's ray_local) leaves Ray's printer off
+    monkeypatch.setattr(worker, "_worker_logs_enabled", True)
     before = io.StringIO()
     worker.print_worker_logs(batch, before)
     assert KEY in before.getvalue()

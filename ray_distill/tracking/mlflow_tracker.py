@@ -208,7 +208,8 @@ class MLflowTracker:
             with loadable(model_dir) as (path, _):
                 info = mlflow.transformers.log_model(
                     path, name=name, task="text-generation", run_id=self.run_id, model_id=model.model_id,
-                    registered_model_name=register_as, pip_requirements=requirements)
+                    registered_model_name=register_as, pip_requirements=requirements,
+                    model_card=student_card(path))
         finally:
             mlflow.set_tracking_uri(previous)
         now = int(time.time() * 1000)
@@ -244,6 +245,21 @@ class MLflowTracker:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def student_card(path: str):
+    """The model card logged with a student: the checkpoint's own ``README.md`` where it has one, else a short
+    card of ours. Passing one stops MLflow from looking a local checkpoint path up on the Hugging Face Hub as
+    if it were a repository id (a warning per logged model); with no license declared, MLflow still notes in
+    the job's log file that it found none, which is true of a student trained here."""
+    from huggingface_hub import ModelCard
+
+    readme = os.path.join(path, "README.md")
+    if os.path.isfile(readme):
+        return ModelCard.load(readme)
+    return ModelCard("---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [ray-distill]\n"
+                     "license: other\n---\n# A student distilled by ray-distill\n\nFine-tuned on the curated corpus "
+                     "logged with this model (dataset `curated_corpus`); its scores are the model's metrics.\n")
 
 
 def tracker_from_handle(handle: TrackerHandle | None) -> Tracker:
