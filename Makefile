@@ -13,14 +13,18 @@ quickstart: install  ## the main job: the whole DED loop on a local Ray cluster 
 tune: install  ## data-budget search on the quickstart's stored generations
 	$(BIN)/ray-distill tune jobs/quickstart_tune.yaml
 
-# TEST_WORKERS=2: two pytest-xdist workers, a test file at a time each (a file's module fixtures stay on one
-# worker), the longest files first (tests/conftest.py; --no-loadscope-reorder keeps that order, where xdist
-# would start the files with the most tests first): 37 min vs ~45 serial on 2 cores, but a two-node Ray test
-# once lost its worker node while the other worker ran a job, so the default stays one process for now.
-TEST_WORKERS ?= 0
+# The suite on TEST_WORKERS pytest-xdist workers (0: one process), a test file at a time each (a file's module
+# fixtures stay on one worker), the longest files first (tests/conftest.py; --no-loadscope-reorder keeps that
+# order); then the tests marked `serial` (each starts a two-node Ray cluster of its own) one at a time, so no
+# other job shares the machine with them. Both phases run; the target fails if either does.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q --durations=25
 
 test: install  ## the whole suite on CPU (unit + real Ray/vLLM/MLflow end-to-end)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
+	@rc=0; \
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not serial" || rc=$$?; \
+	$(PYTEST) -p no:xdist -m serial || rc=$$?; \
+	exit $$rc
 
 test-fast: install  ## unit tests only
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"

@@ -254,6 +254,7 @@ def cluster():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_extra_auto_reads_the_live_nodes_of_the_cluster(cluster):
     from ray_distill.submit import choose_extra, cluster_node_resources
 
@@ -263,6 +264,7 @@ def test_extra_auto_reads_the_live_nodes_of_the_cluster(cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_invalid_config_is_rejected_before_submission(cluster):
     client = job_client(cluster["RAY_ADDRESS"])
     before = len(client.list_jobs())
@@ -274,6 +276,7 @@ def test_invalid_config_is_rejected_before_submission(cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_relative_storage_without_a_storage_root_stops_the_job_at_once(cluster, monkeypatch):
     """Under the Jobs API a relative `storage` never lands in Ray's copy of the working dir: with the nodes'
     RAY_DISTILL_STORAGE blanked for this job, it fails in seconds with the one line naming `storage`."""
@@ -293,6 +296,7 @@ def test_relative_storage_without_a_storage_root_stops_the_job_at_once(cluster, 
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_documented_ray_job_submit_line_runs_as_written(cluster):
     """README.md's and docs/clusters.md's `ray job submit` line, run by Ray's own CLI with no override: the
     nodes' MLFLOW_TRACKING_URI and RAY_DISTILL_STORAGE decide where runs and outputs go."""
@@ -331,6 +335,7 @@ def test_documented_ray_job_submit_line_runs_as_written(cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_documented_ray_distill_submit_line_runs_as_written(cluster):
     """docs/clusters.md's `ray-distill submit` line: address from RAY_ADDRESS, an experiment chosen in the
     client's shell and passed by name (--env), an override; the generation store is reused."""

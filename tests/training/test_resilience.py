@@ -102,6 +102,7 @@ print(json.dumps({"nodes": nodes, **{k: result.metrics[k] for k in ("work_by_nod
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_two_node_cluster_trains_one_worker_per_node(tiny_student_path):
     state = tempfile.mkdtemp(prefix="rdt-", dir="/tmp")  # short: Ray's unix socket paths live under it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_TOKEN"))}
