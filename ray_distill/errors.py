@@ -9,7 +9,8 @@ is a ``ValueError``, an unreachable cluster a ``ConnectionError``, a model that 
 
 Exit codes (README, "The CLI"): 1 an unexpected error (a bug: the traceback is in the log file), 2 config,
 3 data, 4 a missing environment variable, 5 no code sandbox, 6 cluster or storage unreachable, 7 a model that
-does not load, 8 budget, 9 out of memory, 10 the submission itself, 130 interrupted.
+does not load, 8 budget, 9 out of memory, 10 the submission itself, 11 a remote engine refused the key,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class OutOfMemory(MemoryError):
     """A stage ran out of (GPU or host) memory; ``str(err)`` names the stage and the knobs that lower it."""
 
 
+class KeyRefused(PermissionError):
+    """A remote engine refused the job's credentials (HTTP 401/403): nothing it answers will be a sample, so
+    the job stops at the first refusal; ``str(err)`` names the engine, the status and the key's variable."""
+
+
 class SubmitError(RuntimeError):
     """The submission itself is wrong (missing secret variable, job file outside the working dir, ...)."""
 
@@ -83,6 +89,7 @@ EXIT_CODES: dict[type[BaseException], tuple[int, str]] = {
     BudgetExceeded: (8, "over budget"),
     OutOfMemory: (9, "out of memory"),
     SubmitError: (10, "submit error"),
+    KeyRefused: (11, "key refused"),
 }
 
 # Out-of-memory errors of other libraries, recognised by class name so that this module imports neither:

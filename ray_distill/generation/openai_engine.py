@@ -39,6 +39,7 @@ import openai
 from pydantic import SecretStr
 
 from ray_distill.config import EngineConfig, SamplingConfig
+from ray_distill.errors import KeyRefused
 from ray_distill.generation.rate_limit import limiter_for
 from ray_distill.generation.types import FINISH_LENGTH, FINISH_STOP, Completion, check_lengths, error_completion
 from ray_distill.models import last_user_content
@@ -59,6 +60,11 @@ def backoff_delay(attempt: int, base_s: float, retry_after_s: float | None = Non
         return min(max(retry_after_s, 0.0), cap_s)
     ceiling = min(cap_s, base_s * 2**attempt)
     return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def refused(err: BaseException) -> bool:
+    """The server refused the credentials (401 Unauthorized, 403 Forbidden): no retry can succeed."""
+    return isinstance(err, openai.APIStatusError) and err.status_code in (401, 403)
 
 
 def is_retryable(err: BaseException) -> bool:
@@ -177,6 +183,11 @@ class OpenAIEngine:
             try:
                 completion = await self._create(client, conv, sampling, seed)
             except Exception as err:  # one bad request must not fail the batch
+                if refused(err):  # ... but a refused key fails every request: stop the job before it spends more
+                    raise KeyRefused(self._redact(
+                        f"{self.cfg.model} at {redact_text(str(self.cfg.base_url))} answered {err.status_code} "
+                        f"({type(err).__name__}) to the key in {self.cfg.api_key_env or 'no variable'}: check that "
+                        "the variable holds a key this server accepts")) from None
                 if not is_retryable(err) or attempt == self.cfg.max_retries:
                     tries = f" after {attempt + 1} attempts" if attempt else ""
                     return error_completion(self._redact(f"{type(err).__name__}{tries}: {err}"))

@@ -155,6 +155,20 @@ def test_client_errors_are_not_retried(openai_stub, monkeypatch):
     assert len(server.requests) == 1 and c["error"].startswith("BadRequestError: ")
 
 
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_stops_at_the_first_refusal_naming_the_variable_not_the_key(status, openai_stub, monkeypatch):
+    from ray_distill.errors import KeyRefused, exit_code
+
+    monkeypatch.setenv("STUB_API_KEY", SECRET)
+    with openai_stub(fail_first=100, fail_status=status) as server:  # its body echoes the Authorization header
+        engine = build_engine(_cfg(server.base_url, max_retries=3, max_concurrency=1))
+        with pytest.raises(KeyRefused, match=rf"stub at http://127.0.0.1:\d+/v1 answered {status} \(\w+Error\) to "
+                           "the key in STUB_API_KEY") as err:
+            engine.generate([question_messages("1+2"), question_messages("3+4")], SamplingConfig(), [[1, 2], [3]])
+    assert len(server.requests) == 1 and engine.retries == 0  # nothing retried, nothing more sent
+    assert SECRET not in str(err.value) and exit_code(err.value) == 11
+
+
 def test_missing_key_variable_fails_fast_naming_it_without_the_key(monkeypatch):
     monkeypatch.setenv("STUB_API_KEY", SECRET)
     cfg = _cfg("http://127.0.0.1:9/v1").model_copy(update={"api_key_env": "STUB_API_KEY_TYPO"})
