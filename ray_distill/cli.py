@@ -470,7 +470,11 @@ def _print_where(cfg: JobConfig, tracker, target) -> None:
     """Where the outputs and the runs went, and which setting chose each (config, environment, default)."""
     out.print(f"storage: {redact(cfg.storage)} ({cfg.storage_source})", highlight=False, soft_wrap=True)
     if tracker.run_id:
+        from ray_distill.environment import run_url
+
         out.print(f"{target.describe()}, run {tracker.run_id}", highlight=False, soft_wrap=True)
+        out.print(f"open the run: {run_url(target.uri, tracker.experiment_id, tracker.run_id)}", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command()

@@ -120,6 +120,15 @@ class TrackingTarget:
                 f"({_from(self.experiment_source)})")
 
 
+def run_url(uri: str, experiment_id: str, run_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """Where MLflow's UI shows a run: on a tracking server, its own address; for a local store (SQLite, a
+    folder), the ``mlflow ui`` command that serves it and the page on its default address. No credentials."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{redact(uri).rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {redact(uri)}  then  {ui}/{page}"
+
+
 def _from(source: str) -> str:
     return source if source == "default" else f"from {source}"
 

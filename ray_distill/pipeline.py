@@ -177,7 +177,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
         t.log_table(distance_table(selected), "selection_distances.json")  # kept vs available, per question
     with runner.stage("corpus", rows_in=len(selected)) as (t, rec):
         corpus_dir = join(cfg.run_dir, "corpus")
-        corpus = write_job_corpus(selected, corpus_dir, t)
+        corpus = write_job_corpus(selected, corpus_dir, t, job=tracker)
         write_stage_rejects(cfg, stopped, "adaptive_sampling")
         rec.rows_out = len(corpus)
     if until == "corpus":

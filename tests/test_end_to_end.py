@@ -41,8 +41,15 @@ def storage(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("storage")
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": "", "COLUMNS": "200"}
+# Secrets in the job's environment (tests/generation/test_canary.py checks the stage commands, validate and
+# submit --dry-run with a hosted teacher): the whole `run` never writes one to the console, its log file, the
+# MLflow store or anything under its storage.
+CANARIES = {"HF_TOKEN": "hf_QuickstartCanary4Tq9Wz", "AWS_SECRET_ACCESS_KEY": "awsQuickstartCanary7Hy2",
+            "OPENAI_API_KEY": "sk-quickstart-canary-Vb3Nm8"}
+
+
+def _cli(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ADDRESS": "", "COLUMNS": "200", **(env_extra or {})}
     env.pop("RAY_ADDRESS")
     cmd = [sys.executable, "-m", "ray_distill.cli", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
@@ -55,7 +62,8 @@ def _runs(storage: Path, experiment: str = "ray-distill") -> list:
 
 
 def test_quickstart_end_to_end(storage):
-    proc = _cli("run", str(ROOT / "jobs/quickstart.yaml"), f"storage={storage}", *SMALL, cwd=storage)
+    proc = _cli("run", str(ROOT / "jobs/quickstart.yaml"), f"storage={storage}", *SMALL, cwd=storage,
+                env_extra=CANARIES)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = proc.stdout
     for title in ("Teacher smoke test", "Rows kept at each stage", "Student avg@k", "What each stage spent"):
@@ -79,6 +87,11 @@ def test_quickstart_end_to_end(storage):
     runs = _runs(storage)
     (parent,) = [r for r in runs if r.info.run_name == "quickstart"]
     metrics = parent.data.metrics
+    # the first page a user opens: the command prints it, and the job's run lists the corpus it trained on
+    assert (f"open the run: mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db  then  http://127.0.0.1:5000/"
+            f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}") in out
+    inputs = MlflowClient(f"sqlite:///{storage}/mlflow.db").get_run(parent.info.run_id).inputs.dataset_inputs
+    assert [d.dataset.name for d in inputs] == ["curated_corpus"]
     # rows per stage: all questions → compressed → generated (M per kept question) → correct → diverse (≤ P each)
     assert metrics["rows/questions"] == 300
     assert 0 < metrics["rows/compressed"] < 300  # the base student solves the single-step questions
@@ -166,6 +179,14 @@ def test_quickstart_end_to_end(storage):
         assert not set(dev["question"]) & {r["question"] for r in rows}, suite.name
     assert not set(dev["question_id"]) & {r["question_id"] for r in corpus_rows}
     assert not set(dev["question"]) & {r["messages"][0]["content"] for r in corpus_rows}
+
+    # no canary anywhere: console, log file, MLflow store and artifacts, stores, corpus, student, rejects
+    leaks = [n for n, v in CANARIES.items() if v in proc.stdout + proc.stderr]
+    for path in storage.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            leaks += [f"{path.relative_to(storage)}: {n}" for n, v in CANARIES.items() if v.encode() in data]
+    assert not leaks, leaks
 
 
 def test_stage_commands_share_the_stores_and_artifacts(storage):

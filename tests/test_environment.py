@@ -230,3 +230,12 @@ def test_the_chosen_jobs_api_address_wins_over_rays_environment_override(monkeyp
     with pytest.raises(ConnectionError, match=r"http://127\.0\.0\.1:1\b"):
         job_client("http://127.0.0.1:1")
     assert "RAY_API_SERVER_ADDRESS" not in os.environ
+
+
+def test_run_url_points_at_the_run_in_mlflows_ui():
+    from ray_distill.environment import run_url
+
+    assert run_url("http://mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
+    assert run_url("https://u:pw@mlflow.example/", "3", "abc") == "https://***@mlflow.example/#/experiments/3/runs/abc"
+    assert run_url("sqlite:////data/out/mlflow.db", "1", "abc") == (
+        "mlflow ui --backend-store-uri sqlite:////data/out/mlflow.db  then  http://127.0.0.1:5000/#/experiments/1/runs/abc")

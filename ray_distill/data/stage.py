@@ -92,10 +92,13 @@ def write_stage_rejects(cfg: JobConfig, rows: list[dict], stage: str) -> None:
         write_rejects([{**r, "stage": stage} for r in rows], join(cfg.run_dir, "rejects", f"{stage}.jsonl"))
 
 
-def write_job_corpus(selected: pd.DataFrame, out_dir: str, t: Tracker) -> list[dict]:
+def write_job_corpus(selected: pd.DataFrame, out_dir: str, t: Tracker, job: Tracker | None = None) -> list[dict]:
+    """The corpus as chat rows in ``out_dir``; its dataset is an input of the corpus stage's run ``t`` and of
+    the job's own run ``job`` (the first run a user opens in MLflow shows what the student learnt from)."""
     corpus = [to_chat_row(r) for r in selected.sort_values([C.QUESTION_ID, C.SAMPLE_INDEX]).to_dict("records")]
     paths = write_corpus(corpus, out_dir)
-    t.log_dataset(pd.DataFrame(corpus), name="curated_corpus", source=paths["parquet"])
+    for run in (t, job) if job is not None else (t,):
+        run.log_dataset(pd.DataFrame(corpus), name="curated_corpus", source=paths["parquet"])
     for p in paths.values():
         if "://" not in p:
             t.log_artifact(p, "corpus")

@@ -175,10 +175,9 @@ class MLflowTracker:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
     def log_dataset(self, df: pd.DataFrame, name: str, source: str, context: str = "training") -> None:
-        import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = mlflow.data.from_pandas(_jsonable(df), source=redact(source), name=name)
+        dataset = _dataset(df, source, name)
         tag = InputTag(key="mlflow.data.context", value=context)
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])
 
@@ -190,7 +189,6 @@ class MLflowTracker:
         ``metrics`` linked to it and ``corpus_metrics`` linked to it and to the ``corpus`` dataset it was trained
         on. ``register_as``: also a new version of that registered model. Returns the model's ``models:/`` URI."""
         import mlflow
-        import mlflow.data
         import torch
         import transformers
         from mlflow.entities import Metric
@@ -216,7 +214,7 @@ class MLflowTracker:
         items = [Metric(k, float(v), now, 0, model_id=info.model_id, run_id=self.run_id)
                  for k, v in metrics.items() if v is not None]
         if corpus is not None:
-            dataset = mlflow.data.from_pandas(_jsonable(corpus), source=redact(corpus_source), name="curated_corpus")
+            dataset = _dataset(corpus, corpus_source, "curated_corpus")
             items += [Metric(k, float(v), now, 0, model_id=info.model_id, dataset_name=dataset.name,
                              dataset_digest=dataset.digest, run_id=self.run_id)
                       for k, v in (corpus_metrics or {}).items() if v is not None]
@@ -245,6 +243,20 @@ class MLflowTracker:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def _dataset(df: pd.DataFrame, source: str, name: str):
+    """An MLflow dataset of ``df`` read from ``source`` (credentials masked)."""
+    import warnings
+
+    import mlflow.data
+
+    with warnings.catch_warnings():
+        # library noise: MLflow registers its local-file dataset source for two schemes and then warns, for
+        # every local path, that it "can be interpreted in multiple ways: LocalArtifactDatasetSource,
+        # LocalArtifactDatasetSource" (the same class twice); the source it picks is the right one
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        return mlflow.data.from_pandas(_jsonable(df), source=redact(source), name=name)
 
 
 def student_card(path: str):
