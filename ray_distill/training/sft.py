@@ -210,11 +210,16 @@ def encode_rows(rows: list[dict], base_model: str, max_seq_len: int,
     unsupervised = sum(1 for e in examples if supervised_count(e) == 0)
     if unsupervised:
         logger.warning("%d of %d rows have no supervised token (they add no loss)", unsupervised, len(rows))
+    truncated = sum(e["truncated"] for e in examples)
+    if truncated:  # the cut is at the end: the row's final answer is what the student does not see
+        logger.warning("%d of %d training rows are longer than train.max_seq_len=%d and were cut at the end (their "
+                       "answers lost): raise train.max_seq_len or lower format.max_tokens", truncated, len(rows),
+                       max_seq_len)
     figures = {
         "preflight_supervised_fraction": check["supervised_fraction"],
         "preflight_truncation_rate": check["truncation_rate"],
         "rows": len(examples),
-        "truncated_rows": sum(e["truncated"] for e in examples),
+        "truncated_rows": truncated,
         "unsupervised_rows": unsupervised,
     }
     return [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], figures

@@ -131,3 +131,14 @@ def test_collate_packs_examples_with_restarting_positions():
     # b's first label would be predicted from a's last token: masked, as in an unpacked row
     assert out["labels"].tolist() == [[IGNORE, 6, 7, IGNORE, 9], [IGNORE, 9, IGNORE, IGNORE, IGNORE]]
     assert out["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
+
+
+def test_rows_cut_at_max_seq_len_are_counted_and_warned_about(tiny_student_path, caplog):
+    from ray_distill.training.sft import encode_rows
+
+    rows = base_corpus(8, seed=1)
+    _, figures = encode_rows(rows, tiny_student_path, max_seq_len=512)
+    assert figures["truncated_rows"] == 0 and "longer than train.max_seq_len" not in caplog.text
+    _, figures = encode_rows(rows, tiny_student_path, max_seq_len=6)
+    assert figures["truncated_rows"] == 8
+    assert "8 of 8 training rows are longer than train.max_seq_len=6 and were cut at the end" in caplog.text
