@@ -27,6 +27,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import math_verify.grader
+import math_verify.parser
 from math_verify import parse, verify
 
 from ray_distill.curation import sandbox as S
@@ -106,8 +108,13 @@ class GraderTimeout(Exception):
 
 
 def _timeouts() -> int | None:
-    # math-verify's own timeouts use SIGALRM, which only works in the main thread.
-    return MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    # math-verify's own timeouts use SIGALRM, which only works in the main thread; elsewhere with_deadline
+    # bounds the call. math-verify then warns once per process (twice per grader actor on the console) that
+    # "you must provide the logic for timeout interruption yourself": we do, so its warning is marked shown.
+    if threading.current_thread() is threading.main_thread():
+        return MATH_TIMEOUT_S
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = math_verify.parser.TIMEOUT_WARNING_SHOWN = True
+    return None
 
 
 def with_deadline(fn: Callable, *args, timeout_s: float | None = None):

@@ -207,3 +207,22 @@ def _catch(fn):
     except Exception as err:  # returned for the assertion in the main thread
         return err
     return None
+
+
+def test_math_verify_does_not_warn_that_a_worker_threads_timeout_is_missing(caplog):
+    """Off the main thread the deadline is with_deadline's: math-verify's warning that nothing bounds the call
+    (printed once per process, twice per grader actor) would be untrue, and it is not printed."""
+    import logging
+    import threading
+
+    import math_verify.grader
+    import math_verify.parser
+
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = math_verify.parser.TIMEOUT_WARNING_SHOWN = False
+    caplog.set_level(logging.WARNING)
+    result = {}
+    th = threading.Thread(target=lambda: result.setdefault("ok", G.answers_match("3", r"\boxed{3}")))
+    th.start()
+    th.join()
+    assert result["ok"][0] is True
+    assert "Timeout is disabled" not in caplog.text
