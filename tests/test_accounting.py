@@ -50,6 +50,7 @@ def test_resource_meter_integrates_held_cpus(ray_local):
     def hold(seconds: float) -> None:
         time.sleep(seconds)
 
+    ray.get(hold.remote(0.0))  # a worker process exists: its start-up (seconds on a loaded machine) is not held below
     meter = ResourceMeter(interval_s=0.1).start()
     try:
         before = meter.snapshot()
