@@ -443,7 +443,8 @@ def ablate(job: JobFile, overrides: Overrides = None, verbose: Verbose = False) 
     for (arm, teacher), sub in moves.groupby(["arm", "teacher"], sort=False):
         table.add_row(arm, teacher, *[f"{r.mean:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" if seeds == 1 else
                                       f"{r.mean:.3f} ± {r.sd:.3f} ({r.min:.3f}–{r.max:.3f})" for r in sub.itertuples()])
-    out.print(table)
+    if cfg.ablation.moves:  # without the per-move arms, DED at N alone is in the curve's table
+        out.print(table)
     if result.curve is not None:
         curve = Table(title=f"Data-efficiency curve: DED at N = {result.budget_rows:,} rows vs random verified-correct "
                       "rows at k x N, same optimizer steps (avg@k, mean ± sd over seeds [95% CI of the mean])")
