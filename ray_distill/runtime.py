@@ -116,6 +116,7 @@ def _redacting_printer(print_worker_logs):
         return print_worker_logs(redact_log_batch(data), print_file, ignore_prefix)
 
     printer.redacting = True
+    printer.wrapped = print_worker_logs  # what it wraps (Ray's own, or a wrapper of it)
     return printer
 
 
