@@ -474,8 +474,10 @@ def _print_where(cfg: JobConfig, tracker, target) -> None:
         from ray_distill.environment import run_url
 
         out.print(f"{target.describe()}, run {tracker.run_id}", highlight=False, soft_wrap=True)
-        out.print(f"open the run: {run_url(target.uri, tracker.experiment_id, tracker.run_id)}", highlight=False,
-                  soft_wrap=True)
+        serve, page = run_url(target.uri, tracker.experiment_id, tracker.run_id)
+        if serve:
+            out.print(f"MLflow UI: {serve}", highlight=False, soft_wrap=True)
+        out.print(f"open the run: {page}", highlight=False, soft_wrap=True)
 
 
 @app.command()

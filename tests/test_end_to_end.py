@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,8 +89,9 @@ def test_quickstart_end_to_end(storage):
     (parent,) = [r for r in runs if r.info.run_name == "quickstart"]
     metrics = parent.data.metrics
     # the first page a user opens: the command prints it, and the job's run lists the corpus it trained on
-    assert (f"open the run: mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db  then  http://127.0.0.1:5000/"
-            f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}") in out
+    assert f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db\n" in out
+    assert (f"open the run: http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/"
+            f"{parent.info.run_id}?workflowType=machine_learning") in out
     inputs = MlflowClient(f"sqlite:///{storage}/mlflow.db").get_run(parent.info.run_id).inputs.dataset_inputs
     assert [d.dataset.name for d in inputs] == ["curated_corpus"]
     # rows per stage: all questions → compressed → generated (M per kept question) → correct → diverse (≤ P each)
@@ -147,7 +149,8 @@ def test_quickstart_end_to_end(storage):
     assert "config.json" in {os.path.basename(a.path) for a in weights}
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "logs")] == [f"logs/{log_file.name}"]
     description = parent.data.tags["mlflow.note.content"]
-    assert f"Teacher: **{ranking['teacher'].iloc[0]}**" in description and "| arith_2to3 |" in description
+    assert f"Teacher: **{ranking['teacher'].iloc[0]}**" in description
+    assert re.search(r"^arith_2to3  +\d\.\d{3}  +\d\.\d{3}  +\[", description, re.M), description  # a text table
     assert f"models:/{model.model_id}" in description
     assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
@@ -187,6 +190,41 @@ def test_quickstart_end_to_end(storage):
             data = path.read_bytes()
             leaks += [f"{path.relative_to(storage)}: {n}" for n, v in CANARIES.items() if v.encode() in data]
     assert not leaks, leaks
+
+
+def test_the_printed_mlflow_ui_line_serves_the_printed_run(storage, tmp_path):
+    """The quickstart's closing lines: `MLflow UI: mlflow ui --backend-store-uri …`, run as printed from outside
+    the project, serves the store on MLflow's default address, where the printed run page's run exists."""
+    import shlex
+    import socket
+    import time
+    import urllib.request
+
+    (parent,) = [r for r in _runs(storage) if r.info.run_name == "quickstart"]
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 5000)) == 0:
+            pytest.skip("something already listens on 127.0.0.1:5000, the address `mlflow ui` serves on")
+    line = f"mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen(shlex.split(line), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    api = f"http://127.0.0.1:5000/api/2.0/mlflow/runs/get?run_id={parent.info.run_id}"
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(api, timeout=2) as resp:
+                    got = json.loads(resp.read())
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow ui exited"
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow ui did not answer within 60 s")
+        assert got["run"]["info"]["run_name"] == "quickstart"
+        assert got["run"]["info"]["experiment_id"] == parent.info.experiment_id
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
 
 
 def test_stage_commands_share_the_stores_and_artifacts(storage):

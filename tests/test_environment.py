@@ -235,7 +235,10 @@ def test_the_chosen_jobs_api_address_wins_over_rays_environment_override(monkeyp
 def test_run_url_points_at_the_run_in_mlflows_ui():
     from ray_distill.environment import run_url
 
-    assert run_url("http://mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
-    assert run_url("https://u:pw@mlflow.example/", "3", "abc") == "https://***@mlflow.example/#/experiments/3/runs/abc"
+    view = "?workflowType=machine_learning"  # MLflow's "Model training" view, not its GenAI one
+    assert run_url("http://mlflow:5000/", "3", "abc") == (None, f"http://mlflow:5000/#/experiments/3/runs/abc{view}")
+    assert run_url("https://u:pw@mlflow.example/", "3", "abc")[1] == \
+        f"https://***@mlflow.example/#/experiments/3/runs/abc{view}"
     assert run_url("sqlite:////data/out/mlflow.db", "1", "abc") == (
-        "mlflow ui --backend-store-uri sqlite:////data/out/mlflow.db  then  http://127.0.0.1:5000/#/experiments/1/runs/abc")
+        "mlflow ui --backend-store-uri sqlite:////data/out/mlflow.db",
+        f"http://127.0.0.1:5000/#/experiments/1/runs/abc{view}")
