@@ -94,13 +94,17 @@ def test_engine_samples_per_seed_with_usage_tokens(vllm_server, monkeypatch):
     assert c["error"] == "" and c["prompt_tokens"] == len("1+2")  # the raw prompt, no template
 
 
-def test_wrong_key_gives_error_completions_without_the_key(vllm_server, monkeypatch, caplog):
+def test_a_wrong_key_stops_at_the_first_refusal_without_the_key(vllm_server, monkeypatch, caplog):
+    """vLLM's own server with --api-key answers 401 to a wrong key: the engine stops (KeyRefused, exit 11) at
+    once, naming the variable, never the key."""
+    from ray_distill.errors import KeyRefused, exit_code
+
     monkeypatch.setenv("VLLM_TEST_KEY", SECRET[:-1] + "X")
     engine = build_engine(_engine_cfg(vllm_server))
-    ((c,),) = engine.generate([question_messages("1+2")], SamplingConfig(max_tokens=5), [[1]])
-    assert c["finish_reason"] == "error" and c["error"].startswith("AuthenticationError")
+    with pytest.raises(KeyRefused, match="answered 401 .* to the key in VLLM_TEST_KEY") as err:
+        engine.generate([question_messages("1+2")], SamplingConfig(max_tokens=5), [[1]])
     assert engine.retries == 0  # 401 is not retried
-    assert SECRET[:-1] not in c["error"] + caplog.text
+    assert SECRET[:-1] not in str(err.value) + caplog.text and exit_code(err.value) == 11
 
 
 def test_store_through_ray_data_with_counters(vllm_server, ray_local, tmp_path, monkeypatch):
