@@ -15,6 +15,8 @@ request frees starts the next waiting one, of any batch (Ray Data gives an actor
 capped at ``max_retry_wait_s``, and a 429's wait holds every actor of the teacher. With
 ``requests_per_minute`` / ``tokens_per_minute``, all engine actors of a teacher share one limiter
 (:mod:`.rate_limit`). A request that still fails becomes an error :class:`Completion`; the batch goes on.
+A 401/403 is different: the key is refused, every request would be, so the engine raises
+:class:`~ray_distill.errors.KeyRefused` at the first one and the job stops (exit 11) before it sends more.
 
 Token counts come from the response ``usage``; a server that sends none has the reply counted by
 ``tokenizer`` (hub id or path), or else estimated at one token per 3 bytes of UTF-8 (:func:`estimate_tokens`:
