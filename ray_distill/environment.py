@@ -120,13 +120,16 @@ class TrackingTarget:
                 f"({_from(self.experiment_source)})")
 
 
+# MLflow 3's UI opens in its GenAI view (an empty traces dashboard for a training job) whatever the experiment's
+# kind; this query parameter of its pages opens the "Model training" view
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def run_url(uri: str, experiment_id: str, run_id: str, ui: str = "http://127.0.0.1:5000") -> tuple[str | None, str]:
     """Where MLflow's UI shows a run, ``(the command that serves the UI or None, the run's page)``: a tracking
     server's own address; for a local store (SQLite, a folder), ``mlflow ui`` on it and the page on that
     command's default address. No credentials."""
-    # ?workflowType=machine_learning: MLflow 3's UI opens in its GenAI view (an empty traces dashboard for a
-    # training job) whatever the experiment's kind; this opens the run in its "Model training" view
-    page = f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
     if uri.startswith(("http://", "https://")):
         return None, f"{redact(uri).rstrip('/')}/{page}"
     return f"mlflow ui --backend-store-uri {redact(uri)}", f"{ui}/{page}"

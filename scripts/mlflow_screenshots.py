@@ -20,6 +20,8 @@ import urllib.request
 
 from mlflow import MlflowClient
 
+from ray_distill.environment import MODEL_TRAINING_VIEW
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
@@ -85,7 +87,7 @@ def main() -> None:
         os.makedirs(args.out, exist_ok=True)
         for name, page in shots.items():
             path = os.path.abspath(os.path.join(args.out, name))
-            page += ("&" if "?" in page else "?") + "workflowType=machine_learning"  # MLflow's "Model training" view
+            page += ("&" if "?" in page else "?") + MODEL_TRAINING_VIEW
             with tempfile.TemporaryDirectory() as profile:
                 subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={args.size}",
                                 f"--virtual-time-budget={args.wait_ms}", f"--screenshot={path}", ui + page],

@@ -80,3 +80,19 @@ def pytest_collection_modifyitems(config, items):
         return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: a file's tests keep their order
+
+
+def files_holding(root, secrets: dict[str, str]) -> list[str]:
+    """``"<path under root>: <name>"`` for every file under ``root`` whose bytes hold one of ``secrets``'s values."""
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path.relative_to(root)}: {n}" for n, v in secrets.items() if v.encode() in data]
+    return found
+
+
+@pytest.fixture
+def secrets_in_files():
+    """:func:`files_holding`: where canary secrets were written (tests of the key hygiene)."""
+    return files_holding

@@ -62,7 +62,7 @@ def _runs(storage: Path, experiment: str = "ray-distill") -> list:
     return client.search_runs([exp.experiment_id], max_results=1000)
 
 
-def test_quickstart_end_to_end(storage):
+def test_quickstart_end_to_end(storage, secrets_in_files):
     proc = _cli("run", str(ROOT / "jobs/quickstart.yaml"), f"storage={storage}", *SMALL, cwd=storage,
                 env_extra=CANARIES)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -184,11 +184,7 @@ def test_quickstart_end_to_end(storage):
     assert not set(dev["question"]) & {r["messages"][0]["content"] for r in corpus_rows}
 
     # no canary anywhere: console, log file, MLflow store and artifacts, stores, corpus, student, rejects
-    leaks = [n for n, v in CANARIES.items() if v in proc.stdout + proc.stderr]
-    for path in storage.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            leaks += [f"{path.relative_to(storage)}: {n}" for n, v in CANARIES.items() if v.encode() in data]
+    leaks = [n for n, v in CANARIES.items() if v in proc.stdout + proc.stderr] + secrets_in_files(storage, CANARIES)
     assert not leaks, leaks
 
 

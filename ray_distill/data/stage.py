@@ -97,8 +97,9 @@ def write_job_corpus(selected: pd.DataFrame, out_dir: str, t: Tracker, job: Trac
     the job's own run ``job`` (the first run a user opens in MLflow shows what the student learnt from)."""
     corpus = [to_chat_row(r) for r in selected.sort_values([C.QUESTION_ID, C.SAMPLE_INDEX]).to_dict("records")]
     paths = write_corpus(corpus, out_dir)
+    frame = pd.DataFrame(corpus)
     for run in (t, job) if job is not None else (t,):
-        run.log_dataset(pd.DataFrame(corpus), name="curated_corpus", source=paths["parquet"])
+        run.log_dataset(frame, name="curated_corpus", source=paths["parquet"])
     for p in paths.values():
         if "://" not in p:
             t.log_artifact(p, "corpus")

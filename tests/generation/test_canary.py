@@ -63,17 +63,8 @@ def _leaks(text: str) -> list[str]:
     return [name for name, value in CANARIES.items() if value in text]
 
 
-def _files_with_canaries(root: Path) -> list[str]:
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            found += [f"{path.relative_to(root)}: {n}" for n, v in CANARIES.items() if v.encode() in data]
-    return found
-
-
 @pytest.mark.slow  # a job's stage command end to end (Ray, Ray Data, MLflow): ~1 min on an idle 2-core machine
-def test_canary_keys_reach_the_server_and_nothing_else(openai_stub, tmp_path):
+def test_canary_keys_reach_the_server_and_nothing_else(openai_stub, tmp_path, secrets_in_files):
     from mlflow import MlflowClient
 
     storage = tmp_path / "storage"
@@ -115,7 +106,7 @@ def test_canary_keys_reach_the_server_and_nothing_else(openai_stub, tmp_path):
     assert any(r.data.params.get("teachers.0.engine.api_key_env") == "TEACHER_ACCESS" for r in runs)  # the name
     artifacts = [p for p in storage.rglob("*") if p.is_file() and "mlartifacts" in p.parts]
     assert artifacts  # the run logged some
-    assert not _files_with_canaries(storage)  # artifacts, mlflow.db, the generation store, rejects, ...
+    assert not secrets_in_files(storage, CANARIES)  # artifacts, mlflow.db, the generation store, rejects, ...
     print(f"generate took {generate_s:.1f} s")
 
 
