@@ -257,7 +257,7 @@ def evaluate_stage(cfg: JobConfig, models: dict[str, str], suites: Suites,
     base's scores beside the student's)."""
     with runner.stage("evaluate") as (t, rec):
         scores = evaluate_all(cfg, [(model, t, prefix) for prefix, model in models.items()], suites, rec)
-        harness = {prefix: evaluate_harness(cfg, model, t, prefix=prefix) for prefix, model in models.items()}
+        harness = evaluate_harness(cfg, models, t)
     return scores, {prefix: s for prefix, s in harness.items() if s}
 
 

@@ -40,13 +40,18 @@ def hub_cache(hf_home: Path, checkpoint: str, repo_id: str, revision: str) -> No
 
 def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
     hub_cache(tmp_path / "hf", smollm2_path, HUB_ID, REVISION)
+    # the job's question file cut to its first 90 rows, a smaller probe and dev suite: the same stages, a third of
+    # the samples (CPU time); compression still sends 70 chat prompts x k=2 seeded samples in one engine batch
+    questions = tmp_path / "additions.jsonl"
+    questions.write_text("".join((ROOT / "jobs/data/additions.jsonl").read_text().splitlines(keepends=True)[:90]))
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     env.pop("RAY_ADDRESS", None)
     overrides = [
         f"storage={smollm2_storage}",  # its model cache holds the preset already
         f"student.model={HUB_ID}", f"student.revision={REVISION}", "student.preset=null",
         f"teachers.0.engine.model={HUB_ID}", "teachers.0.engine.preset=null",
-        "questions.path=" + str(ROOT / "jobs/data/additions.jsonl"),
+        f"questions.path={questions}", "smoke_test.probe_questions=40", "dev.num_questions=20",
+        "selection.max_questions=30",
         "teachers.1.engine.chat_template=" + str(ROOT / "jobs/templates/chatml_think.jinja"),
         "eval.suites.0.path=" + str(ROOT / "jobs/data/additions_eval.jsonl"),
         "replay.source=" + str(ROOT / "jobs/data/replay_chat.jsonl"),
@@ -64,7 +69,7 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     (parent,) = [r for r in runs if r.info.run_name == "real-model"]
     metrics = parent.data.metrics
-    assert metrics["rows/questions"] >= 60 and metrics["rows/diverse"] > 0
+    assert metrics["rows/questions"] == 70 and metrics["rows/diverse"] > 0  # 90 rows, 20 of them the dev suite
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {"student", "questions", "generate_probe", "verify_probe", "smoke_test", "compress", "generate",
             "verify", "select", "corpus", "train", "evaluate"} <= {r.info.run_name for r in children}
@@ -109,7 +114,7 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
 
     # selection scored on a dev suite carved out of the pool, disjoint from the eval suite and the corpus
     dev = _table(client, _child(children, "questions"), "dev_questions.json", tmp_path)
-    assert len(dev) == 30
+    assert len(dev) == 20
     evaluated = {json.loads(line)["question"] for line in (ROOT / "jobs/data/additions_eval.jsonl").read_text().splitlines()}
     assert not set(dev["question"]) & evaluated
     assert not set(dev["question_id"]) & {row["question_id"] for row in corpus}

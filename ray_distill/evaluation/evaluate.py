@@ -13,7 +13,7 @@ estimator, for any k up to the samples drawn), a 95% Wilson interval, mean respo
 - :func:`avg_at_k`: pure; avg@k, pass@1 and pass@k (Chen et al. 2021), a 95% Wilson interval over
   questions (``evaluation.metrics``).
 - :func:`evaluate_suites`: all suites in one engine pass per distinct (temperature, max_tokens), each
-  suite with its own k, then split by suite.
+  suite with its own k (:func:`engine_passes`), then split by suite.
 
 Suites are question rows from any source (``SuiteConfig``: a jsonl/parquet file on any fsspec URL or
 a synthetic family); extra columns (e.g. a code question's tests) travel with every sample to the
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,7 @@ from ray_distill.config import EngineConfig, SamplingConfig, StudentConfig, Teac
 from ray_distill.curation.graders import Verdict, grade_rows, sandbox_from_config
 from ray_distill.evaluation.metrics import pass_at_k, wilson_interval
 from ray_distill.generation.actor import generate_dataset
-from ray_distill.generation.store import GenerationStore, model_digest
+from ray_distill.generation.store import GenerationStore, model_digest, sample_counts
 
 __all__ = ["avg_at_k", "evaluate_suites", "grade_samples", "pass_at_k", "sample_student", "wilson_interval"]
 
@@ -62,7 +63,7 @@ def student_engine_config(model: str, student: StudentConfig) -> EngineConfig:
 def sample_student(
     questions: list[dict],
     model_path: str,
-    k: int,
+    k: int | Mapping[str, int],
     temperature: float,
     max_tokens: int,
     seed: int = 0,
@@ -72,14 +73,18 @@ def sample_student(
     """``k`` samples per question (``GENERATION_COLUMNS`` + any extra question columns); ``student``: the
     job's student settings (serving resources, chat template; None: the defaults). With a ``store`` the
     samples are drawn once and read back afterwards (keyed by the checkpoint's content digest), so a rerun
-    or a resumed job does not resample the student; failed requests are retried on the next call."""
+    or a resumed job does not resample the student; failed requests are retried on the next call. ``k`` may
+    be ``{question_id: k}`` (with a ``store`` only): suites with different k in one engine pass."""
     if not questions:
         raise ValueError("sample_student needs at least one question")
+    if isinstance(k, Mapping) and store is None:
+        raise ValueError("sample_student: a k per question needs a generation store")
+    counts = sample_counts([str(q[C.QUESTION_ID]) for q in questions], k)
     student = student or StudentConfig()
     engine = TeacherConfig(
         name="student",
         engine=student_engine_config(model_path, student),
-        sampling=SamplingConfig(n=k, temperature=temperature, max_tokens=max_tokens, seed=seed),
+        sampling=SamplingConfig(n=max(counts), temperature=temperature, max_tokens=max_tokens, seed=seed),
         resources=student.serving.resources,
     )
     start = time.perf_counter()
@@ -88,17 +93,20 @@ def sample_student(
     else:  # one row per (question, sample index) in question order; extra columns (suite, ...) put back
         # a store row is one request: batch_size questions x k samples per engine wave, as without a store
         res = engine.resources
-        engine = engine.model_copy(update={"resources": res.model_copy(update={"batch_size": res.batch_size * k})})
+        engine = engine.model_copy(update={"resources": res.model_copy(update={"batch_size": res.batch_size
+                                                                                * max(counts)})})
         df, _ = store.get_or_generate(questions, engine, k, digest=model_digest(model_path))
         qdf = pd.DataFrame(questions)
         extra = qdf.drop(columns=[c for c in qdf.columns if c in C.GENERATION_COLUMNS])
         if len(extra.columns):
-            df = pd.concat([df, extra.loc[extra.index.repeat(k)].reset_index(drop=True)], axis=1)
-    if len(df) != len(questions) * k:
-        raise RuntimeError(f"student sampling returned {len(df)} rows for {len(questions)} questions x k={k}")
+            df = pd.concat([df, extra.loc[extra.index.repeat(counts)].reset_index(drop=True)], axis=1)
+    if len(df) != sum(counts):
+        raise RuntimeError(f"student sampling returned {len(df)} rows for {len(questions)} questions "
+                           f"({sum(counts)} samples asked)")
     seconds = time.perf_counter() - start
-    logger.info("sampled %d x %d from %s in %.1f s (%d tokens, engine start included)",
-                len(questions), k, model_path, seconds, int(df[C.NUM_TOKENS].sum()))
+    ks = "/".join(str(c) for c in sorted(set(counts)))
+    logger.info("sampled %d x %s from %s in %.1f s (%d tokens, engine start included)",
+                len(questions), ks, model_path, seconds, int(df[C.NUM_TOKENS].sum()))
     return df
 
 
@@ -198,6 +206,21 @@ def suite_plan(suites: dict[str, list[dict]], k: int, temperature: float, max_to
     return groups
 
 
+def engine_passes(plan: list[dict], per_question_k: bool) -> list[tuple[list[dict], int | dict[str, int]]]:
+    """A plan's sample rows as ``(question rows, k)`` engine passes: one pass for the whole plan when
+    ``per_question_k`` (``k`` then ``{question_id: k}``; a question id asked with two different k falls back),
+    else one pass per k (:func:`_by_k`)."""
+    by_k = _by_k(plan)
+    if per_question_k and len(by_k) > 1:
+        counts: dict[str, int] = {}
+        for kk, rows in by_k.items():
+            for r in rows:
+                counts.setdefault(str(r[C.QUESTION_ID]), kk)
+        if all(counts[str(r[C.QUESTION_ID])] == kk for kk, rows in by_k.items() for r in rows):
+            return [([r for rows in by_k.values() for r in rows], counts)]
+    return [(rows, kk) for kk, rows in by_k.items()]
+
+
 def _by_k(plan: list[dict]) -> dict[int, list[dict]]:
     """A plan's sample rows back to question rows (with their suite), grouped by their k."""
     k_of: dict[tuple, int] = {}
@@ -227,7 +250,7 @@ def evaluate_suites(
     finished_only: dict[str, bool] | None = None,
 ) -> dict[str, dict]:
     """``{suite: avg_at_k(...)}`` for every suite, sampled in one engine pass per distinct (temperature,
-    max_tokens, k) (:func:`suite_plan`; ``settings`` overrides k/temperature/max_tokens per suite), read
+    max_tokens) with a ``store`` (each suite its own k), else per (temperature, max_tokens, k) (:func:`suite_plan`; ``settings`` overrides k/temperature/max_tokens per suite), read
     back from ``store`` when it has them (see :func:`sample_student`); code rows graded in the sandbox of
     ``code`` (the job's ``format.code``); ``pass_k``: per suite, the extra pass@j to report; ``finished_only``: per
     suite, whether an answer inside unfinished reasoning is wrong (default True: :func:`grade_samples`)."""
@@ -237,10 +260,10 @@ def evaluate_suites(
     start = time.perf_counter()
     frames = [sample_student(rows, model_path, kk, t, m, seed, student, store)
               for (t, m), plan in suite_plan(suites, k, temperature, max_tokens, settings).items()
-              for kk, rows in _by_k(plan).items()]
+              for rows, kk in engine_passes(plan, per_question_k=store is not None)]
     samples = pd.concat(frames, ignore_index=True)
-    logger.info("sampled %d answers of %s in %.1f s (%d engine passes, engine starts included)", len(samples),
-                model_path, time.perf_counter() - start, len(frames))
+    logger.info("sampled %d answers of %s in %.1f s (%d engine pass%s, engine starts included)", len(samples),
+                model_path, time.perf_counter() - start, len(frames), "" if len(frames) == 1 else "es")
     graded = pd.concat([grade_samples(samples[samples[SUITE] == name], code, (finished_only or {}).get(name, True))
                         for name in suites])
     scores = {name: avg_at_k(graded[graded[SUITE] == name], (pass_k or {}).get(name, ())) for name in suites}

@@ -90,16 +90,19 @@ def _log_scores(cfg: JobConfig, t: Tracker, prefix: str, suites: dict[str, list[
     return scores
 
 
-def evaluate_harness(cfg: JobConfig, model: str, t: Tracker, prefix: str) -> dict[str, dict[str, float]]:
-    """``eval.harness``: lm-evaluation-harness tasks on ``model`` (``evaluation.harness``), logged as
-    ``<prefix>/harness/<task>/<metric>`` beside the suites' scores; ``{}`` when not configured."""
+def evaluate_harness(cfg: JobConfig, models: dict[str, str], t: Tracker) -> dict[str, dict[str, dict[str, float]]]:
+    """``eval.harness``: lm-evaluation-harness tasks on every model of ``{prefix: model}`` (``evaluation.harness``),
+    the models run concurrently (one Ray task each: their engine start-ups overlap), logged one after the other
+    as ``<prefix>/harness/<task>/<metric>`` beside the suites' scores; ``{prefix: {}}`` when not configured."""
     if cfg.eval.harness is None:
-        return {}
-    scores = run_harness(model, cfg.eval.harness, cfg.student)
-    t.log_metrics({f"{prefix}/harness/{task}/{m}": v for task, ms in scores.items() for m, v in ms.items()})
-    t.log_table(pd.DataFrame([{"task": task, "metric": m, "value": v} for task, ms in scores.items()
-                              for m, v in ms.items()]), f"harness_{prefix}.json")
-    return scores
+        return {prefix: {} for prefix in models}
+    with ThreadPoolExecutor(max_workers=len(models) or 1, thread_name_prefix="harness") as pool:
+        ran = dict(zip(models, pool.map(lambda m: run_harness(m, cfg.eval.harness, cfg.student), models.values())))
+    for prefix, scores in ran.items():
+        t.log_metrics({f"{prefix}/harness/{task}/{m}": v for task, ms in scores.items() for m, v in ms.items()})
+        t.log_table(pd.DataFrame([{"task": task, "metric": m, "value": v} for task, ms in scores.items()
+                                  for m, v in ms.items()]), f"harness_{prefix}.json")
+    return ran
 
 
 def macro_scores(cfg: JobConfig, before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict[str, float]]:

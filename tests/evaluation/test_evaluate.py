@@ -12,7 +12,7 @@ from ray_distill.synthetic.tasks import make_questions
 pytestmark = pytest.mark.slow  # real Ray Train / vLLM: not a unit test (make test-fast skips it)
 
 
-def test_evaluate_suites_one_pass(ray_local, tiny_student_path, tmp_path):
+def test_evaluate_suites_one_pass(ray_local, tiny_student_path, tmp_path, caplog):
     """Scores of one pass; then the student samples come back from the generation store like a teacher's: the
     same call again (a rerun, a resumed job: another store object on the same root) makes 0 student generation
     calls and scores the same; a fresh store (a clean rerun) samples again and gets the very same completions
@@ -21,7 +21,9 @@ def test_evaluate_suites_one_pass(ray_local, tiny_student_path, tmp_path):
     # "max" draws its own k (3) and reports pass@2
     opts = {"settings": {"max": {"k": 3}}, "pass_k": {"max": [2]}}
     store = GenerationStore(str(tmp_path / "a"))
-    scores = evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16, store=store, **opts)
+    with caplog.at_level("INFO", logger="ray_distill.evaluation.evaluate"):
+        scores = evaluate_suites(tiny_student_path, suites, k=2, temperature=1.0, max_tokens=16, store=store, **opts)
+    assert "(1 engine pass, engine starts included)" in caplog.text  # both suites, each its own k: one engine
     assert set(scores) == {"arith", "max"}
     for name, m in scores.items():
         assert set(m) == {"avg_at_k", "pass_at_1", "pass_at_k", "ci_low", "ci_high", "n_questions", "k",

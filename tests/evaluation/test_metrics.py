@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import binomtest
 
 from ray_distill import columns as C
-from ray_distill.evaluation.evaluate import SUITE, avg_at_k, grade_samples, suite_plan
+from ray_distill.evaluation.evaluate import SUITE, avg_at_k, engine_passes, grade_samples, suite_plan
 from ray_distill.evaluation.metrics import macro_average, pass_at_k, wilson_interval
 
 
@@ -74,6 +74,19 @@ def test_suite_plan_one_row_per_sample_grouped_by_sampling_settings():
         ("aime", "a1", 0), ("aime", "a1", 1), ("aime", "a1", 2), ("aime", "a1", 3),
         ("aime", "a2", 0), ("aime", "a2", 1), ("aime", "a2", 2), ("aime", "a2", 3), ("gpqa", "g1", 0)]
     assert [(r[SUITE], r[C.SAMPLE_INDEX]) for r in plan[(0.0, 100)]] == [("math500", 0)]
+
+
+def test_engine_passes_one_per_setting_with_a_k_per_question():
+    suites = {"aime": [{C.QUESTION_ID: "a1"}, {C.QUESTION_ID: "a2"}], "gpqa": [{C.QUESTION_ID: "g1"}]}
+    plan = suite_plan(suites, k=4, temperature=0.6, max_tokens=100, settings={"gpqa": {"k": 1}})[(0.6, 100)]
+    (rows, k), = engine_passes(plan, per_question_k=True)  # suites with their own k: one engine start
+    assert [(r[SUITE], r[C.QUESTION_ID]) for r in rows] == [("aime", "a1"), ("aime", "a2"), ("gpqa", "g1")]
+    assert k == {"a1": 4, "a2": 4, "g1": 1} and all(C.SAMPLE_INDEX not in r for r in rows)
+    # without a store (no k per question), and when one question id is asked with two k: a pass per k
+    assert sorted(k for _, k in engine_passes(plan, per_question_k=False)) == [1, 4]
+    clash = suite_plan({"a": [{C.QUESTION_ID: "q"}], "b": [{C.QUESTION_ID: "q"}]}, k=2, temperature=0.6,
+                       max_tokens=100, settings={"b": {"k": 1}})[(0.6, 100)]
+    assert sorted(k for _, k in engine_passes(clash, per_question_k=True)) == [1, 2]
 
 
 def test_multiple_choice_rows_are_graded_by_letter():
