@@ -288,7 +288,7 @@ def test_tune_reuses_generations(storage):
                 "student.base_chains=500",
                 "eval.suites.0.synthetic.num_questions=60", "eval.suites.1.synthetic.num_questions=40",
                 "eval.k=2", "train.epochs=3", f"teachers.0.name={winner}", f"teachers.0.engine.persona={winner}",
-                "tune.search_space={selection.max_questions: [10, 30, 60]}", cwd=storage)
+                "tune.search_space={selection.max_questions: [10, 60]}", cwd=storage)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "best trial" in proc.stdout
     runs = _runs(storage)
@@ -297,12 +297,12 @@ def test_tune_reuses_generations(storage):
     for _ in range(3):
         descendants |= {r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") in descendants}
     trials = [r for r in runs if r.info.run_id in descendants and r.info.run_name.startswith("trial-")]
-    assert len(trials) == 3
+    assert len(trials) == 2
     assert all("score" in t.data.metrics for t in trials)
     # max_questions caps the questions sampled, as in a job: one whose samples are all wrong adds no row
     questions = sorted(t.data.metrics["corpus_questions"] for t in trials)
-    assert all(0.9 * cap <= q <= cap for q, cap in zip(questions, [10, 30, 60])), questions
-    assert len({t.data.tags["ray_distill.corpus_sha256"] for t in trials}) == 3  # three different corpora
+    assert all(0.9 * cap <= q <= cap for q, cap in zip(questions, [10, 60])), questions
+    assert len({t.data.tags["ray_distill.corpus_sha256"] for t in trials}) == 2  # two different corpora
     assert (storage / "quickstart-tune" / "best_job.yaml").exists()
     assert all(t.data.metrics["dev_questions"] == 150 for t in trials)  # scored on the dev suite
     # the search curated from the store only: not one teacher token generated
