@@ -238,6 +238,13 @@ class EngineConfig(_Strict):
     max_retry_wait_s: float = Field(
         120.0, gt=0, description="Longest wait before one retry (engine 'openai'): caps the backoff and a server's "
         "Retry-After (a longer one is waited this long, then the request is retried).")
+    stop_error_rate: float | None = Field(
+        0.9, gt=0.0, le=1.0, description="Stop the job when at least this share of the engine's first error_window "
+        "requests failed after their retries (engine 'openai'; each actor counts its own): a wrong model name or a "
+        "dead endpoint stops in one line instead of filling the rejects. None: never; failed requests become "
+        "rejected samples, generated again by a rerun.")
+    error_window: int = Field(32, ge=1, description="Requests stop_error_rate looks at: each engine actor's first "
+                              "this many (engine 'openai'); later failures never stop the job.")
     requests_per_minute: float | None = Field(
         None, gt=0, description="Requests per minute sent to the endpoint by all engine actors of this teacher "
         "together (engine 'openai'; one shared limiter per endpoint, model and key variable); None: no limit.")

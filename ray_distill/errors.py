@@ -71,6 +71,12 @@ class KeyRefused(PermissionError):
     the job stops at the first refusal; ``str(err)`` names the engine, the status and the key's variable."""
 
 
+class EngineFailing(RuntimeError):
+    """Most of a remote engine's first requests failed even after their retries (a wrong model name, a URL that
+    is not an OpenAI endpoint, a server down): the job stops before it sends more; ``str(err)`` names the engine,
+    the failure count and the commonest error."""
+
+
 class SubmitError(RuntimeError):
     """The submission itself is wrong (missing secret variable, job file outside the working dir, ...)."""
 
@@ -90,6 +96,7 @@ EXIT_CODES: dict[type[BaseException], tuple[int, str]] = {
     OutOfMemory: (9, "out of memory"),
     SubmitError: (10, "submit error"),
     KeyRefused: (11, "key refused"),
+    EngineFailing: (12, "engine failing"),
 }
 
 # Out-of-memory errors of other libraries, recognised by class name so that this module imports neither:

@@ -16,7 +16,10 @@ capped at ``max_retry_wait_s``, and a 429's wait holds every actor of the teache
 ``requests_per_minute`` / ``tokens_per_minute``, all engine actors of a teacher share one limiter
 (:mod:`.rate_limit`). A request that still fails becomes an error :class:`Completion`; the batch goes on.
 A 401/403 is different: the key is refused, every request would be, so the engine raises
-:class:`~ray_distill.errors.KeyRefused` at the first one and the job stops (exit 11) before it sends more.
+:class:`~ray_distill.errors.KeyRefused` at the first one and the job stops (exit 11) before it sends more. So
+does an engine whose first ``error_window`` requests fail at a rate of ``stop_error_rate`` or more
+(:class:`~ray_distill.errors.EngineFailing`, exit 12: a wrong model name, a URL that is no OpenAI endpoint): it
+stops as soon as that rate is certain, naming the commonest error (:class:`ErrorRate`).
 
 Token counts come from the response ``usage``; a server that sends none has the reply counted by
 ``tokenizer`` (hub id or path), or else estimated at one token per 3 bytes of UTF-8 (:func:`estimate_tokens`:
@@ -35,13 +38,14 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping
 
 import openai
 from pydantic import SecretStr
 
 from ray_distill.config import EngineConfig, SamplingConfig
-from ray_distill.errors import KeyRefused
+from ray_distill.errors import EngineFailing, KeyRefused
 from ray_distill.generation.rate_limit import limiter_for
 from ray_distill.generation.types import FINISH_LENGTH, FINISH_STOP, Completion, check_lengths, error_completion
 from ray_distill.models import last_user_content
@@ -123,6 +127,30 @@ def chat_text(message) -> str:
     return f"<think>{reasoning}</think>{content}" if reasoning else content
 
 
+class ErrorRate:
+    """The failures among an engine's first ``window`` finished requests: :meth:`add` returns True once at least
+    ``rate`` of the window has failed, whatever the rest of it does (failed >= ceil(rate x window)); later
+    requests are not counted."""
+
+    def __init__(self, rate: float | None, window: int):
+        self.limit = math.ceil(rate * window) if rate is not None else None
+        self.window, self.finished, self.failed = window, 0, 0
+        self.errors: Counter[str] = Counter()
+
+    def add(self, error: str) -> bool:
+        if self.limit is None or self.finished >= self.window:
+            return False
+        self.finished += 1
+        if error:
+            self.failed += 1
+            self.errors[error.split(":", 1)[0]] += 1
+        return self.failed >= self.limit
+
+    def describe(self) -> str:
+        (kind, count), = self.errors.most_common(1)
+        return f"{self.failed} of its first {self.finished} requests failed ({count} x {kind})"
+
+
 class OpenAIEngine:
     """Async client; ``generate`` is synchronous like every engine (on a private event loop),
     ``generate_async`` runs on the caller's loop (an async Ray Data actor with several batches in flight)."""
@@ -140,6 +168,7 @@ class OpenAIEngine:
 
             self.tokenizer = load_tokenizer(cfg.tokenizer)
         self.retries = 0  # retried requests since the engine started (all batches)
+        self.error_rate = ErrorRate(cfg.stop_error_rate, cfg.error_window)
         self.counted = 0  # replies without usage whose tokens this engine counted itself
         self.start_seconds = 0.0
 
@@ -160,7 +189,13 @@ class OpenAIEngine:
 
         async def bounded(conv: list[dict], seed: int) -> Completion:
             async with slots:
-                return await self._request(client, conv, sampling, seed)
+                completion = await self._request(client, conv, sampling, seed)
+            if self.error_rate.add(completion["error"]):  # most of the first requests failed: stop sending
+                raise EngineFailing(self._redact(
+                    f"{self.cfg.model} at {redact_text(str(self.cfg.base_url))}: {self.error_rate.describe()}, "
+                    f"the last: {completion['error'][:200]}; check the model name and base_url "
+                    "(engine.stop_error_rate sets when this stops a job)"))
+            return completion
 
         flat = await asyncio.gather(*(bounded(conv, s) for conv, ss in zip(messages, seeds) for s in ss))
         out, pos = [], 0
