@@ -371,6 +371,9 @@ class CodeGraderConfig(_Strict):
         "system and Python directories), refusing to run when it does not work here; unshare (the same view, built "
         "as root) only when set explicitly, and only for a root caller. See docs/sandbox.md.")
     python: str | None = Field(None, description="Interpreter inside the sandbox; default: this one or python3.")
+    node_concurrency: int | None = Field(
+        None, ge=1, description="Programs running at once on a node, across all its grader actors and threads "
+        "(default: the node's cores), so that timeout_s measures the program, not a queue of others.")
 
 
 class FormatConfig(_Strict):

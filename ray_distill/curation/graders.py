@@ -331,7 +331,7 @@ def sandbox_from_config(code: dict | None = None) -> S.Sandbox:
     c = CodeGraderConfig.model_validate(code or {})
     limits = S.Limits(c.timeout_s, c.memory_mb, c.max_processes, c.max_output_bytes, c.max_open_files,
                       c.max_tmp_bytes)
-    return S.Sandbox(limits, backend=c.backend, python=c.python)
+    return S.Sandbox(limits, backend=c.backend, python=c.python, node_concurrency=c.node_concurrency)
 
 
 @functools.lru_cache(maxsize=None)

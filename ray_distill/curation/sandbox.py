@@ -61,11 +61,14 @@ Test styles (the canonical form of ``ray_distill.data.questions.normalize_tests`
 from __future__ import annotations
 
 import builtins
+import contextlib
+import fcntl
 import functools
 import json
 import logging
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -372,13 +375,50 @@ def sandbox_view(python: str) -> list[tuple[str, str, str]]:
     return view
 
 
-class Sandbox:
-    """Runs programs against tests; ``backend`` is ``"auto"``, ``"bwrap"`` or ``"unshare"``."""
+SLOT_POLL_S = 0.02  # node_slot: how often a waiting run tries the slots again
 
-    def __init__(self, limits: Limits = Limits(), backend: str = "auto", python: str | None = None):
+
+def slot_dir() -> str:
+    """Where the node's sandbox slots live: one lock file per slot, shared by every process of this user on the
+    node (Ray workers inherit the node's temporary directory)."""
+    return os.path.join(tempfile.gettempdir(), f"ray-distill-sandbox-slots-{os.getuid()}")
+
+
+@contextlib.contextmanager
+def node_slot(slots: int, folder: str | None = None):
+    """Hold one of ``slots`` node-wide slots (an exclusive ``flock`` on one of ``slots`` files) while the block
+    runs, waiting for a free one: every grader actor and thread of the node shares the same ``slots``. A lock
+    dies with its process, so a killed grader never keeps a slot."""
+    folder = folder or slot_dir()
+    os.makedirs(folder, exist_ok=True)
+    start = random.randrange(slots)  # spread the first tries over the slots
+    while True:
+        for i in range(slots):
+            fd = os.open(os.path.join(folder, f"slot-{(start + i) % slots}"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield
+            finally:
+                os.close(fd)  # releases the lock
+            return
+        time.sleep(SLOT_POLL_S)
+
+
+class Sandbox:
+    """Runs programs against tests; ``backend`` is ``"auto"``, ``"bwrap"`` or ``"unshare"``. At most
+    ``node_concurrency`` programs run at once on the node (default: its cores), across every process and thread
+    that grades there (:func:`node_slot`), so a test's wall clock measures the program, not a queue of others."""
+
+    def __init__(self, limits: Limits = Limits(), backend: str = "auto", python: str | None = None,
+                 node_concurrency: int | None = None):
         self.limits = limits
         self.python = python or default_python()
         self.backend = backend
+        self.node_concurrency = node_concurrency or os.cpu_count() or 1
         self._resolved: str | None = None
 
     def resolve(self) -> str:
@@ -421,6 +461,10 @@ class Sandbox:
 
     def _execute(self, program: str, mode: str, stdin: str, call: dict | None) -> _Run:
         backend = self.resolve()
+        with node_slot(self.node_concurrency):
+            return self._execute_backend(backend, program, mode, stdin, call)
+
+    def _execute_backend(self, backend: str, program: str, mode: str, stdin: str, call: dict | None) -> _Run:
         if backend == "bwrap":
             return self._execute_in(None, program, mode, stdin, call)
         root = tempfile.mkdtemp(prefix="ray-distill-sandbox-")  # the chroot's mount point (private mount namespace)

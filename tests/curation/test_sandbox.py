@@ -126,6 +126,70 @@ def test_infinite_loop_and_sleep_time_out(box):
     assert slept.reason == S.TIMEOUT and slept.seconds < 5
 
 
+def _hold_slot(folder: str, slots: int, hold_s: float, log: str) -> None:
+    import time
+
+    with S.node_slot(slots, folder):
+        start = time.time()
+        time.sleep(hold_s)
+        end = time.time()
+    with open(log, "a") as f:
+        f.write(f"{start} {end}\n")
+
+
+def test_node_slots_cap_the_programs_of_every_process_on_the_node(tmp_path):
+    """Four processes, two slots: never more than two hold one at once; a holder killed with SIGKILL frees
+    its slot at once (the lock dies with the process)."""
+    import multiprocessing
+    import time
+
+    ctx = multiprocessing.get_context("fork")
+    log = str(tmp_path / "held.txt")
+    procs = [ctx.Process(target=_hold_slot, args=(str(tmp_path / "slots"), 2, 1.0, log)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    spans = [tuple(map(float, line.split())) for line in open(log)]
+    assert len(spans) == 4
+    most = max(sum(a <= t < b for a, b in spans) for t, _ in spans)  # holders at each start
+    assert most == 2, spans
+
+    stuck = ctx.Process(target=_hold_slot, args=(str(tmp_path / "one"), 1, 600.0, log))
+    stuck.start()
+    deadline = time.monotonic() + 30
+    while not os.path.exists(tmp_path / "one" / "slot-0") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(stuck.pid, signal.SIGKILL)
+    stuck.join()
+    start = time.monotonic()
+    with S.node_slot(1, str(tmp_path / "one")):
+        assert time.monotonic() - start < 5
+
+
+def test_a_program_waits_for_a_node_slot_outside_its_wall_clock(box):
+    """With the node's only slot held elsewhere for 1.5 s, a program under a 1 s wall clock waits, then runs and
+    passes: the timeout measures the program, not the queue."""
+    import threading
+    import time
+
+    one = S.Sandbox(S.Limits(timeout_s=1.0, memory_mb=256, max_processes=8), backend=box.resolve(), node_concurrency=1)
+    held = threading.Event()
+
+    def hold():
+        with S.node_slot(1):
+            held.set()
+            time.sleep(1.5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    result = _stdio(one, "print('ok')")
+    holder.join()
+    assert result.passed and result.seconds >= 1.0, result
+
+
 def test_fork_bomb_is_contained(box):
     before = _tasks_of(S.SANDBOX_UID)
     result = _stdio(box, "import os\nwhile True:\n    os.fork()\n")
