@@ -169,6 +169,7 @@ class OpenAIEngine:
             self.tokenizer = load_tokenizer(cfg.tokenizer)
         self.retries = 0  # retried requests since the engine started (all batches)
         self.error_rate = ErrorRate(cfg.stop_error_rate, cfg.error_window)
+        self._stopped: KeyRefused | EngineFailing | None = None  # what stopped this engine (every later request)
         self.counted = 0  # replies without usage whose tokens this engine counted itself
         self.start_seconds = 0.0
 
@@ -189,12 +190,18 @@ class OpenAIEngine:
 
         async def bounded(conv: list[dict], seed: int) -> Completion:
             async with slots:
-                completion = await self._request(client, conv, sampling, seed)
+                self._raise_if_stopped()  # another batch of this actor found the key refused or the engine failing
+                try:
+                    completion = await self._request(client, conv, sampling, seed)
+                except KeyRefused as err:
+                    self._stopped = err
+                    raise
             if self.error_rate.add(completion["error"]):  # most of the first requests failed: stop sending
-                raise EngineFailing(self._redact(
+                self._stopped = EngineFailing(self._redact(
                     f"{self.cfg.model} at {redact_text(str(self.cfg.base_url))}: {self.error_rate.describe()}, "
                     f"the last: {completion['error'][:200]}; check the model name and base_url "
                     "(engine.stop_error_rate sets when this stops a job)"))
+                self._raise_if_stopped()
             return completion
 
         flat = await asyncio.gather(*(bounded(conv, s) for conv, ss in zip(messages, seeds) for s in ss))
@@ -203,6 +210,11 @@ class OpenAIEngine:
             out.append(list(flat[pos: pos + len(ss)]))
             pos += len(ss)
         return out
+
+    def _raise_if_stopped(self) -> None:
+        """Once a request found the key refused or the engine failing, no request of any batch is sent again."""
+        if self._stopped is not None:
+            raise type(self._stopped)(str(self._stopped))
 
     def _client(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
         """The client and the ``max_concurrency`` slots of the running event loop (both belong to one loop)."""

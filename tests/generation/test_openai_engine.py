@@ -167,6 +167,17 @@ def test_a_refused_key_stops_at_the_first_refusal_naming_the_variable_not_the_ke
             engine.generate([question_messages("1+2"), question_messages("3+4")], SamplingConfig(), [[1, 2], [3]])
     assert len(server.requests) == 1 and engine.retries == 0  # nothing retried, nothing more sent
     assert SECRET not in str(err.value) and exit_code(err.value) == 11
+    # an actor runs several batches on one event loop: after the refusal, none of them sends another request
+    with openai_stub(fail_first=100, fail_status=status) as server:
+        engine = build_engine(_cfg(server.base_url, max_concurrency=1))
+
+        async def batches():
+            return await asyncio.gather(*(engine.generate_async([question_messages(f"{b}+{i}") for i in range(3)],
+                                                                SamplingConfig(), [[i] for i in range(3)])
+                                          for b in range(4)), return_exceptions=True)
+
+        results = asyncio.run(batches())
+    assert all(isinstance(r, KeyRefused) for r in results) and len(server.requests) == 1
 
 
 def test_error_rate_is_certain_once_enough_of_the_window_failed():
