@@ -418,7 +418,7 @@ class Sandbox:
         self.limits = limits
         self.python = python or default_python()
         self.backend = backend
-        self.node_concurrency = node_concurrency or os.cpu_count() or 1
+        self.node_concurrency = node_concurrency or len(os.sched_getaffinity(0))
         self._resolved: str | None = None
 
     def resolve(self) -> str:

@@ -9,7 +9,8 @@ estimator, for any k up to the samples drawn), a 95% Wilson interval, mean respo
   teachers (``generation.actor.generate_dataset``), one pass and one engine start for all questions.
 - :func:`grade_samples`: the one grading entry point (``curation.graders.grade_row``: math by
   reference answer, code by running the question's ``tests`` in the sandbox, in parallel threads) on
-  every sample; a failed generation (non-empty ``error``) is graded incorrect, never dropped.
+  every sample, by Ray tasks across the cluster from :data:`CLUSTER_GRADING_ROWS` rows on; a failed
+  generation (non-empty ``error``) is graded incorrect, never dropped.
 - :func:`avg_at_k`: pure; avg@k, pass@1 and pass@k (Chen et al. 2021), a 95% Wilson interval over
   questions (``evaluation.metrics``).
 - :func:`evaluate_suites`: all suites in one engine pass per distinct (temperature, max_tokens), each
@@ -28,6 +29,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+import ray
 import ray.data
 
 from ray_distill import columns as C
@@ -110,14 +112,32 @@ def sample_student(
     return df
 
 
-def grade_samples(df: pd.DataFrame, code: dict | None = None, finished_only: bool = True) -> pd.DataFrame:
+# grade_samples: this many rows or more are graded by Ray tasks across the cluster, in chunks of this many (fewer
+# are graded here: a task's start costs more than math-verify spends on a few thousand rows)
+CLUSTER_GRADING_ROWS = 2048
+GRADING_CHUNK_ROWS = 256
+
+
+def grade_samples(df: pd.DataFrame, code: dict | None = None, finished_only: bool = True,
+                  cluster_rows: int = CLUSTER_GRADING_ROWS) -> pd.DataFrame:
     """A copy of ``df`` with CORRECT / FORMAT_OK / PREDICTED / REASON from ``graders.grade_rows``;
     code rows run in a sandbox with the limits of ``code`` (a ``CodeGraderConfig`` dump, the job's
     ``format.code``; None: the defaults). ``finished_only``: an answer inside an unclosed think block (the
-    sample ran out of tokens mid-reasoning) is wrong (``graders.final_answer_region``).
+    sample ran out of tokens mid-reasoning) is wrong (``graders.final_answer_region``). From ``cluster_rows``
+    rows on (with Ray running), chunks of rows are graded by Ray tasks on the cluster's CPUs, not in this process.
 
     A row whose generation failed (non-empty ``error``) is incorrect with reason
     ``generation_error``: it stays in the table and counts against the student."""
+    if len(df) >= cluster_rows and ray.is_initialized():
+        task = ray.remote(num_cpus=1, max_retries=3)(_grade_here)
+        chunks = [task.remote(df.iloc[i: i + GRADING_CHUNK_ROWS], code, finished_only)
+                  for i in range(0, len(df), GRADING_CHUNK_ROWS)]
+        return pd.concat(ray.get(chunks))
+    return _grade_here(df, code, finished_only)
+
+
+def _grade_here(df: pd.DataFrame, code: dict | None, finished_only: bool) -> pd.DataFrame:
+    """:func:`grade_samples` in this process (math rows in this thread, code rows in a thread pool)."""
     texts, refs = df[C.COMPLETION].fillna("").astype(str).tolist(), df[C.ANSWER].fillna("").astype(str).tolist()
     tests = df[C.TESTS].fillna("").astype(str).tolist() if C.TESTS in df.columns else [""] * len(df)  # code rows
     formats = (df[C.ANSWER_FORMAT].fillna("").astype(str).tolist() if C.ANSWER_FORMAT in df.columns
@@ -250,7 +270,8 @@ def evaluate_suites(
     finished_only: dict[str, bool] | None = None,
 ) -> dict[str, dict]:
     """``{suite: avg_at_k(...)}`` for every suite, sampled in one engine pass per distinct (temperature,
-    max_tokens) with a ``store`` (each suite its own k), else per (temperature, max_tokens, k) (:func:`suite_plan`; ``settings`` overrides k/temperature/max_tokens per suite), read
+    max_tokens) with a ``store`` (each suite its own k), else per (temperature, max_tokens, k)
+    (:func:`suite_plan`; ``settings`` overrides k/temperature/max_tokens per suite), read
     back from ``store`` when it has them (see :func:`sample_student`); code rows graded in the sandbox of
     ``code`` (the job's ``format.code``); ``pass_k``: per suite, the extra pass@j to report; ``finished_only``: per
     suite, whether an answer inside unfinished reasoning is wrong (default True: :func:`grade_samples`)."""

@@ -133,7 +133,7 @@ class ErrorRate:
     requests are not counted."""
 
     def __init__(self, rate: float | None, window: int):
-        self.limit = math.ceil(rate * window) if rate is not None else None
+        self.limit = math.ceil(rate * window - 1e-9) if rate is not None else None  # 0.7 x 10 is 7.000000000000001
         self.window, self.finished, self.failed = window, 0, 0
         self.errors: Counter[str] = Counter()
 

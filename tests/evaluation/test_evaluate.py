@@ -51,3 +51,25 @@ def test_evaluate_suites_one_pass(ray_local, tiny_student_path, tmp_path, caplog
 
     pd.testing.assert_series_equal(completions(store), completions(clean_store))
     assert len(model_digest(tiny_student_path)) == 32 and model_digest("org/name@main") == "org/name@main"
+
+
+def test_large_sample_tables_are_graded_by_cluster_tasks_with_the_same_verdicts(ray_local):
+    """From cluster_rows rows on, chunks of the table are graded by Ray tasks: the same verdicts, in the same
+    rows (index and order kept), as grading in the driver; a failed generation stays an incorrect row."""
+    import numpy as np
+
+    from ray_distill import columns as C
+    from ray_distill.evaluation import evaluate as E
+
+    n = 2 * E.GRADING_CHUNK_ROWS + 7  # three chunks, the last one short
+    rng = np.random.default_rng(0)
+    answers = rng.integers(0, 20, n)
+    said = np.where(rng.random(n) < 0.5, answers, answers + 1)
+    df = pd.DataFrame({C.COMPLETION: [f"<think>so</think>\\boxed{{{s}}}" for s in said],
+                       C.ANSWER: [str(a) for a in answers], C.ERROR: [""] * (n - 1) + ["timeout"]},
+                      index=rng.permutation(n))
+    here = E.grade_samples(df, cluster_rows=10**9)
+    there = E.grade_samples(df, cluster_rows=1)
+    pd.testing.assert_frame_equal(here, there)
+    assert here[C.CORRECT].tolist() == [bool(s == a) for s, a in zip(said[:-1], answers[:-1])] + [False]
+    assert here[C.REASON].iloc[-1] == "generation_error"

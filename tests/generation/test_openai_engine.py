@@ -185,10 +185,12 @@ def test_error_rate_is_certain_once_enough_of_the_window_failed():
 
     rate = ErrorRate(0.5, 4)  # 2 failures of the first 4 requests stop, whatever the other two do
     assert [rate.add(e) for e in ("", "NotFoundError: no model", "")] == [False, False, False]
-    assert rate.add("NotFoundError: no model") and rate.describe() == "2 of its first 4 requests failed (2 x NotFoundError)"
+    assert rate.add("NotFoundError: no model")
+    assert rate.describe() == "2 of its first 4 requests failed (2 x NotFoundError)"
     late = ErrorRate(0.5, 2)
     assert [late.add(e) for e in ("", "", "E: x", "E: x", "E: x")] == [False] * 5  # past the window: never
     assert not any(ErrorRate(None, 1).add("E: x") for _ in range(3))  # stop_error_rate: null
+    assert ErrorRate(0.7, 10).limit == 7  # not 8 (0.7 x 10 is 7.000000000000001 in floating point)
 
 
 def test_an_engine_whose_first_requests_fail_stops_the_job_in_one_line(openai_stub, monkeypatch):
@@ -201,13 +203,15 @@ def test_an_engine_whose_first_requests_fail_stops_the_job_in_one_line(openai_st
         engine = build_engine(_cfg(server.base_url, max_concurrency=1, error_window=8, stop_error_rate=0.5))
         with pytest.raises(EngineFailing, match=r"stub at http://127.0.0.1:\d+/v1: 4 of its first 4 requests failed "
                            r"\(4 x NotFoundError\), the last: NotFoundError: .*check the model name") as err:
-            engine.generate([question_messages(f"{i}+1") for i in range(20)], SamplingConfig(), [[i] for i in range(20)])
+            engine.generate([question_messages(f"{i}+1") for i in range(20)], SamplingConfig(),
+                            [[i] for i in range(20)])
     assert len(server.requests) == 4  # stopped before it sent the other 16
     assert SECRET not in str(err.value) and exit_code(err.value) == 12 and "\n" not in str(err.value)
     # a few failures among the first requests are rejected samples, the batch goes on
     with openai_stub(fail_first=3, fail_status=404) as server:
         engine = build_engine(_cfg(server.base_url, max_concurrency=1, error_window=8, stop_error_rate=0.5))
-        out = engine.generate([question_messages(f"{i}+1") for i in range(10)], SamplingConfig(), [[i] for i in range(10)])
+        out = engine.generate([question_messages(f"{i}+1") for i in range(10)], SamplingConfig(),
+                              [[i] for i in range(10)])
     assert [bool(c["error"]) for (c,) in out] == [True] * 3 + [False] * 7
 
 
