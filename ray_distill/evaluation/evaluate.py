@@ -23,6 +23,7 @@ grader.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -130,11 +131,16 @@ def grade_samples(df: pd.DataFrame, code: dict | None = None, finished_only: boo
     A row whose generation failed (non-empty ``error``) is incorrect with reason
     ``generation_error``: it stays in the table and counts against the student."""
     if len(df) >= cluster_rows and ray.is_initialized():
-        task = ray.remote(num_cpus=1, max_retries=3)(_grade_here)
-        chunks = [task.remote(df.iloc[i: i + GRADING_CHUNK_ROWS], code, finished_only)
+        chunks = [_grading_task().remote(df.iloc[i: i + GRADING_CHUNK_ROWS], code, finished_only)
                   for i in range(0, len(df), GRADING_CHUNK_ROWS)]
         return pd.concat(ray.get(chunks))
     return _grade_here(df, code, finished_only)
+
+
+@functools.lru_cache(maxsize=None)
+def _grading_task():
+    """:func:`_grade_here` as a Ray task, built (and its function exported) once per process."""
+    return ray.remote(num_cpus=1, max_retries=3)(_grade_here)
 
 
 def _grade_here(df: pd.DataFrame, code: dict | None, finished_only: bool) -> pd.DataFrame:

@@ -33,6 +33,15 @@ def evaluate(cfg: JobConfig, model: str, suites: dict[str, list[dict]], t: Track
     return evaluate_all(cfg, [(model, t, prefix)], suites, rec)[0]
 
 
+def at_once(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, each in a thread of its own (each waits on its own Ray work: engine actors,
+    harness tasks); one item runs in this thread."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="evaluate") as pool:
+        return list(pool.map(fn, items))
+
+
 def evaluate_all(cfg: JobConfig, runs: list[tuple[str, Tracker, str]], suites: dict[str, list[dict]],
                  rec: StageRecord | None = None) -> list[dict[str, dict]]:
     """:func:`evaluate` of every ``(model, tracker, prefix)``, the models sampled concurrently (one engine
@@ -42,11 +51,7 @@ def evaluate_all(cfg: JobConfig, runs: list[tuple[str, Tracker, str]], suites: d
         logger.warning("no evaluation suites configured: %s evaluation skipped", ", ".join(p for _, _, p in runs))
         return [{} for _ in runs]
     models = list(dict.fromkeys(model for model, _, _ in runs))  # a model named twice is sampled once
-    if len(models) == 1:
-        sampled = {models[0]: score_model(cfg, models[0], suites)}
-    else:
-        with ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="evaluate") as pool:
-            sampled = dict(zip(models, pool.map(lambda model: score_model(cfg, model, suites), models)))
+    sampled = dict(zip(models, at_once(lambda model: score_model(cfg, model, suites), models)))
     return [_log_scores(cfg, t, prefix, suites, *sampled[model], rec) for model, t, prefix in runs]
 
 
@@ -96,8 +101,7 @@ def evaluate_harness(cfg: JobConfig, models: dict[str, str], t: Tracker) -> dict
     as ``<prefix>/harness/<task>/<metric>`` beside the suites' scores; ``{prefix: {}}`` when not configured."""
     if cfg.eval.harness is None:
         return {prefix: {} for prefix in models}
-    with ThreadPoolExecutor(max_workers=len(models) or 1, thread_name_prefix="harness") as pool:
-        ran = dict(zip(models, pool.map(lambda m: run_harness(m, cfg.eval.harness, cfg.student), models.values())))
+    ran = dict(zip(models, at_once(lambda m: run_harness(m, cfg.eval.harness, cfg.student), list(models.values()))))
     for prefix, scores in ran.items():
         t.log_metrics({f"{prefix}/harness/{task}/{m}": v for task, ms in scores.items() for m, v in ms.items()})
         t.log_table(pd.DataFrame([{"task": task, "metric": m, "value": v} for task, ms in scores.items()
