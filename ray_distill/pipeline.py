@@ -31,6 +31,7 @@ from ray_distill.accounting import (ResourceMeter, StageEstimate, check_budget, 
                                     fixed_samples)
 from ray_distill.config import JobConfig, TeacherConfig
 from ray_distill.curation import adaptive as A
+from ray_distill.curation.adapters import token_counter
 from ray_distill.curation.compression import compress, histogram, pass_rates
 from ray_distill.curation.driver import adaptive_generate, generate, grading, log_verdicts, mean_tokens, verify
 from ray_distill.curation.plane import (Selection, generate_missing, grade, read_parquet_dir, select_buckets,
@@ -167,7 +168,8 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
             rec.rows_out = rows["compressed"] = len(kept)
     with runner.stage("select", rows_in=rows["correct"]) as (t, rec):
         s = cfg.selection
-        report = select_buckets(graded_url, join(work, "selected"), Selection(s.keep_per_question, s.seed, base, keep),
+        report = select_buckets(graded_url, join(work, "selected"),
+                                Selection(s.keep_per_question, s.seed, token_counter(base), keep),
                                 join(cfg.run_dir, "rejects", "generations"))
         selected = read_parquet_dir(join(work, "selected"))  # the corpus: P rows per kept question
         if keep is not None:

@@ -9,6 +9,7 @@ import pytest
 
 from ray_distill.config import ConfigError
 from ray_distill.models import (
+    TokenIds,
     check_model,
     is_hub_id,
     load_tokenizer,
@@ -17,8 +18,14 @@ from ray_distill.models import (
     render_prompt,
     resolve_chat_template,
     split_ref,
+    token_ids,
 )
-from ray_distill.training.data import IGNORE, check_reasoning_kept, encode_example, preflight
+from ray_distill.training.data import (
+    IGNORE,
+    check_reasoning_kept,
+    encode_example,
+    preflight,
+)
 
 THINK_TEMPLATE = str(Path(__file__).resolve().parents[1] / "jobs" / "templates" / "chatml_think.jinja")
 ANSWER = "<think>\nWe add 13 and 14: 13+14=27.\n</think>\nThe answer is \\boxed{27}."
@@ -97,3 +104,36 @@ def test_preflight_refuses_a_template_that_drops_the_reasoning(smollm2_path):
     check_reasoning_kept(tok, [CONV[0], {"role": "assistant", "content": "\\boxed{27}"}])  # nothing to drop
     report = preflight(load_tokenizer(smollm2_path), [{"messages": CONV}], max_seq_len=512)
     assert report["example_supervised"] == ANSWER + "<|im_end|>"
+
+
+TEXTS = ["What is 13+14?", ANSWER, "  leading spaces, <|im_start|> a special token's text, ünïcödé ≠ ascii\n\n",
+         "def f(x):\n\treturn x ** 2  # code", ""]
+
+
+@pytest.mark.parametrize("which", ["micro", "smollm2"])
+def test_token_ids_are_the_tokenizers_without_transformers(which, tiny_student_path, smollm2_path):
+    """What grading and selection actors count and compare tokens with (``TokenIds``, built in the driver, the
+    Rust backend alone in the actor) gives the ids transformers' tokenizer gives: on the micro student's
+    character tokenizer (whose pre-tokenizer transformers rewrites from the model type on loading) and on
+    SmolLM2's BPE; after pickling, as an actor receives it."""
+    import pickle
+
+    from ray_distill.curation.adapters import token_counter
+
+    path = tiny_student_path if which == "micro" else smollm2_path
+    tokenizer, count = load_tokenizer(path), pickle.loads(pickle.dumps(token_counter(path)))
+    assert isinstance(count, TokenIds)
+    for text in TEXTS:
+        assert count(text) == tokenizer(text, add_special_tokens=False)["input_ids"], text
+
+
+def test_token_ids_rebuild_without_importing_transformers(tiny_student_path):
+    import pickle
+    import subprocess
+    import sys
+
+    counter = pickle.dumps(token_ids(tiny_student_path))
+    code = ("import pickle, sys; count = pickle.loads(sys.stdin.buffer.read()); "
+            "print(len(count('1+2')), 'transformers' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], input=counter, capture_output=True, check=True)
+    assert out.stdout.decode().split() == ["3", "False", "False"], out.stdout + out.stderr

@@ -4,8 +4,9 @@
                             batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=2))
     selected = select_dataset(graded, p=4, seed=0, tokenizer_path=student_path)
 
-Tokens are counted / compared with the student tokenizer loaded from ``tokenizer_path`` (a local
-``save_pretrained`` dir or hub id); with ``None``, characters are used.
+Tokens are counted / compared with the student tokenizer: ``tokenizer_path`` is a local ``save_pretrained``
+dir or hub id, or (cheaper in an actor) the :class:`~ray_distill.models.TokenIds` that :func:`token_counter`
+made of one in the driver; with ``None``, characters are used.
 """
 
 from __future__ import annotations
@@ -18,18 +19,30 @@ import pandas as pd
 from ray_distill import columns as C
 from ray_distill.curation.graders import grade_rows, sandbox_from_config
 from ray_distill.curation.selection import POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE, char_tokenize, select_questions
+from ray_distill.models import TokenIds
 
 logger = logging.getLogger(__name__)
 
 
-def load_tokenize(tokenizer_path: str | None) -> Callable[[str], Sequence[int]]:
-    """``text -> token ids`` for the tokenizer at ``tokenizer_path`` (code points when ``None``)."""
-    if tokenizer_path is None:
+def load_tokenize(tokenizer: str | TokenIds | None) -> Callable[[str], Sequence[int]]:
+    """``text -> token ids``: ``tokenizer`` itself when it is a :class:`TokenIds` (built in the driver, cheap to
+    rebuild in an actor), the tokenizer at a path or hub id, or code points when ``None``."""
+    if tokenizer is None:
         return char_tokenize
+    if isinstance(tokenizer, TokenIds):
+        return tokenizer
     from ray_distill.models import load_tokenizer
 
-    tokenizer = load_tokenizer(tokenizer_path)
-    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    loaded = load_tokenizer(tokenizer)
+    return lambda text: loaded(text, add_special_tokens=False)["input_ids"]
+
+
+def token_counter(tokenizer: str | None) -> str | TokenIds | None:
+    """What to hand grading and selection actors for ``tokenizer`` (a path or hub id): its :class:`TokenIds` when
+    it has a fast backend (the actors then never import transformers), else the reference itself."""
+    from ray_distill.models import token_ids
+
+    return (token_ids(tokenizer) or tokenizer) if tokenizer is not None else None
 
 
 class GradeBatch:
@@ -46,7 +59,7 @@ class GradeBatch:
     OPTIONAL_INPUTS = (C.TESTS,)
     OUTPUTS = (C.FORMAT_OK, C.CORRECT, C.PREDICTED, C.REASON)
 
-    def __init__(self, max_tokens: int | None, require_think: bool = True, tokenizer_path: str | None = None,
+    def __init__(self, max_tokens: int | None, require_think: bool = True, tokenizer_path: str | TokenIds | None = None,
                  code: dict | None = None):
         self.max_tokens = max_tokens
         self.require_think = require_think
@@ -88,7 +101,7 @@ class SelectBatch:
     INPUTS = (C.QUESTION_ID, C.COMPLETION, C.CORRECT, C.FORMAT_OK, C.TEACHER, C.SAMPLE_INDEX)
     OUTPUTS = (C.SELECTION_DISTANCE, POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE)
 
-    def __init__(self, p: int, seed: int, tokenizer_path: str | None = None):
+    def __init__(self, p: int, seed: int, tokenizer_path: str | TokenIds | None = None):
         self.p, self.seed = p, seed
         self.tokenize = load_tokenize(tokenizer_path)
 
@@ -96,7 +109,7 @@ class SelectBatch:
         return select_questions(batch, self.p, self.seed, self.tokenize)
 
 
-def select_dataset(df: pd.DataFrame, p: int, seed: int, tokenizer_path: str | None = None, num_actors: int = 1,
+def select_dataset(df: pd.DataFrame, p: int, seed: int, tokenizer_path: str | TokenIds | None = None, num_actors: int = 1,
                    questions_per_block: int = 512):
     """Keep the ``p`` farthest-apart correct trajectories of each question.
 

@@ -16,7 +16,7 @@ import ray
 from ray_distill import columns as C
 from ray_distill.config import JobConfig, TeacherConfig
 from ray_distill.curation import adaptive as A
-from ray_distill.curation.adapters import GradeBatch, select_dataset
+from ray_distill.curation.adapters import GradeBatch, select_dataset, token_counter
 from ray_distill.curation.adaptive import ok_mask
 from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import judge_dataset
@@ -76,7 +76,8 @@ def verify(cfg: JobConfig, gen: pd.DataFrame, base: str, t: Tracker | None = Non
 
 def grading(cfg: JobConfig, base: str) -> Grading:
     judge = cfg.verify.judge if cfg.verify.judge.mode != "off" else None
-    return Grading(max_tokens=cfg.format.max_tokens, require_think=cfg.format.require_think, tokenizer=base,
+    return Grading(max_tokens=cfg.format.max_tokens, require_think=cfg.format.require_think,
+                   tokenizer=token_counter(base),
                    code=cfg.format.code.model_dump(), num_graders=cfg.format.num_graders, judge=judge)
 
 
@@ -85,7 +86,7 @@ def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
     if ok.empty:
         raise RuntimeError("no verified-correct teacher samples to select from; check the teacher and the grader")
     s = cfg.selection
-    selected = select_dataset(ok, s.keep_per_question, s.seed, base).to_pandas()  # blocks in finishing order
+    selected = select_dataset(ok, s.keep_per_question, s.seed, token_counter(base)).to_pandas()  # blocks in finishing order
     return selected.sort_values(list(C.ROW_ORDER), kind="stable").reset_index(drop=True)
 
 

@@ -47,6 +47,7 @@ from ray_distill.curation.adaptive import ok_mask
 from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import judge_dataset
 from ray_distill.curation.selection import POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE, select_questions
+from ray_distill.models import TokenIds
 from ray_distill.data.corpus import write_rejects
 from ray_distill.data.fs import TMP_PREFIX, atomic_write, fresh, join
 from ray_distill.generation.actor import generate_dataset
@@ -67,7 +68,7 @@ class Grading:
 
     max_tokens: int | None
     require_think: bool
-    tokenizer: str | None
+    tokenizer: str | TokenIds | None  # a path or hub id, or what adapters.token_counter made of one
     code: dict | None = None
     num_graders: int | None = None
     judge: Any = None  # a JudgeConfig (``verify.judge``) when the LLM judge runs after the grader
@@ -77,7 +78,7 @@ class Grading:
 class Selection:
     p: int
     seed: int
-    tokenizer: str | None
+    tokenizer: str | TokenIds | None
     keep_questions: frozenset[str] | None = None  # only these questions are selected from (paper order)
 
 
@@ -376,7 +377,7 @@ def _count(batch: pd.DataFrame) -> pd.DataFrame:
 
 @ray.remote(num_cpus=1)
 def _select_bucket(bucket_url: str, out_url: str, rejects_url: str | None, p: int, seed: int,
-                   tokenizer: str | None, keep) -> dict:
+                   tokenizer: str | TokenIds | None, keep) -> dict:
     graded = read_parquet_dir(bucket_url)
     if keep is not None:
         graded = graded[graded[C.QUESTION_ID].astype(str).isin(keep)]
