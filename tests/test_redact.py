@@ -137,3 +137,18 @@ def test_forwarded_worker_lines_go_through_the_same_redaction(monkeypatch):
     worker.print_worker_logs(batch, after)
     assert "engine says ***" in after.getvalue() and "https://***@h/q.jsonl?token=***" in after.getvalue()
     assert KEY not in after.getvalue() and "pw@" not in after.getvalue() and "GenerateBatch pid=4242" in after.getvalue()
+
+
+def test_the_placement_group_cleaners_state_api_warnings_are_dropped_from_forwarded_lines():
+    """A local cluster runs no dashboard, so Ray Train's PlacementGroupCleaner warns every second that the State
+    API does not answer (runtime.drop_cleaner_noise): those lines go, the cleaner's other lines and every other
+    actor's lines stay, the batch given is not changed."""
+    from ray_distill.runtime import drop_cleaner_noise
+
+    noise = ("Failed to query Ray Train Controller actor state. State API may be temporarily unavailable. "
+             "Continuing to monitor.")
+    cleaner = {"pid": 7, "actor_name": "PlacementGroupCleaner", "lines": [noise, "removed placement group", noise]}
+    assert drop_cleaner_noise(cleaner)["lines"] == ["removed placement group"] and len(cleaner["lines"]) == 3
+    other = {"pid": 8, "actor_name": "RayTrainWorker", "lines": [noise]}
+    assert drop_cleaner_noise(other) == other
+    assert drop_cleaner_noise({"pid": "raylet", "lines": ["x"]}) == {"pid": "raylet", "lines": ["x"]}
