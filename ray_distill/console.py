@@ -24,7 +24,7 @@ from rich.logging import RichHandler
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from ray_distill.redact import RedactingFilter, redact_log_batch
+from ray_distill.redact import RedactingFilter, drop_cleaner_noise, redact_log_batch
 
 # Loggers that do not propagate to the root logger (Ray configures its own handlers on them).
 OWN_HANDLER_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "mlflow")
@@ -182,8 +182,9 @@ class JobLog:
 
     def worker_lines(self, data: dict, print_worker_logs, print_file) -> None:
         """What Ray forwards from a worker (``print_worker_logs(data, file)``): redacted; training step lines
-        move the training bar; everything goes to the log file, and to the console with ``-v``."""
-        data = redact_log_batch(data)
+        move the training bar; everything goes to the log file, and to the console with ``-v`` (but for known
+        noise, :func:`ray_distill.redact.drop_cleaner_noise`)."""
+        data = redact_log_batch(drop_cleaner_noise(data))
         for line in data.get("lines", []):
             step = parse_step_line(line)
             if step:

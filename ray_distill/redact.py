@@ -153,3 +153,20 @@ def redact_log_batch(batch: dict) -> dict:
     if not lines:
         return batch
     return {**batch, "lines": [redact_text(line) if isinstance(line, str) else line for line in lines]}
+
+
+# Ray Train's PlacementGroupCleaner (one detached actor per training run) asks the State API every second
+# whether the run's controller still lives. The State API is served by the dashboard, which the local
+# cluster a job starts does not run, so it warns on every check: ~280 lines in a quickstart's log. Where Ray
+# forwards worker lines to the driver (the console's log file, runtime.redact_forwarded_logs) they are dropped.
+# (A ``worker_process_setup_hook`` silenced them before; but a local cluster's job has no runtime_env at all,
+# see runtime.init_ray.)
+PLACEMENT_GROUP_CLEANER = "PlacementGroupCleaner"
+CLEANER_NOISE = "Failed to query Ray Train Controller actor state"
+
+
+def drop_cleaner_noise(batch: dict) -> dict:
+    """A batch of forwarded worker lines without the PlacementGroupCleaner's State API warnings (see above)."""
+    if batch.get("actor_name") != PLACEMENT_GROUP_CLEANER:
+        return batch
+    return {**batch, "lines": [line for line in batch.get("lines", []) if CLEANER_NOISE not in line]}

@@ -23,23 +23,6 @@ WORKER_ENV = {
 }
 
 
-# Ray Train's PlacementGroupCleaner (one detached actor per training run) asks the State API every second
-# whether the run's controller still lives. The State API is served by the dashboard, which the local
-# cluster a job starts does not run, so it warns on every check: ~280 lines in a quickstart's log. They are
-# dropped where Ray forwards worker lines to this driver (:func:`drop_cleaner_noise`). (They were silenced by
-# a ``worker_process_setup_hook`` before; but a local cluster's job must have no ``runtime_env`` at all, see
-# :func:`init_ray`.)
-PLACEMENT_GROUP_CLEANER = "PlacementGroupCleaner"
-CLEANER_NOISE = "Failed to query Ray Train Controller actor state"
-
-
-def drop_cleaner_noise(data: dict) -> dict:
-    """A batch of forwarded worker lines without the PlacementGroupCleaner's State API warnings (see above)."""
-    if data.get("actor_name") != PLACEMENT_GROUP_CLEANER:
-        return data
-    return {**data, "lines": [line for line in data.get("lines", []) if CLEANER_NOISE not in line]}
-
-
 def init_ray(cfg: JobConfig) -> int:
     """Join the cluster at ``ray.address`` / ``RAY_ADDRESS`` (token auth from Ray's own environment:
     ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``), or start a local one; returns the number of
@@ -119,7 +102,7 @@ def redact_forwarded_logs() -> bool:
 
 def _redacting_printer(print_worker_logs):
     """Ray's ``print_worker_logs(batch, file, ignore_prefix)`` with the batch's lines redacted first."""
-    from ray_distill.redact import redact_log_batch
+    from ray_distill.redact import drop_cleaner_noise, redact_log_batch
 
     def printer(data, print_file, ignore_prefix=False):
         return print_worker_logs(redact_log_batch(drop_cleaner_noise(data)), print_file, ignore_prefix)

@@ -71,7 +71,7 @@ def test_quickstart_end_to_end(storage, secrets_in_files):
         assert title in out
     assert "top two separable at 95%" in out or "top two cannot be separated at 95%" in out
     assert "teacher tokens per kept corpus sample" in out
-    assert "Failed to query Ray Train Controller" not in proc.stdout + proc.stderr  # runtime.drop_cleaner_noise
+    assert "Failed to query Ray Train Controller" not in proc.stdout + proc.stderr  # redact.drop_cleaner_noise
     # the console shows the job (stage lines, the tables, where things went); everything else is in the log file
     console_lines = (proc.stdout + proc.stderr).splitlines()
     assert len(console_lines) <= 80, "\n".join(console_lines)

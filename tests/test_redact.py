@@ -141,9 +141,9 @@ def test_forwarded_worker_lines_go_through_the_same_redaction(monkeypatch):
 
 def test_the_placement_group_cleaners_state_api_warnings_are_dropped_from_forwarded_lines():
     """A local cluster runs no dashboard, so Ray Train's PlacementGroupCleaner warns every second that the State
-    API does not answer (runtime.drop_cleaner_noise): those lines go, the cleaner's other lines and every other
+    API does not answer (redact.drop_cleaner_noise): those lines go, the cleaner's other lines and every other
     actor's lines stay, the batch given is not changed."""
-    from ray_distill.runtime import drop_cleaner_noise
+    from ray_distill.redact import drop_cleaner_noise
 
     noise = ("Failed to query Ray Train Controller actor state. State API may be temporarily unavailable. "
              "Continuing to monitor.")
