@@ -5,11 +5,14 @@
 - a grading actor that counts tokens with the student's tokenizer loaded through transformers (a path) vs the
   Rust backend built in the driver (``models.TokenIds``, what the grading and selection actors get now).
 
-    python benchmarks/worker_starts.py                # the micro student, 6 actors and 6 task waves per way
+    python benchmarks/worker_starts.py                # the micro student; 6 task waves, empty and grading actors
     python benchmarks/worker_starts.py --repeats 10
 
 Each way runs in a fresh local cluster of 2 CPUs in a subprocess of its own (a cluster per way; Ray allows one
-per process). Prints the median seconds from ``.remote()`` to the first result, per way, and the ratios.
+per process). Prints the median seconds from ``.remote()`` to the first result (a wave of 2 tasks, an empty
+actor, a grading actor), per way, and the ratios. 2026-12-06, 2 CPUs: empty actor 1.26 s with a runtime_env,
+0.72 s without (1.7x); grading actor 5.79 s with a tokenizer path, 1.05 s with TokenIds (5.5x); task waves on
+warm workers ~0.05 s either way.
 """
 
 from __future__ import annotations
