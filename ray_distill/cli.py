@@ -78,6 +78,8 @@ def _setup_logging(verbose: bool, cfg: JobConfig, kind: str) -> None:
     if _where.get("log") is not None:  # one per command; tests run several in one process
         _where.pop("log").close()
     _where["log"] = open_job_log(kind, verbose, console)
+    if _NATIVE_STDERR_TO_LOG:
+        _where["log"].capture_native_stderr()
 
 
 def _load(job: str, overrides: list[str] | None) -> JobConfig:
@@ -771,7 +773,14 @@ for _command in app.registered_commands:  # after every @app.command() above
     _command.callback = _guarded(_command.callback)
 
 
+# In the CLI's own process (main), what C/C++ code writes to fd 2 goes to the job's log file
+# (console.JobLog.capture_native_stderr); commands run inside another process (tests) leave its fd 2 alone.
+_NATIVE_STDERR_TO_LOG = False
+
+
 def main() -> None:  # pragma: no cover - entry point
+    global _NATIVE_STDERR_TO_LOG
+    _NATIVE_STDERR_TO_LOG = True
     sys.exit(app())
 
 

@@ -74,6 +74,8 @@ class JobLog:
     _train_task: int | None = None
     _to_file: logging.Handler | None = None
     _propagate: dict = field(default_factory=dict)
+    _native: int | None = None  # while fd 2 goes to the file (capture_native_stderr): the terminal's, duplicated
+    _stderr: object = None  # the sys.stderr it replaced
 
     # ------------------------------------------------------------------ logging
 
@@ -109,6 +111,29 @@ class JobLog:
         _ACTIVE = self
         return self
 
+    def capture_native_stderr(self) -> None:
+        """What C and C++ code of this process writes to file descriptor 2, past Python — Ray's core worker
+        ("core_worker.cc:…" lines, one per Ray Data actor pool, 300-400 characters each) — goes to the log file;
+        Python's ``sys.stderr`` (the console, a traceback) moves to a copy of the terminal's descriptor, so what
+        Python prints stays where it was. For the CLI's own process (``ray_distill.cli.main``): fd 2 stays on the
+        file until the process exits (Ray's core logs at exit too). Not with ``-v``: everything live, as before."""
+        if self.verbose or self._native is not None or self._file is None:
+            return
+        sys.stderr.flush()
+        self._native, self._stderr = os.dup(2), sys.stderr
+        sys.stderr = open(os.dup(self._native), "w", buffering=1, encoding=getattr(self._stderr, "encoding", None),
+                          errors="backslashreplace")
+        os.dup2(self._file.fileno(), 2)
+
+    def _release_native_stderr(self) -> None:
+        if self._native is None:
+            return
+        sys.stderr.flush()
+        os.dup2(self._native, 2)
+        os.close(self._native)
+        sys.stderr.close()
+        sys.stderr, self._native, self._stderr = self._stderr, None, None
+
     def announce(self, run_dir: str | None = None) -> None:
         """Once the job starts its work (its storage checked): move the log file into ``<run_dir>/logs`` (a
         local storage; a remote one gets it through MLflow) and print its path once. A refusal before that is
@@ -126,6 +151,8 @@ class JobLog:
                 handler.baseFilename = self.path = final
                 handler.stream = handler._open()
                 self._file = handler.stream
+                if self._native is not None:  # fd 2 follows the file
+                    os.dup2(self._file.fileno(), 2)
             finally:
                 handler.release()
         self.console.print(f"log: {self.path}", highlight=False, soft_wrap=True)
@@ -142,6 +169,7 @@ class JobLog:
             self.live = None
         if not keep_worker_lines:
             self._unwrap_worker_logs()
+            self._release_native_stderr()
         for lg, h in self._handlers:
             lg.removeHandler(h)
         for lg, h in self._removed:

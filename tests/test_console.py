@@ -103,3 +103,43 @@ def test_quiet_takes_the_libraries_console_handlers_and_gives_them_back(tmp_path
     finally:
         log.close()
     assert _ray_console_handlers() == before
+
+
+NATIVE = r"""
+import os, sys
+from rich.console import Console
+from ray_distill.console import JobLog
+
+path, run_dir, verbose = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+log = JobLog(path, verbose, Console(stderr=True)).install()
+log.capture_native_stderr()
+os.write(2, b"native before the move\n")  # as Ray's C++ core worker writes: past Python
+print("python line", file=sys.stderr, flush=True)
+log.announce(run_dir)  # the file moves into the run directory: fd 2 follows it
+os.write(2, b"native after the move\n")
+Console(stderr=True).print("console line")
+log.close(keep_worker_lines=True)  # the CLI's way: the process ends next
+os.write(2, b"native at exit\n")
+"""
+
+
+def test_what_native_code_writes_to_stderr_goes_to_the_log_file(tmp_path):
+    """The CLI's process (console.JobLog.capture_native_stderr): fd 2 goes to the job's log file, moved with it, until
+    the process exits; Python's stderr, the console and the printed log path stay on the terminal. With -v nothing
+    is captured."""
+    import subprocess
+    import sys
+
+    for verbose in (False, True):
+        run_dir = tmp_path / f"run{int(verbose)}"
+        proc = subprocess.run([sys.executable, "-c", NATIVE, str(tmp_path / f"job{int(verbose)}.log"), str(run_dir),
+                               str(int(verbose))], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        (logged,) = [p.read_text() for p in (run_dir / "logs").iterdir()]
+        natives = ("native before the move", "native after the move", "native at exit")
+        assert "python line" in proc.stderr and "console line" in proc.stderr and "log: " in proc.stderr
+        if verbose:
+            assert all(n in proc.stderr for n in natives) and not any(n in logged for n in natives)
+        else:
+            assert not any(n in proc.stderr for n in natives), proc.stderr
+            assert all(n in logged for n in natives), logged
