@@ -60,9 +60,9 @@ def init_ray(cfg: JobConfig) -> int:
     need = int(cfg.train.num_workers * cfg.train.cpus_per_worker) + 1
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, need)
     # No runtime_env: the local cluster's raylet, and so every worker, inherits this process's environment
-    # (WORKER_ENV set above). A job with a runtime_env (even env_vars alone) gets none of the workers Ray
-    # keeps started in advance: each task and actor of the job waited for a fresh Python process (~1 s, ~2
-    # CPU-s on 2 cores). The cluster smoke job: 122 -> 106 s wall, 192 -> 162 CPU-s (with models.TokenIds).
+    # (WORKER_ENV set above). A job with a runtime_env (even env_vars alone) does not get the workers Ray keeps
+    # started in advance: an empty actor took 1.26 s to start vs 0.72 s without (benchmarks/worker_starts.py,
+    # 2 CPUs); a job starts dozens of actors (every Ray Data actor pool, Ray Train's helpers).
     ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
     _route_logs_again()
     # Processes started by this job (Ray Train's helpers, subprocesses) join this cluster, not another

@@ -109,8 +109,8 @@ class SelectBatch:
         return select_questions(batch, self.p, self.seed, self.tokenize)
 
 
-def select_dataset(df: pd.DataFrame, p: int, seed: int, tokenizer_path: str | TokenIds | None = None, num_actors: int = 1,
-                   questions_per_block: int = 512):
+def select_dataset(df: pd.DataFrame, p: int, seed: int, tokenizer_path: str | TokenIds | None = None,
+                   num_actors: int = 1, questions_per_block: int = 512):
     """Keep the ``p`` farthest-apart correct trajectories of each question.
 
     The rows are cut into blocks of whole questions here (they are already in memory after

@@ -86,7 +86,8 @@ def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
     if ok.empty:
         raise RuntimeError("no verified-correct teacher samples to select from; check the teacher and the grader")
     s = cfg.selection
-    selected = select_dataset(ok, s.keep_per_question, s.seed, token_counter(base)).to_pandas()  # blocks in finishing order
+    # blocks come back in finishing order
+    selected = select_dataset(ok, s.keep_per_question, s.seed, token_counter(base)).to_pandas()
     return selected.sort_values(list(C.ROW_ORDER), kind="stable").reset_index(drop=True)
 
 

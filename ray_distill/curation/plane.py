@@ -47,11 +47,11 @@ from ray_distill.curation.adaptive import ok_mask
 from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import judge_dataset
 from ray_distill.curation.selection import POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE, select_questions
-from ray_distill.models import TokenIds
 from ray_distill.data.corpus import write_rejects
 from ray_distill.data.fs import TMP_PREFIX, atomic_write, fresh, join
 from ray_distill.generation.actor import generate_dataset
 from ray_distill.generation.store import KEY, STORED_COLUMNS, GenerationStore, request_frame
+from ray_distill.models import TokenIds
 
 logger = logging.getLogger(__name__)
 
