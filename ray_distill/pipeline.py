@@ -44,6 +44,7 @@ from ray_distill.data.fs import join
 from ray_distill.data.stage import Suites, load_questions, split_dev, write_job_corpus, write_stage_rejects
 from ray_distill.evaluation.stage import (evaluate_all, evaluate_harness, log_student_counters, macro_scores,
                                          student_samples, student_store)
+from ray_distill.generation.hosts import keep_engines
 from ray_distill.generation.store import GenerationStore
 from ray_distill.models import resolve_chat_template, resolve_engine
 from ray_distill.progress import StageRecord, StageRunner, log_accounting
@@ -98,7 +99,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
 
     base, pool, suites, dev = student_and_questions(cfg, runner)
     rows["questions"] = len(pool)
-    with runner.stage("generate_probe") as (t, rec):
+    with keep_engines(), runner.stage("generate_probe") as (t, rec):  # one host serves the vLLM teachers in turn
         probe = probe_questions(cfg, pool)
         if cfg.budget.max_teacher_tokens is not None:  # estimates read the store: only when there is a cap
             check_budget(cfg, [estimate_generation(store, "generate_probe", probe, _single(tc)) for tc in cfg.teachers], 0)
@@ -108,19 +109,20 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
         graded_all = verify(cfg, pd.concat(list(probe_gen.values()), ignore_index=True), base, t, rec)
         probe_graded = {name: graded_all[graded_all[C.TEACHER] == name] for name in probe_gen}
         rec.rows_out = sum(int(_ok(df).sum()) for df in probe_graded.values())
-    with runner.stage("smoke_test") as (t, rec):
-        ranking = smoke_test(cfg, probe_graded, dev, base, t, rec)
-        best = winner(ranking) if len(ranking) > 1 or cfg.smoke_test.enabled else cfg.teachers[0].name
-        rec.notes["winner"] = best
-    teacher = next(tc for tc in cfg.teachers if tc.name == best)
-    probe_length = mean_tokens(probe_gen[best])
+    with keep_engines():  # the smoke-test students and then the base student sampled by one engine host
+        with runner.stage("smoke_test") as (t, rec):
+            ranking = smoke_test(cfg, probe_graded, dev, base, t, rec)
+            best = winner(ranking) if len(ranking) > 1 or cfg.smoke_test.enabled else cfg.teachers[0].name
+            rec.notes["winner"] = best
+        teacher = next(tc for tc in cfg.teachers if tc.name == best)
+        probe_length = mean_tokens(probe_gen[best])
 
-    if not paper_order:  # compress first: the teacher never samples a question the student already solves
-        with runner.stage("compress", rows_in=len(pool)) as (t, rec):
-            targets, _ = compress_questions(cfg, pool, base, t, rec)
-            rec.rows_out = rows["compressed"] = len(targets)
-    else:
-        targets = pool
+        if not paper_order:  # compress first: the teacher never samples a question the student already solves
+            with runner.stage("compress", rows_in=len(pool)) as (t, rec):
+                targets, _ = compress_questions(cfg, pool, base, t, rec)
+                rec.rows_out = rows["compressed"] = len(targets)
+        else:
+            targets = pool
     if cfg.selection.adaptive.enabled:
         with runner.stage("generate", rows_in=len(targets)) as (t, rec):
             graded, stopped = adaptive_generate(cfg, store, targets, teacher, base, probe_length, runner, t, rec)
@@ -258,7 +260,8 @@ def evaluate_stage(cfg: JobConfig, models: dict[str, str], suites: Suites,
     and, with ``eval.harness``, through lm-evaluation-harness too (``{prefix: {task: {metric: value}}}``: the
     base's scores beside the student's)."""
     with runner.stage("evaluate") as (t, rec):
-        scores = evaluate_all(cfg, [(model, t, prefix) for prefix, model in models.items()], suites, rec)
+        with keep_engines():  # the base and the trained student sampled by one engine host in turn
+            scores = evaluate_all(cfg, [(model, t, prefix) for prefix, model in models.items()], suites, rec)
         harness = evaluate_harness(cfg, models, t)
     return scores, {prefix: s for prefix, s in harness.items() if s}
 

@@ -38,6 +38,7 @@ from ray_distill.config import EngineConfig, SamplingConfig, StudentConfig, Teac
 from ray_distill.curation.graders import Verdict, grade_rows, sandbox_from_config
 from ray_distill.evaluation.metrics import pass_at_k, wilson_interval
 from ray_distill.generation.actor import generate_dataset
+from ray_distill.generation.hosts import engine_hosts
 from ray_distill.generation.store import GenerationStore, model_digest, sample_counts
 
 __all__ = ["avg_at_k", "evaluate_suites", "grade_samples", "pass_at_k", "sample_student", "wilson_interval"]
@@ -59,7 +60,8 @@ def student_engine_config(model: str, student: StudentConfig) -> EngineConfig:
     name, revision = split_ref(model)
     return EngineConfig(kind="vllm", model=name, revision=revision or "main", dtype="auto" if gpu else "float32",
                         enforce_eager=not gpu, tensor_parallel_size=serving.tensor_parallel_size,
-                        max_model_len=serving.max_model_len, chat_template=student.chat_template,
+                        max_model_len=serving.max_model_len, long_lived=serving.long_lived,
+                        chat_template=student.chat_template,
                         chat_template_kwargs=student.chat_template_kwargs)
 
 
@@ -92,7 +94,8 @@ def sample_student(
     )
     start = time.perf_counter()
     if store is None:
-        df = generate_dataset(ray.data.from_pandas(pd.DataFrame(questions)), engine).to_pandas()
+        with engine_hosts(engine) as hosts:
+            df = generate_dataset(ray.data.from_pandas(pd.DataFrame(questions)), engine, hosts).to_pandas()
     else:  # one row per (question, sample index) in question order; extra columns (suite, ...) put back
         # a store row is one request: batch_size questions x k samples per engine wave, as without a store
         res = engine.resources

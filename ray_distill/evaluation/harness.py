@@ -142,6 +142,7 @@ def run_harness(model_path: str, cfg: HarnessConfig, student: StudentConfig) -> 
     import ray
 
     from ray_distill.generation.actor import VLLM_CPU_ENV_DEFAULTS
+    from ray_distill.generation.hosts import release_engines
 
     res = student.serving.resources
     gpu = res.num_gpus > 0
@@ -156,6 +157,7 @@ def run_harness(model_path: str, cfg: HarnessConfig, student: StudentConfig) -> 
                                                                 resources=dict(res.custom_resources) or None,
                                                                 runtime_env=env, max_retries=0)
     args = harness_model_args(model_path, cfg, student)
+    release_engines()  # lm_eval builds its own engine: idle engine hosts would hold the resources it needs
     logger.info("lm-evaluation-harness (%s backend): tasks %s on %s", cfg.backend, cfg.tasks, model_path)
     results = ray.get(task.remote(args, cfg, include_path))
     missing = [t for t in cfg.tasks if t not in results]

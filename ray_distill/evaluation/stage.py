@@ -8,6 +8,7 @@ samples that compression reads its pass rates from. Every sample goes through th
 
 from __future__ import annotations
 
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,14 +45,18 @@ def at_once(fn, items: list) -> list:
 
 def evaluate_all(cfg: JobConfig, runs: list[tuple[str, Tracker, str]], suites: dict[str, list[dict]],
                  rec: StageRecord | None = None) -> list[dict[str, dict]]:
-    """:func:`evaluate` of every ``(model, tracker, prefix)``, the models sampled concurrently (one engine
-    actor each: their start-ups, mostly a fresh process importing vLLM, overlap), logged one after the other
-    from this thread."""
+    """:func:`evaluate` of every ``(model, tracker, prefix)``, logged one after the other from this thread. With
+    long-lived engines (``student.serving.long_lived``) the models are sampled one after the other, each on all
+    the engine hosts (inside ``generation.hosts.keep_engines`` the same hosts, each model swapped in in seconds);
+    otherwise concurrently, one engine actor pool each (their start-ups, mostly a fresh process importing vLLM,
+    overlap)."""
     if not suites:
         logger.warning("no evaluation suites configured: %s evaluation skipped", ", ".join(p for _, _, p in runs))
         return [{} for _ in runs]
     models = list(dict.fromkeys(model for model, _, _ in runs))  # a model named twice is sampled once
-    sampled = dict(zip(models, at_once(lambda model: score_model(cfg, model, suites), models)))
+    score = functools.partial(score_model, cfg, suites=suites)
+    one_by_one = cfg.student.serving.long_lived
+    sampled = dict(zip(models, [score(m) for m in models] if one_by_one else at_once(score, models)))
     return [_log_scores(cfg, t, prefix, suites, *sampled[model], rec) for model, t, prefix in runs]
 
 

@@ -14,8 +14,11 @@ do not depend on batching or on which actor ran the batch.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import logging
 import os
+import random
 
 import numpy as np
 import pandas as pd
@@ -132,6 +135,25 @@ class ContinuousGenerateBatch(GenerateBatch):
         return self.rows(batch, indices, seeds, await self.engine.generate_async(messages, self.sampling, seeds))
 
 
+class HostedGenerateBatch(GenerateBatch):
+    """A long-lived engine's stage actor (:mod:`.hosts`): it builds no engine and forwards each batch to one of
+    ``hosts`` (in turn), which serve the engine ``key`` names; several batches in flight, like the engine's own."""
+
+    def __init__(self, teacher_name: str, engine: dict, sampling: dict, api_key: SecretStr | None = None,
+                 hosts: list | None = None, key: str = ""):
+        self.teacher = teacher_name
+        self.sampling = SamplingConfig.model_validate(sampling)
+        self.hosts, self.key, self.engine_dump = list(hosts or []), key, engine
+        self.turn = itertools.count(random.randrange(len(self.hosts)))
+
+    async def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch, indices, seeds, messages = self.requests(batch)
+        host = self.hosts[next(self.turn) % len(self.hosts)]
+        completions = await host.generate.remote(self.key, self.engine_dump, messages, self.sampling.model_dump(),
+                                                 seeds)
+        return self.rows(batch, indices, seeds, completions)
+
+
 class AsyncGenerateBatch(GenerateBatch):
     """``openai``: an async ``__call__``, so Ray Data runs several batches of one actor at once
     (``engine.max_concurrent_batches``); their requests share the engine's ``max_concurrency`` slots, and the slot a
@@ -168,10 +190,25 @@ def engine_pool(teacher: TeacherConfig, concurrent_batches: int | None = None) -
             "runtime_env": engine_runtime_env(teacher), "resources": dict(res.custom_resources) or None}
 
 
-def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig) -> ray.data.Dataset:
-    """Lazily map question rows to generation rows through an actor pool of ``teacher``'s engine.
+def engine_key(engine: EngineConfig) -> str:
+    """What an engine is built from: two configs with the same key serve the same model the same way."""
+    return hashlib.sha1(json.dumps(engine.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig, hosts: list | None = None) -> ray.data.Dataset:
+    """Lazily map question rows to generation rows through an actor pool of ``teacher``'s engine, or, given
+    the engine ``hosts`` serving it (:mod:`.hosts`), through actors that forward to them and hold no resources.
     An API key is read here, in the driver (a missing variable fails before any actor starts), and
     handed to the actors as a SecretStr."""
+    if hosts:
+        concurrent = max(1, teacher.engine.max_concurrent_batches)
+        return questions.map_batches(
+            HostedGenerateBatch,
+            fn_constructor_kwargs={"teacher_name": teacher.name, "engine": teacher.engine.model_dump(),
+                                   "sampling": teacher.sampling.model_dump(), "hosts": hosts,
+                                   "key": engine_key(teacher.engine)},
+            compute=ray.data.ActorPoolStrategy(size=len(hosts), max_concurrent_calls_per_actor=concurrent),
+            num_cpus=0, batch_size=teacher.resources.batch_size, batch_format="pandas")
     api_key = resolve_api_key(teacher.engine) if teacher.engine.kind == "openai" else None
     cls = batch_class(teacher.engine)
     concurrent = teacher.engine.max_concurrent_batches if cls in (ContinuousGenerateBatch, AsyncGenerateBatch) else None

@@ -53,6 +53,7 @@ from ray_distill import columns as C
 from ray_distill.config import TeacherConfig
 from ray_distill.data.fs import TMP_PREFIX, atomic_write, fresh, invalidate_listings, signature
 from ray_distill.generation.actor import generate_dataset, with_question_defaults
+from ray_distill.generation.hosts import engine_hosts
 from ray_distill.generation.engines import PROMPT_TEMPLATE_HASH
 from ray_distill.presets import PRESETS
 
@@ -340,8 +341,9 @@ class GenerationStore:
         # a single big block would persist nothing before the end and keep every actor but one idle.
         size = teacher.resources.batch_size
         blocks = [todo.iloc[i: i + size] for i in range(0, len(todo), size)]
-        ds = generate_dataset(ray.data.from_pandas(blocks), teacher)
-        new_ok, new_bad = self.persist(teacher.name, ds.iter_batches(batch_size=None, batch_format="pandas"))
+        with engine_hosts(teacher) as hosts:
+            ds = generate_dataset(ray.data.from_pandas(blocks), teacher, hosts)
+            new_ok, new_bad = self.persist(teacher.name, ds.iter_batches(batch_size=None, batch_format="pandas"))
         if len(new_ok) + len(new_bad) != len(todo):
             raise RuntimeError(f"generation returned {len(new_ok) + len(new_bad)} rows for {len(todo)} requests")
         return new_ok, new_bad

@@ -134,6 +134,7 @@ def train_sft_many(
     start is ~20 s a launch, as long as a smoke-test student's steps), and each job trains exactly as it
     would alone (same seed, fresh optimiser, its own export and MLflow run). A resume continues from the
     job the latest checkpoint belongs to; the jobs before it are done."""
+    from ray_distill.generation.hosts import release_engines
     from ray_distill.tracking import tracker_from_handle
 
     if not jobs:
@@ -147,6 +148,7 @@ def train_sft_many(
     run_name = f"{run_name}-{fingerprint([e for e, _ in encoded], cfg, base_model)}"
     storage = absolute(storage_path)
     metrics_dir = f"{storage.rstrip('/')}/{run_name}/{JOB_METRICS_DIR}"
+    release_engines()  # idle engine hosts hold CPUs/GPUs the worker group needs
     t0 = time.time()
     trainer = TorchTrainer(
         train_loop_per_worker,

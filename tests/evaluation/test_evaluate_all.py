@@ -1,5 +1,6 @@
-"""evaluation.stage.evaluate_all: several students sampled at once (real vLLM actors on the local cluster), each
-model's scores logged to its own MLflow run, the same scores as evaluating that model alone."""
+"""evaluation.stage.evaluate_all: several students sampled at once (real vLLM actors on the local cluster, without
+long-lived engines), each model's scores logged to its own MLflow run, the same scores as evaluating that model alone
+on a long-lived engine host."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from ray_distill.synthetic.tasks import make_questions
 from ray_distill.tracking import MLflowTracker, NullTracker
 
 
-def _cfg(storage) -> object:
+def _cfg(storage, long_lived: bool = True) -> object:
     return config_from_dict({"storage": str(storage), "questions": {"synthetic": {"num_questions": 10}},
                              "teachers": [{"name": "t", "engine": {"kind": "scripted", "persona": "concise"}}],
+                             "student": {"serving": {"long_lived": long_lived}},
                              "eval": {"k": 2, "temperature": 1.0, "max_tokens": 16}})
 
 
@@ -29,10 +31,12 @@ def test_concurrent_evaluation_keeps_each_model_and_run_apart(ray_local, tiny_st
     runs = [(tiny_student_path, trackers[0], "smoke"), (other, trackers[1], "smoke"),
             (tiny_student_path, trackers[2], "again")]  # the same model twice: sampled once, logged twice
 
-    a, b, again = evaluate_all(_cfg(tmp_path / "s"), runs, suites)
+    # without long-lived engines the models are sampled at once, a fresh engine actor pool each
+    a, b, again = evaluate_all(_cfg(tmp_path / "s", long_lived=False), runs, suites)
 
     assert again == a and b != a  # two different random students
-    assert b == evaluate(_cfg(tmp_path / "alone"), other, suites, NullTracker(), prefix="x")  # a fresh store
+    # the same scores from a long-lived engine host (the default), evaluating the model alone in a fresh store
+    assert b == evaluate(_cfg(tmp_path / "alone"), other, suites, NullTracker(), prefix="x")
     client = MlflowClient(uri)
     for tracker, prefix, scores in zip(trackers, ("smoke", "smoke", "again"), (a, b, again)):
         metrics = client.get_run(tracker.run_id).data.metrics

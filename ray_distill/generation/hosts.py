@@ -1,0 +1,238 @@
+"""Long-lived vLLM engines: an engine host is a Ray actor that holds a vLLM engine's resources (CPUs, GPUs, custom
+resources) and its engine, and swaps the model in place when a later stage asks for another one; the Ray Data
+actors of a stage only forward their batches to it.
+
+    with keep_engines():                       # hosts outlive a stage inside this block (the job's flow opens it)
+        with engine_hosts(teacher) as hosts:   # num_actors hosts with teacher.engine's model loaded
+            ds = generate_dataset(questions, teacher, hosts=hosts)
+            ...consume ds...
+        with engine_hosts(student) as hosts:   # the same hosts, the student's model swapped in
+            ...
+
+Why: on vLLM's CPU build a fresh engine actor pays ~10 s importing vLLM and ~3 s building the engine; a job
+starts one per stage and per model (the smoke test's candidates, compression's base student, the base and the
+trained student at evaluation). A host imports vLLM once and builds each later engine in its own process
+(benchmarks/engine_hosts.py measures both). Outside :func:`keep_engines` a lease's hosts are shut down when it
+ends, so a stage holds an engine's resources only while it runs, as a plain actor pool did. Idle hosts are
+released before anything else needs their resources: a new host of another shape, a Ray Train launch
+(``training.sft``), lm-evaluation-harness's own engine, and the end of the block.
+
+Only ``vllm`` engines with continuous batching (``engine.max_concurrent_batches > 0``) and ``engine.long_lived``
+are hosted; every other engine is built in its stage's actors as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import ray
+
+from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
+from ray_distill.generation.actor import engine_key, engine_runtime_env
+
+logger = logging.getLogger(__name__)
+
+
+def hosted(teacher: TeacherConfig) -> bool:
+    """Whether ``teacher``'s engine runs in engine hosts (:mod:`ray_distill.generation.hosts`)."""
+    e = teacher.engine
+    return e.kind == "vllm" and e.long_lived and e.max_concurrent_batches > 0
+
+
+class EngineHost:
+    """The actor: at most one engine at a time, built by :meth:`load` (the previous one shut down first) and
+    serving every batch of every forwarding actor through continuous batching (:mod:`.continuous`). A host that
+    died (its process killed, an engine crash) is restarted by Ray and rebuilds the engine its next batch names,
+    which Ray sends again: a stage loses no batch, as with a plain engine actor pool."""
+
+    def __init__(self):
+        self.engine = None
+        self.key: str | None = None
+        self.model: str | None = None
+        self._lock = None  # an asyncio.Lock, made on the actor's event loop
+
+    async def load(self, engine: dict) -> dict:
+        """Serve ``engine`` (an ``EngineConfig`` dump): nothing to do when it is loaded already. Returns what
+        happened: ``{"model", "swapped_out", "seconds", "built"}``."""
+        import asyncio
+
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        cfg = EngineConfig.model_validate(engine)
+        async with self._lock:  # one build at a time; batches that arrive meanwhile wait for it
+            key = engine_key(cfg)
+            if key == self.key:
+                return {"model": cfg.model, "swapped_out": None, "seconds": 0.0, "built": False}
+            previous = self.model
+            start = time.perf_counter()
+            self._shutdown()
+            await asyncio.to_thread(self._build, cfg)
+            self.key, self.model = key, cfg.model
+        return {"model": cfg.model, "swapped_out": previous, "seconds": time.perf_counter() - start, "built": True}
+
+    def _build(self, cfg: EngineConfig) -> None:
+        from ray_distill.generation.continuous import ContinuousVLLMEngine
+
+        self.engine = ContinuousVLLMEngine(cfg)
+
+    async def generate(self, key: str, engine: dict, messages: list[list[dict]], sampling: dict,
+                       seeds: list[list[int]]) -> list:
+        """One batch on the engine ``key`` names (``engine``: its config, built first when this host does not
+        serve it: after a restart, or a lease's load that Ray retried)."""
+        if key != self.key:
+            info = await self.load(engine)
+            logger.warning("engine host rebuilt %s for a batch (%.1f s)", info["model"], info["seconds"])
+        return await self.engine.generate_async(messages, SamplingConfig.model_validate(sampling), seeds)
+
+    def _shutdown(self) -> None:
+        """Stop the engine's loop and free its memory (its engine-core process, where vLLM runs one)."""
+        if self.engine is None:
+            return
+        engine, self.engine, self.key, self.model = self.engine, None, None, None
+        engine.loop.close()
+        core = getattr(engine.llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del engine
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # freeing is best effort: the next engine's own checks report a real shortage
+            logger.debug("could not empty the CUDA cache", exc_info=True)
+
+
+@dataclass
+class _Host:
+    shape: str  # the actor options it was created with, as JSON
+    handle: object
+    key: str | None = None
+    model: str | None = None
+
+
+class HostPool:
+    """The driver's hosts: leased per stage, kept idle between leases inside :func:`keep_engines`."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle: list[_Host] = []
+        self._job: str | None = None
+        self._keep = 0
+
+    def _current(self) -> None:
+        """Forget hosts of an earlier Ray session (they died with it)."""
+        job = ray.get_runtime_context().get_job_id()
+        if job != self._job:
+            self._idle, self._job, self._keep = [], job, 0
+
+    @contextlib.contextmanager
+    def lease(self, teacher: TeacherConfig) -> Iterator[list]:
+        options = host_options(teacher)
+        shape, key, n = json.dumps(options, sort_keys=True), engine_key(teacher.engine), teacher.resources.num_actors
+        with self._lock:
+            self._current()
+            same = sorted((h for h in self._idle if h.shape == shape), key=lambda h: h.key != key)
+            taken = same[:n]
+            self._idle = [h for h in self._idle if h not in taken]
+            if len(taken) < n:  # new hosts need resources: free those of every idle host this lease does not take
+                _kill(self._idle)
+                self._idle = []
+        cls = ray.remote(EngineHost)
+        taken += [_Host(shape, cls.options(**options).remote()) for _ in range(n - len(taken))]
+        ok = False
+        try:
+            loads = ray.get([h.handle.load.remote(teacher.engine.model_dump()) for h in taken])
+            for h, info in zip(taken, loads):
+                h.key, h.model = key, info["model"]
+                if info["built"]:
+                    how = f"swapped out {info['swapped_out']}" if info["swapped_out"] else "new host"
+                    logger.info("engine host for %s: loaded %s in %.1f s (%s)", teacher.name, info["model"],
+                                info["seconds"], how)
+            yield [h.handle for h in taken]
+            ok = True
+        finally:
+            with self._lock:
+                if ok and self._keep and ray.get_runtime_context().get_job_id() == self._job:
+                    self._idle += taken
+                else:  # no block keeps them, or the stage failed (a broken engine is never reused)
+                    _kill(taken)
+
+    def release(self) -> int:
+        """Shut every idle host down; returns how many."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        _kill(idle)
+        return len(idle)
+
+    @contextlib.contextmanager
+    def keep(self) -> Iterator[None]:
+        with self._lock:
+            self._current()
+            self._keep += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._keep -= 1
+                last = self._keep == 0
+            if last:
+                self.release()
+
+
+HOST_RESTARTS = 3
+
+
+def host_options(teacher: TeacherConfig) -> dict:
+    """Ray actor options of a host for ``teacher``'s engine: the resources and environment its actor pool had."""
+    res = teacher.resources
+    # restarted after a crash, each call sent again (EngineHost rebuilds its engine): a killed host loses no batch
+    options: dict = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_concurrency": 1000,
+                     "max_restarts": HOST_RESTARTS, "max_task_retries": HOST_RESTARTS}
+    if res.custom_resources:
+        options["resources"] = dict(sorted(res.custom_resources.items()))
+    env = engine_runtime_env(teacher)
+    if env:
+        options["runtime_env"] = env
+    return options
+
+
+def _kill(hosts: list[_Host]) -> None:
+    for h in hosts:
+        try:
+            ray.kill(h.handle)
+        except Exception:  # already gone (its node died, Ray shut down)
+            logger.debug("engine host already gone", exc_info=True)
+
+
+POOL = HostPool()
+
+
+@contextlib.contextmanager
+def engine_hosts(teacher: TeacherConfig) -> Iterator[list | None]:
+    """Hosts serving ``teacher``'s engine for one stage (``None`` when the engine is not hosted: build it in
+    the stage's actors, :func:`hosted`)."""
+    if not hosted(teacher):
+        yield None
+        return
+    with POOL.lease(teacher) as hosts:
+        yield hosts
+
+
+def keep_engines() -> contextlib.AbstractContextManager:
+    """A block whose stages reuse each other's idle hosts; they are shut down when the (outermost) block ends."""
+    return POOL.keep()
+
+
+def release_engines() -> None:
+    """Free the resources of every idle host now (before Ray Train or another engine that is not hosted)."""
+    if ray.is_initialized() and (n := POOL.release()):
+        logger.info("released %d idle engine host%s", n, "" if n == 1 else "s")

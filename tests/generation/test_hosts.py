@@ -1,0 +1,113 @@
+"""Long-lived vLLM engines (``ray_distill.generation.hosts``): which engines are hosted, a host's actor options, and
+on a real local Ray cluster with real vLLM (CPU, two random micro students): one host serves model A, then B, then
+A again inside ``keep_engines`` (swapped in place, the same actor), its samples are those of a fresh engine actor
+pool, a killed host is restarted and rebuilds its engine, and idle hosts are shut down by ``release_engines`` and
+after a failed stage."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import ray
+
+from ray_distill.config import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig, TeacherConfig
+from ray_distill.generation.actor import VLLM_CPU_ENV_DEFAULTS, engine_key, generate_dataset
+from ray_distill.generation.hosts import POOL, engine_hosts, host_options, hosted, keep_engines, release_engines
+
+
+def _teacher(model: str = "m", **engine) -> TeacherConfig:
+    return TeacherConfig(name="t", engine=EngineConfig(kind="vllm", model=model, dtype="float32", **engine),
+                         sampling=SamplingConfig(n=2, max_tokens=12, temperature=1.0))
+
+
+def test_which_engines_are_hosted_and_their_key():
+    assert hosted(_teacher())
+    assert not hosted(_teacher(long_lived=False))
+    assert not hosted(_teacher(max_concurrent_batches=0))  # the synchronous waves build their engine in the actor
+    assert not hosted(TeacherConfig(name="s", engine=EngineConfig(kind="scripted", persona="concise")))
+    assert engine_key(_teacher().engine) == engine_key(_teacher().engine)
+    assert engine_key(_teacher().engine) != engine_key(_teacher("other").engine)
+    assert engine_key(_teacher().engine) != engine_key(_teacher(chat_template="{{ x }}").engine)
+    assert StudentConfig().serving.long_lived  # the student is hosted by default
+
+
+def test_host_options_are_the_actor_pools_resources_and_cpu_environment():
+    cpu = host_options(_teacher())
+    assert cpu["num_cpus"] == 1.0 and cpu["num_gpus"] == 0.0
+    assert cpu["runtime_env"]["env_vars"].keys() == VLLM_CPU_ENV_DEFAULTS.keys()
+    gpu = _teacher().model_copy(update={"resources": ResourcesConfig(num_cpus=4, num_gpus=2,
+                                                                      custom_resources={"generation": 1})})
+    opts = host_options(gpu)
+    assert (opts["num_cpus"], opts["num_gpus"], opts["resources"]) == (4, 2, {"generation": 1})
+    assert "runtime_env" not in opts  # vLLM's CPU settings only without a GPU
+
+
+def _alive(handle, wait_s: float = 30.0) -> bool:
+    """Whether the actor still answers ``wait_s`` seconds on (``ray.kill`` takes effect asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            ray.get(handle.__ray_ready__.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_one_host_swaps_models_in_place_and_samples_as_a_fresh_pool(ray_local, tmp_path, caplog):
+    from ray_distill.evaluation.evaluate import sample_student
+    from ray_distill.synthetic.student import save_random_student
+
+    a = save_random_student("micro", str(tmp_path / "a"), seed=1)
+    b = save_random_student("micro", str(tmp_path / "b"), seed=2)
+    questions = [{"question_id": f"q{i}", "question": f"{i}+{i + 1}", "answer": str(2 * i + 1), "domain": "arith",
+                  "family": "arith", "difficulty": 1} for i in range(12)]
+
+    def sample(model: str, long_lived: bool = True) -> list[str]:
+        student = StudentConfig(serving={"long_lived": long_lived})
+        return sample_student(questions, model, 2, 1.0, 12, seed=3, student=student)["completion"].tolist()
+
+    caplog.set_level(logging.INFO, logger="ray_distill.generation.hosts")
+    with keep_engines():
+        first_a = sample(a)
+        (host,) = [h.handle for h in POOL._idle]
+        first_b = sample(b)
+        again_a = sample(a)
+        assert [h.handle for h in POOL._idle] == [host]  # one actor served all three
+        release_engines()  # what a Ray Train launch and lm-evaluation-harness do first
+        assert not POOL._idle and not _alive(host)
+    loads = [r.getMessage() for r in caplog.records if "engine host for student" in r.getMessage()]
+    assert len(loads) == 3 and "(new host)" in loads[0], loads
+    assert f"loaded {b} " in loads[1] and f"(swapped out {a})" in loads[1], loads
+    assert f"(swapped out {b})" in loads[2], loads
+
+    assert again_a == first_a and first_b != first_a  # a swapped-back engine samples as before
+    assert sample(a, long_lived=False) == first_a  # and as a fresh engine actor pool of the stage does
+    assert not POOL._idle  # outside keep_engines a lease's hosts end with it
+
+
+@pytest.mark.slow
+def test_a_failed_stage_kills_its_hosts_and_only_the_outermost_block_releases(ray_local, tiny_student_path):
+    teacher = _teacher(tiny_student_path, max_model_len=256)
+    with keep_engines():
+        with keep_engines():  # a stage's own block inside the job's
+            with engine_hosts(teacher) as (host,):
+                pass
+        assert [h.handle for h in POOL._idle] == [host] and _alive(host, wait_s=0)
+        # a host that dies is restarted by Ray and rebuilds the engine its next batch names: the stage loses nothing
+        with engine_hosts(teacher) as hosts:
+            ray.kill(host, no_restart=False)
+            questions = ray.data.from_items([{"question_id": f"q{i}", "question": f"{i}+1", "answer": str(i + 1),
+                                              "domain": "arith", "family": "arith", "difficulty": 1} for i in range(4)])
+            rows = generate_dataset(questions, teacher, hosts).take_all()
+        assert len(rows) == 8 and all(r["error"] == "" for r in rows)
+        with pytest.raises(RuntimeError, match="stage failed"):
+            with engine_hosts(teacher) as (reused,):
+                assert reused == host  # same engine: the idle host is taken, nothing built
+                raise RuntimeError("stage failed")
+        assert not POOL._idle and not _alive(host)  # a failed stage's host is never handed to the next one
