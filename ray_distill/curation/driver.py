@@ -22,6 +22,7 @@ from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import judge_dataset
 from ray_distill.curation.plane import Grading, grader_pool_size
 from ray_distill.data.fs import join
+from ray_distill.generation.hosts import keep_engines
 from ray_distill.generation.store import GenerationStore
 from ray_distill.progress import StageRecord, StageRunner
 from ray_distill.tracking import Tracker
@@ -104,29 +105,31 @@ def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[di
     graded, previous, final = pd.DataFrame(), None, {}
     sampled = pd.Series(dtype=int)
     round_index = 0
-    while want:
-        round_index += 1
-        active = [by_id[q] for q in want]
-        if budget is not None:
-            length = (mean_tokens(graded) if len(graded) else probe_length) \
-                or store.mean_completion_tokens(teacher) or teacher.sampling.max_tokens
-            est = (sum(want.values()) - store.count_cached(active, teacher, want)) * length
-            if runner.totals()["teacher_tokens"] + rec.teacher_tokens + est > budget:
-                final.update({q: A.JOB_BUDGET for q in want})
-                logger.warning("teacher token budget %d reached: %d questions stop after round %d",
-                               budget, len(want), round_index - 1)
-                break
-        # one generation call (one actor pool, one engine start) per round, each question with its own n
-        gen = generate(store, active, teacher, t, rec, n=want)
-        graded, fresh = A.merge_round(graded, gen)
-        graded = pd.concat([graded, verify(cfg, fresh, base, t, rec)], ignore_index=True)
-        status = A.round_status(graded, list(want), round_index, plan, previous, sampled)
-        previous = A.distinct_correct(graded)
-        final.update({q: s for q, s in status.items() if s != A.CONTINUE})
-        sampled = graded.groupby(C.QUESTION_ID).size()
-        want = {q: plan.next_total(int(previous.get(q, 0)), int(sampled[q]))
-                for q, s in status.items() if s == A.CONTINUE}
-        logger.info("adaptive round %d: %d samples so far, %d questions still active", round_index, len(graded), len(want))
+    with keep_engines():  # a vLLM teacher's engine loads once for all rounds (generation.hosts)
+        while want:
+            round_index += 1
+            active = [by_id[q] for q in want]
+            if budget is not None:
+                length = (mean_tokens(graded) if len(graded) else probe_length) \
+                    or store.mean_completion_tokens(teacher) or teacher.sampling.max_tokens
+                est = (sum(want.values()) - store.count_cached(active, teacher, want)) * length
+                if runner.totals()["teacher_tokens"] + rec.teacher_tokens + est > budget:
+                    final.update({q: A.JOB_BUDGET for q in want})
+                    logger.warning("teacher token budget %d reached: %d questions stop after round %d",
+                                   budget, len(want), round_index - 1)
+                    break
+            # one generation call per round, each question with its own n
+            gen = generate(store, active, teacher, t, rec, n=want)
+            graded, fresh = A.merge_round(graded, gen)
+            graded = pd.concat([graded, verify(cfg, fresh, base, t, rec)], ignore_index=True)
+            status = A.round_status(graded, list(want), round_index, plan, previous, sampled)
+            previous = A.distinct_correct(graded)
+            final.update({q: s for q, s in status.items() if s != A.CONTINUE})
+            sampled = graded.groupby(C.QUESTION_ID).size()
+            want = {q: plan.next_total(int(previous.get(q, 0)), int(sampled[q]))
+                    for q, s in status.items() if s == A.CONTINUE}
+            logger.info("adaptive round %d: %d samples so far, %d questions still active", round_index, len(graded),
+                        len(want))
     counts = pd.Series(final, dtype=object).value_counts().to_dict()
     rec.notes.update({"rounds": round_index, **{f"stop_{k}": int(v) for k, v in counts.items()}})
     t.log_metrics({f"adaptive/{k}": int(v) for k, v in counts.items()})

@@ -15,7 +15,8 @@ trained student at evaluation). A host imports vLLM once and builds each later e
 (benchmarks/engine_hosts.py measures both). Outside :func:`keep_engines` a lease's hosts are shut down when it
 ends, so a stage holds an engine's resources only while it runs, as a plain actor pool did. Idle hosts are
 released before anything else needs their resources: a new host of another shape, a Ray Train launch
-(``training.sft``), lm-evaluation-harness's own engine, and the end of the block.
+(``training.sft``), lm-evaluation-harness's own engine, and the end of the block; and a host is kept idle only
+while the cluster has a CPU left for the graders and Ray Data tasks that run between two leases.
 
 Only ``vllm`` engines with continuous batching (``engine.max_concurrent_batches > 0``) and ``engine.long_lived``
 are hosted; every other engine is built in its stage's actors as before.
@@ -161,9 +162,15 @@ class HostPool:
             ok = True
         finally:
             with self._lock:
-                if ok and self._keep and ray.get_runtime_context().get_job_id() == self._job:
+                keep = ok and self._keep and ray.get_runtime_context().get_job_id() == self._job
+                if keep and not leaves_room(ray.cluster_resources().get("CPU", 0.0),
+                                            sum(json.loads(h.shape)["num_cpus"] for h in [*self._idle, *taken])):
+                    keep = False
+                    logger.info("engine hosts for %s not kept: the cluster would have less than %g CPU for other "
+                                "work", teacher.name, MIN_FREE_CPUS)
+                if keep:
                     self._idle += taken
-                else:  # no block keeps them, or the stage failed (a broken engine is never reused)
+                else:  # no block keeps them, the stage failed (a broken engine is never reused), or no room
                     _kill(taken)
 
     def release(self) -> int:
@@ -189,6 +196,14 @@ class HostPool:
 
 
 HOST_RESTARTS = 3
+# Idle hosts are kept only while this many of the cluster's CPUs stay free for what runs between two leases: graders,
+# Ray Data tasks (a plan whose tasks can never get a CPU hangs).
+MIN_FREE_CPUS = 1.0
+
+
+def leaves_room(cluster_cpus: float, held_cpus: float) -> bool:
+    """Whether idle hosts holding ``held_cpus`` of the cluster's ``cluster_cpus`` leave :data:`MIN_FREE_CPUS` free."""
+    return cluster_cpus - held_cpus >= MIN_FREE_CPUS
 
 
 def host_options(teacher: TeacherConfig) -> dict:

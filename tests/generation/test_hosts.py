@@ -13,7 +13,8 @@ import ray
 
 from ray_distill.config import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig, TeacherConfig
 from ray_distill.generation.actor import VLLM_CPU_ENV_DEFAULTS, engine_key, generate_dataset
-from ray_distill.generation.hosts import POOL, engine_hosts, host_options, hosted, keep_engines, release_engines
+from ray_distill.generation.hosts import (POOL, engine_hosts, host_options, hosted, keep_engines, leaves_room,
+                                         release_engines)
 
 
 def _teacher(model: str = "m", **engine) -> TeacherConfig:
@@ -41,6 +42,12 @@ def test_host_options_are_the_actor_pools_resources_and_cpu_environment():
     opts = host_options(gpu)
     assert (opts["num_cpus"], opts["num_gpus"], opts["resources"]) == (4, 2, {"generation": 1})
     assert "runtime_env" not in opts  # vLLM's CPU settings only without a GPU
+
+
+def test_idle_hosts_leave_a_cpu_for_graders_and_data_tasks():
+    assert leaves_room(2, 1)  # the local quickstart: one CPU for the host, one for the rest
+    assert not leaves_room(2, 2) and not leaves_room(2, 1.5)  # a plan whose tasks never get a CPU would hang
+    assert leaves_room(16, 8)
 
 
 def _alive(handle, wait_s: float = 30.0) -> bool:
