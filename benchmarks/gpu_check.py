@@ -2,7 +2,7 @@
 packing under NCCL with the fastest working attention, export + reload of the student in vLLM; one table
 with tokens/s, MFU, peak memory and the memory planner's prediction, printed and written to ``--out``.
 
-    scripts/gpu_check.sh                         # install (EXTRA=gpu scripts/install.sh), then this; <= 8 min
+    scripts/gpu_check.sh                         # install (EXTRA=gpu scripts/install.sh), then this; <= 9 min
     scripts/gpu_check.sh --no-install --model org/name --peak-tflops 989
     scripts/gpu_check.sh --dry-run               # the plan and the training config: no install, no GPU
 
@@ -16,7 +16,9 @@ GPU lease; a failed or timed-out stage is a row of the table and the next stage 
    ``param_dtype: bf16``, packing, the attention of :func:`attention` (flash-attn when it really runs here);
    non-pad tokens/s, MFU (6 x params FLOPs per token), rank 0's peak device memory beside the planner's
    prediction for the same recipe (``ray_distill.planning``), and the exported weights' dtype.
-3. ``reload``: the exported student served again by vLLM: it loads and generates.
+3. ``reload``: the exported student served again by vLLM, the way a job serves it: on a long-lived engine host
+   (``ray_distill.generation.hosts``) that served the base model first and swaps the export in place; it loads
+   and generates, and the device memory in use after the swap shows the first engine's memory was given back.
 
 MFU needs the GPU's dense bf16 peak: known for a few GPUs by name, else ``--peak-tflops``.
 """
@@ -33,7 +35,7 @@ import tempfile
 import time
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0}
-STAGE_TIMEOUT_S = {"generate": 150, "sft": 240, "reload": 90}  # 8 minutes in all, vLLM/Ray start-ups included
+STAGE_TIMEOUT_S = {"generate": 150, "sft": 240, "reload": 150}  # 9 minutes in all, vLLM/Ray start-ups included
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -163,6 +165,40 @@ def sft(model: str, rows: int, batch_size: int, max_seq_len: int, attn: str, wor
             "export_dtypes": sorted(safetensors_dtypes(result.model_path))}
 
 
+def host_swap(base: str, export: str, max_tokens: int) -> dict:
+    """The base model, then the export, sampled on one engine host inside ``keep_engines`` (one GPU): seconds per
+    model (the export's is the swap), device memory in use after each (``nvidia-smi``), the export's first text."""
+    import ray
+
+    from ray_distill.config import StudentConfig
+    from ray_distill.evaluation.evaluate import sample_student
+    from ray_distill.generation.hosts import keep_engines
+
+    questions = [{"question_id": f"q{i}", "question": f"What is {i} + {2 * i}?", "answer": str(3 * i),
+                  "domain": "arith", "family": "arith", "difficulty": 1} for i in range(8)]
+    student = StudentConfig(serving={"resources": {"num_gpus": 1}, "max_model_len": max_tokens + 128})
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    out: dict = {}
+    try:
+        with keep_engines():
+            for name, model in (("base", base), ("export", export)):
+                t0 = time.perf_counter()
+                df = sample_student(questions, model, 1, 0.0, max_tokens, student=student)
+                out[f"{name}_s"] = time.perf_counter() - t0
+                out[f"{name}_used_mb"] = _device_used_mb()
+                out["tokens"], out["sample"] = int(df["num_tokens"].sum()), df["completion"].iloc[0][:60]
+    finally:
+        ray.shutdown()
+    return out
+
+
+def _device_used_mb() -> float:
+    """GPU 0's memory in use, every process's (``nvidia-smi``): an engine host's memory lives in its own process."""
+    used = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                          capture_output=True, text=True, check=True).stdout
+    return float(used.strip().splitlines()[0])
+
+
 def safetensors_dtypes(folder: str) -> set[str]:
     out = set()
     for name in os.listdir(folder):
@@ -226,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {args.model or 'preset smollm2-135m'}")
         print(f"generate: vLLM bf16, {args.prompts} prompts x {args.max_tokens} tokens")
         print(f"sft: attention {attn} ({why}); train config {cfg.model_dump_json()}")
-        print("reload: vLLM serves the exported student")
+        print("reload: an engine host serves the base model, then the exported student swapped in")
         print("timeouts: " + ", ".join(f"{k} {v} s" for k, v in STAGE_TIMEOUT_S.items()) + f"; table -> {args.out}")
         return 0
 
@@ -269,10 +305,12 @@ def main(argv: list[str] | None = None) -> int:
                      f"{m.get('peak_device_mb', float('nan')):.0f} MB / "
                      + ("plan: n/a (ray_distill.planning not importable)" if planned is None else f"{planned:.0f} MB")))
         rows.append(("export", ",".join(m["export_dtypes"]), m["model_path"]))
-        again = run_stage("generate", STAGE_TIMEOUT_S["reload"], model=m["model_path"], prompts=8, max_tokens=32,
-                          eager=True)
-        rows.append(("vLLM reload of the export", "FAILED: " + again["error"], "") if "error" in again else
-                    ("vLLM reload of the export", "ok", f"{again['tokens']} tokens: {again['sample']!r}"))
+        again = run_stage("host_swap", STAGE_TIMEOUT_S["reload"], base=args.model, export=m["model_path"], max_tokens=32)
+        label = "vLLM reload of the export (engine host: base, then export swapped in)"
+        rows.append((label, "FAILED: " + again["error"], "") if "error" in again else
+                    (label, "ok", f"base {again['base_s']:.1f} s, swap + export {again['export_s']:.1f} s; device "
+                     f"memory in use {again['base_used_mb']:.0f} -> {again['export_used_mb']:.0f} MB; "
+                     f"{again['tokens']} tokens: {again['sample']!r}"))
     text = table(rows)
     print(text, end="")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

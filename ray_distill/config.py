@@ -229,6 +229,10 @@ class EngineConfig(_Strict):
         "(benchmarks/generation.py --long-tail). 0: the synchronous path, one batch at a time as one "
         "LLM.generate wave. Engine 'openai': batches in flight per actor too, their requests sharing the actor's "
         "max_concurrency slots; 0: one batch at a time.")
+    stall_timeout_s: float | None = Field(
+        900.0, gt=0, description="Engine 'vllm' with max_concurrent_batches > 0: when requests wait and no engine "
+        "step finishes for this long (a hung step), the engine's process exits and Ray restarts its actor and "
+        "sends its batches again (at most 3 restarts of an engine host); None: never.")
     long_lived: bool = Field(
         True, description="Engine 'vllm' with max_concurrent_batches > 0: served by long-lived engine hosts (Ray "
         "actors holding the engine's resources) that the job's next stages reuse, the model swapped in place (~3 s "

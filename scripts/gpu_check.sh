@@ -3,7 +3,7 @@
 # (EXTRA=gpu scripts/install.sh: the gpu extra plus the SmolLM2 wheel), then runs benchmarks/gpu_check.py
 # with the venv's python: CUDA vLLM generation, bf16 FSDP SFT with packing under NCCL with the fastest
 # attention, export + reload in vLLM; one table, printed and written to outputs/gpu_check.md (--out).
-# Each stage has its own timeout (8 minutes in all). See docs/gpu.md.
+# Each stage has its own timeout (9 minutes in all). See docs/gpu.md.
 #
 #   scripts/gpu_check.sh                 # install (idempotent), then the check
 #   scripts/gpu_check.sh --no-install    # the check with the venv as it is

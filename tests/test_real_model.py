@@ -51,7 +51,7 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
         f"student.model={HUB_ID}", f"student.revision={REVISION}", "student.preset=null",
         f"teachers.0.engine.model={HUB_ID}", "teachers.0.engine.preset=null",
         f"questions.path={questions}", "smoke_test.probe_questions=40", "dev.num_questions=20",
-        "selection.max_questions=30",
+        "selection.max_questions=30", "eval.k=1",  # compression sends the k=2 seeded samples per chat prompt
         "teachers.1.engine.chat_template=" + str(ROOT / "jobs/templates/chatml_think.jinja"),
         "eval.suites.0.path=" + str(ROOT / "jobs/data/additions_eval.jsonl"),
         "replay.source=" + str(ROOT / "jobs/data/replay_chat.jsonl"),

@@ -195,7 +195,8 @@ def engine_key(engine: EngineConfig) -> str:
     return hashlib.sha1(json.dumps(engine.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig, hosts: list | None = None) -> ray.data.Dataset:
+def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig,
+                     hosts: list | None = None) -> ray.data.Dataset:
     """Lazily map question rows to generation rows through an actor pool of ``teacher``'s engine, or, given
     the engine ``hosts`` serving it (:mod:`.hosts`), through actors that forward to them and hold no resources.
     An API key is read here, in the driver (a missing variable fails before any actor starts), and

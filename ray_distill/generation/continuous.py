@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -88,6 +89,7 @@ class EngineLoop:
         self._waiting: dict[str, _Waiting] = {}
         self._ids = itertools.count()
         self._dead: BaseException | None = None
+        self._progress = time.monotonic()  # when the engine last finished a step, or last went from idle to busy
         self._thread = threading.Thread(target=self._run, name="vllm-engine-loop", daemon=True)
         self._thread.start()
 
@@ -104,6 +106,10 @@ class EngineLoop:
             self._inbox.put(("abort", request_id))
             raise
 
+    def stalled_for(self) -> float:
+        """Seconds since the engine last made progress while requests wait for it (0 when none waits)."""
+        return time.monotonic() - self._progress if self._waiting and self._dead is None else 0.0
+
     def close(self) -> None:
         """Stop the thread after the current step (requests still in flight are failed)."""
         self._inbox.put(("stop",))
@@ -119,6 +125,7 @@ class EngineLoop:
                 messages = []
             if idle:
                 self.stats.idle_s += time.perf_counter() - start
+                self._progress = time.monotonic()
             while True:
                 try:
                     messages.append(self._inbox.get_nowait())
@@ -159,6 +166,7 @@ class EngineLoop:
             self._dead.__cause__ = err
             self._fail_all(self._dead)
             return
+        self._progress = time.monotonic()
         self.stats.steps += 1
         self.stats.in_flight_steps += len(self._waiting)
         self.stats.step_s += time.perf_counter() - start
@@ -178,6 +186,44 @@ class EngineLoop:
         for waiting in self._waiting.values():
             _resolve(waiting.loop, waiting.future, error=err)
         self._waiting.clear()
+
+
+def exit_process(seconds: float, in_flight: int) -> None:
+    """What a stalled engine's watchdog does: end this process, so that Ray restarts the actor (an engine host, or
+    a stage's engine actor) and sends its unfinished calls again to a fresh engine."""
+    logger.error("vLLM engine made no progress for %.0f s with %d requests in flight: exiting so that Ray restarts "
+                 "this actor and retries its batches (engine.stall_timeout_s)", seconds, in_flight)
+    logging.shutdown()
+    os._exit(STALL_EXIT_CODE)
+
+
+STALL_EXIT_CODE = 75
+
+
+class Watchdog:
+    """A thread that calls ``on_stall(seconds, requests in flight)`` once when ``loop`` has had requests waiting
+    and no finished engine step for more than ``timeout_s`` (a hung step: a deadlock, a lost device). By default
+    that ends the process (:func:`exit_process`): Ray restarts the actor and retries its batches."""
+
+    def __init__(self, loop: EngineLoop, timeout_s: float, on_stall=exit_process, period_s: float | None = None):
+        self.loop, self.timeout_s, self.on_stall = loop, timeout_s, on_stall
+        self.period_s = period_s if period_s is not None else min(5.0, timeout_s / 4)
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vllm-engine-watchdog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            stalled = self.loop.stalled_for()
+            if stalled > self.timeout_s:
+                self.fired = True
+                self.on_stall(stalled, len(self.loop._waiting))
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result=None, error=None) -> None:
@@ -204,6 +250,13 @@ class ContinuousVLLMEngine(VLLMEngine):
     def __init__(self, cfg: EngineConfig):
         super().__init__(cfg)
         self.loop = EngineLoop(self.llm.llm_engine)
+        self.watchdog = Watchdog(self.loop, cfg.stall_timeout_s) if cfg.stall_timeout_s else None
+
+    def close(self) -> None:
+        """Stop the watchdog and the loop (requests still in flight are failed)."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        self.loop.close()
 
     async def generate_async(
         self, messages: list[list[dict]], sampling: SamplingConfig, seeds: list[list[int]]

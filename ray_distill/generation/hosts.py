@@ -97,7 +97,7 @@ class EngineHost:
         if self.engine is None:
             return
         engine, self.engine, self.key, self.model = self.engine, None, None, None
-        engine.loop.close()
+        engine.close()
         core = getattr(engine.llm.llm_engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
@@ -106,10 +106,12 @@ class EngineHost:
         try:
             import torch
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            if torch.cuda.is_available():  # what vLLM's own tests do between two engines of one process
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()
         except Exception:  # freeing is best effort: the next engine's own checks report a real shortage
-            logger.debug("could not empty the CUDA cache", exc_info=True)
+            logger.warning("engine host: freeing the previous engine's device memory failed", exc_info=True)
 
 
 @dataclass
@@ -210,8 +212,10 @@ def host_options(teacher: TeacherConfig) -> dict:
     """Ray actor options of a host for ``teacher``'s engine: the resources and environment its actor pool had."""
     res = teacher.resources
     # restarted after a crash, each call sent again (EngineHost rebuilds its engine): a killed host loses no batch
+    # "DEFAULT": scheduled on the cluster like a stage's Ray Data actors, never in the placement group of the
+    # process that leases it (a Tune trial's, which has no bundle for it)
     options: dict = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_concurrency": 1000,
-                     "max_restarts": HOST_RESTARTS, "max_task_retries": HOST_RESTARTS}
+                     "max_restarts": HOST_RESTARTS, "max_task_retries": HOST_RESTARTS, "scheduling_strategy": "DEFAULT"}
     if res.custom_resources:
         options["resources"] = dict(sorted(res.custom_resources.items()))
     env = engine_runtime_env(teacher)

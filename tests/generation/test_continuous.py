@@ -92,3 +92,80 @@ def test_batches_overlap_in_one_engine_and_match_the_synchronous_wave(ray_local,
     assert res["continuous"] == res["wave"]
     texts = [c["text"] for per_prompt in res["wave"] for c in per_prompt]
     assert all(c["error"] == "" for per_prompt in res["wave"] for c in per_prompt) and len(set(texts)) >= 20
+
+
+class _Engine:
+    """A stand-in for vLLM's in-process engine: each step takes ``step_s`` (or blocks until ``release`` is set when
+    ``hang``), and a request finishes after ``steps`` steps."""
+
+    def __init__(self, hang: bool = False, step_s: float = 0.01, steps: int = 1000):
+        import threading
+
+        self.hang, self.step_s, self.steps = hang, step_s, steps
+        self.release = threading.Event()
+        self.running: dict[str, int] = {}
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.running)
+
+    def add_request(self, request_id, prompt, params) -> None:
+        self.running[request_id] = 0
+
+    def abort_request(self, ids) -> None:
+        for i in ids:
+            self.running.pop(i, None)
+
+    def step(self) -> list:
+        import time
+        from types import SimpleNamespace
+
+        if self.hang:
+            self.release.wait()
+        time.sleep(self.step_s)
+        done = []
+        for rid in list(self.running):
+            self.running[rid] += 1
+            if self.running[rid] >= self.steps:
+                del self.running[rid]
+                done.append(SimpleNamespace(request_id=rid, finished=True))
+        return done
+
+
+def _watch(engine: _Engine, seconds: float) -> list:
+    """Run one request on an EngineLoop over ``engine`` for ``seconds`` under a 0.3 s watchdog; what it reported."""
+    import asyncio
+
+    from ray_distill.generation.continuous import EngineLoop, Watchdog
+
+    loop = EngineLoop(engine)
+    fired: list = []
+    dog = Watchdog(loop, 0.3, on_stall=lambda s, n: fired.append((s, n)), period_s=0.05)
+
+    async def run() -> None:
+        request = asyncio.ensure_future(loop.generate({"prompt_token_ids": [1]}, None))
+        await asyncio.sleep(seconds)
+        request.cancel()
+
+    asyncio.run(run())
+    dog.stop()
+    engine.release.set()
+    loop.close()
+    return fired
+
+
+def test_watchdog_fires_on_a_hung_step_and_never_on_a_slow_request_or_an_idle_engine():
+    from ray_distill.generation.continuous import EngineLoop, Watchdog
+
+    fired = _watch(_Engine(hang=True), 1.0)
+    assert len(fired) == 1 and fired[0][0] > 0.3 and fired[0][1] == 1  # once, with the request in flight
+    assert _watch(_Engine(step_s=0.02, steps=1000), 1.0) == []  # a long request whose steps keep finishing
+    idle = EngineLoop(_Engine())
+    dog = Watchdog(idle, 0.1, on_stall=lambda s, n: pytest.fail("an idle engine stalled"), period_s=0.02)
+    import time
+
+    time.sleep(0.5)
+    assert idle.stalled_for() == 0.0
+    dog.stop()
+    idle.close()
+    assert EngineConfig(kind="vllm", model="m").stall_timeout_s == 900 and \
+        EngineConfig(kind="vllm", model="m", stall_timeout_s=None).stall_timeout_s is None

@@ -1,4 +1,7 @@
-"""VLLMEngine (real vLLM, CPU) on a random micro student through the Ray Data adapter."""
+"""VLLMEngine (real vLLM, CPU) on a random micro student and on SmolLM2 through the Ray Data adapter, the way a job
+runs it: the stage's actors forward batches to a long-lived engine host (``generation.hosts``), one for the whole
+module, each test's engine swapped in (a fresh engine actor pool per stage: tests/evaluation/test_evaluate_all.py
+and tests/generation/test_continuous.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,25 @@ import pytest
 from ray_distill import columns as C
 from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
 from ray_distill.generation.actor import generate_dataset, sample_seed
+from ray_distill.generation.hosts import engine_hosts, keep_engines
 from ray_distill.synthetic.tasks import make_questions
 
 pytestmark = pytest.mark.slow  # real Ray Train / vLLM: not a unit test (make test-fast skips it)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_engine_host(ray_local):
+    """Every test of the module on one engine host, as a job's stages inside a ``keep_engines`` block."""
+    with keep_engines():
+        yield
+
+
+def _generate(rows: list[dict], teacher: TeacherConfig):
+    import ray
+
+    with engine_hosts(teacher) as hosts:
+        assert hosts, "a vllm teacher is hosted"
+        return generate_dataset(ray.data.from_items(rows), teacher, hosts).to_pandas()
 
 
 def test_vllm_keeps_every_sample_and_is_seeded(ray_local, tiny_student_path):
@@ -21,7 +40,7 @@ def test_vllm_keeps_every_sample_and_is_seeded(ray_local, tiny_student_path):
         engine=EngineConfig(kind="vllm", model=tiny_student_path, dtype="float32", max_model_len=128),
         sampling=SamplingConfig(n=2, temperature=1.0, max_tokens=24, seed=3),
     )
-    df = generate_dataset(ray_local.data.from_items(rows), teacher).to_pandas()
+    df = _generate(rows, teacher)
 
     assert len(df) == len(rows) * 2 and list(df.columns) == C.GENERATION_COLUMNS
     ok = df[df[C.QUESTION_ID] != "too-long"]
@@ -48,7 +67,7 @@ def test_vllm_stop_strings_and_raw_prompt_mode(ray_local, tiny_student_path):
         teacher = TeacherConfig(
             name="micro", engine=EngineConfig(kind="vllm", model=tiny_student_path, dtype="float32", api=api),
             sampling=SamplingConfig(n=1, temperature=1.0, max_tokens=24, seed=5, stop=stop))
-        return generate_dataset(ray_local.data.from_items(questions), teacher).to_pandas().sort_values(C.QUESTION_ID)
+        return _generate(questions, teacher).sort_values(C.QUESTION_ID)
 
     full = run([])
     text = next(t for t in full[C.COMPLETION] if len(t) > 2)
@@ -79,7 +98,7 @@ def test_real_checkpoint_reasoning_template_batches_of_chat_prompts(ray_local, s
         engine=EngineConfig(kind="vllm", model=smollm2_path, dtype="float32", max_model_len=512, chat_template=think),
         sampling=SamplingConfig(n=2, temperature=0.8, max_tokens=24, seed=3),
         resources={"batch_size": len(batch)})
-    df = generate_dataset(ray_local.data.from_items([*batch, alone]), teacher).to_pandas()
+    df = _generate([*batch, alone], teacher)
 
     assert len(df) == 121 and (df[C.ERROR] == "").all()
     assert df[C.COMPLETION].str.startswith("<think>\n").all()

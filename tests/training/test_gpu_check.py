@@ -56,5 +56,5 @@ def test_dry_run_prints_the_plan_and_a_valid_train_config_without_installing(tmp
     assert '"param_dtype":"bf16"' in proc.stdout
     assert '"packing":true' in proc.stdout and f'"attn_implementation":"{attn}"' in proc.stdout
     assert "generate: vLLM bf16, 512 prompts x 512 tokens" in proc.stdout
-    assert "timeouts: generate 150 s, sft 240 s, reload 90 s" in proc.stdout
+    assert "timeouts: generate 150 s, sft 240 s, reload 150 s" in proc.stdout
     assert "ray-distill environment ready" not in proc.stdout  # install.sh did not run
