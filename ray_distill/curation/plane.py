@@ -131,7 +131,8 @@ def generate_missing(store: GenerationStore, questions_url: str, teacher: Teache
         return counters
     logger.info("generating %d missing samples for teacher %s", missing, teacher.name)
     blocks = max(1, math.ceil(missing / teacher.resources.batch_size))  # work for every engine actor
-    todo = ray.data.read_parquet(todo_url).repartition(blocks)
+    # read before the engine hosts start: its tasks must not wait behind a host holding the last free CPU
+    todo = ray.data.read_parquet(todo_url).repartition(blocks).materialize()
     with engine_hosts(teacher) as hosts:
         gen = generate_dataset(todo, teacher, hosts).map_batches(
             _persist, fn_kwargs={"root": store.root, "teacher": teacher.name}, batch_format="pandas", batch_size=None)

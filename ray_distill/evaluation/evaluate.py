@@ -94,8 +94,9 @@ def sample_student(
     )
     start = time.perf_counter()
     if store is None:
+        todo = ray.data.from_pandas(pd.DataFrame(questions))  # before the hosts (GenerationStore._generate)
         with engine_hosts(engine) as hosts:
-            df = generate_dataset(ray.data.from_pandas(pd.DataFrame(questions)), engine, hosts).to_pandas()
+            df = generate_dataset(todo, engine, hosts).to_pandas()
     else:  # one row per (question, sample index) in question order; extra columns (suite, ...) put back
         # a store row is one request: batch_size questions x k samples per engine wave, as without a store
         res = engine.resources

@@ -341,8 +341,11 @@ class GenerationStore:
         # a single big block would persist nothing before the end and keep every actor but one idle.
         size = teacher.resources.batch_size
         blocks = [todo.iloc[i: i + size] for i in range(0, len(todo), size)]
+        # the input before the engine hosts: from_pandas runs a task, which must not wait behind a host holding the
+        # last free CPU (a Tune trial's process holds one of its own)
+        todo_ds = ray.data.from_pandas(blocks)
         with engine_hosts(teacher) as hosts:
-            ds = generate_dataset(ray.data.from_pandas(blocks), teacher, hosts)
+            ds = generate_dataset(todo_ds, teacher, hosts)
             new_ok, new_bad = self.persist(teacher.name, ds.iter_batches(batch_size=None, batch_format="pandas"))
         if len(new_ok) + len(new_bad) != len(todo):
             raise RuntimeError(f"generation returned {len(new_ok) + len(new_bad)} rows for {len(todo)} requests")
