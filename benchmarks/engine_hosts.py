@@ -9,8 +9,8 @@ Both ways run in one local cluster of 2 CPUs, the fresh pools first (``student.s
 the same models on one host inside ``keep_engines`` (each model after the first swapped in place). Prints the
 seconds per model (engine start included) and the ratio of the totals; the samples of both ways are compared
 (they must be equal: the engine and the requests are the same).
-2026-12-06, 2 CPUs, 3 models x 40 questions x 2: fresh pools 14.8 / 14.1 / 14.0 s, one host 14.2 / 5.0 / 4.9 s;
-totals 42.9 vs 24.1 s (1.8x); the samples equal.
+2026-12-06, 2 CPUs, 3 models x 40 questions x 2: fresh pools 12.8 / 11.8 / 12.0 s, one host 12.2 / 4.9 / 4.8 s;
+totals 36.6 vs 21.8 s (1.68x); the samples equal.
 """
 
 from __future__ import annotations
