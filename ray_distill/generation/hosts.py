@@ -89,7 +89,8 @@ class EngineHost:
         serve it: after a restart, or a lease's load that Ray retried)."""
         if key != self.key:
             info = await self.load(engine)
-            logger.warning("engine host rebuilt %s for a batch (%.1f s)", info["model"], info["seconds"])
+            if info["built"]:  # (a batch that waited for another's rebuild finds it done)
+                logger.warning("engine host rebuilt %s for a batch (%.1f s)", info["model"], info["seconds"])
         return await self.engine.generate_async(messages, SamplingConfig.model_validate(sampling), seeds)
 
     def _shutdown(self) -> None:
