@@ -17,7 +17,8 @@ tune: install  ## data-budget search on the quickstart's stored generations
 # own), so that with TEST_WORKERS=N (N pytest-xdist workers, a test file at a time each: a file's module fixtures
 # stay on one worker; the longest files first, tests/conftest.py) no other job shares the machine with them.
 # Both phases run; the target fails if either does. From clean clones on one 2-core host, 2026-12-06: one process
-# 39.5 and 41.1 min (phases 32.4 + 4.5, 33.0 + 5.5 min); on earlier clones 43.1 and 44.9 min, and 47.5 min in one process vs 43.5 min
+# 39.6 min with long-lived engines (787 tests, phases 31.9 + 5.5 min), 39.5 and 41.1 min before (781 tests, phases
+# 32.4 + 4.5, 33.0 + 5.5 min); on earlier clones 43.1 and 44.9 min, and 47.5 min in one process vs 43.5 min
 # with two workers: the suite is mostly CPU-bound. One process
 # stays the default until runs with two workers have passed clean (each of the two so far had a test that
 # failed only beside another job, since fixed).
