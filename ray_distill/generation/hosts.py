@@ -134,7 +134,7 @@ class HostPool:
 
     def _current(self) -> None:
         """Forget hosts of an earlier Ray session (they died with it)."""
-        job = ray.get_runtime_context().get_job_id()
+        job = _job_id()
         if job != self._job:
             self._idle, self._job, self._keep = [], job, 0
 
@@ -165,7 +165,7 @@ class HostPool:
             ok = True
         finally:
             with self._lock:
-                keep = ok and self._keep and ray.get_runtime_context().get_job_id() == self._job
+                keep = ok and self._keep and _job_id() == self._job
                 if keep and not leaves_room(ray.cluster_resources().get("CPU", 0.0),
                                             sum(json.loads(h.shape)["num_cpus"] for h in [*self._idle, *taken])):
                     keep = False
@@ -223,6 +223,11 @@ def host_options(teacher: TeacherConfig) -> dict:
     if env:
         options["runtime_env"] = env
     return options
+
+
+def _job_id() -> str | None:
+    """The Ray job this process drives (None without Ray: asking Ray's runtime context would start a cluster)."""
+    return ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
 
 
 def _kill(hosts: list[_Host]) -> None:

@@ -44,6 +44,17 @@ def test_host_options_are_the_actor_pools_resources_and_cpu_environment():
     assert "runtime_env" not in opts  # vLLM's CPU settings only without a GPU
 
 
+def test_a_block_without_ray_starts_no_cluster():
+    """Outside a Ray job (a fresh process), a keep_engines block and release_engines start no Ray cluster."""
+    import subprocess
+    import sys
+
+    code = ("import ray\nfrom ray_distill.generation.hosts import keep_engines, release_engines\n"
+            "with keep_engines():\n    release_engines()\nprint('initialized', ray.is_initialized())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "initialized False", out.stdout + out.stderr[-2000:]
+
+
 def test_idle_hosts_leave_a_cpu_for_graders_and_data_tasks():
     assert leaves_room(2, 1)  # the local quickstart: one CPU for the host, one for the rest
     assert not leaves_room(2, 2) and not leaves_room(2, 1.5)  # a plan whose tasks never get a CPU would hang
