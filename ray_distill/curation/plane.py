@@ -49,8 +49,7 @@ from ray_distill.curation.judge_stage import judge_dataset
 from ray_distill.curation.selection import POOL_MEAN_DISTANCE, SELECTED_MEAN_DISTANCE, select_questions
 from ray_distill.data.corpus import write_rejects
 from ray_distill.data.fs import TMP_PREFIX, atomic_write, fresh, join
-from ray_distill.generation.actor import generate_dataset
-from ray_distill.generation.hosts import engine_hosts
+from ray_distill.generation.hosts import generation
 from ray_distill.generation.store import KEY, STORED_COLUMNS, GenerationStore, request_frame
 from ray_distill.models import TokenIds
 
@@ -131,10 +130,9 @@ def generate_missing(store: GenerationStore, questions_url: str, teacher: Teache
         return counters
     logger.info("generating %d missing samples for teacher %s", missing, teacher.name)
     blocks = max(1, math.ceil(missing / teacher.resources.batch_size))  # work for every engine actor
-    # read before the engine hosts start: its tasks must not wait behind a host holding the last free CPU
-    todo = ray.data.read_parquet(todo_url).repartition(blocks).materialize()
-    with engine_hosts(teacher) as hosts:
-        gen = generate_dataset(todo, teacher, hosts).map_batches(
+    todo = ray.data.read_parquet(todo_url).repartition(blocks).materialize()  # read before the hosts start
+    with generation(todo, teacher) as gen:
+        gen = gen.map_batches(
             _persist, fn_kwargs={"root": store.root, "teacher": teacher.name}, batch_format="pandas", batch_size=None)
         for row in gen.take_all():  # one small counter row per engine batch
             for k in counters:

@@ -37,8 +37,7 @@ from ray_distill import columns as C
 from ray_distill.config import EngineConfig, SamplingConfig, StudentConfig, TeacherConfig
 from ray_distill.curation.graders import Verdict, grade_rows, sandbox_from_config
 from ray_distill.evaluation.metrics import pass_at_k, wilson_interval
-from ray_distill.generation.actor import generate_dataset
-from ray_distill.generation.hosts import engine_hosts
+from ray_distill.generation.hosts import generation
 from ray_distill.generation.store import GenerationStore, model_digest, sample_counts
 
 __all__ = ["avg_at_k", "evaluate_suites", "grade_samples", "pass_at_k", "sample_student", "wilson_interval"]
@@ -94,9 +93,8 @@ def sample_student(
     )
     start = time.perf_counter()
     if store is None:
-        todo = ray.data.from_pandas(pd.DataFrame(questions))  # before the hosts (GenerationStore._generate)
-        with engine_hosts(engine) as hosts:
-            df = generate_dataset(todo, engine, hosts).to_pandas()
+        with generation(ray.data.from_pandas(pd.DataFrame(questions)), engine) as ds:
+            df = ds.to_pandas()
     else:  # one row per (question, sample index) in question order; extra columns (suite, ...) put back
         # a store row is one request: batch_size questions x k samples per engine wave, as without a store
         res = engine.resources

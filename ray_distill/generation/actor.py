@@ -137,13 +137,13 @@ class ContinuousGenerateBatch(GenerateBatch):
 
 class HostedGenerateBatch(GenerateBatch):
     """A long-lived engine's stage actor (:mod:`.hosts`): it builds no engine and forwards each batch to one of
-    ``hosts`` (in turn), which serve the engine ``key`` names; several batches in flight, like the engine's own."""
+    ``hosts`` (in turn), which serve ``engine``; several batches in flight, like the engine's own."""
 
-    def __init__(self, teacher_name: str, engine: dict, sampling: dict, api_key: SecretStr | None = None,
-                 hosts: list | None = None, key: str = ""):
+    def __init__(self, teacher_name: str, engine: dict, sampling: dict, hosts: list):
         self.teacher = teacher_name
         self.sampling = SamplingConfig.model_validate(sampling)
-        self.hosts, self.key, self.engine_dump = list(hosts or []), key, engine
+        self.hosts, self.engine_dump = list(hosts), engine
+        self.key = engine_key(EngineConfig.model_validate(engine))
         self.turn = itertools.count(random.randrange(len(self.hosts)))
 
     async def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -206,8 +206,7 @@ def generate_dataset(questions: ray.data.Dataset, teacher: TeacherConfig,
         return questions.map_batches(
             HostedGenerateBatch,
             fn_constructor_kwargs={"teacher_name": teacher.name, "engine": teacher.engine.model_dump(),
-                                   "sampling": teacher.sampling.model_dump(), "hosts": hosts,
-                                   "key": engine_key(teacher.engine)},
+                                   "sampling": teacher.sampling.model_dump(), "hosts": hosts},
             compute=ray.data.ActorPoolStrategy(size=len(hosts), max_concurrent_calls_per_actor=concurrent),
             num_cpus=0, batch_size=teacher.resources.batch_size, batch_format="pandas")
     api_key = resolve_api_key(teacher.engine) if teacher.engine.kind == "openai" else None

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import ray
 
 from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
-from ray_distill.generation.actor import engine_key, engine_runtime_env
+from ray_distill.generation.actor import engine_key, engine_runtime_env, generate_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +118,9 @@ class EngineHost:
 @dataclass
 class _Host:
     shape: str  # the actor options it was created with, as JSON
+    num_cpus: float
     handle: object
     key: str | None = None
-    model: str | None = None
 
 
 class HostPool:
@@ -151,12 +151,12 @@ class HostPool:
                 _kill(self._idle)
                 self._idle = []
         cls = ray.remote(EngineHost)
-        taken += [_Host(shape, cls.options(**options).remote()) for _ in range(n - len(taken))]
+        taken += [_Host(shape, options["num_cpus"], cls.options(**options).remote()) for _ in range(n - len(taken))]
         ok = False
         try:
             loads = ray.get([h.handle.load.remote(teacher.engine.model_dump()) for h in taken])
             for h, info in zip(taken, loads):
-                h.key, h.model = key, info["model"]
+                h.key = key
                 if info["built"]:
                     how = f"swapped out {info['swapped_out']}" if info["swapped_out"] else "new host"
                     logger.info("engine host for %s: loaded %s in %.1f s (%s)", teacher.name, info["model"],
@@ -167,7 +167,7 @@ class HostPool:
             with self._lock:
                 keep = ok and self._keep and _job_id() == self._job
                 if keep and not leaves_room(ray.cluster_resources().get("CPU", 0.0),
-                                            sum(json.loads(h.shape)["num_cpus"] for h in [*self._idle, *taken])):
+                                            sum(h.num_cpus for h in [*self._idle, *taken])):
                     keep = False
                     logger.info("engine hosts for %s not kept: the cluster would have less than %g CPU for other "
                                 "work", teacher.name, MIN_FREE_CPUS)
@@ -250,6 +250,14 @@ def engine_hosts(teacher: TeacherConfig) -> Iterator[list | None]:
         return
     with POOL.lease(teacher) as hosts:
         yield hosts
+
+
+@contextlib.contextmanager
+def generation(questions: ray.data.Dataset, teacher: TeacherConfig) -> Iterator[ray.data.Dataset]:
+    """``generate_dataset(questions, teacher)`` on engine hosts when the engine is hosted, for use inside the block.
+    ``questions`` must be built (no task of it still to run) before: a host may take the last free CPU."""
+    with engine_hosts(teacher) as hosts:
+        yield generate_dataset(questions, teacher, hosts)
 
 
 def keep_engines() -> contextlib.AbstractContextManager:

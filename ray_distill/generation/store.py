@@ -52,9 +52,9 @@ import ray.data
 from ray_distill import columns as C
 from ray_distill.config import TeacherConfig
 from ray_distill.data.fs import TMP_PREFIX, atomic_write, fresh, invalidate_listings, signature
-from ray_distill.generation.actor import generate_dataset, with_question_defaults
-from ray_distill.generation.hosts import engine_hosts
+from ray_distill.generation.actor import with_question_defaults
 from ray_distill.generation.engines import PROMPT_TEMPLATE_HASH
+from ray_distill.generation.hosts import generation
 from ray_distill.presets import PRESETS
 
 logger = logging.getLogger(__name__)
@@ -341,11 +341,7 @@ class GenerationStore:
         # a single big block would persist nothing before the end and keep every actor but one idle.
         size = teacher.resources.batch_size
         blocks = [todo.iloc[i: i + size] for i in range(0, len(todo), size)]
-        # the input before the engine hosts: from_pandas runs a task, which must not wait behind a host holding the
-        # last free CPU (a Tune trial's process holds one of its own)
-        todo_ds = ray.data.from_pandas(blocks)
-        with engine_hosts(teacher) as hosts:
-            ds = generate_dataset(todo_ds, teacher, hosts)
+        with generation(ray.data.from_pandas(blocks), teacher) as ds:  # from_pandas' task runs before the hosts
             new_ok, new_bad = self.persist(teacher.name, ds.iter_batches(batch_size=None, batch_format="pandas"))
         if len(new_ok) + len(new_bad) != len(todo):
             raise RuntimeError(f"generation returned {len(new_ok) + len(new_bad)} rows for {len(todo)} requests")
