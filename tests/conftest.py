@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # vLLM on CPU: small KV cache (several engines may live at once), no thread pinning inside Ray actors.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -65,6 +72,32 @@ def smollm2_path(smollm2_storage) -> str:
     from ray_distill.presets import build_preset
 
     return build_preset("smollm2-135m", smollm2_storage)
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster():
+    """cluster/local_cluster.sh start … stop: a head and a worker node (2 CPUs each; the worker node has the
+    {"worker": 1} resource) and an mlflow server, torn down at the session's end. The tests marked ``serial``
+    share it (make test runs them after the rest, in one process): ``cluster.env``'s settings, plus ``dir`` (its
+    state dir) and ``env`` (the client environment: this environment, the venv's bin first, cluster.env)."""
+    state = tempfile.mkdtemp(prefix="rdt-", dir="/tmp")  # short: Ray's unix socket paths live under it
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_TOKEN"))}
+    env.update(RD_CLUSTER_DIR=state, RD_PYTHON=sys.executable, RD_HEAD_CPUS="2", RD_WORKER_CPUS="2")
+    # The nodes run job entrypoints (`ray-distill run …`) with their own PATH: put this venv's bin first,
+    # as an installed cluster image would have it, even when pytest runs without an activated venv.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    script = str(ROOT / "cluster" / "local_cluster.sh")
+    try:
+        proc = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        info = {}
+        for line in (Path(state) / "cluster.env").read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            info[key] = value
+        yield {**info, "dir": state, "env": {**env, **info}}
+    finally:
+        subprocess.run([script, "stop"], env=env, capture_output=True, text=True, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 # With `make test TEST_WORKERS=2` the suite runs on two pytest-xdist workers, one test file at a time per worker

@@ -19,8 +19,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -230,27 +228,13 @@ def test_extra_auto_picks_gpu_when_any_node_has_one():
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """cluster/local_cluster.sh start … stop: two Ray nodes + mlflow server, everything torn down after."""
-    state = tempfile.mkdtemp(prefix="rdt-", dir="/tmp")  # short: Ray's unix socket paths live under it
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_TOKEN"))}
-    env.update(RD_CLUSTER_DIR=state, RD_PYTHON=sys.executable, RD_HEAD_CPUS="2", RD_WORKER_CPUS="2")
-    # The nodes run job entrypoints (`ray-distill run …`) with their own PATH: put this venv's bin first,
-    # as an installed cluster image would have it, even when pytest runs without an activated venv.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    script = str(ROOT / "cluster" / "local_cluster.sh")
-    try:
-        proc = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        info = _read_env(Path(state) / "cluster.env")
-        with pytest.MonkeyPatch.context() as mp:
-            for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
-                mp.setenv(key, info[key])
-            mp.delenv("RAY_ADDRESS", raising=False)
-            yield {**info, "dir": state, "env": {**env, **info}}
-    finally:
-        subprocess.run([script, "stop"], env=env, capture_output=True, text=True, timeout=120)
-        shutil.rmtree(state, ignore_errors=True)
+def cluster(two_node_cluster):
+    """The session's two-node cluster (tests/conftest.py) with its client environment set for these tests."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+            mp.setenv(key, two_node_cluster[key])
+        mp.delenv("RAY_ADDRESS", raising=False)
+        yield two_node_cluster
 
 
 @pytest.mark.slow
@@ -424,14 +408,6 @@ def _assert_run_tree(client, experiment: str, run_name: str) -> None:
 
 def search_all_experiments(client) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
-
-
-def _read_env(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        out[key] = value
-    return out
 
 
 def _dashboard_json(cluster: dict, path: str) -> dict:

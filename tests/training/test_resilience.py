@@ -6,18 +6,17 @@
   run (tolerance 1e-4, relative: the resume is exact up to float summation order). FSDP's resume from
   its shards is in ``test_strategies``.
 - A two-node cluster (``cluster/local_cluster.sh``: head + worker node started with ``ray start``,
-  1 CPU each) trains with two 1-CPU workers, one per node; both nodes report trained tokens.
+  2 CPUs each, shared with the submit tests) trains with two 2-CPU workers, one per node; both nodes report
+  trained tokens.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -93,7 +92,7 @@ from ray_distill.synthetic.tasks import base_corpus
 from ray_distill.training import train_sft
 
 ray.init(log_to_driver=False)
-cfg = TrainConfig(num_workers=2, cpus_per_worker=1, epochs=1, batch_size=16, max_seq_len=64, max_failures=0)
+cfg = TrainConfig(num_workers=2, cpus_per_worker=2, epochs=1, batch_size=16, max_seq_len=64, max_failures=0)
 result = train_sft(base_corpus(96, seed=3), sys.argv[1], sys.argv[2] + "/student", cfg,
                    storage_path=sys.argv[2] + "/ray", run_name="two-nodes")
 nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
@@ -103,32 +102,19 @@ print(json.dumps({"nodes": nodes, **{k: result.metrics[k] for k in ("work_by_nod
 
 @pytest.mark.slow
 @pytest.mark.serial
-def test_two_node_cluster_trains_one_worker_per_node(tiny_student_path):
-    state = tempfile.mkdtemp(prefix="rdt-", dir="/tmp")  # short: Ray's unix socket paths live under it
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_TOKEN"))}
-    env.update(RD_CLUSTER_DIR=state, RD_PYTHON=sys.executable, RD_HEAD_CPUS="1", RD_WORKER_CPUS="1",
-               RD_NO_MLFLOW="1")
-    script = str(ROOT / "cluster" / "local_cluster.sh")
-    try:
-        proc = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        info = dict(line.removeprefix("export ").split("=", 1)
-                    for line in (Path(state) / "cluster.env").read_text().splitlines() if "=" in line)
-        driver_env = {**env, "RAY_ADDRESS": info["RD_GCS_ADDRESS"], "RAY_AUTH_MODE": info["RAY_AUTH_MODE"],
-                      "RAY_AUTH_TOKEN_PATH": info["RAY_AUTH_TOKEN_PATH"]}
-        work = Path(state) / "work"  # one machine: a local path is storage both nodes reach
-        run = subprocess.run([sys.executable, "-c", TRAIN_ON_CLUSTER, tiny_student_path, str(work)],
-                             env=driver_env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        out = json.loads(run.stdout.strip().splitlines()[-1])
-        assert len(out["nodes"]) == 2 and out["num_nodes"] == 2
-        assert set(out["work_by_node"]) == set(out["nodes"])  # one worker on each node ...
-        assert all(tokens > 0 for tokens in out["work_by_node"].values())  # ... and both trained
-        assert out["steps"] == 6 and out["train_loss"] > 0
-        assert (work / "student" / "model.safetensors").exists()
-    finally:
-        subprocess.run([script, "stop"], env=env, capture_output=True, text=True, timeout=120)
-        shutil.rmtree(state, ignore_errors=True)
+def test_two_node_cluster_trains_one_worker_per_node(two_node_cluster, tiny_student_path):
+    """Two workers of 2 CPUs each on the session's two-node cluster (2 CPUs a node): one fits per node."""
+    driver_env = {**two_node_cluster["env"], "RAY_ADDRESS": two_node_cluster["RD_GCS_ADDRESS"]}
+    work = Path(two_node_cluster["dir"]) / "two-nodes"  # one machine: a local path is storage both nodes reach
+    run = subprocess.run([sys.executable, "-c", TRAIN_ON_CLUSTER, tiny_student_path, str(work)],
+                         env=driver_env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(out["nodes"]) == 2 and out["num_nodes"] == 2
+    assert set(out["work_by_node"]) == set(out["nodes"])  # one worker on each node ...
+    assert all(tokens > 0 for tokens in out["work_by_node"].values())  # ... and both trained
+    assert out["steps"] == 6 and out["train_loss"] > 0
+    assert (work / "student" / "model.safetensors").exists()
 
 
 KILLED_DRIVER = """
