@@ -100,10 +100,10 @@ def two_node_cluster():
         shutil.rmtree(state, ignore_errors=True)
 
 
-# With `make test TEST_WORKERS=2` the suite runs on two pytest-xdist workers, one test file at a time per worker
-# (`--dist loadfile`: a file's module fixtures, e.g. the quickstart storage its later tests read, stay on one
+# `make test` runs the suite on two pytest-xdist workers (TEST_WORKERS=2, the default), one test file at a time
+# per worker (`--dist loadfile`: a file's module fixtures, e.g. the quickstart storage its later tests read, stay on one
 # worker). The files with the longest end-to-end tests go first, so the last minutes are not one long job
-# running alone while the other worker idles (in one process, the default, the order changes nothing).
+# running alone while the other worker idles (in one process, TEST_WORKERS=0, the order changes nothing).
 LONGEST_FIRST = (
     "test_real_model.py", "test_end_to_end.py", "test_submit.py", "test_public_data_job.py", "tuning/test_search.py",
     "training/test_resilience.py", "training/test_sft.py", "curation/test_sandbox.py", "evaluation/test_evaluate.py",
