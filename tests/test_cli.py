@@ -102,3 +102,15 @@ def test_dry_run_of_a_paper_job_plans_memory_then_says_what_the_estimate_needs()
     assert result.exit_code == 2
     assert "error: storage: s3://your-bucket/ray-distill/outputs: protocol 's3' needs a package" in result.output
     assert "the dry run's token estimate reads the generation store there" in result.output
+
+
+def test_the_installed_command_runs_main():
+    """`ray-distill` (the console script users run) enters through ``cli.main``, which sends what Ray's C++ core
+    writes to fd 2 to the job's log file; an entry point at ``app`` printed a 400-character core_worker line in
+    the middle of the quickstart's console."""
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "ray-distill"]
+    assert script.value == "ray_distill.cli:main"
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'ray-distill = "ray_distill.cli:main"' in text

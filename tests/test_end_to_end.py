@@ -50,9 +50,11 @@ CANARIES = {"HF_TOKEN": "hf_QuickstartCanary4Tq9Wz", "AWS_SECRET_ACCESS_KEY": "a
 
 
 def _cli(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """``ray-distill ARGS``: the installed command, as the README runs it (its entry point, not ``python -m``:
+    the two once differed in where Ray's native stderr lines went)."""
     env = {**os.environ, "RAY_ADDRESS": "", "COLUMNS": "200", **(env_extra or {})}
     env.pop("RAY_ADDRESS")
-    cmd = [sys.executable, "-m", "ray_distill.cli", *args]
+    cmd = [str(Path(sys.executable).parent / "ray-distill"), *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
 
 
