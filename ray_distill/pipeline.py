@@ -13,7 +13,7 @@ Every stage records its teacher/student tokens, wall time and reserved CPU/GPU-s
 ``budget`` stop a job before it spends past them (``ray-distill run --dry-run`` estimates first).
 
 The stages' own glue lives beside what it drives (docs/architecture.md): the questions and the corpus in
-:mod:`ray_distill.data.stage`, rows the driver holds (the probe, adaptive rounds) in
+:mod:`ray_distill.data.stage`, rows the driver holds (the probe) and adaptive sampling's rounds (on the plane) in
 :mod:`ray_distill.curation.driver`, the smoke test in :mod:`ray_distill.curation.smoke_stage`, evaluation in
 :mod:`ray_distill.evaluation.stage`, budget estimates in :mod:`ray_distill.accounting`.
 
@@ -33,9 +33,9 @@ from ray_distill.config import JobConfig, TeacherConfig
 from ray_distill.curation import adaptive as A
 from ray_distill.curation.adapters import token_counter
 from ray_distill.curation.compression import compress, histogram, pass_rates
-from ray_distill.curation.driver import adaptive_generate, generate, grading, log_verdicts, mean_tokens, verify
+from ray_distill.curation.driver import adaptive_generate, generate, grading, mean_tokens, verify
 from ray_distill.curation.plane import (Selection, generate_missing, grade, read_parquet_dir, select_buckets,
-                                        write_graded, write_questions)
+                                        write_questions)
 from ray_distill.curation.selection import distance_table
 from ray_distill.curation.smoke_stage import smoke_test
 from ray_distill.curation.smoke_test import winner
@@ -124,15 +124,15 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
         else:
             targets = pool
     if cfg.selection.adaptive.enabled:
-        with runner.stage("generate", rows_in=len(targets)) as (t, rec):
-            graded, stopped = adaptive_generate(cfg, store, targets, teacher, base, probe_length, runner, t, rec)
-            rec.rows_out = rows["generated"] = len(graded)
-            rows["correct"] = int(_ok(graded).sum())
-            rec.notes["correct"] = rows["correct"]
-            log_verdicts(t, graded)
-        # adaptive rounds grade in the driver; their graded rows go to storage for the same selection
         work = join(cfg.run_dir, "data", "generate")
-        graded_url = write_graded(graded, join(work, "graded"))
+        with runner.stage("generate", rows_in=len(targets)) as (t, rec):  # rounds of generate + grade on storage
+            adaptive, stopped = adaptive_generate(cfg, store, targets, teacher, base, probe_length, runner, t, rec,
+                                                  work)
+            rec.rows_out = rows["generated"] = adaptive.counters["rows"]
+            rec.notes["correct"] = rows["correct"] = adaptive.counters["correct"]
+            rec.notes.update({k: adaptive.counters.get(k, 0) for k in ("generated", "failed")})
+            t.log_metrics({f"verdict/{k}": v for k, v in adaptive.counters["verdicts"].items()})
+            graded_url = adaptive.graded_url
         if until == "generate":
             return _partial(cfg, tracker, runner, rows, ranking, best, "generate", extra={"store": store.root})
     else:

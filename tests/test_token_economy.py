@@ -1,6 +1,7 @@
-"""Adaptive teacher sampling on the real components (local Ray, Ray Data generation actors, the
-generation store, the grader actor): fewer teacher tokens than sampling all M, resumable from the
-store, stopped by the job's token budget."""
+"""Adaptive teacher sampling on the real components (local Ray, its rounds as Ray Data plans on the streaming
+plane: the generation store, the engine and grader actors, graded samples in buckets on storage, the driver
+holding three counters per question): fewer teacher tokens than sampling all M, resumable from the store,
+stopped by the job's token budget."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from ray_distill import columns as C
 from ray_distill.config import config_from_dict
 from ray_distill.curation import adaptive as A
+from ray_distill.curation.plane import read_buckets
 from ray_distill.generation.store import GenerationStore
 from ray_distill.curation.driver import adaptive_generate, generate
 from ray_distill.pipeline import _with_n
@@ -29,10 +31,16 @@ def job(tmp_path, round_size=None, **budget):
     })
 
 
-def run_adaptive(cfg, store, questions, base, probe_length=None):
+def run_adaptive(cfg, store, questions, base, work, probe_length=None):
+    """The rounds (``work``: where the plane writes); every graded sample read back from storage, the stopped
+    questions, the stage's record. The driver's counters must match the samples on storage."""
     runner = StageRunner(NullTracker())
     with runner.stage("generate") as (t, rec):
-        graded, stopped = adaptive_generate(cfg, store, questions, cfg.teachers[0], base, probe_length, runner, t, rec)
+        out, stopped = adaptive_generate(cfg, store, questions, cfg.teachers[0], base, probe_length, runner, t, rec,
+                                         str(work))
+    graded = A.latest_samples(read_buckets(out.graded_url))
+    assert out.stats.sort_index().equals(A.question_stats(graded).sort_index())
+    assert out.counters["rows"] == len(graded) and out.counters["correct"] == int(A.ok_mask(graded).sum())
     return graded, stopped, rec
 
 
@@ -40,7 +48,7 @@ def test_adaptive_sampling_spends_less_and_resumes_from_the_store(ray_local, tin
     cfg = job(tmp_path)
     questions = make_questions("arith", 40, 1, 3, seed=5)
     store = GenerationStore(str(tmp_path / "generations"))
-    graded, stopped, rec = run_adaptive(cfg, store, questions, tiny_student_path)
+    graded, stopped, rec = run_adaptive(cfg, store, questions, tiny_student_path, tmp_path / "work")
 
     per_q = graded.groupby(C.QUESTION_ID)
     assert per_q.size().max() <= 8 and set(graded[C.QUESTION_ID]) == {q[C.QUESTION_ID] for q in questions}
@@ -63,7 +71,7 @@ def test_adaptive_sampling_spends_less_and_resumes_from_the_store(ray_local, tin
     assert rec.teacher_tokens < 0.9 * fixed.teacher_tokens
 
     # A rerun reads everything from the store: no teacher token spent, the same samples.
-    again, _, rec2 = run_adaptive(cfg, store, questions, tiny_student_path)
+    again, _, rec2 = run_adaptive(cfg, store, questions, tiny_student_path, tmp_path / "again")
     assert rec2.teacher_tokens == 0
     key = [C.QUESTION_ID, C.SAMPLE_INDEX]
     assert again.sort_values(key)[C.COMPLETION].tolist() == graded.sort_values(key)[C.COMPLETION].tolist()
@@ -75,10 +83,32 @@ def test_job_budget_stops_sampling_and_records_the_questions(ray_local, tiny_stu
     # a second does not.
     cfg = job(tmp_path, round_size=2, max_teacher_tokens=6200)
     store = GenerationStore(str(tmp_path / "generations"))
-    graded, stopped, rec = run_adaptive(cfg, store, questions, tiny_student_path, probe_length=37.0)
+    graded, stopped, rec = run_adaptive(cfg, store, questions, tiny_student_path, tmp_path / "work", probe_length=37.0)
     assert graded.groupby(C.QUESTION_ID).size().max() == 4  # only round 1 ran
     # The cap is checked per round on the expected spend (mean length so far x samples asked for), so the
     # actual spend may pass it by that estimate's error: here within 5%.
     assert 0 < rec.teacher_tokens <= 6200 * 1.05
     assert stopped and {s[C.REASON] for s in stopped} == {A.JOB_BUDGET}
     assert all(A.distinct_correct(graded).get(s[C.QUESTION_ID], 0) < 4 for s in stopped)  # not yet P + 2
+
+
+def test_a_vllm_teachers_engine_loads_once_for_every_round(ray_local, tiny_student_path, tmp_path):
+    """issue: one engine start per teacher per job, whatever the rounds. A random checkpoint as the vLLM teacher
+    answers nothing right, so every question is sampled for two rounds (hopeless after the second)."""
+    from ray_distill.generation.hosts import POOL
+
+    cfg = config_from_dict({
+        "storage": str(tmp_path), "questions": {"synthetic": {"num_questions": 8}},
+        "teachers": [{"name": "random-micro",
+                      "engine": {"kind": "vllm", "model": tiny_student_path, "max_model_len": 256},
+                      "sampling": {"temperature": 1.0, "max_tokens": 8}}],
+        "selection": {"samples_per_question": 6, "keep_per_question": 2, "adaptive": {"enabled": True}},
+    })
+    questions = make_questions("arith", 8, 1, 3, seed=7)
+    before = POOL.engine_loads["random-micro"]
+    graded, stopped, rec = run_adaptive(cfg, GenerationStore(str(tmp_path / "generations")), questions,
+                                        tiny_student_path, tmp_path / "work")
+    assert rec.notes["rounds"] == 2 and rec.notes["stop_hopeless"] == 8
+    assert graded.groupby(C.QUESTION_ID).size().tolist() == [6] * 8  # the floor (4), then P (2) more
+    assert POOL.engine_loads["random-micro"] - before == 1
+    assert len(stopped) == 8 and rec.teacher_tokens > 0

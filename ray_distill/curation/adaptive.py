@@ -104,6 +104,19 @@ def distinct_correct(graded: pd.DataFrame) -> pd.Series:
     return ok.groupby(ok[C.QUESTION_ID].astype(str))[C.COMPLETION].nunique()
 
 
+SAMPLED, TOKENS, DISTINCT = "sampled", "tokens", "distinct"  # question_stats' columns
+
+
+def question_stats(graded: pd.DataFrame) -> pd.DataFrame:
+    """Per question id (str): ``sampled`` (graded samples), ``tokens`` (their completion tokens) and
+    ``distinct`` (:func:`distinct_correct`) -- all a round's decision reads of the samples."""
+    qid = graded[C.QUESTION_ID].astype(str)
+    by_q = graded.groupby(qid)
+    out = pd.DataFrame({SAMPLED: by_q.size(), TOKENS: by_q[C.NUM_TOKENS].sum()})
+    out[DISTINCT] = distinct_correct(graded).reindex(out.index).fillna(0)
+    return out.astype("int64")
+
+
 def round_status(graded: pd.DataFrame, active: list[str], round_index: int, plan: SamplingPlan,
                  previous_distinct: pd.Series | None = None,
                  previous_sampled: pd.Series | None = None) -> dict[str, str]:
@@ -113,9 +126,15 @@ def round_status(graded: pd.DataFrame, active: list[str], round_index: int, plan
     ``previous_sampled`` are :func:`distinct_correct` and the samples per question after the round
     before (for the saturation rule).
     """
-    distinct = distinct_correct(graded)
-    by_q = graded.groupby(graded[C.QUESTION_ID].astype(str))
-    tokens, sampled = by_q[C.NUM_TOKENS].sum(), by_q.size()
+    return status_from_stats(question_stats(graded), active, round_index, plan, previous_distinct, previous_sampled)
+
+
+def status_from_stats(stats: pd.DataFrame, active: list[str], round_index: int, plan: SamplingPlan,
+                      previous_distinct: pd.Series | None = None,
+                      previous_sampled: pd.Series | None = None) -> dict[str, str]:
+    """:func:`round_status` from :func:`question_stats` of the samples so far (what the streaming plane's
+    driver holds of them: three counters per question)."""
+    distinct, tokens, sampled = stats[DISTINCT], stats[TOKENS], stats[SAMPLED]
     out: dict[str, str] = {}
     for qid in active:
         have = int(distinct.get(qid, 0))
@@ -136,19 +155,13 @@ def round_status(graded: pd.DataFrame, active: list[str], round_index: int, plan
     return out
 
 
-def merge_round(graded: pd.DataFrame, gen: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a round's samples ``gen`` (samples ``0..n-1`` of each active question, from the store)
-    against the samples graded so far: returns ``(graded without the failed samples that ``gen``
-    retried, the rows of gen to grade)`` -- new sample indices and retries of failed requests, never a
-    sample already graded successfully (pure)."""
-    if graded.empty:
-        return graded, gen
-    key = [C.QUESTION_ID, C.SAMPLE_INDEX]
-    before = pd.MultiIndex.from_frame(graded[key])
-    now = pd.MultiIndex.from_frame(gen[key])
-    ok_before = (graded[C.ERROR].fillna("") == "").to_numpy()
-    retried = ~ok_before & before.isin(now)
-    return graded[~retried], gen[~now.isin(before[ok_before])]
+def latest_samples(graded: pd.DataFrame) -> pd.DataFrame:
+    """One row per (question, teacher, sample index) of graded rows that may hold a sample twice (a failed
+    request graded in one round, its retry in a later one): the successful row where there is one (pure)."""
+    failed = graded[C.ERROR].fillna("").astype(str) != ""
+    keys = [C.QUESTION_ID, C.TEACHER, C.SAMPLE_INDEX]
+    ordered = graded.assign(_failed=failed.to_numpy()).sort_values("_failed", kind="stable")
+    return ordered.drop_duplicates(keys).drop(columns="_failed").sort_index()
 
 
 def replay(graded: pd.DataFrame, question_ids: list[str], plan: SamplingPlan) -> tuple[pd.DataFrame, dict[str, str]]:

@@ -1,5 +1,6 @@
-"""Generation, verification and selection of the rows the driver holds: the probe, adaptive sampling's rounds,
-the searches' bounded sets. The main M-sample generation streams through storage instead (:mod:`.plane`).
+"""Generation, verification and selection of the rows the driver holds: the probe, the searches' bounded sets;
+and the driver's side of adaptive sampling (its rounds run on the streaming plane, :mod:`.plane`, as the main
+M-sample generation does).
 
     gen = generate(store, questions, teacher, tracker)   # from the store; what is missing is generated
     graded = verify(cfg, gen, base, tracker)              # graded (and judged) on Ray Data; rows in = rows out
@@ -20,7 +21,7 @@ from ray_distill.curation.adapters import GradeBatch, select_dataset, token_coun
 from ray_distill.curation.adaptive import ok_mask
 from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import judge_dataset
-from ray_distill.curation.plane import Grading, grader_pool_size
+from ray_distill.curation.plane import AdaptiveResult, Grading, curate_adaptive, grader_pool_size, write_questions
 from ray_distill.data.fs import join
 from ray_distill.generation.hosts import keep_engines
 from ray_distill.generation.store import GenerationStore
@@ -93,51 +94,48 @@ def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
 
 
 def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[dict], teacher: TeacherConfig,
-                      base: str, probe_length: float | None, runner: StageRunner, t: Tracker,
-                      rec: StageRecord) -> tuple[pd.DataFrame, list[dict]]:
-    """Sample ``questions`` in rounds and stop each one early (``curation.adaptive``); returns every
-    graded sample and the stopped-without-enough rows (for the rejects file). The store keeps every
-    sample, so a later, larger budget continues where this one stopped."""
+                      base: str, probe_length: float | None, runner: StageRunner, t: Tracker, rec: StageRecord,
+                      work_url: str) -> tuple[AdaptiveResult, list[dict]]:
+    """Sample ``questions`` in rounds and stop each one early (``curation.adaptive``) on the streaming plane
+    (:func:`ray_distill.curation.plane.curate_adaptive`: samples graded into ``<work_url>/graded``, the driver
+    holding three counters per question); returns the plane's result and the questions that stopped short of P
+    distinct correct samples (for the rejects file). The store keeps every sample, so a later, larger budget
+    continues where this one stopped. The job's token budget is checked before each round."""
     plan = sampling_plan(cfg)
     budget = cfg.budget.max_teacher_tokens
-    by_id = {q[C.QUESTION_ID]: q for q in questions}
-    want = {qid: plan.first_round() for qid in by_id}  # samples each active question has after this round
-    graded, previous, final = pd.DataFrame(), None, {}
-    sampled = pd.Series(dtype=int)
-    round_index = 0
+    by_id = {str(q[C.QUESTION_ID]): q for q in questions}
+    questions_url = write_questions(questions, join(work_url, "questions.parquet"))
+
+    def before_round(round_index: int, want: dict[str, int], stats: pd.DataFrame, mean_length: float | None) -> bool:
+        if budget is None:
+            return True
+        length = mean_length or probe_length or store.mean_completion_tokens(teacher) or teacher.sampling.max_tokens
+        est = (sum(want.values()) - store.count_cached([by_id[q] for q in want], teacher, want)) * length
+        if runner.totals()["teacher_tokens"] + rec.teacher_tokens + est <= budget:
+            return True
+        logger.warning("teacher token budget %d reached: %d questions stop after round %d",
+                       budget, len(want), round_index - 1)
+        return False
+
+    def after_generate(made: dict[str, int]) -> None:
+        rec.teacher_tokens += int(made.get("completion_tokens", 0))
+        t.log_metrics({f"{teacher.name}/{k}": v for k, v in made.items()})
+
     with keep_engines():  # a vLLM teacher's engine loads once for all rounds (generation.hosts)
-        while want:
-            round_index += 1
-            active = [by_id[q] for q in want]
-            if budget is not None:
-                length = (mean_tokens(graded) if len(graded) else probe_length) \
-                    or store.mean_completion_tokens(teacher) or teacher.sampling.max_tokens
-                est = (sum(want.values()) - store.count_cached(active, teacher, want)) * length
-                if runner.totals()["teacher_tokens"] + rec.teacher_tokens + est > budget:
-                    final.update({q: A.JOB_BUDGET for q in want})
-                    logger.warning("teacher token budget %d reached: %d questions stop after round %d",
-                                   budget, len(want), round_index - 1)
-                    break
-            # one generation call per round, each question with its own n
-            gen = generate(store, active, teacher, t, rec, n=want)
-            graded, fresh = A.merge_round(graded, gen)
-            graded = pd.concat([graded, verify(cfg, fresh, base, t, rec)], ignore_index=True)
-            status = A.round_status(graded, list(want), round_index, plan, previous, sampled)
-            previous = A.distinct_correct(graded)
-            final.update({q: s for q, s in status.items() if s != A.CONTINUE})
-            sampled = graded.groupby(C.QUESTION_ID).size()
-            want = {q: plan.next_total(int(previous.get(q, 0)), int(sampled[q]))
-                    for q, s in status.items() if s == A.CONTINUE}
-            logger.info("adaptive round %d: %d samples so far, %d questions still active", round_index, len(graded),
-                        len(want))
-    counts = pd.Series(final, dtype=object).value_counts().to_dict()
-    rec.notes.update({"rounds": round_index, **{f"stop_{k}": int(v) for k, v in counts.items()}})
+        out = curate_adaptive(store, questions_url, teacher, plan, work_url, grading(cfg, base),
+                              before_round=before_round, after_generate=after_generate)
+    if out.judge:
+        rec.judge_calls += int(out.judge["judge/calls"])
+        rec.judge_tokens += int(out.judge["judge/tokens"])
+        t.log_metrics(out.judge)
+    counts = pd.Series(out.final, dtype=object).value_counts().to_dict()
+    rec.notes.update({"rounds": out.rounds, **{f"stop_{k}": int(v) for k, v in counts.items()}})
     t.log_metrics({f"adaptive/{k}": int(v) for k, v in counts.items()})
-    distinct = A.distinct_correct(graded) if len(graded) else pd.Series(dtype=int)
+    distinct = out.stats[A.DISTINCT]
     stopped = [{**by_id[q], C.REASON: s, "distinct_correct": int(distinct.get(q, 0))}
-               for q, s in final.items() if s in (A.HOPELESS, A.JOB_BUDGET, A.TOKEN_CAP)
+               for q, s in out.final.items() if s in (A.HOPELESS, A.JOB_BUDGET, A.TOKEN_CAP)
                and int(distinct.get(q, 0)) < plan.target]
-    return graded, stopped
+    return out, stopped
 
 
 def sampling_plan(cfg: JobConfig) -> A.SamplingPlan:

@@ -43,6 +43,7 @@ import ray.data
 from ray_distill import columns as C
 from ray_distill.config import TeacherConfig
 from ray_distill.curation.adapters import GradeBatch, load_tokenize
+from ray_distill.curation import adaptive as A
 from ray_distill.curation.adaptive import ok_mask
 from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import judge_dataset
@@ -112,11 +113,11 @@ def curate(store: GenerationStore, questions_url: str, teacher: TeacherConfig, n
     return result
 
 
-def generate_missing(store: GenerationStore, questions_url: str, teacher: TeacherConfig, n: int,
+def generate_missing(store: GenerationStore, questions_url, teacher: TeacherConfig, n,
                      work_url: str) -> dict[str, int]:
-    """Generate the samples ``0..n-1`` of the questions at ``questions_url`` that ``store`` lacks (stored
-    failures are retried), persisted by the workers as they finish. The missing requests are written
-    to ``<work_url>/todo`` first, so that no engine starts when nothing is missing. Returns the
+    """Generate the samples ``0..n-1`` of the questions at ``questions_url`` (or a dataset of them; ``n``: see
+    :func:`_requests`) that ``store`` lacks (stored failures are retried), persisted by the workers as they
+    finish. The missing requests are written to ``<work_url>/todo`` first, so that no engine starts when nothing is missing. Returns the
     counters of what this call generated (``generated``, ``failed``, ``prompt_tokens``, ``completion_tokens``)."""
     counters = {"generated": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
     todo_url = join(work_url, "todo")
@@ -150,31 +151,14 @@ def grade(store: GenerationStore, questions_url: str, teacher: TeacherConfig, n:
     counters = {"requested": 0, "cached": 0, "generated": 0, "failed": 0, "prompt_tokens": 0,
                 "completion_tokens": 0, "cached_completion_tokens": 0, "correct": 0, **(generated or {})}
     num_rows = parquet_rows(questions_url) * n
-    buckets = max(1, min(MAX_BUCKETS, math.ceil(num_rows / ROWS_PER_BUCKET)))
     graded_url = join(work_url, "graded")
     _clear(graded_url)
-    index = _index.remote(store.root, teacher.name)
-    attached = _requests(questions_url, teacher, n).map_batches(
-        _attach, fn_kwargs={"index": index, "root": store.root, "teacher": teacher.name}, batch_format="pandas")
-    graded = attached.map_batches(
-        GradeBatch, fn_constructor_kwargs={"max_tokens": grading.max_tokens, "require_think": grading.require_think,
-                                           "tokenizer_path": grading.tokenizer, "code": grading.code},
-        batch_format="pandas", batch_size=256, num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=grader_pool_size(grading)))
-    out_url = join(work_url, "graded_unjudged") if grading.judge is not None else graded_url
-    _clear(out_url)
-    written = graded.map_batches(_write_buckets, fn_kwargs={"url": out_url, "buckets": buckets},
-                                 batch_format="pandas", batch_size=None)
-    if grading.judge is not None:
-        # The judge reads the graded rows back in a plan of its own: its actors and the grader's in one plan
-        # can hold every CPU of a small cluster while the plan's read/write tasks wait for one (a hang).
-        written.materialize()
-        written = judge_dataset(ray.data.read_parquet(out_url), grading.judge, store.root).map_batches(
-            _write_buckets, fn_kwargs={"url": graded_url, "buckets": buckets}, batch_format="pandas", batch_size=None)
+    written = _grade_into(_requests(questions_url, teacher, n), store, teacher, graded_url,
+                          num_buckets(num_rows), grading, work_url)
     verdicts: Counter = Counter()
     tokens = 0
     judged = []
-    for row in written.take_all():
+    for row in written:
         counters["requested"] += int(row["rows"])
         counters["correct"] += int(row["correct"])
         tokens += int(row["tokens"])
@@ -187,6 +171,159 @@ def grade(store: GenerationStore, questions_url: str, teacher: TeacherConfig, n:
     counters["cached_completion_tokens"] = max(0, tokens - counters["completion_tokens"])
     counters["verdicts"] = dict(verdicts)
     return PlaneResult(graded_url=graded_url, selected_url=None, counters=counters, judge=combine_judge(judged))
+
+
+def num_buckets(num_rows: int) -> int:
+    """Question buckets for about ``num_rows`` graded samples (:data:`ROWS_PER_BUCKET` each, at most
+    :data:`MAX_BUCKETS`)."""
+    return max(1, min(MAX_BUCKETS, math.ceil(num_rows / ROWS_PER_BUCKET)))
+
+
+def _grade_into(requests: ray.data.Dataset, store: GenerationStore, teacher: TeacherConfig, graded_url: str,
+                buckets: int, grading: Grading, work_url: str) -> list[dict]:
+    """Grade the stored samples of ``requests`` (rows of :func:`_requests`) and add them to the buckets under
+    ``graded_url`` (new part files: what is there stays); one counter row per written batch."""
+    index = _index.remote(store.root, teacher.name)
+    # The plan's light steps (request rows, attach the stored samples, write the buckets) take no CPU: the
+    # graders take every CPU the cluster can give them, and an idle engine host kept between adaptive rounds
+    # holds one more; a step that waited for a CPU would wait forever on a small cluster (adaptive rounds pass
+    # their questions materialized: a read's file listing is a task that asks for a CPU).
+    attached = requests.map_batches(
+        _attach, fn_kwargs={"index": index, "root": store.root, "teacher": teacher.name}, batch_format="pandas",
+        num_cpus=0)
+    graded = attached.map_batches(
+        GradeBatch, fn_constructor_kwargs={"max_tokens": grading.max_tokens, "require_think": grading.require_think,
+                                           "tokenizer_path": grading.tokenizer, "code": grading.code},
+        batch_format="pandas", batch_size=256, num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=grader_pool_size(grading)))
+    out_url = graded_url
+    if grading.judge is not None:
+        out_url = join(work_url, "graded_unjudged")
+        _clear(out_url)
+    written = graded.map_batches(_write_buckets, fn_kwargs={"url": out_url, "buckets": buckets},
+                                 batch_format="pandas", batch_size=None, num_cpus=0)
+    if grading.judge is not None:
+        # The judge reads the graded rows back in a plan of its own: its actors and the grader's in one plan
+        # can hold every CPU of a small cluster while the plan's read/write tasks wait for one (a hang).
+        written.materialize()
+        written = judge_dataset(ray.data.read_parquet(out_url), grading.judge, store.root).map_batches(
+            _write_buckets, fn_kwargs={"url": graded_url, "buckets": buckets}, batch_format="pandas", batch_size=None,
+            num_cpus=0)
+    return written.take_all()
+
+
+@dataclass
+class AdaptiveResult:
+    """What :func:`curate_adaptive` leaves: the graded samples on storage (every round's, in the layout
+    :func:`grade` writes; a failed request retried in a later round is there twice, see
+    :func:`ray_distill.curation.adaptive.latest_samples`) and what the driver kept of them."""
+
+    graded_url: str
+    final: dict[str, str]  # question id -> why it stopped (adaptive.ENOUGH, HOPELESS, ..., JOB_BUDGET)
+    stats: pd.DataFrame  # adaptive.question_stats of each question's samples (latest per sample)
+    rounds: int
+    counters: dict = field(default_factory=dict)  # generated/failed/tokens of this call; rows, correct, verdicts
+    judge: dict = field(default_factory=dict)
+
+
+def curate_adaptive(store: GenerationStore, questions_url: str, teacher: TeacherConfig, plan: A.SamplingPlan,
+                    work_url: str, grading: Grading, before_round=None, after_generate=None) -> AdaptiveResult:
+    """Adaptive sampling (:mod:`ray_distill.curation.adaptive`) of the questions at ``questions_url`` as rounds of
+    plans on storage: each round generates what its questions' sample counts add (:func:`generate_missing`,
+    the engines of one ``keep_engines`` block serve every round), grades the round's new samples and retried
+    failures into the buckets under ``<work_url>/graded``, and one task per bucket returns each question's
+    three counters (:func:`ray_distill.curation.adaptive.question_stats`) and its failed samples. The driver
+    holds those counters, never a sample. ``before_round(round_index, want, stats, mean_tokens)`` may stop the
+    sampling before a round (the job's token budget: every active question then stops as ``job_budget``);
+    ``after_generate(counters)`` sees what each round generated."""
+    fs, path = fresh(questions_url)
+    ids = list(dict.fromkeys(pd.read_parquet(path, columns=[C.QUESTION_ID], filesystem=fs)[C.QUESTION_ID].astype(str)))
+    questions = ray.data.read_parquet(questions_url).materialize()  # before any engine host holds a CPU
+    buckets = num_buckets(len(ids) * plan.max_samples)
+    graded_url = join(work_url, "graded")
+    _clear(graded_url)
+    want = {q: plan.first_round() for q in ids}
+    graded_below: dict[str, int] = {}  # every sample index below it graded (some possibly as failed requests)
+    report = _empty_report()
+    previous = sampled = None
+    final: dict[str, str] = {}
+    made_total: Counter = Counter()
+    judged: list[dict] = []
+    round_index = 0
+    while want:
+        round_index += 1
+        if before_round is not None and not before_round(round_index, want, report["stats"], report["mean_tokens"]):
+            final.update({q: A.JOB_BUDGET for q in want})
+            break
+        made = generate_missing(store, questions, teacher, ray.put({"n": want}), work_url)
+        made_total.update(made)
+        if after_generate is not None:
+            after_generate(made)
+        this_round = {"n": want, "from": {q: graded_below.get(q, 0) for q in want},
+                      "retry": {q: report["failed"][q] for q in want if q in report["failed"]}}
+        for row in _grade_into(_requests(questions, teacher, ray.put(this_round)), store, teacher, graded_url,
+                               buckets, grading, work_url):
+            judged.append(json.loads(row["judge"]))
+        report = bucket_report(graded_url)
+        stats = report["stats"]
+        status = A.status_from_stats(stats, list(want), round_index, plan, previous, sampled)
+        previous, sampled = stats[A.DISTINCT], stats[A.SAMPLED]
+        final.update({q: s for q, s in status.items() if s != A.CONTINUE})
+        graded_below.update(want)
+        want = {q: plan.next_total(int(previous.get(q, 0)), int(sampled.get(q, 0)))
+                for q, s in status.items() if s == A.CONTINUE}
+        logger.info("adaptive round %d: %d samples so far, %d questions still active", round_index,
+                    int(stats[A.SAMPLED].sum()), len(want))
+    counters = {**{k: int(v) for k, v in made_total.items()}, "rows": int(report["stats"][A.SAMPLED].sum()),
+                "correct": report["correct"], "verdicts": report["verdicts"]}
+    return AdaptiveResult(graded_url=graded_url, final=final, stats=report["stats"], rounds=round_index,
+                          counters=counters, judge=combine_judge(judged))
+
+
+def bucket_report(graded_url: str) -> dict:
+    """Per question, :func:`ray_distill.curation.adaptive.question_stats` of the latest row of each sample under
+    ``graded_url`` and the indices of its failed requests; over all of them the verified-correct rows, the
+    verdict counts and the mean completion tokens of the successful samples. One Ray task per bucket."""
+    parts = ray.get([_bucket_report.remote(b) for b in bucket_dirs(graded_url)])
+    out = _empty_report()
+    if not parts:
+        return out
+    out["stats"] = pd.concat([p["stats"] for p in parts])
+    verdicts: Counter = Counter()
+    tokens = count = 0
+    for p in parts:
+        out["failed"].update(p["failed"])
+        out["correct"] += p["correct"]
+        verdicts.update(p["verdicts"])
+        tokens, count = tokens + p["ok_tokens"], count + p["ok_count"]
+    out["verdicts"] = dict(verdicts)
+    out["mean_tokens"] = tokens / count if count else None
+    return out
+
+
+def _empty_report() -> dict:
+    return {"stats": pd.DataFrame(columns=[A.SAMPLED, A.TOKENS, A.DISTINCT], dtype="int64"), "failed": {},
+            "correct": 0, "verdicts": {}, "mean_tokens": None}
+
+
+@ray.remote(num_cpus=1)
+def _bucket_report(bucket_url: str) -> dict:
+    graded = A.latest_samples(read_parquet_dir(bucket_url, _REPORT_COLUMNS))
+    failed = graded[graded[C.ERROR].fillna("").astype(str) != ""]
+    ok = graded[graded[C.ERROR].fillna("").astype(str) == ""]
+    tokens = pd.to_numeric(ok[C.NUM_TOKENS], errors="coerce")
+    tokens = tokens[tokens >= 0]
+    reasons = graded[C.REASON].fillna("").replace("", "kept")
+    return {"stats": A.question_stats(graded),
+            "failed": {str(q): sorted(int(i) for i in g[C.SAMPLE_INDEX])
+                       for q, g in failed.groupby(failed[C.QUESTION_ID].astype(str))},
+            "correct": int(ok_mask(graded).sum()),
+            "verdicts": {str(k): int(v) for k, v in reasons.value_counts().items()},
+            "ok_tokens": int(tokens.sum()), "ok_count": len(tokens)}
+
+
+_REPORT_COLUMNS = [C.QUESTION_ID, C.TEACHER, C.SAMPLE_INDEX, C.COMPLETION, C.NUM_TOKENS, C.ERROR, C.FORMAT_OK,
+                   C.CORRECT, C.REASON]
 
 
 def combine_judge(parts: list[dict]) -> dict:
@@ -226,13 +363,6 @@ def write_questions(questions: list[dict], url: str) -> str:
     """The phase's question rows as one Parquet file on storage (what the plan reads)."""
     with atomic_write(url, "wb") as f:
         pd.DataFrame(questions).astype({C.QUESTION_ID: str}).to_parquet(f, index=False)
-    return url
-
-
-def write_graded(graded: pd.DataFrame, url: str) -> str:
-    """Graded rows the driver holds (adaptive rounds) in the layout :func:`grade` writes."""
-    _clear(url)
-    _write_buckets(graded, url, max(1, min(MAX_BUCKETS, math.ceil(len(graded) / ROWS_PER_BUCKET))))
     return url
 
 
@@ -288,33 +418,55 @@ def grader_pool_size(grading: Grading) -> int:
 # ----------------------------------------------------------------------------- plan steps (run in workers)
 
 
-def _requests(questions_url: str, teacher: TeacherConfig, n: int) -> ray.data.Dataset:
-    return ray.data.read_parquet(questions_url).map_batches(
-        _request_rows, fn_kwargs={"teacher": teacher, "n": n}, batch_format="pandas")
+def _requests(questions, teacher: TeacherConfig, n) -> ray.data.Dataset:
+    """Request rows of the questions (at a URL, or a materialized dataset: its plans then need no listing
+    task, which asks for a CPU): samples ``0..n-1`` of each, or, with ``n`` a
+    (reference to a) round of :func:`curate_adaptive` -- ``{"n": {question id: count}}`` and optionally
+    ``"from"`` / ``"retry"`` -- the samples of the round's questions below their counts, and of those only
+    the ones from ``from[q]`` on plus the indices in ``retry[q]``."""
+    ds = questions if isinstance(questions, ray.data.Dataset) else ray.data.read_parquet(questions)
+    return ds.map_batches(_request_rows, fn_kwargs={"teacher": teacher, "n": n}, batch_format="pandas", num_cpus=0)
 
 
-def _request_rows(batch: pd.DataFrame, teacher: TeacherConfig, n: int) -> pd.DataFrame:
-    return request_frame(batch.to_dict("records"), teacher, n)
+def _request_rows(batch: pd.DataFrame, teacher: TeacherConfig, n) -> pd.DataFrame:
+    if not isinstance(n, (ray.ObjectRef, dict)):
+        return request_frame(batch.to_dict("records"), teacher, n)
+    this_round = _resolve(n)
+    counts = this_round["n"]
+    # every question of the batch gets a request row (one sample), so that a batch with none of the round's
+    # questions still yields the request columns; the others' rows are dropped
+    ids = batch[C.QUESTION_ID].astype(str)
+    req = request_frame(batch.to_dict("records"), teacher, {q: counts.get(q, 1) for q in ids})
+    req = req[req[C.QUESTION_ID].astype(str).isin(counts)].reset_index(drop=True)
+    if "from" in this_round and len(req):
+        start, retry = this_round["from"], this_round.get("retry", {})
+        qid = req[C.QUESTION_ID].astype(str)
+        keep = [i >= start.get(q, 0) or i in retry.get(q, ()) for q, i in zip(qid, req[C.SAMPLE_INDEX])]
+        req = req[keep].reset_index(drop=True)
+    return req
 
 
-@ray.remote
+@ray.remote(num_cpus=0)
 def _index(root: str, teacher_name: str) -> dict[str, tuple[str, bool]]:
-    """content key → (part file, is a failed request), listed fresh (:meth:`GenerationStore.index`)."""
+    """content key → (part file, is a failed request), listed fresh (:meth:`GenerationStore.index`). No CPU: the
+    plan steps that read it may run while the graders and an idle engine host hold every CPU (see _grade_into)."""
     return GenerationStore(root).index(teacher_name)
 
 
 _RESOLVED: dict[str, dict] = {}
+_KEEP_RESOLVED = 4  # a plan's step may hold the store index and a round's counts at once
 
 
-def _resolve(index) -> dict:
-    """The store index behind an object ref, deserialised once per worker process (Ray Data hands
-    nested refs over unresolved; workers are reused across tasks)."""
-    if not isinstance(index, ray.ObjectRef):
-        return index
-    key = index.hex()
+def _resolve(ref) -> dict:
+    """The value behind an object ref (the store index, a round's counts), deserialised once per worker
+    process (Ray Data hands nested refs over unresolved; workers are reused across tasks); the last few kept."""
+    if not isinstance(ref, ray.ObjectRef):
+        return ref
+    key = ref.hex()
     if key not in _RESOLVED:
-        _RESOLVED.clear()  # one phase at a time
-        _RESOLVED[key] = ray.get(index)
+        while len(_RESOLVED) >= _KEEP_RESOLVED:
+            _RESOLVED.pop(next(iter(_RESOLVED)))
+        _RESOLVED[key] = ray.get(ref)
     return _RESOLVED[key]
 
 
@@ -382,7 +534,7 @@ def _select_bucket(bucket_url: str, out_url: str, rejects_url: str | None, p: in
     graded = read_parquet_dir(bucket_url)
     if keep is not None:
         graded = graded[graded[C.QUESTION_ID].astype(str).isin(keep)]
-    graded = graded.drop_duplicates([C.QUESTION_ID, C.TEACHER, C.SAMPLE_INDEX])
+    graded = A.latest_samples(graded)  # adaptive rounds may hold a failed request and its retry
     good = graded[ok_mask(graded)]
     selected = select_questions(good, p, seed, load_tokenize(tokenizer))
     with atomic_write(out_url, "wb") as f:

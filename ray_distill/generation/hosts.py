@@ -30,6 +30,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -131,6 +132,7 @@ class HostPool:
         self._idle: list[_Host] = []
         self._job: str | None = None
         self._keep = 0
+        self.engine_loads: Counter = Counter()  # teacher name -> engines built for it (new hosts and swaps)
 
     def _current(self) -> None:
         """Forget hosts of an earlier Ray session (they died with it)."""
@@ -158,6 +160,7 @@ class HostPool:
             for h, info in zip(taken, loads):
                 h.key = key
                 if info["built"]:
+                    self.engine_loads[teacher.name] += 1
                     how = f"swapped out {info['swapped_out']}" if info["swapped_out"] else "new host"
                     logger.info("engine host for %s: loaded %s in %.1f s (%s)", teacher.name, info["model"],
                                 info["seconds"], how)

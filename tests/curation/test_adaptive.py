@@ -116,18 +116,33 @@ def test_per_question_token_cap():
     assert A.round_status(graded, ["a"], 1, plan) == {"a": A.TOKEN_CAP}
 
 
-def test_merge_round_grades_new_samples_and_retries_of_failed_ones_once():
-    def rows(spec):  # (question, sample index, error)
-        return pd.DataFrame([{C.QUESTION_ID: q, C.SAMPLE_INDEX: i, C.ERROR: e} for q, i, e in spec])
+def test_latest_samples_keeps_the_retry_of_a_failed_request():
+    def rows(spec):  # (question, sample index, error, completion): rounds' rows in the order they were written
+        return pd.DataFrame([{C.QUESTION_ID: q, C.TEACHER: "t", C.SAMPLE_INDEX: i, C.ERROR: e, C.COMPLETION: c}
+                             for q, i, e, c in spec])
 
-    graded = rows([("a", 0, ""), ("a", 1, "timeout"), ("b", 0, ""), ("c", 0, "refused")])  # c stopped earlier
-    gen = rows([("a", 0, ""), ("a", 1, ""), ("a", 2, ""), ("b", 0, ""), ("b", 1, "boom")])  # a: 3, b: 2
-    kept, fresh = A.merge_round(graded, gen)
-    # a/1 failed and was retried this round: its old row goes, the retry is graded; c/0 was not retried
-    assert list(zip(kept[C.QUESTION_ID], kept[C.SAMPLE_INDEX])) == [("a", 0), ("b", 0), ("c", 0)]
-    assert list(zip(fresh[C.QUESTION_ID], fresh[C.SAMPLE_INDEX])) == [("a", 1), ("a", 2), ("b", 1)]
-    first, all_new = A.merge_round(pd.DataFrame(), gen)
-    assert first.empty and all_new.equals(gen)
+    graded = rows([("a", 0, "", "x"), ("a", 1, "timeout", ""), ("b", 0, "refused", ""),  # round 1
+                   ("a", 1, "", "y"), ("a", 2, "", "z"), ("b", 0, "refused", "")])  # round 2: retries, one new
+    latest = A.latest_samples(graded)
+    assert list(zip(latest[C.QUESTION_ID], latest[C.SAMPLE_INDEX], latest[C.COMPLETION])) == [
+        ("a", 0, "x"), ("b", 0, ""), ("a", 1, "y"), ("a", 2, "z")]  # a/1's retry wins; b/0 failed twice: once
+
+
+def test_the_decision_from_three_counters_per_question_is_the_decision_from_the_samples():
+    """The streaming plane's driver decides from question_stats (three counters per question) what
+    round_status decides from every graded sample, rule by rule."""
+    plan = A.SamplingPlan(target=2, max_samples=6, max_tokens_per_question=40)
+    first = pd.DataFrame(rows("a", [("x", True), ("y", False)]) + rows("b", [("u", False), ("v", False)])
+                         + rows("c", [("m", True), ("n", True)]))
+    second = pd.concat([first, pd.DataFrame(rows("a", [("x", True), ("x", True)]) + rows("b", [("w", False)] * 2)
+                                            + rows("c", [("o", True), ("p", True)]))], ignore_index=True)
+    for graded, round_index, before in ((first, 1, None), (second, 2, first)):
+        prev = (A.distinct_correct(before), before.groupby(C.QUESTION_ID).size()) if before is not None else (None, None)
+        stats = A.question_stats(graded)
+        assert list(stats.columns) == [A.SAMPLED, A.TOKENS, A.DISTINCT] and stats.loc["c", A.DISTINCT] == 2 * round_index
+        assert A.status_from_stats(stats, ["a", "b", "c"], round_index, plan, *prev) == \
+            A.round_status(graded, ["a", "b", "c"], round_index, plan, *prev)
+    assert set(A.round_status(second, ["a", "b", "c"], 2, plan, *prev).values()) >= {A.HOPELESS, A.ENOUGH}
 
 
 def stored(qid: str, texts_ok: list[tuple[str, bool]]) -> list[dict]:

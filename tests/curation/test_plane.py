@@ -41,6 +41,22 @@ def test_generation_rejects_name_stage_and_reason():
                    ("b", 0): ("verify", "wrong_answer")}
 
 
+def test_an_adaptive_round_requests_its_new_samples_and_the_retries_of_failed_ones():
+    """A round of plane.curate_adaptive: only the round's questions, each up to its count; grading asks for the
+    samples from where the last round stopped plus the failed ones the round retried (what the driver lists)."""
+    batch = pd.DataFrame(make_questions("arith", 3, 1, 2, seed=4))
+    a, b, c = batch[C.QUESTION_ID].astype(str)
+    generate = plane._request_rows(batch, _teacher(), {"n": {a: 4, c: 2}})
+    assert sorted(zip(generate[C.QUESTION_ID], generate[C.SAMPLE_INDEX])) == sorted(
+        [(a, 0), (a, 1), (a, 2), (a, 3), (c, 0), (c, 1)])
+    grade = plane._request_rows(batch, _teacher(), {"n": {a: 4, c: 2}, "from": {a: 2, c: 0}, "retry": {a: [0]}})
+    assert sorted(zip(grade[C.QUESTION_ID], grade[C.SAMPLE_INDEX])) == sorted([(a, 0), (a, 2), (a, 3), (c, 0), (c, 1)])
+    # the same content keys as a fixed-n request; a batch with none of the round's questions yields no row
+    fixed = plane._request_rows(batch, _teacher(), 4)
+    assert set(generate[plane.KEY]) <= set(fixed[plane.KEY])
+    assert plane._request_rows(batch[batch[C.QUESTION_ID].astype(str) == b], _teacher(), {"n": {a: 4}}).empty
+
+
 def test_index_and_bucket_reads_see_what_other_processes_wrote_despite_a_listing_cache(tmp_path):
     """On a storage whose filesystem caches listings without expiry (as s3fs and gcsfs do), a reused worker
     that listed the store or a bucket before must still see every part written since by other processes."""
@@ -63,7 +79,8 @@ def test_index_and_bucket_reads_see_what_other_processes_wrote_despite_a_listing
         return pd.DataFrame({C.QUESTION_ID: list(ids), C.REASON: "", C.NUM_TOKENS: 1, C.FORMAT_OK: True,
                              C.CORRECT: True})
 
-    graded = plane.write_graded(graded_rows("q1", "q2"), f"{root}/graded")
+    graded = f"{root}/graded"
+    plane._write_buckets(graded_rows("q1", "q2"), graded, 1)  # as a plan's last step writes them
     assert len(plane.read_buckets(graded)) == 2 and plane.parquet_rows(graded) == 2
     (bucket,) = plane.bucket_dirs(graded)
     with other.open(f"{bucket}/part-late.parquet", "wb") as f:
