@@ -117,8 +117,8 @@ def generate_missing(store: GenerationStore, questions_url, teacher: TeacherConf
                      work_url: str) -> dict[str, int]:
     """Generate the samples ``0..n-1`` of the questions at ``questions_url`` (or a dataset of them; ``n``: see
     :func:`_requests`) that ``store`` lacks (stored failures are retried), persisted by the workers as they
-    finish. The missing requests are written to ``<work_url>/todo`` first, so that no engine starts when nothing is missing. Returns the
-    counters of what this call generated (``generated``, ``failed``, ``prompt_tokens``, ``completion_tokens``)."""
+    finish. The missing requests are written to ``<work_url>/todo`` first, so that no engine starts when
+    nothing is missing. Returns the counters of what this call generated (``generated``, ``failed``, ``prompt_tokens``, ``completion_tokens``)."""
     counters = {"generated": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
     todo_url = join(work_url, "todo")
     _clear(todo_url)

@@ -137,9 +137,10 @@ def test_the_decision_from_three_counters_per_question_is_the_decision_from_the_
     second = pd.concat([first, pd.DataFrame(rows("a", [("x", True), ("x", True)]) + rows("b", [("w", False)] * 2)
                                             + rows("c", [("o", True), ("p", True)]))], ignore_index=True)
     for graded, round_index, before in ((first, 1, None), (second, 2, first)):
-        prev = (A.distinct_correct(before), before.groupby(C.QUESTION_ID).size()) if before is not None else (None, None)
+        prev = (None, None) if before is None else (A.distinct_correct(before), before.groupby(C.QUESTION_ID).size())
         stats = A.question_stats(graded)
-        assert list(stats.columns) == [A.SAMPLED, A.TOKENS, A.DISTINCT] and stats.loc["c", A.DISTINCT] == 2 * round_index
+        assert list(stats.columns) == [A.SAMPLED, A.TOKENS, A.DISTINCT]
+        assert stats.loc["c", A.DISTINCT] == 2 * round_index
         assert A.status_from_stats(stats, ["a", "b", "c"], round_index, plan, *prev) == \
             A.round_status(graded, ["a", "b", "c"], round_index, plan, *prev)
     assert set(A.round_status(second, ["a", "b", "c"], 2, plan, *prev).values()) >= {A.HOPELESS, A.ENOUGH}
