@@ -18,8 +18,8 @@ tune: install  ## data-budget search on the quickstart's stored generations
 # the tests marked `serial` in one process (they share a two-node Ray cluster), so no other job shares the machine
 # with them. Both phases run; the target fails if either does. One end-to-end job alone leaves the 2 cores
 # ~45% idle (vmstat during the real-model job: process starts, one-CPU engines and actors), which a second worker
-# fills: from clean clones on one 2-core host, 2026-12-06, two workers 26 min 15 s (phases 19.8 + 4.5 min, every
-# test passed) vs one process 39.6 min (phases 31.9 + 5.5 min).
+# fills: from clean clones on one 2-core host, 2026-12-06, two workers 27 min 4 s and 26 min 15 s (phases 21.1 +
+# 4.1 and 19.8 + 4.5 min, every test passed) vs one process 39.6 min (phases 31.9 + 5.5 min).
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q --durations=25
 
