@@ -21,9 +21,10 @@ graded and selected (farthest-P, P=2):
 every question is sampled until it is hopeless: two rounds) inside one ``keep_engines`` block and prints the
 rounds and the engines built for the teacher (goal: 1, whatever the rounds).
 
-Measured 2026-12-06 (2-core CPU): ``--paths adaptive --sizes 1 30 --questions 100``: 410 and 12,126 graded samples
-in 2 rounds, driver peak RSS 303.1 and 332.7 MB, 30x/1x 1.10 (goal <= 1.2), rows/s 13.1x; ``--engine-starts
---questions 16``: 2 rounds, 96 samples, 1 engine start for the teacher.
+Measured 2026-12-06 (2-core CPU), ``--sizes 1 30 --questions 100``, the three paths in one run: driver peak RSS
+30x/1x plane 1.08 (299.6 -> 324.9 MB), driver 1.79 (306.9 -> 549.7 MB), adaptive 1.09 (303.1 -> 331.4 MB; 410 and
+12,126 graded samples in 2 rounds; goal <= 1.2); rows/s 30x/1x 8.58, 6.92, 11.61. ``--engine-starts --questions
+16``: 2 rounds, 96 samples, 1 engine start for the teacher.
 
 Printed per run: rows, wall time per step, rows/s, and the driver's peak RSS (``ru_maxrss`` of the driver
 process only: Ray's workers are other processes) and its peak over the RSS after start-up. Then, per
