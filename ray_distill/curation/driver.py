@@ -147,8 +147,3 @@ def mean_tokens(df: pd.DataFrame) -> float | None:
     ok = df[df[C.ERROR] == ""] if C.ERROR in df.columns else df
     tokens = ok[C.NUM_TOKENS][ok[C.NUM_TOKENS] >= 0]
     return float(tokens.mean()) if len(tokens) else None
-
-
-def log_verdicts(t: Tracker, graded: pd.DataFrame) -> None:
-    reasons = graded[C.REASON].replace("", "kept").value_counts().to_dict()
-    t.log_metrics({f"verdict/{k}": int(v) for k, v in reasons.items()})

@@ -309,16 +309,14 @@ def _empty_report() -> dict:
 @ray.remote(num_cpus=1)
 def _bucket_report(bucket_url: str) -> dict:
     graded = A.latest_samples(read_parquet_dir(bucket_url, _REPORT_COLUMNS))
-    failed = graded[graded[C.ERROR].fillna("").astype(str) != ""]
-    ok = graded[graded[C.ERROR].fillna("").astype(str) == ""]
-    tokens = pd.to_numeric(ok[C.NUM_TOKENS], errors="coerce")
+    is_failed = graded[C.ERROR].fillna("").astype(str) != ""
+    failed = graded[is_failed]
+    tokens = pd.to_numeric(graded.loc[~is_failed, C.NUM_TOKENS], errors="coerce")
     tokens = tokens[tokens >= 0]
-    reasons = graded[C.REASON].fillna("").replace("", "kept")
     return {"stats": A.question_stats(graded),
             "failed": {str(q): sorted(int(i) for i in g[C.SAMPLE_INDEX])
                        for q, g in failed.groupby(failed[C.QUESTION_ID].astype(str))},
-            "correct": int(ok_mask(graded).sum()),
-            "verdicts": {str(k): int(v) for k, v in reasons.value_counts().items()},
+            "correct": int(ok_mask(graded).sum()), "verdicts": verdict_counts(graded),
             "ok_tokens": int(tokens.sum()), "ok_count": len(tokens)}
 
 
@@ -433,12 +431,11 @@ def _request_rows(batch: pd.DataFrame, teacher: TeacherConfig, n) -> pd.DataFram
         return request_frame(batch.to_dict("records"), teacher, n)
     this_round = _resolve(n)
     counts = this_round["n"]
-    # every question of the batch gets a request row (one sample), so that a batch with none of the round's
-    # questions still yields the request columns; the others' rows are dropped
-    ids = batch[C.QUESTION_ID].astype(str)
-    req = request_frame(batch.to_dict("records"), teacher, {q: counts.get(q, 1) for q in ids})
-    req = req[req[C.QUESTION_ID].astype(str).isin(counts)].reset_index(drop=True)
-    if "from" in this_round and len(req):
+    active = batch[batch[C.QUESTION_ID].astype(str).isin(counts)]
+    if active.empty:  # none of the round's questions: no row, with the request columns
+        return request_frame(batch.head(1).to_dict("records"), teacher, 1).iloc[:0]
+    req = request_frame(active.to_dict("records"), teacher, counts)
+    if "from" in this_round:
         start, retry = this_round["from"], this_round.get("retry", {})
         qid = req[C.QUESTION_ID].astype(str)
         keep = [i >= start.get(q, 0) or i in retry.get(q, ()) for q, i in zip(qid, req[C.SAMPLE_INDEX])]
@@ -519,12 +516,17 @@ def _write_buckets(batch: pd.DataFrame, url: str, buckets: int) -> pd.DataFrame:
     return _count(batch)
 
 
+def verdict_counts(graded: pd.DataFrame) -> dict[str, int]:
+    """Graded rows per grader reason (``kept`` for the rows it passed)."""
+    reasons = graded[C.REASON].fillna("").replace("", "kept").value_counts()
+    return {str(k): int(v) for k, v in reasons.items()}
+
+
 def _count(batch: pd.DataFrame) -> pd.DataFrame:
     """One counter row per block of graded samples (with the judge's counters when it ran)."""
-    reasons = batch[C.REASON].fillna("").replace("", "kept").value_counts().to_dict()
     tokens = pd.to_numeric(batch[C.NUM_TOKENS], errors="coerce")
     return pd.DataFrame([{"rows": len(batch), "correct": int(ok_mask(batch).sum()), "tokens": int(tokens[tokens >= 0].sum()),
-                          "verdicts": json.dumps({str(k): int(v) for k, v in reasons.items()}),
+                          "verdicts": json.dumps(verdict_counts(batch)),
                           "judge": json.dumps(judge_summary(batch))}])
 
 
