@@ -5,7 +5,9 @@ own ports and temp dirs, MLFLOW_TRACKING_URI and RAY_DISTILL_STORAGE in the node
 `ray-distill submit` line of docs/clusters.md are read out of the docs and run as written (bash, Ray's own
 CLI, the client environment of cluster.env; the only substitution is the README's placeholder
 http://HEAD:8265); the run trees are read back from the MLflow server over HTTP. A relative `storage` with no
-storage root stops a job at once, and a bad config is refused before anything reaches the cluster.
+storage root stops a job at once, and a bad config is refused before anything reaches the cluster. Ray Train
+runs one worker on each node. Every test of that cluster is in this file: it is a session fixture
+(tests/conftest.py), and a file runs on one pytest-xdist worker, so one cluster starts per test run.
 
 The fast tests at the top check the submission itself (entrypoint, runtime env, secrets by name) and that
 every documented submit line names a job file that exists and validates, without a cluster."""
@@ -19,6 +21,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -238,7 +241,6 @@ def cluster(two_node_cluster):
 
 
 @pytest.mark.slow
-@pytest.mark.serial
 def test_extra_auto_reads_the_live_nodes_of_the_cluster(cluster):
     from ray_distill.submit import choose_extra, cluster_node_resources
 
@@ -248,7 +250,6 @@ def test_extra_auto_reads_the_live_nodes_of_the_cluster(cluster):
 
 
 @pytest.mark.slow
-@pytest.mark.serial
 def test_invalid_config_is_rejected_before_submission(cluster):
     client = job_client(cluster["RAY_ADDRESS"])
     before = len(client.list_jobs())
@@ -260,7 +261,6 @@ def test_invalid_config_is_rejected_before_submission(cluster):
 
 
 @pytest.mark.slow
-@pytest.mark.serial
 def test_relative_storage_without_a_storage_root_stops_the_job_at_once(cluster, monkeypatch):
     """Under the Jobs API a relative `storage` never lands in Ray's copy of the working dir: with the nodes'
     RAY_DISTILL_STORAGE blanked for this job, it fails in seconds with the one line naming `storage`."""
@@ -280,7 +280,6 @@ def test_relative_storage_without_a_storage_root_stops_the_job_at_once(cluster, 
 
 
 @pytest.mark.slow
-@pytest.mark.serial
 def test_documented_ray_job_submit_line_runs_as_written(cluster):
     """README.md's and docs/clusters.md's `ray job submit` line, run by Ray's own CLI with no override: the
     nodes' MLFLOW_TRACKING_URI and RAY_DISTILL_STORAGE decide where runs and outputs go."""
@@ -319,7 +318,6 @@ def test_documented_ray_job_submit_line_runs_as_written(cluster):
 
 
 @pytest.mark.slow
-@pytest.mark.serial
 def test_documented_ray_distill_submit_line_runs_as_written(cluster):
     """docs/clusters.md's `ray-distill submit` line: address from RAY_ADDRESS, an experiment chosen in the
     client's shell and passed by name (--env), an override; the generation store is reused."""
@@ -337,6 +335,39 @@ def test_documented_ray_distill_submit_line_runs_as_written(cluster):
             "(from MLFLOW_EXPERIMENT_NAME)") in out, out[-4000:]
     assert (Path(cluster["RAY_DISTILL_STORAGE"]) / "outputs" / name / "student" / "config.json").exists()
     _assert_run_tree(MlflowClient(cluster["MLFLOW_TRACKING_URI"]), experiment, name)
+
+
+TRAIN_ON_CLUSTER = """
+import json, sys
+import ray
+from ray_distill.config import TrainConfig
+from ray_distill.synthetic.tasks import base_corpus
+from ray_distill.training import train_sft
+
+ray.init(log_to_driver=False)
+cfg = TrainConfig(num_workers=2, cpus_per_worker=2, epochs=1, batch_size=16, max_seq_len=64, max_failures=0)
+result = train_sft(base_corpus(96, seed=3), sys.argv[1], sys.argv[2] + "/student", cfg,
+                   storage_path=sys.argv[2] + "/ray", run_name="two-nodes")
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+print(json.dumps({"nodes": nodes, **{k: result.metrics[k] for k in ("work_by_node", "num_nodes", "steps", "train_loss")}}))
+"""
+
+
+@pytest.mark.slow
+def test_two_node_cluster_trains_one_worker_per_node(two_node_cluster, tiny_student_path):
+    """Multi-node training: two Ray Train workers of 2 CPUs each on the two-node cluster (2 CPUs a node), so one
+    fits per node; both report trained tokens."""
+    driver_env = {**two_node_cluster["env"], "RAY_ADDRESS": two_node_cluster["RD_GCS_ADDRESS"]}
+    work = Path(two_node_cluster["dir"]) / "two-nodes"  # one machine: a local path is storage both nodes reach
+    run = subprocess.run([sys.executable, "-c", TRAIN_ON_CLUSTER, tiny_student_path, str(work)],
+                         env=driver_env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(out["nodes"]) == 2 and out["num_nodes"] == 2
+    assert set(out["work_by_node"]) == set(out["nodes"])  # one worker on each node ...
+    assert all(tokens > 0 for tokens in out["work_by_node"].values())  # ... and both trained
+    assert out["steps"] == 6 and out["train_loss"] > 0
+    assert (work / "student" / "model.safetensors").exists()
 
 
 # ----------------------------------------------------------------------------- helpers

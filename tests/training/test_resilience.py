@@ -5,9 +5,8 @@
   skips the steps already done, and gives the same loss curve (every epoch's loss) as an uninterrupted
   run (tolerance 1e-4, relative: the resume is exact up to float summation order). FSDP's resume from
   its shards is in ``test_strategies``.
-- A two-node cluster (``cluster/local_cluster.sh``: head + worker node started with ``ray start``,
-  2 CPUs each, shared with the submit tests) trains with two 2-CPU workers, one per node; both nodes report
-  trained tokens.
+- Multi-node training (two 2-CPU workers, one per node of a two-node cluster) is in ``tests/test_submit.py``,
+  beside the other tests of that cluster (one session fixture, so one pytest-xdist worker starts it).
 """
 
 from __future__ import annotations
@@ -82,39 +81,6 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_student_
     assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(out["result"].checkpoint_path))
     assert m["initial_loss"] == pytest.approx(reference["initial_loss"], rel=1e-4)
     assert m["supervised_tokens"] == reference["supervised_tokens"]
-
-
-TRAIN_ON_CLUSTER = """
-import json, sys
-import ray
-from ray_distill.config import TrainConfig
-from ray_distill.synthetic.tasks import base_corpus
-from ray_distill.training import train_sft
-
-ray.init(log_to_driver=False)
-cfg = TrainConfig(num_workers=2, cpus_per_worker=2, epochs=1, batch_size=16, max_seq_len=64, max_failures=0)
-result = train_sft(base_corpus(96, seed=3), sys.argv[1], sys.argv[2] + "/student", cfg,
-                   storage_path=sys.argv[2] + "/ray", run_name="two-nodes")
-nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-print(json.dumps({"nodes": nodes, **{k: result.metrics[k] for k in ("work_by_node", "num_nodes", "steps", "train_loss")}}))
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.serial
-def test_two_node_cluster_trains_one_worker_per_node(two_node_cluster, tiny_student_path):
-    """Two workers of 2 CPUs each on the session's two-node cluster (2 CPUs a node): one fits per node."""
-    driver_env = {**two_node_cluster["env"], "RAY_ADDRESS": two_node_cluster["RD_GCS_ADDRESS"]}
-    work = Path(two_node_cluster["dir"]) / "two-nodes"  # one machine: a local path is storage both nodes reach
-    run = subprocess.run([sys.executable, "-c", TRAIN_ON_CLUSTER, tiny_student_path, str(work)],
-                         env=driver_env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    out = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(out["nodes"]) == 2 and out["num_nodes"] == 2
-    assert set(out["work_by_node"]) == set(out["nodes"])  # one worker on each node ...
-    assert all(tokens > 0 for tokens in out["work_by_node"].values())  # ... and both trained
-    assert out["steps"] == 6 and out["train_loss"] > 0
-    assert (work / "student" / "model.safetensors").exists()
 
 
 KILLED_DRIVER = """
