@@ -26,9 +26,10 @@ from ray_distill.config import TrainConfig
 from ray_distill.synthetic.student import save_random_student
 from ray_distill.synthetic.tasks import make_questions
 from ray_distill.synthetic.teachers import write_solution
-from ray_distill.training.data import collate, layout, non_pad_fraction, padded_size, supervised_count
+from ray_distill.models import load_tokenizer
+from ray_distill.training.data import (collate, encode_example, layout, non_pad_fraction, padded_size,
+                                      supervised_count)
 from ray_distill.training.loop import build_optimizer, epoch_plan, token_loss_sum
-from ray_distill.training.sft import encode_rows
 
 
 def corpus(n: int) -> list[dict]:
@@ -97,7 +98,8 @@ def main() -> None:
     rows = corpus(args.rows)
     base = TrainConfig(num_workers=1, cpus_per_worker=args.threads, epochs=1, batch_size=args.batch_size,
                        max_seq_len=args.max_seq_len, max_failures=0)
-    examples, _ = encode_rows(rows, model_dir, args.max_seq_len)
+    tokenizer = load_tokenizer(model_dir)  # the plain loop's examples; Ray Train's are tokenized in Ray Data
+    examples = [encode_example(tokenizer, r[MESSAGES], args.max_seq_len) for r in rows]
     lengths = [len(e["input_ids"]) for e in examples]
     print(f"{args.rows} rows, {sum(lengths)} tokens, lengths {min(lengths)}..{max(lengths)}, "
           f"preset {args.preset}, batch {args.batch_size}, {args.threads} threads")

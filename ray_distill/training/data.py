@@ -127,6 +127,11 @@ def micro_batches(batch: list[int], rank: int, world_size: int, accum_steps: int
     return [mine[j::accum_steps] for j in range(accum_steps)]
 
 
+def rank_share(batches: list[list[int]], rank: int, world_size: int) -> set[int]:
+    """The example indices worker ``rank`` trains on in ``batches`` (the union of its micro-batches)."""
+    return {i for batch in batches for i in batch[rank::world_size]}
+
+
 def pack_rows(lengths: list[int], items: list[int], capacity: int) -> list[list[int]]:
     """Split ``items`` (example indices) into the fewest rows of at most ``capacity`` tokens, with
     near-equal row lengths (longest example first onto the shortest row), so a batch of rows padded to

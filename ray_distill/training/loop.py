@@ -4,10 +4,12 @@ fp32 or bf16 autocast, checkpoints every epoch (and every K steps) with exact re
 and export. A launch may hold several jobs (``sft.train_sft_many``: the same base on several corpora), run
 one after the other; their checkpoints carry the job's index, so a resume starts at the right job.
 
-Every worker holds the full list of encoded examples and computes the same batch plan, then takes
-its share of each global batch (``data.micro_batches``). The loss is the mean cross-entropy over the
-supervised tokens of the whole *global* batch: each worker divides every micro-batch's token-loss sum
-by the global count and multiplies by the world size; gradients add up over the accumulation steps
+Every worker computes the same batch plan from every example's length (the driver passes the lengths; the
+token ids are in the launch's Ray Data dataset, ``sft.tokenize_rows``), takes its share of each global batch
+(``data.micro_batches``) and, at the start of each epoch, reads from the dataset the examples of its share of
+the epoch's batches only (:func:`read_examples`): a worker holds ~1/world of the corpus. The loss is the mean
+cross-entropy over the supervised tokens of the whole *global* batch: each worker divides every micro-batch's
+token-loss sum by the global count and multiplies by the world size; gradients add up over the accumulation steps
 and DDP/FSDP average them over the workers, which gives exactly that mean. DDP all-reduces on the last
 micro-step only; FSDP reduce-scatters after every micro-step (``reduce_every_micro_step``, gradients stay
 sharded) or, when that is off, on the last one only.
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -40,7 +43,7 @@ import torch.distributed as dist
 from ray_distill.config import TrainConfig
 from ray_distill.models import load_tokenizer
 from ray_distill.training.checkpoint import LoopState, load_checkpoint, save_checkpoint, save_model, storage_url
-from ray_distill.training.data import collate, layout, micro_batches, padded_size, plan_batches, supervised_count
+from ray_distill.training.data import collate, layout, micro_batches, padded_size, plan_batches, rank_share
 from ray_distill.training.optim import AdamW
 from ray_distill.training.shard import build_student, resolve_attn_implementation
 
@@ -172,8 +175,8 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
 
     job = config["jobs"][j]
     torch.manual_seed(cfg.seed)  # each job trains as it would in a launch of its own
-    examples = ray.get(job["examples"])
-    lengths = [len(e["input_ids"]) for e in examples]
+    lengths, supervised = job["lengths"], job["supervised"]
+    shard = ray.train.get_dataset_shard(job["dataset"])
     steps_per_epoch = len(epoch_plan(lengths, cfg, world, 0))
     total_steps = steps_per_epoch * (cfg.schedule_epochs or cfg.epochs)  # the learning-rate schedule's length
     device = ray.train.torch.get_device()
@@ -188,7 +191,7 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
         logger.info("rank %d resumed at epoch %d step %d", rank, state.epoch, state.global_step)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     tracker = tracker_from_handle(job["tracker_handle"] if rank == 0 else None)
-    run = EpochRunner(model, optimizer, scheduler, cfg, examples, rank, world, pad_id or 0, tracker,
+    run = EpochRunner(model, optimizer, scheduler, cfg, lengths, supervised, rank, world, pad_id or 0, tracker,
                       device, config.get("log_every", 10), total_steps=steps_per_epoch * cfg.epochs)
     final: dict = {}
     node = ray.get_runtime_context().get_node_id()
@@ -199,7 +202,7 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
         from ray.train import CheckpointUploadMode
 
         run.sync(state)
-        final.update(summary(state, metrics), **work_by_node(run.local_tokens, node))
+        final.update(summary(state, metrics), **work_by_node(run.local_tokens, node), **held_rows(run.held_rows))
         name = checkpoint_name(j, len(config["jobs"]), name)
         storage = ray.train.get_context().get_storage()
         path = storage.build_checkpoint_path_from_name(name)
@@ -209,11 +212,13 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
     if state.epoch >= cfg.epochs:  # resumed a finished run: nothing to train, report its figures again
-        final.update(summary(state, {}), **work_by_node(0, node))
+        final.update(summary(state, {}), **work_by_node(0, node), **held_rows(0))
         ray.train.report(dict(final))
     every = cfg.checkpoint_every_steps
     for epoch in range(state.epoch, cfg.epochs):
         plan = epoch_plan(lengths, cfg, world, epoch)
+        run.examples = read_examples(shard, rank_share(plan[state.epoch_step :], rank, world))
+        run.held_rows = max(run.held_rows, len(run.examples))
         for _ in run.steps(plan[state.epoch_step :], state):
             if every and state.global_step % every == 0 and state.epoch_step < len(plan):
                 report({}, f"step_{state.global_step:07d}")
@@ -226,6 +231,7 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
         tracker.log_metrics({"train/epoch_loss": epoch_metrics["train_loss"],
                              "train/non_pad_fraction": epoch_metrics["non_pad_fraction"]}, step=state.global_step)
         report(epoch_metrics, f"epoch_{state.epoch:04d}")
+    run.examples = {}
     release_training_state(model, optimizer)
     save_model(model, base, tokenizer, job["output_path"], rank)
     if rank == 0:
@@ -284,6 +290,29 @@ def work_by_node(local_tokens: int, node_id: str) -> dict:
     return {"work_by_node": work, "num_nodes": len(work)}
 
 
+def read_examples(shard, wanted: set[int]) -> dict[int, dict]:
+    """The examples of ``wanted`` (row indices) read from ``shard`` (the job's dataset: ``index``, ``input_ids``,
+    ``labels``), streamed a block at a time: only these rows are kept (as int32 arrays)."""
+    found: dict[int, dict] = {}
+    for batch in shard.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, ids, labels in zip(batch["index"].tolist(), batch["input_ids"], batch["labels"]):
+            if i in wanted:
+                found[i] = {"input_ids": np.array(ids, dtype=np.int32), "labels": np.array(labels, dtype=np.int32)}
+    if len(found) != len(wanted):
+        raise RuntimeError(f"the training dataset lacks {len(wanted) - len(found)} of the {len(wanted)} rows "
+                           f"this worker trains on (e.g. row {min(wanted - set(found))})")
+    return found
+
+
+def held_rows(local: int) -> dict:
+    """The most examples any worker held at once (one epoch's share; the corpus has ``rows``)."""
+    every = [local]
+    if dist.is_available() and dist.is_initialized():
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, local)
+    return {"held_rows_max": max(every), "held_rows_by_rank": every}
+
+
 @dataclass
 class EpochRunner:
     """Runs optimiser steps over global batches; every rank computes identical global figures."""
@@ -292,7 +321,8 @@ class EpochRunner:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     cfg: TrainConfig
-    examples: list[dict]
+    lengths: list[int]  # every example's tokens (the whole corpus: the batch plan is global)
+    supervised: list[int]  # every example's supervised tokens
     rank: int
     world: int
     pad_id: int
@@ -301,10 +331,10 @@ class EpochRunner:
     log_every: int = 10
     total_steps: int = 0  # optimizer steps of the whole launch (the console's training bar)
     local_tokens: int = 0  # non-pad tokens this worker trained on (this launch)
+    examples: dict[int, dict] = field(default_factory=dict)  # this worker's examples of the epoch, by index
+    held_rows: int = 0  # the most examples this worker held at once
 
     def __post_init__(self) -> None:
-        self.lengths = [len(e["input_ids"]) for e in self.examples]
-        self.supervised = [supervised_count(e) for e in self.examples]
         self._pending = [0.0, 0, 0]  # this rank's loss sum, real and padded tokens not yet in the state
         # FSDP computes in bf16 through its mixed-precision policy; DDP and one worker autocast.
         self.autocast = self.cfg.precision == "bf16" and self.cfg.strategy != "fsdp"

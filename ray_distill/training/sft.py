@@ -3,16 +3,21 @@
     result = train_sft(rows, base_model="/models/student", output_path="s3://bucket/run/student",
                        cfg=job.train, storage_path="s3://bucket/ray-train", run_name="sft-teacher-a")
 
-The driver encodes every row (``data.encode_example``), runs the preflight, puts the encoded
-examples in the object store and launches a ``TorchTrainer`` (DDP or FSDP; the process group's backend
-chosen explicitly, :func:`process_group_backend`: gloo on CPU, NCCL on GPU; each worker asks for
-``cpus_per_worker`` CPUs, a GPU with ``use_gpu`` and the ``custom_resources`` that steer it onto the
-cluster's training node type, :func:`worker_resources`). The workers (``loop.train_loop_per_worker``)
-checkpoint every epoch (and every ``checkpoint_every_steps``) under ``<storage_path>/<run_name>``, keeping
-``keep_checkpoints``; a failed worker group is restarted from the latest checkpoint up to ``max_failures`` times, and rerunning the
-same ``(storage_path, run_name)`` on the same inputs resumes too (the run name gets a fingerprint of
-examples, recipe and base model, so a changed corpus starts fresh). Rank 0 exports the final model with
-``save_pretrained`` to ``output_path``; the driver logs it to MLflow. Ray must already be initialised.
+The driver runs the preflight on the first rows, then the rows are tokenized in a Ray Data plan
+(:func:`tokenize_rows`: ``data.encode_example`` in Ray Data tasks, the result materialized in the object
+store); the driver keeps three small figures per row (length, supervised tokens, a digest), never the token
+ids. It launches a ``TorchTrainer`` with that dataset, unsplit (``DataConfig(datasets_to_split=[])``): every
+worker plans the same global batches from the lengths and reads, each epoch, only the rows of its share of
+them (``loop.read_examples``), so packing and the deterministic epoch plan are as before. The trainer runs
+DDP or FSDP (the process group's backend chosen explicitly, :func:`process_group_backend`: gloo on CPU, NCCL
+on GPU; each worker asks for ``cpus_per_worker`` CPUs, a GPU with ``use_gpu`` and the ``custom_resources``
+that steer it onto the cluster's training node type, :func:`worker_resources`). The workers
+(``loop.train_loop_per_worker``) checkpoint every epoch (and every ``checkpoint_every_steps``) under
+``<storage_path>/<run_name>``, keeping ``keep_checkpoints``; a failed worker group is restarted from the
+latest checkpoint up to ``max_failures`` times, and rerunning the same ``(storage_path, run_name)`` on the
+same inputs resumes too (the run name gets a fingerprint of the tokenized examples, recipe and base model,
+so a changed corpus starts fresh). Rank 0 exports the final model with ``save_pretrained`` to
+``output_path``; the driver logs it to MLflow. Ray must already be initialised.
 
 ``train_sft_many`` fine-tunes the same base on several corpora (the smoke test's candidates) one after the
 other in a single launch, so the worker group starts once:
@@ -24,6 +29,7 @@ other in a single launch, so the worker group starts once:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -33,9 +39,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import numpy as np
+import pandas as pd
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ray_distill.columns import MESSAGES
@@ -139,29 +147,33 @@ def train_sft_many(
 
     if not jobs:
         raise ValueError("train_sft_many needs at least one job")
-    encoded = []
+    release_engines()  # idle engine hosts hold CPUs/GPUs the tokenization and the worker group need
+    tokenized = []
     for job in jobs:
-        examples, figures = encode_rows(job.rows, base_model, cfg.max_seq_len, chat_template)
-        tracker_from_handle(job.tracker_handle).log_metrics({f"train/{k}": v for k, v in figures.items()})
-        encoded.append((examples, figures))
+        corpus = tokenize_rows(job.rows, base_model, cfg.max_seq_len, chat_template)
+        tracker_from_handle(job.tracker_handle).log_metrics({f"train/{k}": v for k, v in corpus.figures.items()})
+        tokenized.append(corpus)
     # Resume only what is the same training: a changed corpus, recipe or base starts a new run.
-    run_name = f"{run_name}-{fingerprint([e for e, _ in encoded], cfg, base_model)}"
+    run_name = f"{run_name}-{fingerprint([c.digests for c in tokenized], cfg, base_model)}"
     storage = absolute(storage_path)
     metrics_dir = f"{storage.rstrip('/')}/{run_name}/{JOB_METRICS_DIR}"
-    release_engines()  # idle engine hosts hold CPUs/GPUs the worker group needs
     t0 = time.time()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.model_dump(),
-            "jobs": [{"examples": ray.put(examples), "output_path": job.output_path,
-                      "tracker_handle": job.tracker_handle} for job, (examples, _) in zip(jobs, encoded)],
+            "jobs": [{"dataset": dataset_name(j), "lengths": c.lengths, "supervised": c.supervised,
+                      "output_path": job.output_path, "tracker_handle": job.tracker_handle}
+                     for j, (job, c) in enumerate(zip(jobs, tokenized))],
             "metrics_dir": metrics_dir,
             "base_model": base_model,
             "storage_path": storage,
             "chat_template": chat_template,
         },
-        scaling_config=ScalingConfig(
+        # every worker sees the whole (materialized) dataset and reads its share of each epoch's batches
+        datasets={dataset_name(j): c.dataset for j, c in enumerate(tokenized)},
+        dataset_config=DataConfig(datasets_to_split=[]),
+    scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=worker_resources(cfg)
         ),
         torch_config=TorchConfig(backend=process_group_backend(cfg)),
@@ -181,9 +193,9 @@ def train_sft_many(
             reports.append(json.load(f))
     spans = job_spans([(r.pop("job_start_unix"), r.pop("job_end_unix")) for r in reports], t0, t_end)
     results = []
-    for j, (job, (_, figures), reported, (start, end)) in enumerate(zip(jobs, encoded, reports, spans)):
+    for j, (job, corpus, reported, (start, end)) in enumerate(zip(jobs, tokenized, reports, spans)):
         last = j == len(jobs) - 1
-        metrics = final_metrics(reported, figures, start, end)
+        metrics = final_metrics(reported, corpus.figures, start, end)
         log_student(tracker_from_handle(job.tracker_handle), job.output_path, copy=log_model)
         name = run_name if len(jobs) == 1 else f"{run_name} job {j}"
         logger.info(
@@ -197,22 +209,51 @@ def train_sft_many(
     return results
 
 
-def encode_rows(rows: list[dict], base_model: str, max_seq_len: int,
-                chat_template: str | None = None) -> tuple[list[dict], dict]:
-    """Encode every row with the base model's tokenizer (and ``chat_template`` when given); return the
-    examples and the preflight and corpus figures (logged here, returned for tracking)."""
-    tokenizer = load_tokenizer(base_model, chat_template)
-    check = preflight(tokenizer, rows, max_seq_len)
+def dataset_name(job: int) -> str:
+    """The name of job ``job``'s tokenized dataset in a launch (``ray.train.get_dataset_shard``)."""
+    return f"job{job:02d}"
+
+
+@dataclass
+class TokenizedCorpus:
+    """A corpus tokenized by :func:`tokenize_rows`: the dataset (columns ``index``, ``input_ids``, ``labels``,
+    materialized in the object store) and, per row in ``index`` order, what the driver and the epoch plan need."""
+
+    dataset: Any  # ray.data.MaterializedDataset
+    lengths: list[int]
+    supervised: list[int]
+    digests: list[str]
+    figures: dict
+
+
+ROWS_PER_BLOCK = 512  # rows per tokenization task (and per block of the tokenized dataset)
+
+
+def tokenize_rows(rows: list[dict], base_model: str, max_seq_len: int,
+                  chat_template: str | None = None) -> TokenizedCorpus:
+    """Tokenize ``rows`` (chat ``messages``) with the base model's tokenizer (and ``chat_template``) in a Ray
+    Data plan, materialized; the preflight (first rows) runs here, with its figures and warnings logged."""
+    check = preflight(load_tokenizer(base_model, chat_template), rows, max_seq_len)
     logger.info(
         "preflight: %.1f%% of tokens supervised, %.1f%% truncated; example %r -> loss on %r",
         100 * check["supervised_fraction"], 100 * check["truncation_rate"], check["example"],
         check["example_supervised"],
     )
-    examples = [encode_example(tokenizer, r[MESSAGES], max_seq_len) for r in rows]
-    unsupervised = sum(1 for e in examples if supervised_count(e) == 0)
+    frame = pd.DataFrame({"index": np.arange(len(rows), dtype=np.int64),
+                          "messages": [json.dumps(r[MESSAGES]) for r in rows]})
+    blocks = [frame.iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(frame), ROWS_PER_BLOCK)]
+    dataset = ray.data.from_pandas(blocks).map_batches(
+        encode_batch, batch_format="pandas", batch_size=None,
+        fn_kwargs={"base_model": base_model, "max_seq_len": max_seq_len, "chat_template": chat_template},
+    ).materialize()
+    small = dataset.select_columns(["index", "length", "supervised", "truncated", "digest"]).to_pandas()
+    small = small.sort_values("index", kind="stable").reset_index(drop=True)
+    if small["index"].tolist() != list(range(len(rows))):  # every row tokenized exactly once
+        raise RuntimeError(f"tokenized {len(small)} rows of {len(rows)}")
+    unsupervised = int((small["supervised"] == 0).sum())
     if unsupervised:
         logger.warning("%d of %d rows have no supervised token (they add no loss)", unsupervised, len(rows))
-    truncated = sum(e["truncated"] for e in examples)
+    truncated = int(small["truncated"].sum())
     if truncated:  # the cut is at the end: the row's final answer is what the student does not see
         logger.warning("%d of %d training rows are longer than train.max_seq_len=%d and were cut at the end (their "
                        "answers lost): raise train.max_seq_len or lower format.max_tokens", truncated, len(rows),
@@ -220,25 +261,51 @@ def encode_rows(rows: list[dict], base_model: str, max_seq_len: int,
     figures = {
         "preflight_supervised_fraction": check["supervised_fraction"],
         "preflight_truncation_rate": check["truncation_rate"],
-        "rows": len(examples),
+        "rows": len(rows),
         "truncated_rows": truncated,
         "unsupervised_rows": unsupervised,
     }
-    return [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], figures
+    return TokenizedCorpus(dataset, small["length"].tolist(), small["supervised"].tolist(), small["digest"].tolist(),
+                           figures)
 
 
-def fingerprint(jobs: list[list[dict]], cfg: TrainConfig, base_model: str) -> str:
-    """Short content hash of the training inputs (each job's examples, recipe, base model). The
-    ``OPERATIONAL`` settings are left out on purpose, and so is ``epochs`` for one job: rerunning with more
-    epochs continues the same run. Not for several: a resume continues only the job its checkpoint belongs
-    to, so the jobs before it would keep their old epoch count. One job hashes as it did before launches had
-    several."""
+@functools.lru_cache(maxsize=4)
+def _tokenizer(base_model: str, chat_template: str | None):
+    return load_tokenizer(base_model, chat_template)  # once per Ray worker process (~4 s: transformers' import)
+
+
+def encode_batch(batch: pd.DataFrame, base_model: str, max_seq_len: int, chat_template: str | None) -> pd.DataFrame:
+    """Ray Data batch function of :func:`tokenize_rows`: ``index``, ``messages`` (JSON) -> ``index``,
+    ``input_ids``, ``labels`` (int32 arrays) and the per-row ``length``, ``supervised``, ``truncated``, ``digest``."""
+    tokenizer = _tokenizer(base_model, chat_template)
+    examples = [encode_example(tokenizer, json.loads(m), max_seq_len) for m in batch["messages"]]
+    return pd.DataFrame({
+        "index": batch["index"].to_numpy(),
+        "input_ids": [np.asarray(e["input_ids"], dtype=np.int32) for e in examples],
+        "labels": [np.asarray(e["labels"], dtype=np.int32) for e in examples],
+        "length": [len(e["input_ids"]) for e in examples],
+        "supervised": [supervised_count(e) for e in examples],
+        "truncated": [bool(e["truncated"]) for e in examples],
+        "digest": [example_digest(e) for e in examples],
+    })
+
+
+def example_digest(example: dict) -> str:
+    """A tokenized example's content hash (its token ids and labels), for :func:`fingerprint`."""
+    text = f"{list(map(int, example['input_ids']))}|{list(map(int, example['labels']))}"
+    return hashlib.sha1(text.encode("ascii")).hexdigest()
+
+
+def fingerprint(jobs: list[list[str]], cfg: TrainConfig, base_model: str) -> str:
+    """Short content hash of the training inputs (each job's examples by :func:`example_digest`, in order;
+    recipe; base model). The ``OPERATIONAL`` settings are left out on purpose, and so is ``epochs`` for one job:
+    rerunning with more epochs continues the same run. Not for several: a resume continues only the job its
+    checkpoint belongs to, so the jobs before it would keep their old epoch count."""
     recipe = cfg.model_dump(mode="json", exclude={"epochs", *OPERATIONAL} if len(jobs) == 1 else OPERATIONAL)
     head = [recipe, base_model] if len(jobs) == 1 else [recipe, base_model, [len(x) for x in jobs]]
     h = hashlib.sha1(json.dumps(head, sort_keys=True).encode())
-    for e in (e for examples in jobs for e in examples):
-        h.update(bytes(str(e["input_ids"]), "ascii"))
-        h.update(bytes(str(e["labels"]), "ascii"))
+    for digest in (d for digests in jobs for d in digests):
+        h.update(digest.encode("ascii"))
     return h.hexdigest()[:10]
 
 

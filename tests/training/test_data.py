@@ -18,6 +18,8 @@ from ray_distill.training.data import (
     pack_rows,
     plan_batches,
     preflight,
+    rank_share,
+    supervised_count,
 )
 
 CONV = [{"role": "user", "content": "3+4"}, {"role": "assistant", "content": "<think>3+4=7</think>\\boxed{7}"}]
@@ -133,12 +135,43 @@ def test_collate_packs_examples_with_restarting_positions():
     assert out["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
 
 
-def test_rows_cut_at_max_seq_len_are_counted_and_warned_about(tiny_student_path, caplog):
-    from ray_distill.training.sft import encode_rows
+def test_rows_cut_at_max_seq_len_are_counted_and_warned_about(ray_local, tiny_student_path, caplog):
+    from ray_distill.training.sft import tokenize_rows
 
     rows = base_corpus(8, seed=1)
-    _, figures = encode_rows(rows, tiny_student_path, max_seq_len=512)
+    figures = tokenize_rows(rows, tiny_student_path, max_seq_len=512).figures
     assert figures["truncated_rows"] == 0 and "longer than train.max_seq_len" not in caplog.text
-    _, figures = encode_rows(rows, tiny_student_path, max_seq_len=6)
+    figures = tokenize_rows(rows, tiny_student_path, max_seq_len=6).figures
     assert figures["truncated_rows"] == 8
     assert "8 of 8 training rows are longer than train.max_seq_len=6 and were cut at the end" in caplog.text
+
+
+def test_the_corpus_is_tokenized_in_ray_data_as_the_driver_would(ray_local, tiny_student_path, monkeypatch):
+    """tokenize_rows: Ray Data tasks (several blocks) give every row's ids and labels exactly as encode_example
+    does; the driver gets lengths, supervised counts and digests in row order, the ids stay in the dataset."""
+    from ray_distill.models import load_tokenizer
+    from ray_distill.training import sft
+
+    monkeypatch.setattr(sft, "ROWS_PER_BLOCK", 7)
+    rows = base_corpus(30, seed=4)
+    corpus = sft.tokenize_rows(rows, tiny_student_path, max_seq_len=64)
+    tokenizer = load_tokenizer(tiny_student_path)
+    expected = [encode_example(tokenizer, r["messages"], 64) for r in rows]
+    assert corpus.dataset.num_blocks() == 5 and corpus.dataset.count() == 30
+    assert corpus.lengths == [len(e["input_ids"]) for e in expected]
+    assert corpus.supervised == [supervised_count(e) for e in expected]
+    assert corpus.digests == [sft.example_digest(e) for e in expected]
+    got = {int(r["index"]): r for r in corpus.dataset.iter_rows()}
+    assert sorted(got) == list(range(30))
+    for i, e in enumerate(expected):
+        assert list(got[i]["input_ids"]) == e["input_ids"] and list(got[i]["labels"]) == e["labels"]
+
+
+def test_a_workers_share_of_an_epoch_is_its_slice_of_every_batch():
+    batches = [[5, 1, 7, 3], [0, 2, 4], [6]]
+    assert rank_share(batches, 0, 2) == {5, 7, 0, 4, 6}
+    assert rank_share(batches, 1, 2) == {1, 3, 2}
+    assert rank_share(batches, 0, 1) == set(range(8))
+    for batch in batches:  # the share holds every micro-batch this rank trains on
+        for micro in micro_batches(batch, 1, 2, accum_steps=2):
+            assert set(micro) <= rank_share(batches, 1, 2)

@@ -55,6 +55,9 @@ def test_loss_falls_and_metrics_are_complete(trained):
     assert m["non_pad_fraction"] > 0.95 and m["tokens_per_s"] > 0
     assert 0 < m["startup_s"] < m["wall_s"]
     assert m["preflight_supervised_fraction"] > 0.5 and m["truncated_rows"] == 0
+    # each worker read from the tokenized dataset only its share of an epoch's batches: about half the corpus
+    held = m["held_rows_by_rank"]
+    assert len(held) == 2 and sum(held) >= 200 and m["held_rows_max"] == max(held) <= 200 // 2 + 13
 
 
 def test_export_loads_with_transformers(trained):
