@@ -92,23 +92,27 @@ def test_job_budget_stops_sampling_and_records_the_questions(ray_local, tiny_stu
     assert all(A.distinct_correct(graded).get(s[C.QUESTION_ID], 0) < 4 for s in stopped)  # not yet P + 2
 
 
-def test_a_vllm_teachers_engine_loads_once_for_every_round(ray_local, tiny_student_path, tmp_path):
-    """issue: one engine start per teacher per job, whatever the rounds. A random checkpoint as the vLLM teacher
-    answers nothing right, so every question is sampled for two rounds (hopeless after the second)."""
+@pytest.mark.parametrize("checkpoint", ["micro", "smollm2"])
+def test_a_vllm_teachers_engine_loads_once_for_every_round(checkpoint, ray_local, tiny_student_path, request,
+                                                          tmp_path):
+    """issue: one engine start per teacher per job, whatever the rounds; on the random micro checkpoint and the
+    real pretrained one (SmolLM2-135M-Instruct, a BPE tokenizer and chat template). Neither answers right in 8
+    tokens (no `\\boxed{}` answer), so every question is sampled for two rounds (hopeless after the second)."""
     from ray_distill.generation.hosts import POOL
 
+    model = tiny_student_path if checkpoint == "micro" else request.getfixturevalue("smollm2_path")
     cfg = config_from_dict({
         "storage": str(tmp_path), "questions": {"synthetic": {"num_questions": 8}},
-        "teachers": [{"name": "random-micro",
-                      "engine": {"kind": "vllm", "model": tiny_student_path, "max_model_len": 256},
+        "teachers": [{"name": f"vllm-{checkpoint}",
+                      "engine": {"kind": "vllm", "model": model, "max_model_len": 256},
                       "sampling": {"temperature": 1.0, "max_tokens": 8}}],
         "selection": {"samples_per_question": 6, "keep_per_question": 2, "adaptive": {"enabled": True}},
     })
     questions = make_questions("arith", 8, 1, 3, seed=7)
-    before = POOL.engine_loads["random-micro"]
+    before = POOL.engine_loads[f"vllm-{checkpoint}"]
     graded, stopped, rec = run_adaptive(cfg, GenerationStore(str(tmp_path / "generations")), questions,
                                         tiny_student_path, tmp_path / "work")
     assert rec.notes["rounds"] == 2 and rec.notes["stop_hopeless"] == 8
     assert graded.groupby(C.QUESTION_ID).size().tolist() == [6] * 8  # the floor (4), then P (2) more
-    assert POOL.engine_loads["random-micro"] - before == 1
+    assert POOL.engine_loads[f"vllm-{checkpoint}"] - before == 1
     assert len(stopped) == 8 and rec.teacher_tokens > 0
