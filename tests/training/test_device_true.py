@@ -144,18 +144,21 @@ def test_the_loop_hands_only_device_tensors_to_collectives(process_group, tiny_s
     from ray_distill.training.checkpoint import LoopState, save_checkpoint
     from ray_distill.training.loop import EpochRunner, build_optimizer, epoch_plan, global_sum, work_by_node
     from ray_distill.training.shard import build_student
-    from ray_distill.training.sft import encode_rows
+    from ray_distill.models import load_tokenizer
+    from ray_distill.training.data import encode_example, supervised_count
 
     cfg = TrainConfig(num_workers=1, batch_size=8, grad_accum_steps=2, max_seq_len=64, strategy=strategy,
                       precision="bf16" if strategy == "fsdp" or param_dtype == "bf16" else "fp32",
                       param_dtype=param_dtype, lr=3e-3)
-    examples, _ = encode_rows(base_corpus(16, seed=2), tiny_student_path, cfg.max_seq_len)
+    tokenizer = load_tokenizer(tiny_student_path)
+    examples = [encode_example(tokenizer, r["messages"], cfg.max_seq_len) for r in base_corpus(16, seed=2)]
     model, _ = build_student(tiny_student_path, cfg, rank=0, world=1, device=CPU)
     if strategy == "ddp":
         model = DistributedDataParallel(model)
     optimizer, scheduler = build_optimizer(model, cfg, total_steps=2)
-    runner = EpochRunner(model, optimizer, scheduler, cfg, examples, rank=0, world=1, pad_id=0,
-                         tracker=NullTracker(), device=CPU, log_every=1)
+    runner = EpochRunner(model, optimizer, scheduler, cfg, [len(e["input_ids"]) for e in examples],
+                         [supervised_count(e) for e in examples], rank=0, world=1, pad_id=0, tracker=NullTracker(),
+                         device=CPU, log_every=1, examples=dict(enumerate(examples)))
     state = LoopState()
     with device_true(CPU):
         for _ in runner.steps(epoch_plan([len(e["input_ids"]) for e in examples], cfg, 1, 0), state):

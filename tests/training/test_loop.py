@@ -93,6 +93,7 @@ def test_grad_accumulation_gives_the_same_update(micro, packing):
     from ray_distill.config import TrainConfig
     from ray_distill.tracking import NullTracker
     from ray_distill.training.loop import EpochRunner, build_optimizer
+    from ray_distill.training.data import supervised_count
 
     tok, examples = micro
     grads, losses = [], []
@@ -101,8 +102,9 @@ def test_grad_accumulation_gives_the_same_update(micro, packing):
                           max_seq_len=128, warmup_ratio=0.0)
         model = fresh_model(tok)
         optimizer, scheduler = build_optimizer(model, cfg, total_steps=10)
-        runner = EpochRunner(model, optimizer, scheduler, cfg, examples, rank=0, world=1, pad_id=0,
-                             tracker=NullTracker())
+        runner = EpochRunner(model, optimizer, scheduler, cfg, [len(e["input_ids"]) for e in examples],
+                             [supervised_count(e) for e in examples], rank=0, world=1, pad_id=0,
+                             tracker=NullTracker(), examples=dict(enumerate(examples)))
         loss_sum, sup, _ = runner.step(list(range(16)))
         assert sup > 0 and loss_sum > 0
         losses.append(loss_sum)

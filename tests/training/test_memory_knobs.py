@@ -58,7 +58,7 @@ def test_packed_rows_go_as_one_row_only_for_the_resolved_flash_kernel():
 
     def runner(attn: str, packing: bool = True) -> EpochRunner:
         cfg = TrainConfig(num_workers=1, batch_size=2, packing=packing, attn_implementation=attn)
-        return EpochRunner(torch.nn.Linear(1, 1), None, None, cfg, [], 0, 1, 0, NullTracker())
+        return EpochRunner(torch.nn.Linear(1, 1), None, None, cfg, [], [], 0, 1, 0, NullTracker())
 
     assert not runner("auto").one_row  # auto on the CPU: sdpa, padded rows
     assert runner("flash_attention_2").one_row and not runner("flash_attention_2", packing=False).one_row
@@ -123,19 +123,22 @@ def _rank(rank: int, port: int, student: str, out: str) -> None:
     from ray_distill.tracking import NullTracker
     from ray_distill.training.loop import EpochRunner, build_optimizer, epoch_plan, global_sum
     from ray_distill.training.shard import build_student
-    from ray_distill.training.sft import encode_rows
+    from ray_distill.models import load_tokenizer
+    from ray_distill.training.data import encode_example, supervised_count
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     cpu = torch.device("cpu")
-    examples, _ = encode_rows(base_corpus(32, seed=3), student, FSDP["max_seq_len"])
-    lengths = [len(e["input_ids"]) for e in examples]
+    tokenizer = load_tokenizer(student)
+    examples = [encode_example(tokenizer, r["messages"], FSDP["max_seq_len"]) for r in base_corpus(32, seed=3)]
+    lengths, supervised = [len(e["input_ids"]) for e in examples], [supervised_count(e) for e in examples]
     for name, overrides in VARIANTS.items():
         cfg = TrainConfig(**FSDP, **overrides)
         torch.manual_seed(cfg.seed)
         model, _ = build_student(student, cfg, rank, 2, cpu)
         optimizer, scheduler = build_optimizer(model, cfg, total_steps=8)
-        runner = EpochRunner(model, optimizer, scheduler, cfg, examples, rank, 2, 0, NullTracker(), cpu)
+        runner = EpochRunner(model, optimizer, scheduler, cfg, lengths, supervised, rank, 2, 0, NullTracker(), cpu,
+                             examples=dict(enumerate(examples)))
         losses = []
         for epoch in range(2):
             for batch in epoch_plan(lengths, cfg, 2, epoch):
