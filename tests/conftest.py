@@ -74,13 +74,14 @@ def smollm2_path(smollm2_storage) -> str:
     return build_preset("smollm2-135m", smollm2_storage)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def two_node_cluster():
     """cluster/local_cluster.sh start … stop: a head and a worker node (2 CPUs each; the worker node has the
-    {"worker": 1} resource) and an mlflow server, torn down at the session's end. Its tests are all in
-    tests/test_submit.py, so one pytest-xdist worker starts it (its own ports and temp dirs: the other worker's
-    tests, and their ``ray.init()``, never see it): ``cluster.env``'s settings, plus ``dir`` (its state dir) and
-    ``env`` (the client environment: this environment, the venv's bin first, cluster.env)."""
+    {"worker": 1} resource) and an mlflow server, torn down when the module's tests are done (an idle cluster
+    still takes CPU). Its tests are all in tests/test_submit.py, so it starts once, on one pytest-xdist worker (its
+    own ports and temp dirs: the other worker's tests, and their ``ray.init()``, never see it): ``cluster.env``'s
+    settings, plus ``dir`` (its state dir) and ``env`` (the client environment: this environment, the venv's bin
+    first, cluster.env)."""
     state = tempfile.mkdtemp(prefix="rdt-", dir="/tmp")  # short: Ray's unix socket paths live under it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_TOKEN"))}
     env.update(RD_CLUSTER_DIR=state, RD_PYTHON=sys.executable, RD_HEAD_CPUS="2", RD_WORKER_CPUS="2")

@@ -6,7 +6,7 @@ own ports and temp dirs, MLFLOW_TRACKING_URI and RAY_DISTILL_STORAGE in the node
 CLI, the client environment of cluster.env; the only substitution is the README's placeholder
 http://HEAD:8265); the run trees are read back from the MLflow server over HTTP. A relative `storage` with no
 storage root stops a job at once, and a bad config is refused before anything reaches the cluster. Ray Train
-runs one worker on each node. Every test of that cluster is in this file: it is a session fixture
+runs one worker on each node. Every test of that cluster is in this file: it is a module fixture
 (tests/conftest.py), and a file runs on one pytest-xdist worker, so one cluster starts per test run.
 
 The fast tests at the top check the submission itself (entrypoint, runtime env, secrets by name) and that

@@ -6,7 +6,7 @@
   run (tolerance 1e-4, relative: the resume is exact up to float summation order). FSDP's resume from
   its shards is in ``test_strategies``.
 - Multi-node training (two 2-CPU workers, one per node of a two-node cluster) is in ``tests/test_submit.py``,
-  beside the other tests of that cluster (one session fixture, so one pytest-xdist worker starts it).
+  beside the other tests of that cluster (one module fixture, so one pytest-xdist worker starts it).
 """
 
 from __future__ import annotations
