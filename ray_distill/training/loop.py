@@ -217,6 +217,7 @@ def train_job(config: dict, cfg: TrainConfig, j: int, rank: int, world: int, che
     every = cfg.checkpoint_every_steps
     for epoch in range(state.epoch, cfg.epochs):
         plan = epoch_plan(lengths, cfg, world, epoch)
+        run.examples = {}  # the last epoch's share goes before this one's is read
         run.examples = read_examples(shard, rank_share(plan[state.epoch_step :], rank, world))
         run.held_rows = max(run.held_rows, len(run.examples))
         for _ in run.steps(plan[state.epoch_step :], state):
@@ -305,7 +306,7 @@ def read_examples(shard, wanted: set[int]) -> dict[int, dict]:
 
 
 def held_rows(local: int) -> dict:
-    """The most examples any worker held at once (one epoch's share; the corpus has ``rows``)."""
+    """Per rank, the most examples it held at once (its share of one epoch), and their maximum."""
     every = [local]
     if dist.is_available() and dist.is_initialized():
         every = [None] * dist.get_world_size()

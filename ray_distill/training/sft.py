@@ -173,7 +173,7 @@ def train_sft_many(
         # every worker sees the whole (materialized) dataset and reads its share of each epoch's batches
         datasets={dataset_name(j): c.dataset for j, c in enumerate(tokenized)},
         dataset_config=DataConfig(datasets_to_split=[]),
-    scaling_config=ScalingConfig(
+        scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=worker_resources(cfg)
         ),
         torch_config=TorchConfig(backend=process_group_backend(cfg)),
