@@ -49,7 +49,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray_distill.columns import MESSAGES
 from ray_distill.config import TrainConfig
 from ray_distill.training.data import encode_example, preflight, supervised_count
-from ray_distill.data.fs import absolute, is_local
+from ray_distill.data.fs import absolute, is_local, signature
 from ray_distill.models import load_tokenizer
 from ray_distill.training.checkpoint import storage_url
 from ray_distill.training.loop import job_metrics_url, train_loop_per_worker
@@ -244,7 +244,8 @@ def tokenize_rows(rows: list[dict], base_model: str, max_seq_len: int,
     blocks = [frame.iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(frame), ROWS_PER_BLOCK)]
     dataset = ray.data.from_pandas(blocks).map_batches(
         encode_batch, batch_format="pandas", batch_size=None,
-        fn_kwargs={"base_model": base_model, "max_seq_len": max_seq_len, "chat_template": chat_template},
+        fn_kwargs={"base_model": base_model, "max_seq_len": max_seq_len, "chat_template": chat_template,
+                   "stamp": signature(base_model)},
     ).materialize()
     small = dataset.select_columns(["index", "length", "supervised", "truncated", "digest"]).to_pandas()
     small = small.sort_values("index", kind="stable").reset_index(drop=True)
@@ -270,14 +271,19 @@ def tokenize_rows(rows: list[dict], base_model: str, max_seq_len: int,
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(base_model: str, chat_template: str | None):
-    return load_tokenizer(base_model, chat_template)  # once per Ray worker process (~4 s: transformers' import)
+def _tokenizer(base_model: str, chat_template: str | None, stamp: tuple):
+    # once per Ray worker process (~4 s: transformers' import), which a local cluster keeps between launches
+    # (runtime.LOCAL_CLUSTER_ENV); ``stamp`` (the files' sizes and mtimes) tells a model saved again at the same
+    # path from the one cached
+    return load_tokenizer(base_model, chat_template)
 
 
-def encode_batch(batch: pd.DataFrame, base_model: str, max_seq_len: int, chat_template: str | None) -> pd.DataFrame:
+def encode_batch(batch: pd.DataFrame, base_model: str, max_seq_len: int, chat_template: str | None,
+                 stamp: tuple = ()) -> pd.DataFrame:
     """Ray Data batch function of :func:`tokenize_rows`: ``index``, ``messages`` (JSON) -> ``index``,
-    ``input_ids``, ``labels`` (int32 arrays) and the per-row ``length``, ``supervised``, ``truncated``, ``digest``."""
-    tokenizer = _tokenizer(base_model, chat_template)
+    ``input_ids``, ``labels`` (int32 arrays) and the per-row ``length``, ``supervised``, ``truncated``, ``digest``;
+    ``stamp``: ``data.fs.signature(base_model)``."""
+    tokenizer = _tokenizer(base_model, chat_template, stamp)
     examples = [encode_example(tokenizer, json.loads(m), max_seq_len) for m in batch["messages"]]
     return pd.DataFrame({
         "index": batch["index"].to_numpy(),
