@@ -27,10 +27,10 @@ WORKER_ENV = {
 # - One machine: nothing drains or preempts its node. Ray Train's preemption watcher is an actor per launch
 #   polling the nodes' drain state (~1 s and a process per launch on 2 CPUs: 20.2 vs 19.3 s, an empty two-worker
 #   launch, three each).
-# - Ray kills a task worker idle for 1 s once the node runs more processes than CPUs, which it always does while
-#   Ray Train's workers and engine hosts live: the next Ray Data task pays a fresh interpreter and its imports
-#   again (tokenizing a training corpus: ~5 s of transformers' import per launch on 2 CPUs). Kept 5 minutes, the
-#   second and later launches of a process tokenized in 0.2 s: 20.6 -> 13.2 s a launch (benchmarks/launches.py).
+# - Ray kills task workers idle for 1 s while the node runs more worker processes than its soft limit (its CPUs),
+#   as it does around a Ray Train launch: the next launch's Ray Data tokenization then paid a fresh interpreter and
+#   transformers' import again (5.5 s before each launch's fit on 2 CPUs). Idle workers kept 5 minutes, the second
+#   and later launches of a driver tokenized in 0.2 s: 20.6 -> 13.2 s a launch (benchmarks/launches.py).
 LOCAL_CLUSTER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_idle_worker_killing_time_threshold_ms": "300000"}
 
 
