@@ -24,7 +24,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # finished) waits up to that long: an empty two-worker launch took 13.7 s here, 9.5-11.5 s at 0.2 s. The suite
 # starts ~50 launches; the same code path, polled more often (inherited by the CLI jobs the tests start).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-# The local clusters' settings of ray_distill.runtime (no preemption watcher) for the clusters tests start too.
+# The local clusters' settings of ray_distill.runtime (no preemption watcher; idle task workers kept 5 minutes),
+# for the clusters the tests start too.
 for _name, _value in LOCAL_CLUSTER_ENV.items():
     os.environ.setdefault(_name, _value)
 # The CLI's tables at a known width, whether pytest runs in a terminal, under CI or in an xdist worker (Rich
