@@ -88,4 +88,8 @@ def test_two_engine_actors_of_a_teacher_share_one_rate(ray_local, openai_stub):
     arrivals = sorted(t0 for t0, _ in server.times)
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert len(arrivals) == 6 and arrivals[-1] - arrivals[0] >= 1.7, gaps
-    assert all(g >= 0.4 for g in gaps[1:]), gaps  # after the burst of 2: one every 0.5 s
+    # after the burst of 2, one slot every 0.5 s: the k-th request (k >= 2) cannot reach the server before its
+    # slot, though a loaded host may deliver any of them late; so each arrival is checked against its slot
+    # (with 0.15 s for the first arrival's own delay), not each gap (a late one shortens the gap after it).
+    # With a limiter per actor the 3rd-6th would arrive at ~0, ~0, ~0.5, ~0.5 s.
+    assert all(arrivals[k] - arrivals[0] >= 0.5 * (k - 1) - 0.15 for k in range(2, 6)), gaps
