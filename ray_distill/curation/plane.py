@@ -131,7 +131,7 @@ def generate_missing(store: GenerationStore, questions_url, teacher: TeacherConf
         return counters
     logger.info("generating %d missing samples for teacher %s", missing, teacher.name)
     blocks = max(1, math.ceil(missing / teacher.resources.batch_size))  # work for every engine actor
-    todo = ray.data.read_parquet(todo_url).repartition(blocks).materialize()  # read before the hosts start
+    todo = read_parquet(todo_url).repartition(blocks).materialize()  # read before the hosts start
     with generation(todo, teacher) as gen:
         gen = gen.map_batches(
             _persist, fn_kwargs={"root": store.root, "teacher": teacher.name}, batch_format="pandas", batch_size=None)
@@ -206,7 +206,7 @@ def _grade_into(requests: ray.data.Dataset, store: GenerationStore, teacher: Tea
         # The judge reads the graded rows back in a plan of its own: its actors and the grader's in one plan
         # can hold every CPU of a small cluster while the plan's read/write tasks wait for one (a hang).
         written.materialize()
-        written = judge_dataset(ray.data.read_parquet(out_url), grading.judge, store.root).map_batches(
+        written = judge_dataset(read_parquet(out_url), grading.judge, store.root).map_batches(
             _write_buckets, fn_kwargs={"url": graded_url, "buckets": buckets}, batch_format="pandas", batch_size=None,
             num_cpus=0)
     return written.take_all()
@@ -238,7 +238,7 @@ def curate_adaptive(store: GenerationStore, questions_url: str, teacher: Teacher
     ``after_generate(counters)`` sees what each round generated."""
     fs, path = fresh(questions_url)
     ids = list(dict.fromkeys(pd.read_parquet(path, columns=[C.QUESTION_ID], filesystem=fs)[C.QUESTION_ID].astype(str)))
-    questions = ray.data.read_parquet(questions_url).materialize()  # before any engine host holds a CPU
+    questions = read_parquet(questions_url).materialize()  # before any engine host holds a CPU
     buckets = num_buckets(len(ids) * plan.max_samples)
     graded_url = join(work_url, "graded")
     _clear(graded_url)
@@ -386,6 +386,21 @@ def bucket_dirs(graded_url: str) -> list[str]:
     return [join(graded_url, n) for n in names if n.startswith(f"{BUCKET}=")]
 
 
+def read_parquet(url: str) -> ray.data.Dataset:
+    """``ray.data.read_parquet(url)`` through Ray Data's first parquet datasource (``DataContext.use_datasource_v2``
+    off for this read). The one Ray reads parquet with by default since 2.5x (V2) starts a pool of footer-reading
+    actors for every read, a worker process each (up to 32, ``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS``), to index
+    row groups of large data sets; the plane reads its own small files (questions, a stage's samples) several
+    times a job: 4 reads of a 3-file directory took 16.5 s and 33 CPU-s on a 3-CPU local cluster, 0.8 s and
+    1.4 CPU-s this way (``python benchmarks/parquet_reads.py``)."""
+    ctx = ray.data.DataContext.get_current()
+    before, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(url)  # the dataset keeps a copy of the context it was made with
+    finally:
+        ctx.use_datasource_v2 = before
+
+
 def read_parquet_dir(url: str, columns: list[str] | None = None) -> pd.DataFrame:
     """Every complete part file under ``url``, listed fresh (temp names of unfinished writes are skipped)."""
     fs, path = fresh(url)
@@ -422,7 +437,7 @@ def _requests(questions, teacher: TeacherConfig, n) -> ray.data.Dataset:
     (reference to a) round of :func:`curate_adaptive` -- ``{"n": {question id: count}}`` and optionally
     ``"from"`` / ``"retry"`` -- the samples of the round's questions below their counts, and of those only
     the ones from ``from[q]`` on plus the indices in ``retry[q]``."""
-    ds = questions if isinstance(questions, ray.data.Dataset) else ray.data.read_parquet(questions)
+    ds = questions if isinstance(questions, ray.data.Dataset) else read_parquet(questions)
     return ds.map_batches(_request_rows, fn_kwargs={"teacher": teacher, "n": n}, batch_format="pandas", num_cpus=0)
 
 
