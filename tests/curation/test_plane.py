@@ -142,3 +142,21 @@ def test_curate_streams_into_the_store_buckets_and_selection(ray_local, tmp_path
     assert (more.counters["generated"], more.counters["cached"], more.counters["requested"]) == (40, 160, 200)
     assert more.counters["cached_completion_tokens"] == c["completion_tokens"]
     assert more.selected_url is None and len(more.read_graded()) == 200
+
+
+def test_read_parquet_reads_every_part_and_leaves_ray_datas_default_as_it_was(ray_local, tmp_path):
+    """The plane's reads of its own small files (``plane.read_parquet``: Ray Data's first parquet datasource, no
+    footer-reading actor pool per read) give every row of every part; the process's DataContext keeps the
+    datasource it had, after a read and after a read that failed."""
+    import ray.data
+
+    for i in range(3):
+        pd.DataFrame({C.QUESTION_ID: [f"q{i}-{j}" for j in range(5)]}).to_parquet(tmp_path / f"part-{i}.parquet")
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.use_datasource_v2
+    rows = plane.read_parquet(str(tmp_path)).take_all()
+    assert sorted(r[C.QUESTION_ID] for r in rows) == sorted(f"q{i}-{j}" for i in range(3) for j in range(5))
+    assert ctx.use_datasource_v2 == before
+    with pytest.raises(Exception):
+        plane.read_parquet(str(tmp_path / "missing")).materialize()
+    assert ctx.use_datasource_v2 == before
