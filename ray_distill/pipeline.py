@@ -152,8 +152,9 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
                 rec.teacher_tokens += made["completion_tokens"]
                 rec.notes.update({k: made[k] for k in ("generated", "failed")})
     if until == "generate":
-        extra = {"store": store.root} if cfg.selection.adaptive.enabled else {"store": store.root,
-                                                                              "questions": questions_url}
+        extra = {"store": store.root}
+        if not cfg.selection.adaptive.enabled:
+            extra["questions"] = questions_url
         return _partial(cfg, tracker, runner, rows, ranking, best, "generate", extra=extra)
     if not cfg.selection.adaptive.enabled:
         stopped = []
