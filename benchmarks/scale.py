@@ -13,18 +13,23 @@ graded and selected (farthest-P, P=2):
   one selection task per bucket. The driver sees counters.
 - ``driver``: the path before it: ``GenerationStore.get_or_generate`` returns every sample to the driver,
   grading is ``from_pandas → map_batches → to_pandas``, selection the same.
-- ``adaptive``: adaptive sampling (P=2, M=``--adaptive-m``, default 8: rounds of 4, 6, 8 samples) on the plane
-  (``plane.curate_adaptive``, what a job with ``selection.adaptive.enabled`` does): each round generates and
-  grades on storage, the driver holds three counters per question; then the same selection.
+- ``adaptive``: adaptive sampling (P=2, M=``--adaptive-m``, default 8: rounds of 4, 6, 8 samples) with no wave
+  (``adaptive_stream.curate_adaptive_stream``, what a job with ``selection.adaptive.enabled`` does): each question's
+  next round starts when its own round is graded; rows go from task to actor as Ray objects and into the buckets on
+  storage, the driver holds counters per question; then the same selection.
+- ``waves``: the same rounds as plans on storage, each round waiting for its slowest sample
+  (``plane.curate_adaptive``, what a job with the LLM judge does).
 
 ``--engine-starts`` instead runs adaptive sampling with a vLLM teacher (a random ``micro`` checkpoint on CPU, so
 every question is sampled until it is hopeless: two rounds) inside one ``keep_engines`` block and prints the
 rounds and the engines built for the teacher (goal: 1, whatever the rounds).
 
 Measured 2026-12-06 (2-core CPU), ``--sizes 1 30 --questions 100``, the three paths in one run: driver peak RSS
-30x/1x plane 1.08 (299.6 -> 324.9 MB), driver 1.79 (306.9 -> 549.7 MB), adaptive 1.09 (303.1 -> 331.4 MB; 410 and
-12,126 graded samples in 2 rounds; goal <= 1.2); rows/s 30x/1x 8.58, 6.92, 11.61. ``--engine-starts --questions
-16``: 2 rounds, 96 samples, 1 engine start for the teacher.
+30x/1x plane 1.08 (299.6 -> 324.9 MB), driver 1.79 (306.9 -> 549.7 MB), adaptive (then in waves) 1.09; rows/s
+30x/1x 8.58, 6.92, 11.61. 2026-12-07, ``--sizes 1 30 --questions 100 --paths adaptive waves``: driver peak RSS 30x/1x
+1.05 with no waves (284.4 -> 299.9 MB) and 1.09 in waves (300.5 -> 327.1 MB; goal <= 1.2); both 410 and 12,126
+graded samples in 2 rounds, 200 and 6,000 selected; wall 5.5 s vs 26.4 s at 1x, 20.0 s vs 54.1 s at 30x.
+``--engine-starts --questions 16`` (no waves): 2 rounds, 96 samples, 1 engine start for the teacher.
 
 Printed per run: rows, wall time per step, rows/s, and the driver's peak RSS (``ru_maxrss`` of the driver
 process only: Ray's workers are other processes) and its peak over the RSS after start-up. Then, per
@@ -82,13 +87,16 @@ def one(path: str, questions: int, m: int, cpus: int, adaptive_m: int = 8) -> di
         sel = plane.select_buckets(out.graded_url, os.path.join(tmp, "work", "selected"), plane.Selection(2, 0, None),
                                    os.path.join(tmp, "rejects"))
         n_rows, n_selected = out.counters["requested"], sel["rows"]
-    elif path == "adaptive":
+    elif path in ("adaptive", "waves"):
         from ray_distill.curation.adaptive import SamplingPlan
 
         url = plane.write_questions(rows, os.path.join(tmp, "work", "questions.parquet"))
         del rows
-        out = plane.curate_adaptive(store, url, teacher, SamplingPlan(target=2, max_samples=adaptive_m),
-                                    os.path.join(tmp, "work"), plane.Grading(8192, True, None))
+        from ray_distill.curation.adaptive_stream import curate_adaptive_stream
+
+        curate = curate_adaptive_stream if path == "adaptive" else plane.curate_adaptive
+        out = curate(store, url, teacher, SamplingPlan(target=2, max_samples=adaptive_m), os.path.join(tmp, "work"),
+                     plane.Grading(8192, True, None))
         wall["generate"], wall["grade"] = time.perf_counter() - t0, 0.0  # rounds of both
         sel = plane.select_buckets(out.graded_url, os.path.join(tmp, "work", "selected"), plane.Selection(2, 0, None),
                                    os.path.join(tmp, "rejects"))
@@ -118,6 +126,7 @@ def engine_starts(questions: int, adaptive_m: int, cpus: int) -> dict:
     from ray_distill.config import EngineConfig, ResourcesConfig, SamplingConfig, TeacherConfig
     from ray_distill.curation import plane
     from ray_distill.curation.adaptive import SamplingPlan
+    from ray_distill.curation.adaptive_stream import curate_adaptive_stream
     from ray_distill.generation import hosts
     from ray_distill.generation.store import GenerationStore
     from ray_distill.synthetic.student import save_random_student
@@ -133,9 +142,9 @@ def engine_starts(questions: int, adaptive_m: int, cpus: int) -> dict:
     url = plane.write_questions(make_questions("arith", questions, 1, 3, seed=1),
                                 os.path.join(tmp, "questions.parquet"))
     with hosts.keep_engines():
-        out = plane.curate_adaptive(GenerationStore(os.path.join(tmp, "generations")), url, teacher,
-                                    SamplingPlan(target=2, max_samples=adaptive_m), os.path.join(tmp, "work"),
-                                    plane.Grading(16, True, None))
+        out = curate_adaptive_stream(GenerationStore(os.path.join(tmp, "generations")), url, teacher,
+                                     SamplingPlan(target=2, max_samples=adaptive_m), os.path.join(tmp, "work"),
+                                     plane.Grading(16, True, None))
     starts = hosts.POOL.engine_loads[teacher.name]
     ray.shutdown()
     return {"rounds": out.rounds, "engine_starts": starts, "rows": out.counters["rows"]}
@@ -147,7 +156,7 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=4, help="samples per question")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 30])
     ap.add_argument("--paths", nargs="+", default=["plane", "driver", "adaptive"],
-                    choices=["plane", "driver", "adaptive"])
+                    choices=["plane", "driver", "adaptive", "waves"])
     ap.add_argument("--adaptive-m", type=int, default=8, help="M of the adaptive path")
     ap.add_argument("--engine-starts", action="store_true", help="count a vLLM teacher's engine starts over rounds")
     ap.add_argument("--cpus", type=int, default=2)

@@ -137,22 +137,29 @@ def status_from_stats(stats: pd.DataFrame, active: list[str], round_index: int, 
     distinct, tokens, sampled = stats[DISTINCT], stats[TOKENS], stats[SAMPLED]
     out: dict[str, str] = {}
     for qid in active:
-        have = int(distinct.get(qid, 0))
         before = int(previous_distinct.get(qid, 0)) if previous_distinct is not None else 0
         added = int(sampled.get(qid, 0)) - (int(previous_sampled.get(qid, 0)) if previous_sampled is not None else 0)
-        if have >= plan.enough and int(sampled.get(qid, 0)) >= plan.floor:
-            out[qid] = ENOUGH
-        elif have == 0 and plan.hopeless_after_rounds is not None and round_index >= plan.hopeless_after_rounds:
-            out[qid] = HOPELESS
-        elif int(sampled.get(qid, 0)) >= plan.max_samples:
-            out[qid] = EXHAUSTED
-        elif plan.max_tokens_per_question is not None and int(tokens.get(qid, 0)) >= plan.max_tokens_per_question:
-            out[qid] = TOKEN_CAP
-        elif plan.stop_when_saturated and round_index > 1 and 0 < have == before and added >= plan.step:
-            out[qid] = SATURATED
-        else:
-            out[qid] = CONTINUE
+        out[qid] = question_status(int(distinct.get(qid, 0)), int(sampled.get(qid, 0)), int(tokens.get(qid, 0)),
+                                   before, added, round_index, plan)
     return out
+
+
+def question_status(have: int, sampled: int, tokens: int, before: int, added: int, round_index: int,
+                    plan: SamplingPlan) -> str:
+    """One question's decision after its round ``round_index``: ``have`` distinct correct trajectories among
+    ``sampled`` samples of ``tokens`` completion tokens; ``before`` distinct correct ones and ``added`` samples
+    more than after its previous round (the saturation rule)."""
+    if have >= plan.enough and sampled >= plan.floor:
+        return ENOUGH
+    if have == 0 and plan.hopeless_after_rounds is not None and round_index >= plan.hopeless_after_rounds:
+        return HOPELESS
+    if sampled >= plan.max_samples:
+        return EXHAUSTED
+    if plan.max_tokens_per_question is not None and tokens >= plan.max_tokens_per_question:
+        return TOKEN_CAP
+    if plan.stop_when_saturated and round_index > 1 and 0 < have == before and added >= plan.step:
+        return SATURATED
+    return CONTINUE
 
 
 def latest_samples(graded: pd.DataFrame) -> pd.DataFrame:

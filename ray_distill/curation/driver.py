@@ -21,6 +21,7 @@ from ray_distill.curation.adapters import GradeBatch, select_dataset, token_coun
 from ray_distill.curation.adaptive import ok_mask
 from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import judge_dataset
+from ray_distill.curation.adaptive_stream import curate_adaptive_stream
 from ray_distill.curation.plane import AdaptiveResult, Grading, curate_adaptive, grader_pool_size, write_questions
 from ray_distill.data.fs import join
 from ray_distill.generation.hosts import keep_engines
@@ -96,34 +97,37 @@ def select(cfg: JobConfig, graded: pd.DataFrame, base: str) -> pd.DataFrame:
 def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[dict], teacher: TeacherConfig,
                       base: str, probe_length: float | None, runner: StageRunner, t: Tracker, rec: StageRecord,
                       work_url: str) -> tuple[AdaptiveResult, list[dict]]:
-    """Sample ``questions`` in rounds and stop each one early (``curation.adaptive``) on the streaming plane
-    (:func:`ray_distill.curation.plane.curate_adaptive`: samples graded into ``<work_url>/graded``, the driver
-    holding three counters per question); returns the plane's result and the questions that stopped short of P
-    distinct correct samples (for the rejects file). The store keeps every sample, so a later, larger budget
-    continues where this one stopped. The job's token budget is checked before each round."""
+    """Sample ``questions`` in rounds and stop each one early (``curation.adaptive``), each question's next round
+    starting when its own round is graded (:func:`ray_distill.curation.adaptive_stream.curate_adaptive_stream`;
+    with the LLM judge, in waves: :func:`ray_distill.curation.plane.curate_adaptive`): samples graded into
+    ``<work_url>/graded``, the driver holding counters per question. Returns that result and the questions that
+    stopped short of P distinct correct samples (for the rejects file). The store keeps every sample, so a later,
+    larger budget continues where this one stopped. The job's token budget is asked before new samples are
+    generated, on the mean length so far (the probe's before that)."""
     plan = sampling_plan(cfg)
     budget = cfg.budget.max_teacher_tokens
     by_id = {str(q[C.QUESTION_ID]): q for q in questions}
     questions_url = write_questions(questions, join(work_url, "questions.parquet"))
 
-    def before_round(round_index: int, want: dict[str, int], stats: pd.DataFrame, mean_length: float | None) -> bool:
+    fallback: list[float | None] = []  # the expected length before any sample of this call is graded
+
+    def may_spend(new: int, mean_length: float | None) -> bool:
         if budget is None:
             return True
-        length = mean_length or probe_length or store.mean_completion_tokens(teacher) or teacher.sampling.max_tokens
-        est = (sum(want.values()) - store.count_cached([by_id[q] for q in want], teacher, want)) * length
-        if runner.totals()["teacher_tokens"] + rec.teacher_tokens + est <= budget:
-            return True
-        logger.warning("teacher token budget %d reached: %d questions stop after round %d",
-                       budget, len(want), round_index - 1)
-        return False
+        if mean_length is None and not fallback:
+            fallback.append(probe_length or store.mean_completion_tokens(teacher) or teacher.sampling.max_tokens)
+        length = mean_length or fallback[0]
+        return runner.totals()["teacher_tokens"] + rec.teacher_tokens + new * length <= budget
 
     def after_generate(made: dict[str, int]) -> None:
         rec.teacher_tokens += int(made.get("completion_tokens", 0))
         t.log_metrics({f"{teacher.name}/{k}": v for k, v in made.items()})
 
+    g = grading(cfg, base)
+    sample = curate_adaptive if g.judge is not None else curate_adaptive_stream  # the judge's plan: in waves
     with keep_engines():  # a vLLM teacher's engine loads once for all rounds (generation.hosts)
-        out = curate_adaptive(store, questions_url, teacher, plan, work_url, grading(cfg, base),
-                              before_round=before_round, after_generate=after_generate)
+        out = sample(store, questions_url, teacher, plan, work_url, g, may_spend=may_spend,
+                     after_generate=after_generate)
     if out.judge:
         rec.judge_calls += int(out.judge["judge/calls"])
         rec.judge_tokens += int(out.judge["judge/tokens"])

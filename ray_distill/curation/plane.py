@@ -114,11 +114,13 @@ def curate(store: GenerationStore, questions_url: str, teacher: TeacherConfig, n
 
 
 def generate_missing(store: GenerationStore, questions_url, teacher: TeacherConfig, n,
-                     work_url: str) -> dict[str, int]:
+                     work_url: str, may_spend=None) -> dict[str, int] | None:
     """Generate the samples ``0..n-1`` of the questions at ``questions_url`` (or a dataset of them; ``n``: see
     :func:`_requests`) that ``store`` lacks (stored failures are retried), persisted by the workers as they
     finish. The missing requests are written to ``<work_url>/todo`` first, so that no engine starts when
-    nothing is missing. Returns the counters of what this call generated (``generated``, ``failed``, ``prompt_tokens``, ``completion_tokens``)."""
+    nothing is missing. Returns the counters of what this call generated (``generated``, ``failed``, ``prompt_tokens``,
+    ``completion_tokens``), or None, generating nothing, when ``may_spend(missing)`` (the job's token budget) says no
+    to the missing samples."""
     counters = {"generated": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
     todo_url = join(work_url, "todo")
     _clear(todo_url)
@@ -129,6 +131,8 @@ def generate_missing(store: GenerationStore, questions_url, teacher: TeacherConf
     missing = parquet_rows(todo_url)
     if not missing:
         return counters
+    if may_spend is not None and not may_spend(missing):
+        return None
     logger.info("generating %d missing samples for teacher %s", missing, teacher.name)
     blocks = max(1, math.ceil(missing / teacher.resources.batch_size))  # work for every engine actor
     todo = read_parquet(todo_url).repartition(blocks).materialize()  # read before the hosts start
@@ -227,15 +231,17 @@ class AdaptiveResult:
 
 
 def curate_adaptive(store: GenerationStore, questions_url: str, teacher: TeacherConfig, plan: A.SamplingPlan,
-                    work_url: str, grading: Grading, before_round=None, after_generate=None) -> AdaptiveResult:
+                    work_url: str, grading: Grading, may_spend=None, after_generate=None) -> AdaptiveResult:
     """Adaptive sampling (:mod:`ray_distill.curation.adaptive`) of the questions at ``questions_url`` as rounds of
-    plans on storage: each round generates what its questions' sample counts add (:func:`generate_missing`,
+    plans on storage, every question's round waiting for the slowest sample of the wave (the LLM judge's path:
+    judged rows come back from a plan of their own; without a judge :mod:`.adaptive_stream` samples each question
+    on its own): each round generates what its questions' sample counts add (:func:`generate_missing`,
     the engines of one ``keep_engines`` block serve every round), grades the round's new samples and retried
     failures into the buckets under ``<work_url>/graded``, and one task per bucket returns each question's
     three counters (:func:`ray_distill.curation.adaptive.question_stats`) and its failed samples. The driver
-    holds those counters, never a sample. ``before_round(round_index, want, stats, mean_tokens)`` may stop the
-    sampling before a round (the job's token budget: every active question then stops as ``job_budget``);
-    ``after_generate(counters)`` sees what each round generated."""
+    holds those counters, never a sample. ``may_spend(new_samples, mean_tokens)`` may stop the sampling before a
+    round that would generate ``new_samples`` (the job's token budget: every active question then stops as
+    ``job_budget``); ``after_generate(counters)`` sees what each round generated."""
     fs, path = fresh(questions_url)
     ids = list(dict.fromkeys(pd.read_parquet(path, columns=[C.QUESTION_ID], filesystem=fs)[C.QUESTION_ID].astype(str)))
     questions = read_parquet(questions_url).materialize()  # before any engine host holds a CPU
@@ -252,10 +258,13 @@ def curate_adaptive(store: GenerationStore, questions_url: str, teacher: Teacher
     round_index = 0
     while want:
         round_index += 1
-        if before_round is not None and not before_round(round_index, want, report["stats"], report["mean_tokens"]):
+        spend = None if may_spend is None else (lambda k: may_spend(k, report["mean_tokens"]))
+        made = generate_missing(store, questions, teacher, ray.put({"n": want}), work_url, spend)
+        if made is None:
+            logger.warning("teacher token budget reached: %d questions stop after round %d", len(want),
+                           round_index - 1)
             final.update({q: A.JOB_BUDGET for q in want})
             break
-        made = generate_missing(store, questions, teacher, ray.put({"n": want}), work_url)
         made_total.update(made)
         if after_generate is not None:
             after_generate(made)
@@ -504,20 +513,27 @@ def _persist(batch: pd.DataFrame, root: str, teacher: str) -> pd.DataFrame:
 
 
 def _attach(batch: pd.DataFrame, index, root: str, teacher: str) -> pd.DataFrame:
-    """Request rows joined with their stored samples, read from the part files their keys are in.
-    Question columns come from the request (a stored sample may have been made for the same prompt
-    under another question id)."""
-    store, index = GenerationStore(root), _resolve(index)
+    """Request rows joined with their stored samples, read from the part files their keys are in."""
+    return merge_samples(batch, stored_samples(set(batch[KEY]), _resolve(index), GenerationStore(root), teacher))
+
+
+def stored_samples(keys: set[str], index: dict, store: GenerationStore, teacher: str) -> pd.DataFrame:
+    """The stored samples of ``keys`` (one row per key), read from the part files ``index`` puts them in."""
     by_part: dict[str, list[str]] = {}
-    for k in set(batch[KEY]):
+    for k in keys:
         if k not in index:
             raise RuntimeError(f"sample {k} of teacher {teacher} is neither stored nor failed")
         by_part.setdefault(index[k][0], []).append(k)
     found = [pq.read_table(p, filesystem=store.fs, columns=_SAMPLE_COLUMNS, filters=[(KEY, "in", sorted(ks))]).to_pandas()
              for p, ks in sorted(by_part.items())]
-    found_df = pd.concat(found, ignore_index=True).drop_duplicates(KEY)
+    return pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=_SAMPLE_COLUMNS)
+
+
+def merge_samples(batch: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """Request rows with their samples (``_SAMPLE_COLUMNS`` by key) as stored rows. Question columns come from the
+    request (a stored sample may have been made for the same prompt under another question id)."""
     out = batch.drop(columns=[c for c in _SAMPLE_COLUMNS if c != KEY and c in batch.columns]).merge(
-        found_df, on=KEY, how="left", validate="many_to_one")
+        samples[_SAMPLE_COLUMNS].drop_duplicates(KEY), on=KEY, how="left", validate="many_to_one")
     return out[STORED_COLUMNS].astype({C.SEED: "int64", C.NUM_TOKENS: "int64", C.PROMPT_TOKENS: "int64"})
 
 
