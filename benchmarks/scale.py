@@ -17,8 +17,6 @@ graded and selected (farthest-P, P=2):
   (``adaptive_stream.curate_adaptive_stream``, what a job with ``selection.adaptive.enabled`` does): each question's
   next round starts when its own round is graded; rows go from task to actor as Ray objects and into the buckets on
   storage, the driver holds counters per question; then the same selection.
-- ``waves``: the same rounds as plans on storage, each round waiting for its slowest sample
-  (``plane.curate_adaptive``, what a job with the LLM judge does).
 
 ``--engine-starts`` instead runs adaptive sampling with a vLLM teacher (a random ``micro`` checkpoint on CPU, so
 every question is sampled until it is hopeless: two rounds) inside one ``keep_engines`` block and prints the
@@ -26,9 +24,10 @@ rounds and the engines built for the teacher (goal: 1, whatever the rounds).
 
 Measured 2026-12-06 (2-core CPU), ``--sizes 1 30 --questions 100``, the three paths in one run: driver peak RSS
 30x/1x plane 1.08 (299.6 -> 324.9 MB), driver 1.79 (306.9 -> 549.7 MB), adaptive (then in waves) 1.09; rows/s
-30x/1x 8.58, 6.92, 11.61. 2026-12-07, ``--sizes 1 30 --questions 100 --paths adaptive waves``: driver peak RSS 30x/1x
-1.05 with no waves (284.4 -> 299.9 MB) and 1.09 in waves (300.5 -> 327.1 MB; goal <= 1.2); both 410 and 12,126
-graded samples in 2 rounds, 200 and 6,000 selected; wall 5.5 s vs 26.4 s at 1x, 20.0 s vs 54.1 s at 30x.
+30x/1x 8.58, 6.92, 11.61. 2026-12-07, ``--sizes 1 30 --questions 100 --paths adaptive`` with no waves, and in the
+same run the rounds as waves of plans (the path this replaced, then ``plane.curate_adaptive``): driver peak RSS
+30x/1x 1.05 with no waves (284.4 -> 299.9 MB) vs 1.09 in waves (300.5 -> 327.1 MB; goal <= 1.2); both 410 and
+12,126 graded samples in 2 rounds, 200 and 6,000 selected; wall 5.5 s vs 26.4 s at 1x, 20.0 s vs 54.1 s at 30x.
 ``--engine-starts --questions 16`` (no waves): 2 rounds, 96 samples, 1 engine start for the teacher.
 
 Printed per run: rows, wall time per step, rows/s, and the driver's peak RSS (``ru_maxrss`` of the driver
@@ -87,16 +86,15 @@ def one(path: str, questions: int, m: int, cpus: int, adaptive_m: int = 8) -> di
         sel = plane.select_buckets(out.graded_url, os.path.join(tmp, "work", "selected"), plane.Selection(2, 0, None),
                                    os.path.join(tmp, "rejects"))
         n_rows, n_selected = out.counters["requested"], sel["rows"]
-    elif path in ("adaptive", "waves"):
+    elif path == "adaptive":
         from ray_distill.curation.adaptive import SamplingPlan
 
         url = plane.write_questions(rows, os.path.join(tmp, "work", "questions.parquet"))
         del rows
         from ray_distill.curation.adaptive_stream import curate_adaptive_stream
 
-        curate = curate_adaptive_stream if path == "adaptive" else plane.curate_adaptive
-        out = curate(store, url, teacher, SamplingPlan(target=2, max_samples=adaptive_m), os.path.join(tmp, "work"),
-                     plane.Grading(8192, True, None))
+        out = curate_adaptive_stream(store, url, teacher, SamplingPlan(target=2, max_samples=adaptive_m),
+                                     os.path.join(tmp, "work"), plane.Grading(8192, True, None))
         wall["generate"], wall["grade"] = time.perf_counter() - t0, 0.0  # rounds of both
         sel = plane.select_buckets(out.graded_url, os.path.join(tmp, "work", "selected"), plane.Selection(2, 0, None),
                                    os.path.join(tmp, "rejects"))
@@ -156,7 +154,7 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=4, help="samples per question")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 30])
     ap.add_argument("--paths", nargs="+", default=["plane", "driver", "adaptive"],
-                    choices=["plane", "driver", "adaptive", "waves"])
+                    choices=["plane", "driver", "adaptive"])
     ap.add_argument("--adaptive-m", type=int, default=8, help="M of the adaptive path")
     ap.add_argument("--engine-starts", action="store_true", help="count a vLLM teacher's engine starts over rounds")
     ap.add_argument("--cpus", type=int, default=2)

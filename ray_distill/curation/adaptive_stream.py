@@ -19,12 +19,13 @@ question's round never split):
 3. a :class:`RoundGrader` actor (one CPU each, as many as the cluster has CPUs left) persists the new samples in
    the generation store, grades the chunk's rows, writes them into the question buckets under
    ``<work_url>/graded`` (the layout :func:`ray_distill.curation.plane.grade` writes) and returns one small tuple
-   per row.
+   per row; with the LLM judge (``verify.judge``) the graded rows go to the judge's actors first
+   (:class:`ray_distill.curation.judge_stage.JudgeBatch`: verdicts from the store where it has them) and a task
+   writes them.
 
 The job's token budget is asked before each chunk generates (``may_spend(new samples, mean tokens)``, the
-samples other chunks are generating counted as spent). The LLM judge grades in a plan of its own, so a job that
-judges samples in waves (:func:`ray_distill.curation.plane.curate_adaptive`); so does ``replay``, on stored
-samples.
+samples other chunks are generating counted as spent). :func:`ray_distill.curation.adaptive.replay` runs the same
+rounds over stored samples (the data-budget search): what each question would have drawn here.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ from ray_distill import columns as C
 from ray_distill.config import TeacherConfig
 from ray_distill.curation import adaptive as A
 from ray_distill.curation.adapters import GradeBatch
-from ray_distill.curation.plane import (_SAMPLE_COLUMNS, KEY, AdaptiveResult, Grading, _clear, _index, _persist,
+from ray_distill.curation.judge import judge_summary
+from ray_distill.curation.judge_stage import JudgeBatch
+from ray_distill.curation.plane import (_SAMPLE_COLUMNS, KEY, Grading, _clear, _index, _persist,
                                         _request_rows, _resolve, _write_buckets, bucket_report, cluster_cpus,
-                                        grader_pool_size, merge_samples, num_buckets, stored_samples)
+                                        combine_judge, grader_pool_size, merge_samples, num_buckets, stored_samples)
 from ray_distill.data.fs import fresh, join
 from ray_distill.generation.actor import HostedGenerateBatch, batch_class, engine_pool, resolve_api_key
 from ray_distill.generation.hosts import HOST_RESTARTS, engine_hosts
@@ -57,6 +60,20 @@ logger = logging.getLogger(__name__)
 
 QUESTIONS_PER_BLOCK = 256  # question rows per object of the question pool
 PROGRESS_EVERY_S = 30.0
+
+
+@dataclass
+class AdaptiveResult:
+    """What :func:`curate_adaptive_stream` leaves: the graded samples on storage (every round's, in the layout
+    :func:`ray_distill.curation.plane.grade` writes; a failed request retried in a later round is there twice, see
+    :func:`ray_distill.curation.adaptive.latest_samples`) and what the driver kept of them."""
+
+    graded_url: str
+    final: dict[str, str]  # question id -> why it stopped (adaptive.ENOUGH, HOPELESS, ..., JOB_BUDGET)
+    stats: pd.DataFrame  # adaptive.question_stats of each question's samples (latest per sample)
+    rounds: int
+    counters: dict = field(default_factory=dict)  # generated/failed/tokens of this call; rows, correct, verdicts
+    judge: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -129,7 +146,14 @@ class RoundGrader:
         self.store, self.root, self.teacher = GenerationStore(root), root, teacher
         self.graded_url, self.buckets = graded_url, buckets
 
-    def finish(self, requests: pd.DataFrame, generated: pd.DataFrame | None, index) -> dict:
+    def finish(self, requests: pd.DataFrame, generated: pd.DataFrame | None, index: list) -> dict:
+        """Store, grade and write a chunk; its summary (:func:`written`)."""
+        graded, made = self.graded(requests, generated, index)
+        return written(graded, made, self.graded_url, self.buckets)
+
+    @ray.method(num_returns=2)
+    def graded(self, requests: pd.DataFrame, generated: pd.DataFrame | None, index: list) -> tuple[pd.DataFrame, dict]:
+        """Store and grade a chunk (for the judge): its graded rows and what it generated."""
         made = {"generated": 0, "failed": 0, "completion_tokens": 0, "prompt_tokens": 0}
         if generated is not None and len(generated):
             made = _persist(generated, self.root, self.teacher).iloc[0].to_dict()
@@ -137,10 +161,20 @@ class RoundGrader:
         else:
             new = pd.DataFrame(columns=_SAMPLE_COLUMNS)
         rest = set(requests[KEY]) - set(new[KEY])
-        found = pd.concat([new, stored_samples(rest, _resolve(index), self.store, self.teacher)], ignore_index=True)
-        graded = self.grade(merge_samples(requests, found))
-        _write_buckets(graded, self.graded_url, self.buckets)
-        return {"made": {k: int(v) for k, v in made.items()}, "rows": row_summary(graded)}
+        found = pd.concat([new, stored_samples(rest, _resolve(index[0]), self.store, self.teacher)], ignore_index=True)
+        return self.grade(merge_samples(requests, found)), {k: int(v) for k, v in made.items()}
+
+
+def written(graded: pd.DataFrame, made: dict, graded_url: str, buckets: int) -> dict:
+    """Write a chunk's graded rows into their buckets; all the driver learns of it: what it generated, a tuple per
+    row (:func:`row_summary`) and the judge's counters (``judge.judge_summary``; empty without the judge)."""
+    _write_buckets(graded, graded_url, buckets)
+    return {"made": made, "rows": row_summary(graded), "judge": judge_summary(graded)}
+
+
+@ray.remote(num_cpus=0)
+def _write(graded: pd.DataFrame, made: dict, graded_url: str, buckets: int) -> dict:
+    return written(graded, made, graded_url, buckets)
 
 
 class Generator:
@@ -167,38 +201,46 @@ def _question_blocks(url: str, size: int):
 
 
 @ray.remote(num_cpus=0, num_returns=3)
-def _prepare(spec: dict, teacher: TeacherConfig, index, *blocks: pd.DataFrame):
+def _prepare(spec: dict, teacher: TeacherConfig, index: list, *blocks: pd.DataFrame):
     """The chunk's request rows, those the store lacks (stored failures are generated again; one per key), and
-    how many those are."""
+    how many those are. ``index``: ``[ref]`` of the store's index (nested: deserialised once per worker process,
+    ``plane._resolve``, not once per chunk)."""
     requests = _request_rows(pd.concat(blocks, ignore_index=True), teacher, spec)
-    stored = _resolve(index)
+    stored = _resolve(index[0])
     todo = requests[[not (k in stored and not stored[k][1]) for k in requests[KEY]]].drop_duplicates(KEY)
     return requests, todo.reset_index(drop=True), len(todo)
 
 
+_RESTARTS = {"max_restarts": HOST_RESTARTS, "max_task_retries": HOST_RESTARTS, "scheduling_strategy": "DEFAULT"}
+
+
 def _generators(teacher: TeacherConfig, hosts: list | None) -> tuple[list, int, float]:
     """The teacher's generation actors, the chunks each takes at once, and the CPUs they (or the hosts) hold."""
-    common = {"max_restarts": HOST_RESTARTS, "max_task_retries": HOST_RESTARTS, "scheduling_strategy": "DEFAULT"}
     kwargs = {"teacher_name": teacher.name, "engine": teacher.engine.model_dump(),
               "sampling": teacher.sampling.model_dump()}
-    actor = ray.remote(Generator)
     if hosts:
         slots = max(1, teacher.engine.max_concurrent_batches)
-        gens = [actor.options(num_cpus=0, max_concurrency=slots, **common)
+        gens = [ray.remote(Generator).options(num_cpus=0, max_concurrency=slots, **_RESTARTS)
                 .remote(HostedGenerateBatch, {**kwargs, "hosts": hosts}) for _ in hosts]
         return gens, slots, len(hosts) * teacher.resources.num_cpus
     cls = batch_class(teacher.engine)
-    api_key = resolve_api_key(teacher.engine) if teacher.engine.kind == "openai" else None
     slots = max(1, teacher.engine.max_concurrent_batches) if inspect.iscoroutinefunction(cls.__call__) else 1
+    return _engine_actors(teacher, cls, kwargs, slots), slots, teacher.resources.num_actors * teacher.resources.num_cpus
+
+
+def _engine_actors(teacher: TeacherConfig, cls, kwargs: dict, slots: int) -> list:
+    """``teacher.resources.num_actors`` :class:`Generator` actors of ``cls`` with an engine of their own (its
+    resources and environment as :func:`ray_distill.generation.actor.engine_pool` gives them, the API key read
+    here)."""
+    api_key = resolve_api_key(teacher.engine) if teacher.engine.kind == "openai" else None
     pool = engine_pool(teacher)
-    options = {"num_cpus": pool["num_cpus"], "num_gpus": pool["num_gpus"], "max_concurrency": slots, **common}
+    options = {"num_cpus": pool["num_cpus"], "num_gpus": pool["num_gpus"], "max_concurrency": slots, **_RESTARTS}
     if pool["resources"]:
         options["resources"] = pool["resources"]
     if pool["runtime_env"]:
         options["runtime_env"] = pool["runtime_env"]
-    n = teacher.resources.num_actors
-    gens = [actor.options(**options).remote(cls, {**kwargs, "api_key": api_key}) for _ in range(n)]
-    return gens, slots, n * teacher.resources.num_cpus
+    return [ray.remote(Generator).options(**options).remote(cls, {**kwargs, "api_key": api_key})
+            for _ in range(teacher.resources.num_actors)]
 
 
 @dataclass
@@ -206,39 +248,48 @@ class _Chunk:
     questions: dict  # question id -> requests of it in this chunk
     requests: object = None  # object refs
     todo: object = None
+    made: object = None  # (with the judge) the ref of what its generation made
     missing: int = 0
 
 
 def curate_adaptive_stream(store: GenerationStore, questions_url: str, teacher: TeacherConfig,
                            plan: A.SamplingPlan, work_url: str, grading: Grading, may_spend=None,
                            after_generate=None) -> AdaptiveResult:
-    """Adaptive sampling of the questions at ``questions_url`` with no wave (see the module's text); the same
-    result as :func:`ray_distill.curation.plane.curate_adaptive` (every graded sample under
-    ``<work_url>/graded``, the counters read back from it), ``rounds`` the most any question ran.
+    """Adaptive sampling of the questions at ``questions_url`` with no wave (see the module's text): every graded
+    sample under ``<work_url>/graded``, the counters read back from there (checked against the driver's),
+    ``rounds`` the most any question ran.
     ``may_spend(new_samples, mean_tokens)``: asked before a chunk generates; once it says no, no question starts
     another round and every question not yet stopped stops as ``job_budget``. ``after_generate(counters)``: what
     each chunk generated."""
-    if grading.judge is not None:
-        raise ValueError("the LLM judge grades in a plan of its own: use plane.curate_adaptive")
     fs, path = fresh(questions_url)
     ids = dict.fromkeys(pd.read_parquet(path, columns=[C.QUESTION_ID], filesystem=fs)[C.QUESTION_ID].astype(str))
     blocks = list(_question_blocks.remote(questions_url, QUESTIONS_PER_BLOCK))  # before any engine holds a CPU
     graded_url = join(work_url, "graded")
     _clear(graded_url)
     store.clean_temp_parts(teacher.name)
+    buckets = num_buckets(len(ids) * plan.max_samples)
     run = _Rounds(teacher, plan, blocks, {q: QuestionState(block=pos // QUESTIONS_PER_BLOCK, want=0)
-                                          for pos, q in enumerate(ids)}, may_spend, after_generate)
+                                          for pos, q in enumerate(ids)}, may_spend, after_generate, graded_url, buckets)
     with engine_hosts(teacher) as hosts:
         gens, slots, gen_cpus = _generators(teacher, hosts)
-        n_graders = grading.num_graders or max(1, min(grader_pool_size(grading), math.floor(cluster_cpus() - gen_cpus)))
-        buckets = num_buckets(len(ids) * plan.max_samples)
-        graders = [ray.remote(RoundGrader).options(num_cpus=1, max_restarts=HOST_RESTARTS,
-                                                   max_task_retries=HOST_RESTARTS, scheduling_strategy="DEFAULT")
+        judges, judge_cpus = [], 0.0
+        if grading.judge is not None:  # the judge's actors: its engine, answers from the store first (JudgeBatch)
+            judge = grading.judge.as_teacher()
+            judges = _engine_actors(judge, JudgeBatch, {"judge": grading.judge.model_dump(), "store_root": store.root},
+                                    slots=1)
+            judge_cpus = judge.resources.num_actors * judge.resources.num_cpus
+        free = cluster_cpus() - gen_cpus - judge_cpus  # what the engines leave
+        n_graders = grading.num_graders or max(1, min(grader_pool_size(grading), math.floor(free)))
+        grader_cpus = 1.0 if free >= 1 else max(0.0, free)  # a grader that never fits would hang the job
+        if grader_cpus < 1:
+            logger.warning("the teacher's and the judge's engines leave %.2g of the cluster's CPUs: one grader on "
+                           "them", max(0.0, free))
+        graders = [ray.remote(RoundGrader).options(num_cpus=grader_cpus, **_RESTARTS)
                    .remote(grading, store.root, teacher.name, graded_url, buckets) for _ in range(n_graders)]
         try:
-            run.run(gens, slots, graders, _index.remote(store.root, teacher.name))  # (the driver never holds the index)
+            run.run(gens, slots, graders, judges, [_index.remote(store.root, teacher.name)])  # (never in the driver)
         finally:
-            for actor in [*gens, *graders]:
+            for actor in [*gens, *graders, *judges]:
                 ray.kill(actor)
     final = {**run.final, **{q: A.JOB_BUDGET for q in run.state if q not in run.final}}  # (the budget stopped it)
     report = bucket_report(graded_url)
@@ -249,7 +300,8 @@ def curate_adaptive_stream(store: GenerationStore, questions_url: str, teacher: 
     counters = {**{k: int(v) for k, v in run.made.items()}, "rows": int(stats[A.SAMPLED].sum()),
                 "correct": report["correct"], "verdicts": report["verdicts"]}
     return AdaptiveResult(graded_url=graded_url, final=final, stats=stats,
-                          rounds=max((s.round for s in run.state.values()), default=0), counters=counters)
+                          rounds=max((s.round for s in run.state.values()), default=0), counters=counters,
+                          judge=combine_judge(run.judged))
 
 
 class _Rounds:
@@ -258,10 +310,12 @@ class _Rounds:
     and their next rounds queued. Object refs and counters only."""
 
     def __init__(self, teacher: TeacherConfig, plan: A.SamplingPlan, blocks: list, state: dict[str, QuestionState],
-                 may_spend, after_generate):
+                 may_spend, after_generate, graded_url: str, buckets: int):
         self.teacher, self.teacher_ref, self.plan, self.blocks = teacher, ray.put(teacher), plan, blocks
         self.state, self.may_spend, self.after_generate = state, may_spend, after_generate
+        self.graded_url, self.buckets = graded_url, buckets
         self.final: dict[str, str] = {}
+        self.judged: list[dict] = []  # the judge's counters of each chunk
         self.made: Counter = Counter()
         self.ready: deque = deque((q, s.next_round(plan.first_round())) for q, s in state.items())
         self.waiting: dict = {}  # object ref -> (step, chunk, actor)
@@ -270,7 +324,7 @@ class _Rounds:
         self.in_flight_new = self.ok_tokens = self.ok_count = 0
         self.stopping = False
 
-    def run(self, gens: list, slots: int, graders: list, index) -> None:
+    def run(self, gens: list, slots: int, graders: list, judges: list, index: list) -> None:
         last_log = time.monotonic()
         turn = itertools.count()
         chunks = len(gens) * slots + len(graders)  # a chunk per generation slot, one more per grader (none waits)
@@ -285,12 +339,20 @@ class _Rounds:
                     self._prepared(chunk, ray.get(ref), gens, turn)
                 elif step == "generated":
                     self.to_grade.append((chunk, ref))
+                elif step == "judging":  # graded: the judge's verdicts folded in, then written
+                    judge = min(judges, key=lambda j: self.load[j])
+                    self._call(_write.remote(judge.generate.remote(ref), chunk.made, self.graded_url, self.buckets),
+                               "graded", chunk, judge)
                 else:
                     self._graded(chunk, ray.get(ref))
             while self.to_grade and min(self.load[g] for g in graders) < 2:
                 grader = min(graders, key=lambda g: self.load[g])
                 chunk, generated = self.to_grade.popleft()
-                self._call(grader.finish.remote(chunk.requests, generated, index), "graded", chunk, grader)
+                if judges:
+                    graded, chunk.made = grader.graded.remote(chunk.requests, generated, index)
+                    self._call(graded, "judging", chunk, grader)
+                else:
+                    self._call(grader.finish.remote(chunk.requests, generated, index), "graded", chunk, grader)
             if time.monotonic() - last_log > PROGRESS_EVERY_S:
                 last_log = time.monotonic()
                 logger.info("adaptive sampling of %s: %d of %d questions done, %d samples graded", self.teacher.name,
@@ -336,6 +398,7 @@ class _Rounds:
     def _graded(self, chunk: _Chunk, out: dict) -> None:
         self.in_flight_new -= chunk.missing
         self.made.update(out["made"])
+        self.judged.append(out["judge"])
         if self.after_generate is not None and chunk.missing:
             self.after_generate(out["made"])
         finished = set()

@@ -1,6 +1,6 @@
 """Generation, verification and selection of the rows the driver holds: the probe, the searches' bounded sets;
-and the driver's side of adaptive sampling (its rounds run on the streaming plane, :mod:`.plane`, as the main
-M-sample generation does).
+and the driver's side of adaptive sampling (its rounds run as chunks of Ray objects, :mod:`.adaptive_stream`,
+into the streaming plane's buckets on storage).
 
     gen = generate(store, questions, teacher, tracker)   # from the store; what is missing is generated
     graded = verify(cfg, gen, base, tracker)              # graded (and judged) on Ray Data; rows in = rows out
@@ -21,8 +21,8 @@ from ray_distill.curation.adapters import GradeBatch, select_dataset, token_coun
 from ray_distill.curation.adaptive import ok_mask
 from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import judge_dataset
-from ray_distill.curation.adaptive_stream import curate_adaptive_stream
-from ray_distill.curation.plane import AdaptiveResult, Grading, curate_adaptive, grader_pool_size, write_questions
+from ray_distill.curation.adaptive_stream import AdaptiveResult, curate_adaptive_stream
+from ray_distill.curation.plane import Grading, grader_pool_size, write_questions
 from ray_distill.data.fs import join
 from ray_distill.generation.hosts import keep_engines
 from ray_distill.generation.store import GenerationStore
@@ -98,12 +98,11 @@ def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[di
                       base: str, probe_length: float | None, runner: StageRunner, t: Tracker, rec: StageRecord,
                       work_url: str) -> tuple[AdaptiveResult, list[dict]]:
     """Sample ``questions`` in rounds and stop each one early (``curation.adaptive``), each question's next round
-    starting when its own round is graded (:func:`ray_distill.curation.adaptive_stream.curate_adaptive_stream`;
-    with the LLM judge, in waves: :func:`ray_distill.curation.plane.curate_adaptive`): samples graded into
-    ``<work_url>/graded``, the driver holding counters per question. Returns that result and the questions that
-    stopped short of P distinct correct samples (for the rejects file). The store keeps every sample, so a later,
-    larger budget continues where this one stopped. The job's token budget is asked before new samples are
-    generated, on the mean length so far (the probe's before that)."""
+    starting when its own round is graded (:func:`ray_distill.curation.adaptive_stream.curate_adaptive_stream`):
+    samples graded (and judged) into ``<work_url>/graded``, the driver holding counters per question. Returns that
+    result and the questions that stopped short of P distinct correct samples (for the rejects file). The store
+    keeps every sample, so a later, larger budget continues where this one stopped. The job's token budget is
+    asked before new samples are generated, on the mean length so far (the probe's before that)."""
     plan = sampling_plan(cfg)
     budget = cfg.budget.max_teacher_tokens
     by_id = {str(q[C.QUESTION_ID]): q for q in questions}
@@ -123,11 +122,9 @@ def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[di
         rec.teacher_tokens += int(made.get("completion_tokens", 0))
         t.log_metrics({f"{teacher.name}/{k}": v for k, v in made.items()})
 
-    g = grading(cfg, base)
-    sample = curate_adaptive if g.judge is not None else curate_adaptive_stream  # the judge's plan: in waves
     with keep_engines():  # a vLLM teacher's engine loads once for all rounds (generation.hosts)
-        out = sample(store, questions_url, teacher, plan, work_url, g, may_spend=may_spend,
-                     after_generate=after_generate)
+        out = curate_adaptive_stream(store, questions_url, teacher, plan, work_url, grading(cfg, base),
+                                     may_spend=may_spend, after_generate=after_generate)
     if out.judge:
         rec.judge_calls += int(out.judge["judge/calls"])
         rec.judge_tokens += int(out.judge["judge/tokens"])

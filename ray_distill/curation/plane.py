@@ -114,13 +114,11 @@ def curate(store: GenerationStore, questions_url: str, teacher: TeacherConfig, n
 
 
 def generate_missing(store: GenerationStore, questions_url, teacher: TeacherConfig, n,
-                     work_url: str, may_spend=None) -> dict[str, int] | None:
+                     work_url: str) -> dict[str, int]:
     """Generate the samples ``0..n-1`` of the questions at ``questions_url`` (or a dataset of them; ``n``: see
     :func:`_requests`) that ``store`` lacks (stored failures are retried), persisted by the workers as they
     finish. The missing requests are written to ``<work_url>/todo`` first, so that no engine starts when
-    nothing is missing. Returns the counters of what this call generated (``generated``, ``failed``, ``prompt_tokens``,
-    ``completion_tokens``), or None, generating nothing, when ``may_spend(missing)`` (the job's token budget) says no
-    to the missing samples."""
+    nothing is missing. Returns the counters of what this call generated (``generated``, ``failed``, ``prompt_tokens``, ``completion_tokens``)."""
     counters = {"generated": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
     todo_url = join(work_url, "todo")
     _clear(todo_url)
@@ -131,8 +129,6 @@ def generate_missing(store: GenerationStore, questions_url, teacher: TeacherConf
     missing = parquet_rows(todo_url)
     if not missing:
         return counters
-    if may_spend is not None and not may_spend(missing):
-        return None
     logger.info("generating %d missing samples for teacher %s", missing, teacher.name)
     blocks = max(1, math.ceil(missing / teacher.resources.batch_size))  # work for every engine actor
     todo = read_parquet(todo_url).repartition(blocks).materialize()  # read before the hosts start
@@ -189,9 +185,8 @@ def _grade_into(requests: ray.data.Dataset, store: GenerationStore, teacher: Tea
     ``graded_url`` (new part files: what is there stays); one counter row per written batch."""
     index = _index.remote(store.root, teacher.name)
     # The plan's light steps (request rows, attach the stored samples, write the buckets) take no CPU: the
-    # graders take every CPU the cluster can give them, and an idle engine host kept between adaptive rounds
-    # holds one more; a step that waited for a CPU would wait forever on a small cluster (adaptive rounds pass
-    # their questions materialized: a read's file listing is a task that asks for a CPU).
+    # graders take every CPU the cluster can give them, and an idle engine host kept between stages holds one
+    # more; a step that waited for a CPU would wait forever on a small cluster.
     attached = requests.map_batches(
         _attach, fn_kwargs={"index": index, "root": store.root, "teacher": teacher.name}, batch_format="pandas",
         num_cpus=0)
@@ -214,79 +209,6 @@ def _grade_into(requests: ray.data.Dataset, store: GenerationStore, teacher: Tea
             _write_buckets, fn_kwargs={"url": graded_url, "buckets": buckets}, batch_format="pandas", batch_size=None,
             num_cpus=0)
     return written.take_all()
-
-
-@dataclass
-class AdaptiveResult:
-    """What :func:`curate_adaptive` leaves: the graded samples on storage (every round's, in the layout
-    :func:`grade` writes; a failed request retried in a later round is there twice, see
-    :func:`ray_distill.curation.adaptive.latest_samples`) and what the driver kept of them."""
-
-    graded_url: str
-    final: dict[str, str]  # question id -> why it stopped (adaptive.ENOUGH, HOPELESS, ..., JOB_BUDGET)
-    stats: pd.DataFrame  # adaptive.question_stats of each question's samples (latest per sample)
-    rounds: int
-    counters: dict = field(default_factory=dict)  # generated/failed/tokens of this call; rows, correct, verdicts
-    judge: dict = field(default_factory=dict)
-
-
-def curate_adaptive(store: GenerationStore, questions_url: str, teacher: TeacherConfig, plan: A.SamplingPlan,
-                    work_url: str, grading: Grading, may_spend=None, after_generate=None) -> AdaptiveResult:
-    """Adaptive sampling (:mod:`ray_distill.curation.adaptive`) of the questions at ``questions_url`` as rounds of
-    plans on storage, every question's round waiting for the slowest sample of the wave (the LLM judge's path:
-    judged rows come back from a plan of their own; without a judge :mod:`.adaptive_stream` samples each question
-    on its own): each round generates what its questions' sample counts add (:func:`generate_missing`,
-    the engines of one ``keep_engines`` block serve every round), grades the round's new samples and retried
-    failures into the buckets under ``<work_url>/graded``, and one task per bucket returns each question's
-    three counters (:func:`ray_distill.curation.adaptive.question_stats`) and its failed samples. The driver
-    holds those counters, never a sample. ``may_spend(new_samples, mean_tokens)`` may stop the sampling before a
-    round that would generate ``new_samples`` (the job's token budget: every active question then stops as
-    ``job_budget``); ``after_generate(counters)`` sees what each round generated."""
-    fs, path = fresh(questions_url)
-    ids = list(dict.fromkeys(pd.read_parquet(path, columns=[C.QUESTION_ID], filesystem=fs)[C.QUESTION_ID].astype(str)))
-    questions = read_parquet(questions_url).materialize()  # before any engine host holds a CPU
-    buckets = num_buckets(len(ids) * plan.max_samples)
-    graded_url = join(work_url, "graded")
-    _clear(graded_url)
-    want = {q: plan.first_round() for q in ids}
-    graded_below: dict[str, int] = {}  # every sample index below it graded (some possibly as failed requests)
-    report = _empty_report()
-    previous = sampled = None
-    final: dict[str, str] = {}
-    made_total: Counter = Counter()
-    judged: list[dict] = []
-    round_index = 0
-    while want:
-        round_index += 1
-        spend = None if may_spend is None else (lambda k: may_spend(k, report["mean_tokens"]))
-        made = generate_missing(store, questions, teacher, ray.put({"n": want}), work_url, spend)
-        if made is None:
-            logger.warning("teacher token budget reached: %d questions stop after round %d", len(want),
-                           round_index - 1)
-            final.update({q: A.JOB_BUDGET for q in want})
-            break
-        made_total.update(made)
-        if after_generate is not None:
-            after_generate(made)
-        this_round = {"n": want, "from": {q: graded_below.get(q, 0) for q in want},
-                      "retry": {q: report["failed"][q] for q in want if q in report["failed"]}}
-        for row in _grade_into(_requests(questions, teacher, ray.put(this_round)), store, teacher, graded_url,
-                               buckets, grading, work_url):
-            judged.append(json.loads(row["judge"]))
-        report = bucket_report(graded_url)
-        stats = report["stats"]
-        status = A.status_from_stats(stats, list(want), round_index, plan, previous, sampled)
-        previous, sampled = stats[A.DISTINCT], stats[A.SAMPLED]
-        final.update({q: s for q, s in status.items() if s != A.CONTINUE})
-        graded_below.update(want)
-        want = {q: plan.next_total(int(previous.get(q, 0)), int(sampled.get(q, 0)))
-                for q, s in status.items() if s == A.CONTINUE}
-        logger.info("adaptive round %d: %d samples so far, %d questions still active", round_index,
-                    int(stats[A.SAMPLED].sum()), len(want))
-    counters = {**{k: int(v) for k, v in made_total.items()}, "rows": int(report["stats"][A.SAMPLED].sum()),
-                "correct": report["correct"], "verdicts": report["verdicts"]}
-    return AdaptiveResult(graded_url=graded_url, final=final, stats=report["stats"], rounds=round_index,
-                          counters=counters, judge=combine_judge(judged))
 
 
 def bucket_report(graded_url: str) -> dict:
@@ -442,10 +364,10 @@ def grader_pool_size(grading: Grading) -> int:
 
 def _requests(questions, teacher: TeacherConfig, n) -> ray.data.Dataset:
     """Request rows of the questions (at a URL, or a materialized dataset: its plans then need no listing
-    task, which asks for a CPU): samples ``0..n-1`` of each, or, with ``n`` a
-    (reference to a) round of :func:`curate_adaptive` -- ``{"n": {question id: count}}`` and optionally
-    ``"from"`` / ``"retry"`` -- the samples of the round's questions below their counts, and of those only
-    the ones from ``from[q]`` on plus the indices in ``retry[q]``."""
+    task, which asks for a CPU): samples ``0..n-1`` of each, or, with ``n`` (a reference to) rounds of adaptive
+    sampling (:mod:`.adaptive_stream`) -- ``{"n": {question id: count}}`` and optionally ``"from"`` / ``"retry"``
+    -- the samples of the round's questions below their counts, and of those only the ones from ``from[q]`` on
+    plus the indices in ``retry[q]``."""
     ds = questions if isinstance(questions, ray.data.Dataset) else read_parquet(questions)
     return ds.map_batches(_request_rows, fn_kwargs={"teacher": teacher, "n": n}, batch_format="pandas", num_cpus=0)
 

@@ -42,8 +42,9 @@ def test_generation_rejects_name_stage_and_reason():
 
 
 def test_an_adaptive_round_requests_its_new_samples_and_the_retries_of_failed_ones():
-    """A round of plane.curate_adaptive: only the round's questions, each up to its count; grading asks for the
-    samples from where the last round stopped plus the failed ones the round retried (what the driver lists)."""
+    """A chunk of adaptive sampling's rounds (adaptive_stream): only the round's questions, each up to its count;
+    grading asks for the samples from where the last round stopped plus the failed ones the round retried (what
+    the driver lists)."""
     batch = pd.DataFrame(make_questions("arith", 3, 1, 2, seed=4))
     a, b, c = batch[C.QUESTION_ID].astype(str)
     generate = plane._request_rows(batch, _teacher(), {"n": {a: 4, c: 2}})

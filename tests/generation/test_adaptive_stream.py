@@ -1,7 +1,7 @@
 """Adaptive sampling with no wave (curation.adaptive_stream) against a real local Ray cluster and an
-OpenAI-compatible stub server (conftest.py) that answers one question slowly: the other questions run their second
-round while the slow one's first is still being answered; the rounds in waves (plane.curate_adaptive, the LLM
-judge's path) make them wait for it. Both give the same samples and decisions."""
+OpenAI-compatible stub server (conftest.py): a question answered slowly holds no other question's next round; the
+samples and decisions are those of the rounds replayed over all M samples (what the data-budget search assumes);
+a killed engine actor loses no sample; the LLM judge's verdicts go into the buckets."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from ray_distill import columns as C
 from ray_distill.config import EngineConfig, ResourcesConfig, TeacherConfig
 from ray_distill.curation import adaptive as A
 from ray_distill.curation.adaptive_stream import QuestionState, curate_adaptive_stream
-from ray_distill.curation.plane import Grading, curate_adaptive, read_buckets, write_questions
+from ray_distill.config import JudgeConfig
+from ray_distill.curation.plane import Grading, curate, read_buckets, write_questions
 from ray_distill.generation.engines import question_messages
 from ray_distill.generation.store import GenerationStore
 from ray_distill.synthetic.tasks import make_questions
@@ -58,33 +59,33 @@ def test_a_slow_question_does_not_hold_the_others_next_round(ray_local, openai_s
             arrivals.append((text, time.monotonic()))
         return SLOW_S if sent[text] == slow[C.QUESTION_ID] else 0.0
 
-    def sample(curate, name):
-        arrivals.clear()
-        with openai_stub(delay_s=delay) as server:
-            teacher = TeacherConfig(
-                name="stub", engine=EngineConfig(kind="openai", model="stub", base_url=server.base_url,
-                                                 api_key_env="STUB_API_KEY"),
-                resources=ResourcesConfig(batch_size=2, num_cpus=0.5))  # a chunk: one question's round
-            store = GenerationStore(str(tmp_path / name / "generations"))
-            out = curate(store, url, teacher, plan, str(tmp_path / name / "work"), grading)
-        times = {q: sorted(t for text, t in arrivals if sent[text] == q) for q in sent.values()}
-        answered = times[slow[C.QUESTION_ID]][0] + SLOW_S  # when the slow question's first round was answered
-        second = {q: ts[2] for q, ts in times.items() if q != slow[C.QUESTION_ID]}  # each one's round-2 request
-        return out, answered, second
+    def teacher(server) -> TeacherConfig:
+        return TeacherConfig(name="stub", engine=EngineConfig(kind="openai", model="stub", base_url=server.base_url,
+                                                              api_key_env="STUB_API_KEY"),
+                             resources=ResourcesConfig(batch_size=2, num_cpus=0.5))  # a chunk: one question's round
 
-    stream, answered, second = sample(curate_adaptive_stream, "stream")
-    assert stream.rounds == 2 and set(stream.final.values()) <= {A.ENOUGH, A.HOPELESS}
-    assert (stream.stats[A.SAMPLED] == 3).all() and len(stream.stats) == 6
-    late = {q: round(t - answered, 2) for q, t in second.items() if t >= answered}
+    with openai_stub(delay_s=delay) as server:
+        out = curate_adaptive_stream(GenerationStore(str(tmp_path / "stream" / "generations")), url, teacher(server),
+                                     plan, str(tmp_path / "stream" / "work"), grading)
+    times = {q: sorted(t for text, t in arrivals if sent[text] == q) for q in sent.values()}
+    answered = times[slow[C.QUESTION_ID]][0] + SLOW_S  # when the slow question's round 1 was answered
+    assert all(len(ts) == 3 for ts in times.values())  # round 1: 2 samples, round 2: 1
+    late = {q: round(ts[2] - answered, 2) for q, ts in times.items() if q != slow[C.QUESTION_ID] and ts[2] >= answered}
     assert not late, f"round 2 of these questions waited for the slow one's round 1 (s after it): {late}"
+    assert out.rounds == 2 and set(out.final.values()) <= {A.ENOUGH, A.HOPELESS} and A.ENOUGH in out.final.values()
+    assert (out.stats[A.SAMPLED] == 3).all() and len(out.stats) == 6
 
-    waves, answered_w, second_w = sample(curate_adaptive, "waves")
-    assert all(t >= answered_w for t in second_w.values())  # a wave: every round 2 after the slowest round 1
-    # the same decisions and counters, and the same graded samples
-    assert waves.final == stream.final and waves.stats.sort_index().equals(stream.stats.sort_index())
+    # The rounds replayed over all M samples of every question (fixed M, the same seeds): the same decisions,
+    # counters and samples.
+    with openai_stub() as server:
+        fixed = curate(GenerationStore(str(tmp_path / "fixed" / "generations")), url, teacher(server), 4,
+                       str(tmp_path / "fixed" / "work"), grading).read_graded()
+    drawn, final = A.replay(fixed, list(sent.values()), plan)
+    assert final == out.final
+    assert A.question_stats(drawn).sort_index().equals(out.stats.sort_index())
     key = [C.QUESTION_ID, C.SAMPLE_INDEX]
-    a, b = (A.latest_samples(read_buckets(r.graded_url)).sort_values(key) for r in (stream, waves))
-    assert a[C.COMPLETION].tolist() == b[C.COMPLETION].tolist() and a[C.CORRECT].tolist() == b[C.CORRECT].tolist()
+    streamed = A.latest_samples(read_buckets(out.graded_url)).sort_values(key)
+    assert streamed[C.COMPLETION].tolist() == drawn.sort_values(key)[C.COMPLETION].tolist()
 
 
 @pytest.mark.slow
@@ -135,3 +136,28 @@ def test_a_killed_engine_actor_loses_no_sample(ray_local, openai_stub, monkeypat
     assert len(graded) == 18 and not graded.duplicated(key).any()  # 6 questions x 3 samples, each once
     assert (out.stats[A.SAMPLED] == 3).all() and out.counters["generated"] == 18
     assert len(store.load("stub")) == 18 and answered > 18  # the killed actor's requests were sent again
+
+
+@pytest.mark.slow
+def test_the_llm_judge_grades_every_sample_of_the_rounds(ray_local, openai_stub, monkeypatch, tmp_path):
+    """verify.judge on (mode always, the scripted judge): every graded row in the buckets carries its verdict, the
+    judge's counters come back, and the decisions are those without it (this judge agrees with math-verify)."""
+    monkeypatch.setenv("STUB_API_KEY", "stub-key")
+    questions = make_questions("arith", 6, 1, 3, seed=11)
+    url = write_questions(questions, str(tmp_path / "questions.parquet"))
+    plan = A.SamplingPlan(target=1, max_samples=4)
+    judge = JudgeConfig(mode="always", engine={"kind": "scripted", "persona": "judge"},
+                        resources={"batch_size": 8, "num_cpus": 0.5})
+    results = []
+    with openai_stub() as server:
+        teacher = TeacherConfig(name="stub", engine=EngineConfig(kind="openai", model="stub", base_url=server.base_url,
+                                                                 api_key_env="STUB_API_KEY"),
+                                resources=ResourcesConfig(batch_size=4, num_cpus=0.5))
+        for name, j in (("judged", judge), ("plain", None)):
+            results.append(curate_adaptive_stream(GenerationStore(str(tmp_path / "generations")), url, teacher, plan,
+                                                  str(tmp_path / name), Grading(None, True, None, judge=j)))
+    judged, plain = results
+    rows = read_buckets(judged.graded_url)
+    assert len(rows) == 18 and (rows[C.JUDGE_VERDICT] != "").all()
+    assert judged.judge["judge/calls"] > 0 and not plain.judge
+    assert judged.final == plain.final and judged.stats.sort_index().equals(plain.stats.sort_index())
