@@ -22,12 +22,12 @@ graded and selected (farthest-P, P=2):
 every question is sampled until it is hopeless: two rounds) inside one ``keep_engines`` block and prints the
 rounds and the engines built for the teacher (goal: 1, whatever the rounds).
 
-Measured 2026-12-06 (2-core CPU), ``--sizes 1 30 --questions 100``, the three paths in one run: driver peak RSS
-30x/1x plane 1.08 (299.6 -> 324.9 MB), driver 1.79 (306.9 -> 549.7 MB), adaptive (then in waves) 1.09; rows/s
-30x/1x 8.58, 6.92, 11.61. 2026-12-07, ``--sizes 1 30 --questions 100 --paths adaptive`` with no waves, and in the
-same run the rounds as waves of plans (the path this replaced, then ``plane.curate_adaptive``): driver peak RSS
-30x/1x 1.05 with no waves (284.4 -> 299.9 MB) vs 1.09 in waves (300.5 -> 327.1 MB; goal <= 1.2); both 410 and
-12,126 graded samples in 2 rounds, 200 and 6,000 selected; wall 5.5 s vs 26.4 s at 1x, 20.0 s vs 54.1 s at 30x.
+Measured 2026-12-07 (2-core CPU), ``--sizes 1 30 --questions 100``, the three paths in one run: driver peak RSS
+30x/1x plane 1.08 (298.6 -> 321.2 MB), driver 1.79 (304.9 -> 545.5 MB), adaptive 1.05 (285.1 -> 300.3 MB); rows/s
+30x/1x 8.49, 6.44, 5.72 (adaptive: 6.6 s at 1x, 33.9 s at 30x with selection). Earlier that day, with the rounds
+still run as waves of plans beside it (then ``plane.curate_adaptive``, since removed): driver peak RSS 30x/1x 1.05
+with no waves (284.4 -> 299.9 MB) vs 1.09 in waves (300.5 -> 327.1 MB; goal <= 1.2); both 410 and 12,126 graded
+samples in 2 rounds, 200 and 6,000 selected; wall 5.5 s vs 26.4 s at 1x, 20.0 s vs 54.1 s at 30x.
 ``--engine-starts --questions 16`` (no waves): 2 rounds, 96 samples, 1 engine start for the teacher.
 
 Printed per run: rows, wall time per step, rows/s, and the driver's peak RSS (``ru_maxrss`` of the driver
