@@ -24,10 +24,11 @@ rounds and the engines built for the teacher (goal: 1, whatever the rounds).
 
 Measured 2026-12-07 (2-core CPU), ``--sizes 1 30 --questions 100``, the three paths in one run: driver peak RSS
 30x/1x plane 1.08 (298.6 -> 321.2 MB), driver 1.79 (304.9 -> 545.5 MB), adaptive 1.05 (285.1 -> 300.3 MB); rows/s
-30x/1x 8.49, 6.44, 5.72 (adaptive: 6.6 s at 1x, 33.9 s at 30x with selection). Earlier that day, with the rounds
-still run as waves of plans beside it (then ``plane.curate_adaptive``, since removed): driver peak RSS 30x/1x 1.05
-with no waves (284.4 -> 299.9 MB) vs 1.09 in waves (300.5 -> 327.1 MB; goal <= 1.2); both 410 and 12,126 graded
-samples in 2 rounds, 200 and 6,000 selected; wall 5.5 s vs 26.4 s at 1x, 20.0 s vs 54.1 s at 30x.
+30x/1x 8.49, 6.44, 5.72. Adaptive sampling as it is now (each question's samples streamed back as they finish),
+``--paths adaptive``: 1.09 (285.8 -> 310.5 MB; goal <= 1.2), 410 and 12,126 graded samples in 2 rounds, 4.0 s and
+14.7 s (+0.6 and 10.4 s of selection). Earlier that day, its first version (a chunk's samples back together) beside
+the rounds as waves of plans it replaced (``plane.curate_adaptive``, since removed): 1.05 vs 1.09; the same
+samples and 200 / 6,000 selected rows; wall 5.5 s vs 26.4 s at 1x, 20.0 s vs 54.1 s at 30x.
 ``--engine-starts --questions 16`` (no waves): 2 rounds, 96 samples, 1 engine start for the teacher.
 
 Printed per run: rows, wall time per step, rows/s, and the driver's peak RSS (``ru_maxrss`` of the driver

@@ -13,13 +13,16 @@ question's round never split):
 1. ``_prepare`` (a task, no CPU): the chunk's request rows from the question blocks in the object store, and
    which of them the generation store lacks (its index is taken once, at the start: what an earlier run stored
    is read, not generated again);
-2. the teacher's generation actors generate the missing ones: forwarders to the engine hosts of a vLLM teacher
-   (:mod:`ray_distill.generation.hosts`: the engines load once, whatever the rounds), else engine actors of its
-   own (scripted, ``openai``, ``hf``); both restart and retry a call when their process dies;
-3. a :class:`RoundGrader` actor (one CPU each, as many as the cluster has CPUs left) persists the new samples in
-   the generation store, grades the chunk's rows, writes them into the question buckets under
-   ``<work_url>/graded`` (the layout :func:`ray_distill.curation.plane.grade` writes) and returns one small tuple
-   per row; with the LLM judge (``verify.judge``) the graded rows go to the judge's actors first
+2. a generation actor of the teacher (:class:`Generator`: a forwarder to the engine hosts of a vLLM teacher,
+   :mod:`ray_distill.generation.hosts`, whose engines load once whatever the rounds; else an engine of its own:
+   scripted, ``openai``, ``hf``) generates the missing ones and streams them back question by question, each as
+   soon as its own requests have finished (an engine that answers a batch at once gives the chunk as one group).
+   A stream cut short by the actor's death (Ray restarts the actor) is sent again for the questions it had not
+   returned;
+3. :class:`RoundGrader` actors (one CPU each, as many as the CPUs the engines leave) take the finished question
+   groups in batches, persist the new samples in the generation store, grade them, write them into the question
+   buckets under ``<work_url>/graded`` (the layout :func:`ray_distill.curation.plane.grade` writes) and return one
+   small tuple per row; with the LLM judge (``verify.judge``) the graded rows go to the judge's actors first
    (:class:`ray_distill.curation.judge_stage.JudgeBatch`: verdicts from the store where it has them) and a task
    writes them.
 
@@ -30,6 +33,7 @@ rounds over stored samples (the data-budget search): what each question would ha
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import itertools
@@ -48,7 +52,7 @@ from ray_distill.curation import adaptive as A
 from ray_distill.curation.adapters import GradeBatch
 from ray_distill.curation.judge import judge_summary
 from ray_distill.curation.judge_stage import JudgeBatch
-from ray_distill.curation.plane import (_SAMPLE_COLUMNS, KEY, Grading, _clear, _index, _persist,
+from ray_distill.curation.plane import (KEY, Grading, _clear, _index, _persist,
                                         _request_rows, _resolve, _write_buckets, bucket_report, cluster_cpus,
                                         combine_judge, grader_pool_size, merge_samples, num_buckets, stored_samples)
 from ray_distill.data.fs import fresh, join
@@ -146,23 +150,31 @@ class RoundGrader:
         self.store, self.root, self.teacher = GenerationStore(root), root, teacher
         self.graded_url, self.buckets = graded_url, buckets
 
-    def finish(self, requests: pd.DataFrame, generated: pd.DataFrame | None, index: list) -> dict:
-        """Store, grade and write a chunk; its summary (:func:`written`)."""
-        graded, made = self.graded(requests, generated, index)
+    def finish(self, items: list, index: list) -> dict:
+        """Store, grade and write work items (:meth:`graded`); their summary (:func:`written`)."""
+        graded, made = self.graded(items, index)
         return written(graded, made, self.graded_url, self.buckets)
 
     @ray.method(num_returns=2)
-    def graded(self, requests: pd.DataFrame, generated: pd.DataFrame | None, index: list) -> tuple[pd.DataFrame, dict]:
-        """Store and grade a chunk (for the judge): its graded rows and what it generated."""
-        made = {"generated": 0, "failed": 0, "completion_tokens": 0, "prompt_tokens": 0}
-        if generated is not None and len(generated):
-            made = _persist(generated, self.root, self.teacher).iloc[0].to_dict()
-            new = generated[_SAMPLE_COLUMNS]
-        else:
-            new = pd.DataFrame(columns=_SAMPLE_COLUMNS)
-        rest = set(requests[KEY]) - set(new[KEY])
-        found = pd.concat([new, stored_samples(rest, _resolve(index[0]), self.store, self.teacher)], ignore_index=True)
-        return self.grade(merge_samples(requests, found)), {k: int(v) for k, v in made.items()}
+    def graded(self, items: list, index: list) -> tuple[pd.DataFrame, dict]:
+        """Store and grade work items (for the judge): their graded rows and what was generated. An item is
+        ``(requests, todo, generated)`` refs of a chunk: with ``generated`` (one question group of its generation),
+        the requests of those samples; without, the chunk's requests the store held (those not in ``todo``)."""
+        made: Counter = Counter()
+        frames = []
+        for requests_ref, todo_ref, generated_ref in items:
+            requests = ray.get(requests_ref)
+            if generated_ref is not None:
+                generated = ray.get(generated_ref)
+                made.update(_persist(generated, self.root, self.teacher).iloc[0].to_dict())
+                frames.append(merge_samples(requests[requests[KEY].isin(set(generated[KEY]))], generated))
+            else:
+                todo = set(ray.get(todo_ref)[KEY]) if todo_ref is not None else set()
+                rows = requests[~requests[KEY].isin(todo)]
+                found = stored_samples(set(rows[KEY]), _resolve(index[0]), self.store, self.teacher)
+                frames.append(merge_samples(rows, found))
+        made_counts = {k: int(made.get(k, 0)) for k in ("generated", "failed", "completion_tokens", "prompt_tokens")}
+        return self.grade(pd.concat(frames, ignore_index=True)), made_counts
 
 
 def written(graded: pd.DataFrame, made: dict, graded_url: str, buckets: int) -> dict:
@@ -188,6 +200,25 @@ class Generator:
         out = self.inner(batch)
         return (await out) if inspect.isawaitable(out) else out
 
+    async def stream(self, batch: pd.DataFrame):
+        """The generation rows of ``batch`` by question, each group as soon as its own requests have finished: its
+        question ids, then its rows (two objects). An engine that answers a batch at once (scripted, or vLLM with
+        ``max_concurrent_batches: 0``) gives one group."""
+        if not inspect.iscoroutinefunction(type(self.inner).__call__):
+            out = await self.generate(batch)
+            yield sorted(set(out[C.QUESTION_ID].astype(str)))
+            yield out
+            return
+        calls = [asyncio.ensure_future(self.inner(g)) for _, g in batch.groupby(batch[C.QUESTION_ID].astype(str))]
+        try:
+            for call in asyncio.as_completed(calls):
+                out = await call
+                yield sorted(set(out[C.QUESTION_ID].astype(str)))
+                yield out
+        finally:
+            for call in calls:
+                call.cancel()
+
 
 @ray.remote(num_cpus=0)
 def _question_blocks(url: str, size: int):
@@ -203,12 +234,13 @@ def _question_blocks(url: str, size: int):
 @ray.remote(num_cpus=0, num_returns=3)
 def _prepare(spec: dict, teacher: TeacherConfig, index: list, *blocks: pd.DataFrame):
     """The chunk's request rows, those the store lacks (stored failures are generated again; one per key), and
-    how many those are. ``index``: ``[ref]`` of the store's index (nested: deserialised once per worker process,
-    ``plane._resolve``, not once per chunk)."""
+    how many those are and how many requests the store answers. ``index``: ``[ref]`` of the store's index (nested:
+    deserialised once per worker process, ``plane._resolve``, not once per chunk)."""
     requests = _request_rows(pd.concat(blocks, ignore_index=True), teacher, spec)
     stored = _resolve(index[0])
-    todo = requests[[not (k in stored and not stored[k][1]) for k in requests[KEY]]].drop_duplicates(KEY)
-    return requests, todo.reset_index(drop=True), len(todo)
+    missing = [not (k in stored and not stored[k][1]) for k in requests[KEY]]
+    todo = requests[missing].drop_duplicates(KEY)
+    return requests, todo.reset_index(drop=True), (len(todo), len(requests) - sum(missing))
 
 
 _RESTARTS = {"max_restarts": HOST_RESTARTS, "max_task_retries": HOST_RESTARTS, "scheduling_strategy": "DEFAULT"}
@@ -248,8 +280,8 @@ class _Chunk:
     questions: dict  # question id -> requests of it in this chunk
     requests: object = None  # object refs
     todo: object = None
-    made: object = None  # (with the judge) the ref of what its generation made
-    missing: int = 0
+    received: set = field(default_factory=set)  # questions whose generated rows came back
+    attempts: int = 0
 
 
 def curate_adaptive_stream(store: GenerationStore, questions_url: str, teacher: TeacherConfig,
@@ -305,9 +337,9 @@ def curate_adaptive_stream(store: GenerationStore, questions_url: str, teacher: 
 
 
 class _Rounds:
-    """The driver's loop: chunks of ready rounds go to ``_prepare``, then a generation actor (when the store
-    lacks some of their samples), then a grader; a graded chunk's questions whose round is complete are decided
-    and their next rounds queued. Object refs and counters only."""
+    """The driver's loop: chunks of ready rounds go to ``_prepare``, then (what the store lacks) to a generation
+    actor that streams each question's rows back as its requests finish, then, in batches, to a grader (and the
+    judge); a question whose round is graded is decided and its next round queued. Object refs and counters only."""
 
     def __init__(self, teacher: TeacherConfig, plan: A.SamplingPlan, blocks: list, state: dict[str, QuestionState],
                  may_spend, after_generate, graded_url: str, buckets: int):
@@ -315,51 +347,53 @@ class _Rounds:
         self.state, self.may_spend, self.after_generate = state, may_spend, after_generate
         self.graded_url, self.buckets = graded_url, buckets
         self.final: dict[str, str] = {}
-        self.judged: list[dict] = []  # the judge's counters of each chunk
+        self.judged: list[dict] = []  # the judge's counters of each grader call
         self.made: Counter = Counter()
         self.ready: deque = deque((q, s.next_round(plan.first_round())) for q, s in state.items())
-        self.waiting: dict = {}  # object ref -> (step, chunk, actor)
-        self.to_grade: deque = deque()
+        self.waiting: dict = {}  # object ref or generator -> (step, what it is for, actor)
+        self.to_grade: deque = deque()  # work items of RoundGrader.graded
         self.load: Counter = Counter()  # calls in flight per actor
-        self.in_flight_new = self.ok_tokens = self.ok_count = 0
+        self.in_flight_new = self.ok_tokens = self.ok_count = self.generating = 0
         self.stopping = False
 
     def run(self, gens: list, slots: int, graders: list, judges: list, index: list) -> None:
         last_log = time.monotonic()
         turn = itertools.count()
-        chunks = len(gens) * slots + len(graders)  # a chunk per generation slot, one more per grader (none waits)
+        batch_items = max(1, self.teacher.resources.batch_size // max(1, self.plan.step))  # question groups per call
+        backlog = 2 * batch_items * len(graders)  # graded rows waiting in the object store stay bounded
         while self.ready or self.waiting or self.to_grade:
-            while self.ready and not self.stopping and len(self.waiting) + len(self.to_grade) < chunks:
+            while (self.ready and not self.stopping and self.generating < len(gens) * slots
+                   and len(self.to_grade) < backlog):
                 self._dispatch(index)
             if self.waiting:
                 (ref,), _ = ray.wait(list(self.waiting), num_returns=1, fetch_local=False)
-                step, chunk, actor = self.waiting.pop(ref)
+                step, what, actor = self.waiting.pop(ref)
                 self.load[actor] -= 1
                 if step == "prepared":
-                    self._prepared(chunk, ray.get(ref), gens, turn)
-                elif step == "generated":
-                    self.to_grade.append((chunk, ref))
+                    self._prepared(what, ray.get(ref), gens, turn)
+                elif step == "streaming":
+                    self._streamed(what, ref, actor, gens, turn)
                 elif step == "judging":  # graded: the judge's verdicts folded in, then written
                     judge = min(judges, key=lambda j: self.load[j])
-                    self._call(_write.remote(judge.generate.remote(ref), chunk.made, self.graded_url, self.buckets),
-                               "graded", chunk, judge)
+                    self._call(_write.remote(judge.generate.remote(ref), what, self.graded_url, self.buckets),
+                               "graded", None, judge)
                 else:
-                    self._graded(chunk, ray.get(ref))
+                    self._graded(ray.get(ref))
             while self.to_grade and min(self.load[g] for g in graders) < 2:
                 grader = min(graders, key=lambda g: self.load[g])
-                chunk, generated = self.to_grade.popleft()
+                items = [self.to_grade.popleft() for _ in range(min(batch_items, len(self.to_grade)))]
                 if judges:
-                    graded, chunk.made = grader.graded.remote(chunk.requests, generated, index)
-                    self._call(graded, "judging", chunk, grader)
+                    graded, made = grader.graded.remote(items, index)
+                    self._call(graded, "judging", made, grader)
                 else:
-                    self._call(grader.finish.remote(chunk.requests, generated, index), "graded", chunk, grader)
+                    self._call(grader.finish.remote(items, index), "graded", None, grader)
             if time.monotonic() - last_log > PROGRESS_EVERY_S:
                 last_log = time.monotonic()
                 logger.info("adaptive sampling of %s: %d of %d questions done, %d samples graded", self.teacher.name,
                             len(self.final), len(self.state), sum(s.sampled for s in self.state.values()))
 
-    def _call(self, ref, step: str, chunk: _Chunk, actor) -> None:
-        self.waiting[ref] = (step, chunk, actor)
+    def _call(self, ref, step: str, what, actor) -> None:
+        self.waiting[ref] = (step, what, actor)
         self.load[actor] += 1
 
     def _dispatch(self, index) -> None:
@@ -373,34 +407,68 @@ class _Rounds:
             chunk.questions[q] = self.state[q].pending
             size += self.state[q].pending
         block_ids = sorted({self.state[q].block for q in chunk.questions})
-        chunk.requests, chunk.todo, missing = _prepare.remote(ray.put(spec), self.teacher_ref, index,
-                                                              *[self.blocks[b] for b in block_ids])
-        self._call(missing, "prepared", chunk, None)
+        chunk.requests, chunk.todo, counts = _prepare.remote(ray.put(spec), self.teacher_ref, index,
+                                                             *[self.blocks[b] for b in block_ids])
+        self.generating += 1
+        self._call(counts, "prepared", chunk, None)
 
-    def _prepared(self, chunk: _Chunk, missing: int, gens: list, turn) -> None:
-        chunk.missing = missing
-        if not missing:
-            self.to_grade.append((chunk, None))  # all stored: graded at no cost, even once the budget has stopped
-            return
-        mean = self.ok_tokens / self.ok_count if self.ok_count else None
-        if not self.stopping and self.may_spend is not None and not self.may_spend(missing + self.in_flight_new, mean):
-            self.stopping = True
-            self.ready.clear()  # (their questions stop as job_budget)
-            logger.warning("teacher token budget reached: no question of %s starts another round", self.teacher.name)
-        if self.stopping:
-            for q, n in chunk.questions.items():
-                self.state[q].pending -= n
-            return
+    def _prepared(self, chunk: _Chunk, counts: tuple[int, int], gens: list, turn) -> None:
+        missing, stored = counts
+        if missing:
+            mean = self.ok_tokens / self.ok_count if self.ok_count else None
+            if not self.stopping and self.may_spend is not None and not self.may_spend(missing + self.in_flight_new,
+                                                                                       mean):
+                self.stopping = True
+                self.ready.clear()  # (their questions stop as job_budget)
+                logger.warning("teacher token budget reached: no question of %s starts another round",
+                               self.teacher.name)
+            if self.stopping:  # the chunk is dropped: its questions stop as job_budget
+                for q, n in chunk.questions.items():
+                    self.state[q].pending -= n
+                self.generating -= 1
+                return
+            self.in_flight_new += missing
+            self._stream(chunk, gens, turn)
+        else:
+            self.generating -= 1
+        if stored:  # graded at no cost
+            self.to_grade.append((chunk.requests, chunk.todo if missing else None, None))
+
+    def _stream(self, chunk: _Chunk, gens: list, turn) -> None:
         gen = min(gens, key=lambda g: (self.load[g], next(turn) % len(gens)))
-        self.in_flight_new += missing
-        self._call(gen.generate.remote(chunk.todo), "generated", chunk, gen)
+        # (no retry by Ray: a stream sent again could yield its groups in another order; _streamed retries)
+        self._call(gen.stream.options(num_returns="streaming", max_task_retries=0).remote(chunk.todo), "streaming",
+                   chunk, gen)
 
-    def _graded(self, chunk: _Chunk, out: dict) -> None:
-        self.in_flight_new -= chunk.missing
-        self.made.update(out["made"])
-        self.judged.append(out["judge"])
-        if self.after_generate is not None and chunk.missing:
-            self.after_generate(out["made"])
+    def _streamed(self, chunk: _Chunk, stream, gen, gens: list, turn) -> None:
+        """The next question group of a chunk's generation is ready (or the stream has ended)."""
+        try:
+            qids = ray.get(next(stream))
+        except StopIteration:
+            self.generating -= 1
+            return
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as err:
+            chunk.attempts += 1
+            if chunk.attempts > HOST_RESTARTS:
+                raise
+            left = sorted(set(chunk.questions) - chunk.received)
+            logger.warning("generation actor of %s lost %d questions' requests (%s); sending them again",
+                           self.teacher.name, len(left), type(err).__name__)
+            chunk.todo = _only.remote(chunk.todo, left)
+            self._stream(chunk, gens, turn)
+            return
+        chunk.received.update(qids)
+        self.to_grade.append((chunk.requests, None, next(stream)))  # its rows: yielded right after the ids
+        self._call(stream, "streaming", chunk, gen)
+
+    def _graded(self, out: dict) -> None:
+        made = out["made"]
+        self.in_flight_new -= made["generated"] + made["failed"]
+        self.made.update(made)
+        if out["judge"]:
+            self.judged.append(out["judge"])
+        if self.after_generate is not None and made["generated"] + made["failed"]:
+            self.after_generate(made)
         finished = set()
         for q, i, failed, tokens, digest in out["rows"]:
             self.state[q].add(i, failed, tokens, digest)
@@ -410,6 +478,12 @@ class _Rounds:
                 finished.add(q)
         for q in finished:
             _next(q, self.state[q], self.plan, self.stopping, self.final, self.ready)
+
+
+@ray.remote(num_cpus=0)
+def _only(todo: pd.DataFrame, question_ids: list[str]) -> pd.DataFrame:
+    """The requests of ``question_ids`` among ``todo``."""
+    return todo[todo[C.QUESTION_ID].astype(str).isin(set(question_ids))].reset_index(drop=True)
 
 
 def _next(q: str, s: QuestionState, plan: A.SamplingPlan, stopping: bool, final: dict, ready: deque) -> None:

@@ -62,7 +62,7 @@ def test_a_slow_question_does_not_hold_the_others_next_round(ray_local, openai_s
     def teacher(server) -> TeacherConfig:
         return TeacherConfig(name="stub", engine=EngineConfig(kind="openai", model="stub", base_url=server.base_url,
                                                               api_key_env="STUB_API_KEY"),
-                             resources=ResourcesConfig(batch_size=2, num_cpus=0.5))  # a chunk: one question's round
+                             resources=ResourcesConfig(batch_size=64, num_cpus=0.5))  # one chunk: every round 1
 
     with openai_stub(delay_s=delay) as server:
         out = curate_adaptive_stream(GenerationStore(str(tmp_path / "stream" / "generations")), url, teacher(server),
