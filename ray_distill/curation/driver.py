@@ -118,13 +118,14 @@ def adaptive_generate(cfg: JobConfig, store: GenerationStore, questions: list[di
         length = mean_length or fallback[0]
         return runner.totals()["teacher_tokens"] + rec.teacher_tokens + new * length <= budget
 
-    def after_generate(made: dict[str, int]) -> None:
+    def after_generate(made: dict[str, int]) -> None:  # (per grader call: the budget sees the spend at once)
         rec.teacher_tokens += int(made.get("completion_tokens", 0))
-        t.log_metrics({f"{teacher.name}/{k}": v for k, v in made.items()})
 
     with keep_engines():  # a vLLM teacher's engine loads once for all rounds (generation.hosts)
         out = curate_adaptive_stream(store, questions_url, teacher, plan, work_url, grading(cfg, base),
                                      may_spend=may_spend, after_generate=after_generate)
+    t.log_metrics({f"{teacher.name}/{k}": int(out.counters.get(k, 0))
+                   for k in ("generated", "failed", "completion_tokens", "prompt_tokens")})
     if out.judge:
         rec.judge_calls += int(out.judge["judge/calls"])
         rec.judge_tokens += int(out.judge["judge/tokens"])
