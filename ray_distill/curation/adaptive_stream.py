@@ -407,7 +407,7 @@ class _Rounds:
             chunk.questions[q] = self.state[q].pending
             size += self.state[q].pending
         block_ids = sorted({self.state[q].block for q in chunk.questions})
-        chunk.requests, chunk.todo, counts = _prepare.remote(ray.put(spec), self.teacher_ref, index,
+        chunk.requests, chunk.todo, counts = _prepare.remote(spec, self.teacher_ref, index,
                                                              *[self.blocks[b] for b in block_ids])
         self.generating += 1
         self._call(counts, "prepared", chunk, None)

@@ -364,7 +364,7 @@ def grader_pool_size(grading: Grading) -> int:
 
 def _requests(questions, teacher: TeacherConfig, n) -> ray.data.Dataset:
     """Request rows of the questions (at a URL, or a materialized dataset: its plans then need no listing
-    task, which asks for a CPU): samples ``0..n-1`` of each, or, with ``n`` (a reference to) rounds of adaptive
+    task, which asks for a CPU): samples ``0..n-1`` of each, or, with ``n`` a chunk of the rounds of adaptive
     sampling (:mod:`.adaptive_stream`) -- ``{"n": {question id: count}}`` and optionally ``"from"`` / ``"retry"``
     -- the samples of the round's questions below their counts, and of those only the ones from ``from[q]`` on
     plus the indices in ``retry[q]``."""
@@ -373,9 +373,9 @@ def _requests(questions, teacher: TeacherConfig, n) -> ray.data.Dataset:
 
 
 def _request_rows(batch: pd.DataFrame, teacher: TeacherConfig, n) -> pd.DataFrame:
-    if not isinstance(n, (ray.ObjectRef, dict)):
+    if not isinstance(n, dict):
         return request_frame(batch.to_dict("records"), teacher, n)
-    this_round = _resolve(n)
+    this_round = n
     counts = this_round["n"]
     active = batch[batch[C.QUESTION_ID].astype(str).isin(counts)]
     if active.empty:  # none of the round's questions: no row, with the request columns
