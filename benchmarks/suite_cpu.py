@@ -72,8 +72,9 @@ def _processes(tick: int) -> dict[int, tuple[int, float, str]]:
             name = cmd[cmd.index("ray::"):].split()[0].split("(")[0]
         else:
             name = os.path.basename(cmd.split()[0]) if cmd else "?"
-            if name.startswith("python") and len(cmd.split()) > 1:  # name the script or module it runs
-                arg = next((a for a in cmd.split()[1:] if not a.startswith("-")), "")
+            args = cmd.split()[1:]
+            if name.startswith("python") and args:  # name the script or module it runs (or "-c")
+                arg = "-c" if args[0] == "-c" else next((a for a in args if not a.startswith("-")), "")
                 name = f"python {os.path.basename(arg)}"[:60]
         out[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, name)
     return out
@@ -111,9 +112,9 @@ def report(windows: Path, samples: list, top: int) -> None:
     by_worker = collections.defaultdict(list)
     for r in tests:
         by_worker[r["pid"]].append((r["start"], r["end"], r["test"]))
-    starts = {w: [s for s, _, _ in sorted(v)] for w, v in by_worker.items()}
     for v in by_worker.values():
         v.sort()
+    starts = {w: [s for s, _, _ in v] for w, v in by_worker.items()}
     t0, t1 = min(r["start"] for r in tests), max(r["end"] for r in tests)
     per_test, per_kind, outside = collections.Counter(), collections.Counter(), 0.0
     for t, used in samples:
