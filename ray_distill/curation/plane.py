@@ -375,14 +375,13 @@ def _requests(questions, teacher: TeacherConfig, n) -> ray.data.Dataset:
 def _request_rows(batch: pd.DataFrame, teacher: TeacherConfig, n) -> pd.DataFrame:
     if not isinstance(n, dict):
         return request_frame(batch.to_dict("records"), teacher, n)
-    this_round = n
-    counts = this_round["n"]
+    counts = n["n"]
     active = batch[batch[C.QUESTION_ID].astype(str).isin(counts)]
     if active.empty:  # none of the round's questions: no row, with the request columns
         return request_frame(batch.head(1).to_dict("records"), teacher, 1).iloc[:0]
     req = request_frame(active.to_dict("records"), teacher, counts)
-    if "from" in this_round:
-        start, retry = this_round["from"], this_round.get("retry", {})
+    if "from" in n:
+        start, retry = n["from"], n.get("retry", {})
         qid = req[C.QUESTION_ID].astype(str)
         keep = [i >= start.get(q, 0) or i in retry.get(q, ()) for q, i in zip(qid, req[C.SAMPLE_INDEX])]
         req = req[keep].reset_index(drop=True)
@@ -401,7 +400,7 @@ _KEEP_RESOLVED = 4  # a plan's step may hold the store index and a round's count
 
 
 def _resolve(ref) -> dict:
-    """The value behind an object ref (the store index, a round's counts), deserialised once per worker
+    """The value behind an object ref (the store's index), deserialised once per worker
     process (Ray Data hands nested refs over unresolved; workers are reused across tasks); the last few kept."""
     if not isinstance(ref, ray.ObjectRef):
         return ref
