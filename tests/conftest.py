@@ -28,6 +28,9 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # for the clusters the tests start too.
 for _name, _value in LOCAL_CLUSTER_ENV.items():
     os.environ.setdefault(_name, _value)
+# The `mlflow ui` / `mlflow server` processes the tests start run without MLflow's job runner (huey consumers for
+# its GenAI jobs, which nothing here uses): ~24 CPU-s less per server (cluster/local_cluster.sh does the same).
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 # The CLI's tables at a known width, whether pytest runs in a terminal, under CI or in an xdist worker (Rich
 # falls back to 80 columns without a terminal, and a long cell would wrap differently).
 os.environ["COLUMNS"] = "200"
