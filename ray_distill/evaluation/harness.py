@@ -4,8 +4,11 @@ score comes with its baseline.
 
     scores = run_harness("/ckpt/student", HarnessConfig(tasks=["max_ood"], include_path="jobs/harness"), student)
     scores["max_ood"]["exact_match/boxed"]     # {task: {metric: value}}, metric names as MLflow takes them
+    base, after = run_harness_all(["/ckpt/base", "/ckpt/student"], cfg, student)   # several models
 
-The harness runs in one Ray task with the student's serving resources (``student.serving``), on lm_eval's own
+The harness runs in a Ray task with the student's serving resources (``student.serving``): on CPUs one task for
+all the models, one after the other (importing vLLM and lm_eval is most of a run there: ~11 of the ~12 CPU-s a
+vLLM process spends before its first sample), on GPUs one task per model, concurrently; on lm_eval's own
 vLLM backend (``backend: vllm``, the student's serving settings, chat template and ``chat_template_kwargs``
 (:func:`template_args`), the CPU settings vLLM needs
 without a GPU) or its transformers backend (``backend: hf``). Custom tasks are YAML files in ``include_path``;
@@ -137,8 +140,26 @@ def evaluate_in_process(model_args: dict, cfg: HarnessConfig, include_path: str 
     return out["results"]
 
 
+def evaluate_models_in_process(model_args: list[dict], cfg: HarnessConfig, include_path: str | None) -> list[dict]:
+    """:func:`evaluate_in_process` of each model in turn, in this one process (vLLM and lm_eval imported once);
+    each model's engine is freed before the next is built."""
+    from ray_distill.generation.actor import free_engine_memory
+
+    results = []
+    for args in model_args:
+        results.append(evaluate_in_process(args, cfg, include_path))
+        free_engine_memory()
+    return results
+
+
 def run_harness(model_path: str, cfg: HarnessConfig, student: StudentConfig) -> dict[str, dict[str, float]]:
     """lm_eval on ``model_path`` in a Ray task with the student's serving resources; ``{task: {metric: value}}``."""
+    return run_harness_all([model_path], cfg, student)[0]
+
+
+def run_harness_all(model_paths: list[str], cfg: HarnessConfig,
+                    student: StudentConfig) -> list[dict[str, dict[str, float]]]:
+    """:func:`run_harness` of every model, in order: on CPUs in one Ray task, on GPUs one task each, concurrently."""
     import ray
 
     from ray_distill.generation.actor import VLLM_CPU_ENV_DEFAULTS
@@ -153,14 +174,17 @@ def run_harness(model_path: str, cfg: HarnessConfig, student: StudentConfig) -> 
     if cfg.backend == "vllm" and not gpu:
         env = {"env_vars": {k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV_DEFAULTS.items()}}
     # max_calls=1: the worker exits after the run, so the engine's memory goes back before anything else runs
-    task = ray.remote(max_calls=1)(evaluate_in_process).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                                                                resources=dict(res.custom_resources) or None,
-                                                                runtime_env=env, max_retries=0)
-    args = harness_model_args(model_path, cfg, student)
+    task = ray.remote(max_calls=1)(evaluate_models_in_process).options(
+        num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=dict(res.custom_resources) or None, runtime_env=env,
+        max_retries=0)
+    args = [harness_model_args(path, cfg, student) for path in model_paths]
     release_engines()  # lm_eval builds its own engine: idle engine hosts would hold the resources it needs
-    logger.info("lm-evaluation-harness (%s backend): tasks %s on %s", cfg.backend, cfg.tasks, model_path)
-    results = ray.get(task.remote(args, cfg, include_path))
-    missing = [t for t in cfg.tasks if t not in results]
-    if missing:
-        logger.warning("lm-evaluation-harness returned no results for %s (groups report their subtasks)", missing)
-    return harness_scores(results)
+    logger.info("lm-evaluation-harness (%s backend): tasks %s on %s", cfg.backend, cfg.tasks, ", ".join(model_paths))
+    groups = [[a] for a in args] if gpu else [args]
+    tables = [t for group in ray.get([task.remote(g, cfg, include_path) for g in groups]) for t in group]
+    for path, results in zip(model_paths, tables):
+        missing = [t for t in cfg.tasks if t not in results]
+        if missing:
+            logger.warning("lm-evaluation-harness returned no results for %s on %s (groups report their subtasks)",
+                           missing, path)
+    return [harness_scores(results) for results in tables]

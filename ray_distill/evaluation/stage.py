@@ -18,7 +18,7 @@ from ray_distill.config import JobConfig, SuiteConfig
 from ray_distill.curation.compression import pass_rates
 from ray_distill.data.fs import join
 from ray_distill.evaluation.evaluate import evaluate_suites, grade_samples, sample_student
-from ray_distill.evaluation.harness import run_harness
+from ray_distill.evaluation.harness import run_harness_all
 from ray_distill.evaluation.metrics import macro_average
 from ray_distill.generation.store import GenerationStore
 from ray_distill.progress import StageRecord
@@ -101,12 +101,12 @@ def _log_scores(cfg: JobConfig, t: Tracker, prefix: str, suites: dict[str, list[
 
 
 def evaluate_harness(cfg: JobConfig, models: dict[str, str], t: Tracker) -> dict[str, dict[str, dict[str, float]]]:
-    """``eval.harness``: lm-evaluation-harness tasks on every model of ``{prefix: model}`` (``evaluation.harness``),
-    the models run concurrently (one Ray task each: their engine start-ups overlap), logged one after the other
-    as ``<prefix>/harness/<task>/<metric>`` beside the suites' scores; ``{prefix: {}}`` when not configured."""
+    """``eval.harness``: lm-evaluation-harness tasks on every model of ``{prefix: model}`` (``evaluation.harness``:
+    on CPUs in one process, on GPUs concurrently), logged one after the other as ``<prefix>/harness/<task>/<metric>``
+    beside the suites' scores; ``{prefix: {}}`` when not configured."""
     if cfg.eval.harness is None:
         return {prefix: {} for prefix in models}
-    ran = dict(zip(models, at_once(lambda m: run_harness(m, cfg.eval.harness, cfg.student), list(models.values()))))
+    ran = dict(zip(models, run_harness_all(list(models.values()), cfg.eval.harness, cfg.student)))
     for prefix, scores in ran.items():
         t.log_metrics({f"{prefix}/harness/{task}/{m}": v for task, ms in scores.items() for m, v in ms.items()})
         t.log_table(pd.DataFrame([{"task": task, "metric": m, "value": v} for task, ms in scores.items()

@@ -46,6 +46,24 @@ VLLM_CPU_ENV_DEFAULTS = {
 }
 
 
+def free_engine_memory() -> None:
+    """After a vLLM engine of this process was shut down and dropped: collect it, and on a GPU free its device
+    memory and distributed state the way vLLM's own tests do between two engines of one process (best effort: the
+    next engine's own checks report a real shortage)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+    except Exception:
+        logger.warning("freeing a previous vLLM engine's device memory failed", exc_info=True)
+
+
 def with_question_defaults(df: pd.DataFrame, what: str) -> pd.DataFrame:
     """``df`` with every question column: optional ones (:data:`OPTIONAL_QUESTION_COLUMNS`) are filled
     with their default, a missing required one is an error."""

@@ -25,7 +25,6 @@ are hosted; every other engine is built in its stage's actors as before.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import threading
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 import ray
 
 from ray_distill.config import EngineConfig, SamplingConfig, TeacherConfig
-from ray_distill.generation.actor import engine_key, engine_runtime_env, generate_dataset
+from ray_distill.generation.actor import engine_key, engine_runtime_env, free_engine_memory, generate_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -104,16 +103,7 @@ class EngineHost:
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         del engine
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():  # what vLLM's own tests do between two engines of one process
-                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-                cleanup_dist_env_and_memory()
-        except Exception:  # freeing is best effort: the next engine's own checks report a real shortage
-            logger.warning("engine host: freeing the previous engine's device memory failed", exc_info=True)
+        free_engine_memory()
 
 
 @dataclass
