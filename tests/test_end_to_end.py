@@ -232,6 +232,7 @@ def test_stage_commands_share_the_stores_and_artifacts(storage):
     (One teacher, no smoke test or compression: the stage boundaries are the point; `run` covers the rest.)"""
     small = [f"storage={storage}", *SMALL, "name=stages", "smoke_test.enabled=false", "compression.enabled=false",
              "questions.synthetic.num_questions=40", "dev.suite.synthetic.num_questions=10", "train.epochs=1",
+             "train.num_workers=1",  # one Ray Train worker: the quickstart above trains on two
              "eval.suites=[{name: max_2to3, domain: ood, synthetic: {family: max, num_questions: 10, "
              "min_difficulty: 2, max_difficulty: 3, seed: 102}}]", "eval.k=1"]
     job = str(ROOT / "jobs/quickstart.yaml")
@@ -290,7 +291,8 @@ def test_tune_reuses_generations(storage):
                 "questions.synthetic.num_questions=300", "student.base_rows=2000", "student.base_epochs=2",
                 "student.base_chains=500",
                 "eval.suites.0.synthetic.num_questions=60", "eval.suites.1.synthetic.num_questions=40",
-                "eval.k=2", "train.epochs=3", f"teachers.0.name={winner}", f"teachers.0.engine.persona={winner}",
+                "eval.k=2", "train.epochs=3", "train.num_workers=1",  # one worker a trial: the quickstart trains on two
+                f"teachers.0.name={winner}", f"teachers.0.engine.persona={winner}",
                 "tune.search_space={selection.max_questions: [10, 60]}", cwd=storage)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "best trial" in proc.stdout
