@@ -152,6 +152,12 @@ def evaluate_models_in_process(model_args: list[dict], cfg: HarnessConfig, inclu
     return results
 
 
+def task_groups(items: list, gpu: bool) -> list[list]:
+    """The harness's Ray tasks, in order: on GPUs one per model (run concurrently, each on its own devices), on CPUs
+    one for all (importing vLLM and lm_eval once is most of a run there)."""
+    return [[x] for x in items] if gpu else [list(items)] if items else []
+
+
 def run_harness(model_path: str, cfg: HarnessConfig, student: StudentConfig) -> dict[str, dict[str, float]]:
     """lm_eval on ``model_path`` in a Ray task with the student's serving resources; ``{task: {metric: value}}``."""
     return run_harness_all([model_path], cfg, student)[0]
@@ -180,8 +186,8 @@ def run_harness_all(model_paths: list[str], cfg: HarnessConfig,
     args = [harness_model_args(path, cfg, student) for path in model_paths]
     release_engines()  # lm_eval builds its own engine: idle engine hosts would hold the resources it needs
     logger.info("lm-evaluation-harness (%s backend): tasks %s on %s", cfg.backend, cfg.tasks, ", ".join(model_paths))
-    groups = [[a] for a in args] if gpu else [args]
-    tables = [t for group in ray.get([task.remote(g, cfg, include_path) for g in groups]) for t in group]
+    tables = [t for group in ray.get([task.remote(g, cfg, include_path) for g in task_groups(args, gpu)])
+              for t in group]
     for path, results in zip(model_paths, tables):
         missing = [t for t in cfg.tasks if t not in results]
         if missing:

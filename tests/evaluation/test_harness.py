@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ray_distill.config import ConfigError, HarnessConfig, StudentConfig, config_from_dict
-from ray_distill.evaluation.harness import harness_model_args, harness_scores, metric_name
+from ray_distill.evaluation.harness import harness_model_args, harness_scores, metric_name, task_groups
 
 HARNESS_DIR = Path(__file__).resolve().parents[2] / "jobs" / "harness"
 
@@ -84,3 +84,9 @@ def test_readme_shows_the_tested_files_verbatim():
     job = (HARNESS_DIR.parent / "judge_harness.yaml").read_text()
     task = (HARNESS_DIR / "max_ood.yaml").read_text()
     assert len(blocks) == 2 and blocks[0] in job and blocks[1] in task and len(blocks[1]) > 300
+
+
+def test_harness_tasks_one_per_model_on_gpus_one_for_all_on_cpus():
+    assert task_groups(["base", "student"], gpu=False) == [["base", "student"]]
+    assert task_groups(["base", "student"], gpu=True) == [["base"], ["student"]]
+    assert task_groups([], gpu=False) == [] == task_groups([], gpu=True)
