@@ -128,11 +128,13 @@ MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 def run_url(uri: str, experiment_id: str, run_id: str, ui: str = "http://127.0.0.1:5000") -> tuple[str | None, str]:
     """Where MLflow's UI shows a run, ``(the command that serves the UI or None, the run's page)``: a tracking
     server's own address; for a local store (SQLite, a folder), ``mlflow ui`` on it and the page on that
-    command's default address. No credentials."""
+    command's default address, served by one process (``--workers 1``: MLflow's default of 4 uvicorn workers starts 4
+    servers for one reader; on a busy 2-core host its supervisor killed workers still importing and the UI was not
+    up after a minute, one process answered in 42 s). No credentials."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
     if uri.startswith(("http://", "https://")):
         return None, f"{redact(uri).rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {redact(uri)}", f"{ui}/{page}"
+    return f"mlflow ui --backend-store-uri {redact(uri)} --workers 1", f"{ui}/{page}"
 
 
 def _from(source: str) -> str:

@@ -92,7 +92,7 @@ def test_quickstart_end_to_end(storage, secrets_in_files):
     (parent,) = [r for r in runs if r.info.run_name == "quickstart"]
     metrics = parent.data.metrics
     # the first page a user opens: the command prints it, and the job's run lists the corpus it trained on
-    assert f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db\n" in out
+    assert f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db --workers 1\n" in out
     assert (f"open the run: http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/"
             f"{parent.info.run_id}?workflowType=machine_learning") in out
     inputs = MlflowClient(f"sqlite:///{storage}/mlflow.db").get_run(parent.info.run_id).inputs.dataset_inputs
@@ -203,13 +203,13 @@ def test_the_printed_mlflow_ui_line_serves_the_printed_run(storage, tmp_path):
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 5000)) == 0:
             pytest.skip("something already listens on 127.0.0.1:5000, the address `mlflow ui` serves on")
-    line = f"mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db"
+    line = f"mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db --workers 1"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     server = subprocess.Popen(shlex.split(line), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     api = f"http://127.0.0.1:5000/api/2.0/mlflow/runs/get?run_id={parent.info.run_id}"
     try:
-        for _ in range(120):
+        for _ in range(240):
             try:
                 with urllib.request.urlopen(api, timeout=2) as resp:
                     got = json.loads(resp.read())
@@ -218,7 +218,7 @@ def test_the_printed_mlflow_ui_line_serves_the_printed_run(storage, tmp_path):
                 assert server.poll() is None, "mlflow ui exited"
                 time.sleep(0.5)
         else:
-            pytest.fail("mlflow ui did not answer within 60 s")
+            pytest.fail("mlflow ui did not answer within 120 s")
         assert got["run"]["info"]["run_name"] == "quickstart"
         assert got["run"]["info"]["experiment_id"] == parent.info.experiment_id
     finally:

@@ -240,5 +240,5 @@ def test_run_url_points_at_the_run_in_mlflows_ui():
     assert run_url("https://u:pw@mlflow.example/", "3", "abc")[1] == \
         f"https://***@mlflow.example/#/experiments/3/runs/abc{view}"
     assert run_url("sqlite:////data/out/mlflow.db", "1", "abc") == (
-        "mlflow ui --backend-store-uri sqlite:////data/out/mlflow.db",
+        "mlflow ui --backend-store-uri sqlite:////data/out/mlflow.db --workers 1",
         f"http://127.0.0.1:5000/#/experiments/1/runs/abc{view}")
