@@ -223,7 +223,11 @@ def test_the_printed_mlflow_ui_line_serves_the_printed_run(storage, tmp_path):
         assert got["run"]["info"]["experiment_id"] == parent.info.experiment_id
     finally:
         os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a worker still starting on a busy host: the test's result stands
+            os.killpg(server.pid, 9)
+            server.wait(timeout=30)
 
 
 def test_stage_commands_share_the_stores_and_artifacts(storage):
