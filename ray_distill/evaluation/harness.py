@@ -8,8 +8,9 @@ score comes with its baseline.
 
 The harness runs in a Ray task with the student's serving resources (``student.serving``): on CPUs one task for
 all the models, one after the other (importing vLLM and lm_eval is most of a run there: ~11 of the ~12 CPU-s a
-vLLM process spends before its first sample), on GPUs one task per model, concurrently; on lm_eval's own
-vLLM backend (``backend: vllm``, the student's serving settings, chat template and ``chat_template_kwargs``
+vLLM process spends before its first sample; benchmarks/harness_processes.py: 0.65-0.79 of the CPU, at the price of
+the wall time where cores sit idle, 1.59x on an idle 2-core host), on GPUs one task per model, concurrently; on
+lm_eval's own vLLM backend (``backend: vllm``, the student's serving settings, chat template and ``chat_template_kwargs``
 (:func:`template_args`), the CPU settings vLLM needs
 without a GPU) or its transformers backend (``backend: hf``). Custom tasks are YAML files in ``include_path``;
 the task runs with that folder as its working directory, so a task's ``dataset_kwargs.data_files`` may name a
@@ -168,7 +169,7 @@ def run_harness_all(model_paths: list[str], cfg: HarnessConfig,
     """:func:`run_harness` of every model, in order: on CPUs in one Ray task, on GPUs one task each, concurrently."""
     import ray
 
-    from ray_distill.generation.actor import VLLM_CPU_ENV_DEFAULTS
+    from ray_distill.generation.actor import vllm_cpu_env
     from ray_distill.generation.hosts import release_engines
 
     res = student.serving.resources
@@ -178,7 +179,7 @@ def run_harness_all(model_paths: list[str], cfg: HarnessConfig,
         raise FileNotFoundError(f"eval.harness.include_path: {cfg.include_path} is not a folder")
     env = None
     if cfg.backend == "vllm" and not gpu:
-        env = {"env_vars": {k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV_DEFAULTS.items()}}
+        env = vllm_cpu_env()
     # max_calls=1: the worker exits after the run, so the engine's memory goes back before anything else runs
     task = ray.remote(max_calls=1)(evaluate_models_in_process).options(
         num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=dict(res.custom_resources) or None, runtime_env=env,

@@ -13,6 +13,7 @@ do not depend on batching or on which actor ran the batch.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
@@ -46,12 +47,16 @@ VLLM_CPU_ENV_DEFAULTS = {
 }
 
 
+def vllm_cpu_env() -> dict:
+    """The ``runtime_env`` of a vLLM process without a GPU: :data:`VLLM_CPU_ENV_DEFAULTS`, this environment's own
+    values first."""
+    return {"env_vars": {k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV_DEFAULTS.items()}}
+
+
 def free_engine_memory() -> None:
     """After a vLLM engine of this process was shut down and dropped: collect it, and on a GPU free its device
     memory and distributed state the way vLLM's own tests do between two engines of one process (best effort: the
     next engine's own checks report a real shortage)."""
-    import gc
-
     gc.collect()
     try:
         import torch
@@ -194,7 +199,7 @@ def engine_runtime_env(teacher: TeacherConfig) -> dict | None:
     """Environment for the engine actors: vLLM-on-CPU settings when the actor has no GPU."""
     if teacher.engine.kind != "vllm" or teacher.resources.num_gpus > 0:
         return None
-    return {"env_vars": {k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV_DEFAULTS.items()}}
+    return vllm_cpu_env()
 
 
 def engine_pool(teacher: TeacherConfig, concurrent_batches: int | None = None) -> dict:
