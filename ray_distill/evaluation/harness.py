@@ -11,7 +11,8 @@ all the models, one after the other (importing vLLM and lm_eval is most of a run
 vLLM process spends before its first sample; benchmarks/harness_processes.py: 0.65-0.79 of the CPU, at the price of
 the wall time where cores sit idle, 1.59x on an idle 2-core host), on GPUs one task per model, concurrently; on
 lm_eval's own vLLM backend (``backend: vllm``, the student's serving settings, chat template and
-``chat_template_kwargs`` (:func:`template_args`), the CPU settings vLLM needs without a GPU) or its transformers backend (``backend: hf``). Custom tasks are YAML files in ``include_path``;
+``chat_template_kwargs`` (:func:`template_args`), the CPU settings vLLM needs without a GPU) or its transformers
+backend (``backend: hf``). Custom tasks are YAML files in ``include_path``;
 the task runs with that folder as its working directory, so a task's ``dataset_kwargs.data_files`` may name a
 file next to its YAML (``dataset_path: json``: no download).
 
