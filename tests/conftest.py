@@ -123,21 +123,48 @@ def two_node_cluster():
 
 # `make test` runs the suite on two pytest-xdist workers (TEST_WORKERS=2, the default), one test file at a time
 # per worker (`--dist loadfile`: a file's module fixtures, e.g. the quickstart storage its later tests read, stay on one
-# worker). The files with the longest end-to-end tests go first, so the last minutes are not one long job
-# running alone while the other worker idles (in one process, TEST_WORKERS=0, the order changes nothing).
+# worker); a worker takes the next file of the queue when it has two tests or fewer left. The longest files go first,
+# longest to shortest (the other files follow in pytest's order), so the last minutes are short files on both workers,
+# not one long file running alone while the other worker idles (in one process, TEST_WORKERS=0, the order changes
+# nothing). The order is the files' measured times (the suite prints them: "slowest files", below); a file that grows
+# past the last one listed belongs in it.
 LONGEST_FIRST = (
-    "test_real_model.py", "test_end_to_end.py", "test_submit.py", "test_public_data_job.py", "tuning/test_search.py",
-    "training/test_resilience.py", "training/test_sft.py", "curation/test_sandbox.py", "evaluation/test_evaluate.py",
-    "generation/test_vllm_engine.py", "training/test_strategies.py", "evaluation/test_evaluate_all.py",
+    "test_end_to_end.py", "test_real_model.py", "test_submit.py", "tuning/test_search.py",
+    "generation/test_vllm_engine.py", "training/test_sft.py", "test_public_data_job.py", "evaluation/test_evaluate.py",
+    "generation/test_canary.py", "training/test_resilience.py", "curation/test_judge_vllm.py",
+    "test_token_economy.py", "training/test_strategies.py", "evaluation/test_evaluate_all.py",
+    "generation/test_hosts.py", "generation/test_adaptive_stream.py", "generation/test_continuous.py",
+    "curation/test_plane.py", "planning/test_fake_fsdp.py", "generation/test_openai_vllm_server.py",
+    "training/test_export.py", "curation/test_sandbox.py",
 )
+_file_seconds: dict[str, float] = {}
+
+
+def _test_file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0].removeprefix("tests/")
 
 
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
-        path = item.nodeid.split("::", 1)[0].removeprefix("tests/")
+        path = _test_file(item.nodeid)
         return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: a file's tests keep their order
+
+
+def pytest_runtest_logreport(report):
+    """Each file's time: setup, call and teardown of its tests (under xdist, the reports the workers send)."""
+    _file_seconds[_test_file(report.nodeid)] = _file_seconds.get(_test_file(report.nodeid), 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The 20 slowest files, marking those LONGEST_FIRST does not list."""
+    if not _file_seconds or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    terminalreporter.write_sep("=", "slowest files (setup + call + teardown of their tests)")
+    for path, seconds in sorted(_file_seconds.items(), key=lambda kv: -kv[1])[:20]:
+        unlisted = "" if path in LONGEST_FIRST else "  (not in LONGEST_FIRST)"
+        terminalreporter.write_line(f"{seconds:8.1f}s {path}{unlisted}")
 
 
 def files_holding(root, secrets: dict[str, str]) -> list[str]:
