@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import LONGEST_FIRST
+from tests.conftest import LONGEST_FIRST
 
 
 def test_longest_first_names_each_existing_test_file_once():
