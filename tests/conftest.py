@@ -153,7 +153,8 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_runtest_logreport(report):
     """Each file's time: setup, call and teardown of its tests (under xdist, the reports the workers send)."""
-    _file_seconds[_test_file(report.nodeid)] = _file_seconds.get(_test_file(report.nodeid), 0.0) + report.duration
+    path = _test_file(report.nodeid)
+    _file_seconds[path] = _file_seconds.get(path, 0.0) + report.duration
 
 
 def pytest_terminal_summary(terminalreporter):
