@@ -236,7 +236,6 @@ def test_stage_commands_share_the_stores_and_artifacts(storage):
     (One teacher, no smoke test or compression: the stage boundaries are the point; `run` covers the rest.)"""
     small = [f"storage={storage}", *SMALL, "name=stages", "smoke_test.enabled=false", "compression.enabled=false",
              "questions.synthetic.num_questions=40", "dev.suite.synthetic.num_questions=10", "train.epochs=1",
-             "train.num_workers=1",  # one Ray Train worker: the quickstart above trains on two
              "eval.suites=[{name: max_2to3, domain: ood, synthetic: {family: max, num_questions: 10, "
              "min_difficulty: 2, max_difficulty: 3, seed: 102}}]", "eval.k=1"]
     job = str(ROOT / "jobs/quickstart.yaml")
@@ -265,6 +264,12 @@ def test_stage_commands_share_the_stores_and_artifacts(storage):
     assert {m.key: m.dataset_name for m in model.metrics} == {"train_loss": "curated_corpus"}
     assert "**ray-distill train**" in runs["stages-train"].data.tags["mlflow.note.content"]
     assert stages["stages-eval"] == {"student", "questions", "evaluate"}
+    # the quickstart's base student (same recipe, same Ray Train world size): pretrained once for the file, found in
+    # the storage's cache by every stage command
+    for name in ("stages-generate", "stages-curate", "stages-train", "stages-eval"):
+        (student,) = [r for r in _runs(storage) if r.info.run_name == "student"
+                      and r.data.tags.get("mlflow.parentRunId") == runs[name].info.run_id]
+        assert student.data.tags.get("student.cached") == "true", name
     # curate generated nothing: generate had stored every sample it needs
     curate_run = runs["stages-curate"]
     assert curate_run.data.metrics["total/teacher_tokens"] == 0
@@ -295,7 +300,7 @@ def test_tune_reuses_generations(storage):
                 "questions.synthetic.num_questions=300", "student.base_rows=2000", "student.base_epochs=2",
                 "student.base_chains=500",
                 "eval.suites.0.synthetic.num_questions=60", "eval.suites.1.synthetic.num_questions=40",
-                "eval.k=2", "train.epochs=3", "train.num_workers=1",  # one worker a trial: the quickstart trains on two
+                "eval.k=2", "train.epochs=3",
                 f"teachers.0.name={winner}", f"teachers.0.engine.persona={winner}",
                 "tune.search_space={selection.max_questions: [10, 60]}", cwd=storage)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -316,3 +321,7 @@ def test_tune_reuses_generations(storage):
     assert all(t.data.metrics["dev_questions"] == 150 for t in trials)  # scored on the dev suite
     # the search curated from the store only: not one teacher token generated
     assert parent.data.metrics["search/teacher_tokens_generated"] == 0
+    # and distilled from the quickstart's cached base student (the same recipe and Ray Train world size)
+    (student,) = [r for r in runs if r.info.run_name == "student"
+                  and r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert student.data.tags.get("student.cached") == "true"
