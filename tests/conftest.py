@@ -128,13 +128,13 @@ def two_node_cluster():
 # not one long file running alone while the other worker idles (in one process, TEST_WORKERS=0, the order changes
 # nothing). The order is the files' measured times (the suite prints them: "slowest files", below); a file that grows
 # past the last one listed belongs in it.
-LONGEST_FIRST = (  # the 20 slowest files of a clean-clone run (795 ... 28 s), then one 39 s on a slower host
-    "test_end_to_end.py", "test_real_model.py", "test_submit.py", "tuning/test_search.py", "test_public_data_job.py",
-    "training/test_sft.py", "training/test_resilience.py", "generation/test_canary.py", "generation/test_hosts.py",
-    "generation/test_vllm_engine.py", "test_token_economy.py", "evaluation/test_evaluate_all.py",
-    "training/test_strategies.py", "evaluation/test_evaluate.py", "generation/test_adaptive_stream.py",
-    "planning/test_fake_fsdp.py", "generation/test_openai_vllm_server.py", "curation/test_judge_vllm.py",
-    "generation/test_resume.py", "training/test_export.py", "generation/test_continuous.py",
+LONGEST_FIRST = (  # the 20 slowest files of a clean-clone run (660 ... 28 s), then two of 29 and 39 s in earlier runs
+    "test_end_to_end.py", "test_real_model.py", "test_submit.py", "training/test_sft.py", "tuning/test_search.py",
+    "test_public_data_job.py", "training/test_resilience.py", "generation/test_canary.py", "test_token_economy.py",
+    "generation/test_hosts.py", "generation/test_vllm_engine.py", "generation/test_adaptive_stream.py",
+    "training/test_strategies.py", "evaluation/test_evaluate_all.py", "planning/test_fake_fsdp.py",
+    "evaluation/test_evaluate.py", "generation/test_openai_vllm_server.py", "generation/test_resume.py",
+    "curation/test_judge_vllm.py", "test_reproducible.py", "training/test_export.py", "generation/test_continuous.py",
 )
 _file_seconds: dict[str, float] = {}
 
