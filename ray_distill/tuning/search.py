@@ -70,7 +70,9 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
     cfg, base, inputs, counters = prepare(cfg, runner)
     tracker.log_metrics(counters)
     with runner.stage("evaluate_base") as (t, rec):
-        baseline = dev_metrics(score_dev(cfg, base, inputs["dev"]))  # as the trials and the smoke test score
+        scored = score_dev(cfg, base, inputs["dev"])  # as the trials and the smoke test score
+        rec.student_tokens += int(scored["tokens"])
+        baseline = dev_metrics(scored)
         t.log_metrics({f"before/{k}": v for k, v in baseline.items()})
         rec.notes["score"] = baseline["score"]
     work = join(absolute(cfg.run_dir), "tune")
@@ -89,7 +91,8 @@ def prepare(cfg: JobConfig, runner: StageRunner) -> tuple[JobConfig, str, dict, 
     teacher's mean probe length where a per-question token cap lowers a fixed M (as in the job)."""
     from ray_distill import pipeline as P
     from ray_distill.curation.driver import mean_tokens, verify
-    from ray_distill.evaluation.stage import student_pass_rates
+    from ray_distill.curation.compression import pass_rates
+    from ray_distill.evaluation.stage import student_samples
 
     cfg = P.resolve_models(cfg)
     raw_job = cfg.model_dump(mode="json")
@@ -99,7 +102,9 @@ def prepare(cfg: JobConfig, runner: StageRunner) -> tuple[JobConfig, str, dict, 
     for v in variants(cfg, "rates"):
         with runner.stage("pass_rates" + "".join(f"/{k.rsplit('.', 1)[-1]}={x}" for k, x in v.items()),
                           rows_in=len(pool)) as (t, rec):
-            rates[variant_id(v, list(v))] = table = student_pass_rates(trial_config(raw_job, v), pool, base)
+            samples = student_samples(trial_config(raw_job, v), pool, base)
+            rec.student_tokens += int(samples[C.NUM_TOKENS].sum())  # as the job's compress stage counts them
+            rates[variant_id(v, list(v))] = table = pass_rates(samples)
             rec.notes["mean_pass_rate"] = float(table[C.PASS_RATE].mean())
     candidates = candidate_questions(cfg, pool, rates)
     m_max = max(choices(cfg, "selection.samples_per_question"))

@@ -124,6 +124,10 @@ def test_optuna_asha_search_records_a_failing_trial(stored, tiny_student_path):
     assert parent.data.metrics["search/teacher_tokens_generated"] == 0
     assert parent.data.metrics["search/failed_trials"] == 1
     runs = client.search_runs([parent.info.experiment_id], max_results=200)
+    # the base student's samples count where they are used: compression's pass rates, the baseline on the dev suite
+    stages = {r.info.run_name: r.data.metrics for r in runs
+              if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert stages["pass_rates"]["student_tokens"] > 0 and stages["evaluate_base"]["student_tokens"] > 0
     nested = [r for r in runs if r.info.run_name.startswith("trial-")]
     assert len(nested) == 2 and all(r.info.status != "RUNNING" for r in nested)
     (bad,) = [r for r in nested if r.info.status == "FAILED"]
