@@ -258,6 +258,8 @@ def train_stage(cfg: JobConfig, corpus: list[dict], base: str, runner: StageRunn
                            chat_template=cfg.student.chat_template, log_model=False)  # see log_student
         rec.notes.update({k: v for k, v in result.metrics.items()
                           if k in ("train_loss", "tokens_per_s", "non_pad_fraction", "restarts", "num_nodes")})
+        if result.metrics.get("work_by_node"):  # the tokens of the node whose workers trained least (0: one idled)
+            t.log_metrics({"train/min_node_tokens": min(result.metrics["work_by_node"].values())})
     return result
 
 

@@ -403,9 +403,10 @@ def _assert_run_tree(client, experiment: str, run_name: str) -> None:
     assert STAGES <= {r.info.run_name for r in children}
     assert all(r.info.status == "FINISHED" for r in children)
     # multi-node training: the job's two Ray Train workers of 2 CPUs each (jobs/cluster_smoke.yaml) on nodes of 2 CPUs,
-    # one on each node, and the student they trained
+    # one on each node, and both trained
     (train,) = [r for r in children if r.info.run_name == "train"]
-    assert train.data.metrics["num_nodes"] == 2 and train.data.metrics["train_loss"] > 0
+    assert train.data.metrics["num_nodes"] == 2 and train.data.metrics["train/min_node_tokens"] > 0
+    assert train.data.metrics["train_loss"] > 0
 
 
 def search_all_experiments(client) -> list[str]:
