@@ -266,8 +266,9 @@ def test_stage_commands_share_the_stores_and_artifacts(storage):
     assert stages["stages-eval"] == {"student", "questions", "evaluate"}
     # the quickstart's base student (same recipe, same Ray Train world size): pretrained once for the file, found in
     # the storage's cache by every stage command
+    every_run = _runs(storage)
     for name in ("stages-generate", "stages-curate", "stages-train", "stages-eval"):
-        (student,) = [r for r in _runs(storage) if r.info.run_name == "student"
+        (student,) = [r for r in every_run if r.info.run_name == "student"
                       and r.data.tags.get("mlflow.parentRunId") == runs[name].info.run_id]
         assert student.data.tags.get("student.cached") == "true", name
     # curate generated nothing: generate had stored every sample it needs

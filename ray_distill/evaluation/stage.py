@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
+from ray_distill import columns as C
 from ray_distill.config import JobConfig, SuiteConfig
 from ray_distill.curation.compression import pass_rates
 from ray_distill.data.fs import join
@@ -130,9 +131,13 @@ def _mean_score(scores: dict[str, dict]) -> float:
     return float(sum(vals) / len(vals)) if vals else float("nan")
 
 
-def student_pass_rates(cfg: JobConfig, pool: list[dict], base: str) -> pd.DataFrame:
-    """Per question: the base student's pass rate over k vLLM samples (same grader as everywhere)."""
-    return pass_rates(student_samples(cfg, pool, base))
+def student_pass_rates(cfg: JobConfig, pool: list[dict], base: str, rec: StageRecord | None = None) -> pd.DataFrame:
+    """Per question: the base student's pass rate over k vLLM samples (same grader as everywhere); the samples'
+    tokens are counted to ``rec``'s stage, as the job's compress stage counts them."""
+    samples = student_samples(cfg, pool, base)
+    if rec is not None:
+        rec.student_tokens += int(samples[C.NUM_TOKENS].sum())
+    return pass_rates(samples)
 
 
 def student_samples(cfg: JobConfig, pool: list[dict], base: str, store: GenerationStore | None = None) -> pd.DataFrame:

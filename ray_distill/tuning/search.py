@@ -91,8 +91,7 @@ def prepare(cfg: JobConfig, runner: StageRunner) -> tuple[JobConfig, str, dict, 
     teacher's mean probe length where a per-question token cap lowers a fixed M (as in the job)."""
     from ray_distill import pipeline as P
     from ray_distill.curation.driver import mean_tokens, verify
-    from ray_distill.curation.compression import pass_rates
-    from ray_distill.evaluation.stage import student_samples
+    from ray_distill.evaluation.stage import student_pass_rates
 
     cfg = P.resolve_models(cfg)
     raw_job = cfg.model_dump(mode="json")
@@ -102,9 +101,7 @@ def prepare(cfg: JobConfig, runner: StageRunner) -> tuple[JobConfig, str, dict, 
     for v in variants(cfg, "rates"):
         with runner.stage("pass_rates" + "".join(f"/{k.rsplit('.', 1)[-1]}={x}" for k, x in v.items()),
                           rows_in=len(pool)) as (t, rec):
-            samples = student_samples(trial_config(raw_job, v), pool, base)
-            rec.student_tokens += int(samples[C.NUM_TOKENS].sum())  # as the job's compress stage counts them
-            rates[variant_id(v, list(v))] = table = pass_rates(samples)
+            rates[variant_id(v, list(v))] = table = student_pass_rates(trial_config(raw_job, v), pool, base, rec)
             rec.notes["mean_pass_rate"] = float(table[C.PASS_RATE].mean())
     candidates = candidate_questions(cfg, pool, rates)
     m_max = max(choices(cfg, "selection.samples_per_question"))
