@@ -323,11 +323,14 @@ def read_parquet(url: str) -> ray.data.Dataset:
     actors for every read, a worker process each (up to 32, ``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS``), to index
     row groups of large data sets; the plane reads its own small files (questions, a stage's samples) several
     times a job: 4 reads of a 3-file directory took 16.5 s and 33 CPU-s on a 3-CPU local cluster, 0.8 s and
-    1.4 CPU-s this way (``python benchmarks/parquet_reads.py``)."""
+    1.4 CPU-s this way (``python benchmarks/parquet_reads.py``). Its read tasks take no CPU, as the plan's other light
+    steps (see :func:`_grade_into`): a read that waited for a CPU held by the graders and an idle engine host would
+    wait forever on a small cluster."""
     ctx = ray.data.DataContext.get_current()
     before, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:
-        return ray.data.read_parquet(url)  # the dataset keeps a copy of the context it was made with
+        # the dataset keeps a copy of the context it was made with
+        return ray.data.read_parquet(url, ray_remote_args={"num_cpus": 0})
     finally:
         ctx.use_datasource_v2 = before
 

@@ -161,3 +161,25 @@ def test_read_parquet_reads_every_part_and_leaves_ray_datas_default_as_it_was(ra
     with pytest.raises(Exception):
         plane.read_parquet(str(tmp_path / "missing")).materialize()
     assert ctx.use_datasource_v2 == before
+
+
+@pytest.mark.timeout(90)  # a hang fails here (it takes ~12 s) instead of stalling the suite
+def test_grading_finishes_while_an_idle_engine_host_holds_a_cpu(ray_local, tmp_path):
+    """Between two stages that sample, an idle engine host keeps its CPU (generation.hosts leaves one free): the
+    grading plan (a grader actor on that CPU, the question file's read, the writes) must not wait for another. On
+    the 2-CPU test cluster a read task that asked for a CPU waited forever."""
+    import ray
+
+    questions = make_questions("arith", 12, 1, 2, seed=4)
+    qurl = plane.write_questions(questions, str(tmp_path / "work" / "questions.parquet"))
+    store = GenerationStore(str(tmp_path / "gens"))
+    teacher = _teacher()
+    made = plane.generate_missing(store, qurl, teacher, 2, str(tmp_path / "work"))
+    holder = ray.remote(num_cpus=1)(type("IdleHost", (), {"ready": lambda self: True})).remote()
+    try:
+        ray.get(holder.ready.remote())
+        out = plane.grade(store, qurl, teacher, 2, str(tmp_path / "work"),
+                          plane.Grading(max_tokens=200, require_think=True, tokenizer=None, num_graders=1), made)
+    finally:
+        ray.kill(holder)
+    assert out.counters["requested"] == 24 and sum(out.counters["verdicts"].values()) == 24
