@@ -22,7 +22,6 @@ The stages' own glue lives beside what it drives (docs/architecture.md): the que
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -45,7 +44,7 @@ from ray_distill.data.fs import join
 from ray_distill.data.stage import Suites, load_questions, split_dev, write_job_corpus, write_stage_rejects
 from ray_distill.evaluation.stage import (evaluate_all, evaluate_harness, log_student_counters, macro_scores,
                                          student_samples, student_store)
-from ray_distill.generation.hosts import hosted, keep_engines
+from ray_distill.generation.hosts import actor_bundles, hosted, keep_engines, release_engines
 from ray_distill.generation.store import GenerationStore
 from ray_distill.models import resolve_chat_template, resolve_engine
 from ray_distill.progress import StageRecord, StageRunner, log_accounting
@@ -87,7 +86,11 @@ def run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner | None = None,
     if runner.meter is None:
         runner.meter = meter = ResourceMeter().start()
     try:
-        return _run_job(cfg, tracker, runner, until)
+        # One engine host samples every stage in turn (the vLLM teachers, the smoke-test students, the base student,
+        # the trained one), each model swapped in (~3-5 s on CPU instead of a new host's ~10-20 s); released where
+        # something else needs its resources and the cluster has no room for both (generation.hosts).
+        with keep_engines():
+            return _run_job(cfg, tracker, runner, until)
     finally:
         if meter is not None:
             meter.stop()
@@ -100,7 +103,7 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
 
     base, pool, suites, dev = student_and_questions(cfg, runner)
     rows["questions"] = len(pool)
-    with keep_engines(), runner.stage("generate_probe") as (t, rec):  # one host serves the vLLM teachers in turn
+    with runner.stage("generate_probe") as (t, rec):
         probe = probe_questions(cfg, pool)
         if cfg.budget.max_teacher_tokens is not None:  # estimates read the store: only when there is a cap
             check_budget(cfg, [estimate_generation(store, "generate_probe", probe, _single(tc)) for tc in cfg.teachers], 0)
@@ -110,47 +113,42 @@ def _run_job(cfg: JobConfig, tracker: Tracker, runner: StageRunner, until: str =
         graded_all = verify(cfg, pd.concat(list(probe_gen.values()), ignore_index=True), base, t, rec)
         probe_graded = {name: graded_all[graded_all[C.TEACHER] == name] for name in probe_gen}
         rec.rows_out = sum(int(_ok(df).sum()) for df in probe_graded.values())
-    # One engine host samples the smoke-test students, the base student (compression), then a vLLM teacher of the
-    # same shape (the model swapped in: ~5 s instead of a new host's ~11-20 s on CPU); released before verify.
-    engines = contextlib.ExitStack()
-    with engines:
-        engines.enter_context(keep_engines())
-        with runner.stage("smoke_test") as (t, rec):
-            ranking = smoke_test(cfg, probe_graded, dev, base, t, rec)
-            best = winner(ranking) if len(ranking) > 1 or cfg.smoke_test.enabled else cfg.teachers[0].name
-            rec.notes["winner"] = best
-        teacher = next(tc for tc in cfg.teachers if tc.name == best)
-        probe_length = mean_tokens(probe_gen[best])
+    with runner.stage("smoke_test") as (t, rec):
+        ranking = smoke_test(cfg, probe_graded, dev, base, t, rec)
+        best = winner(ranking) if len(ranking) > 1 or cfg.smoke_test.enabled else cfg.teachers[0].name
+        rec.notes["winner"] = best
+    teacher = next(tc for tc in cfg.teachers if tc.name == best)
+    probe_length = mean_tokens(probe_gen[best])
 
-        if not paper_order:  # compress first: the teacher never samples a question the student already solves
-            with runner.stage("compress", rows_in=len(pool)) as (t, rec):
-                targets, _ = compress_questions(cfg, pool, base, t, rec)
-                rec.rows_out = rows["compressed"] = len(targets)
-        else:
-            targets = pool
-        if not hosted(teacher):
-            engines.close()  # nothing to swap in: the idle host's CPUs go to the teacher's own actors
-        work = join(cfg.run_dir, "data", "generate")
-        if cfg.selection.adaptive.enabled:
-            with runner.stage("generate", rows_in=len(targets)) as (t, rec):  # rounds of generate + grade on storage
-                adaptive, stopped = adaptive_generate(cfg, store, targets, teacher, base, probe_length, runner, t,
-                                                      rec, work)
-                rec.rows_out = rows["generated"] = adaptive.counters["rows"]
-                rec.notes["correct"] = rows["correct"] = adaptive.counters["correct"]
-                rec.notes.update({k: adaptive.counters.get(k, 0) for k in ("generated", "failed")})
-                t.log_metrics({f"verdict/{k}": v for k, v in adaptive.counters["verdicts"].items()})
-                graded_url = adaptive.graded_url
-        else:
-            m = fixed_samples(cfg, probe_length)
-            fixed = _with_n(teacher, m)
-            questions_url = write_questions(targets, join(work, "questions.parquet"))
-            with runner.stage("generate", rows_in=len(targets)) as (t, rec):
-                if cfg.budget.max_teacher_tokens is not None:
-                    check_budget(cfg, [estimate_generation(store, "generate", targets, fixed, probe_length)],
-                                 runner.totals()["teacher_tokens"])
-                made = generate_missing(store, questions_url, fixed, m, work)
-                rec.teacher_tokens += made["completion_tokens"]
-                rec.notes.update({k: made[k] for k in ("generated", "failed")})
+    if not paper_order:  # compress first: the teacher never samples a question the student already solves
+        with runner.stage("compress", rows_in=len(pool)) as (t, rec):
+            targets, _ = compress_questions(cfg, pool, base, t, rec)
+            rec.rows_out = rows["compressed"] = len(targets)
+    else:
+        targets = pool
+    if not hosted(teacher):  # the teacher's own actors: the idle host stays only if they fit beside it
+        release_engines(room_for=actor_bundles(teacher), what=f"teacher {teacher.name}'s actors")
+    work = join(cfg.run_dir, "data", "generate")
+    if cfg.selection.adaptive.enabled:
+        with runner.stage("generate", rows_in=len(targets)) as (t, rec):  # rounds of generate + grade on storage
+            adaptive, stopped = adaptive_generate(cfg, store, targets, teacher, base, probe_length, runner, t,
+                                                  rec, work)
+            rec.rows_out = rows["generated"] = adaptive.counters["rows"]
+            rec.notes["correct"] = rows["correct"] = adaptive.counters["correct"]
+            rec.notes.update({k: adaptive.counters.get(k, 0) for k in ("generated", "failed")})
+            t.log_metrics({f"verdict/{k}": v for k, v in adaptive.counters["verdicts"].items()})
+            graded_url = adaptive.graded_url
+    else:
+        m = fixed_samples(cfg, probe_length)
+        fixed = _with_n(teacher, m)
+        questions_url = write_questions(targets, join(work, "questions.parquet"))
+        with runner.stage("generate", rows_in=len(targets)) as (t, rec):
+            if cfg.budget.max_teacher_tokens is not None:
+                check_budget(cfg, [estimate_generation(store, "generate", targets, fixed, probe_length)],
+                             runner.totals()["teacher_tokens"])
+            made = generate_missing(store, questions_url, fixed, m, work)
+            rec.teacher_tokens += made["completion_tokens"]
+            rec.notes.update({k: made[k] for k in ("generated", "failed")})
     if until == "generate":
         extra = {"store": store.root}
         if not cfg.selection.adaptive.enabled:

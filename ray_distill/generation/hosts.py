@@ -14,9 +14,10 @@ starts one per stage and per model (the smoke test's candidates, compression's b
 trained student at evaluation). A host imports vLLM once and builds each later engine in its own process
 (benchmarks/engine_hosts.py measures both). Outside :func:`keep_engines` a lease's hosts are shut down when it
 ends, so a stage holds an engine's resources only while it runs, as a plain actor pool did. Idle hosts are
-released before anything else needs their resources: a new host of another shape, a Ray Train launch
-(``training.sft``), lm-evaluation-harness's own engine, and the end of the block; and a host is kept idle only
-while the cluster has a CPU left for the graders and Ray Data tasks that run between two leases.
+released before anything else needs their resources: a new host of another shape, lm-evaluation-harness's own engine,
+a Ray Train launch (``training.sft``) or an engine that is not hosted when the cluster has no room for its workers or
+actors beside them (a placement group tried at once, :func:`fits`), and the end of the block; and a host is kept idle
+only while the cluster has a CPU left for the graders and Ray Data tasks that run between two leases.
 
 Only ``vllm`` engines with continuous batching (``engine.max_concurrent_batches > 0``) and ``engine.long_lived``
 are hosted; every other engine is built in its stage's actors as before.
@@ -169,6 +170,12 @@ class HostPool:
                 else:  # no block keeps them, the stage failed (a broken engine is never reused), or no room
                     _kill(taken)
 
+    def idle(self) -> int:
+        """Idle hosts of this Ray session."""
+        with self._lock:
+            self._current()
+            return len(self._idle)
+
     def release(self) -> int:
         """Shut every idle host down; returns how many."""
         with self._lock:
@@ -200,6 +207,14 @@ MIN_FREE_CPUS = 1.0
 def leaves_room(cluster_cpus: float, held_cpus: float) -> bool:
     """Whether idle hosts holding ``held_cpus`` of the cluster's ``cluster_cpus`` leave :data:`MIN_FREE_CPUS` free."""
     return cluster_cpus - held_cpus >= MIN_FREE_CPUS
+
+
+def actor_bundles(teacher: TeacherConfig) -> list[dict[str, float]]:
+    """What a stage running ``teacher``'s engine in its own actor pool needs (:func:`release_engines`' ``room_for``):
+    one bundle per actor and :data:`MIN_FREE_CPUS` for the stage's Ray Data tasks and graders."""
+    res = teacher.resources
+    actor = {"CPU": res.num_cpus, "GPU": res.num_gpus, **res.custom_resources}
+    return [actor] * res.num_actors + [{"CPU": MIN_FREE_CPUS}]
 
 
 def host_options(teacher: TeacherConfig) -> dict:
@@ -258,7 +273,36 @@ def keep_engines() -> contextlib.AbstractContextManager:
     return POOL.keep()
 
 
-def release_engines() -> None:
-    """Free the resources of every idle host now (before Ray Train or another engine that is not hosted)."""
-    if ray.is_initialized() and (n := POOL.release()):
-        logger.info("released %d idle engine host%s", n, "" if n == 1 else "s")
+def release_engines(room_for: list[dict[str, float]] | None = None, what: str = "") -> None:
+    """Free the resources of every idle host now: before lm-evaluation-harness's own engine, and before a Ray Train
+    launch or an engine that is not hosted (``what``) unless what it needs, ``room_for`` (Ray resource bundles: one per
+    training worker or engine actor), fits on the cluster beside them: the hosts then serve the next stage that samples
+    (a model swapped in: ~3-5 s on CPU instead of a new host's ~10-12 s)."""
+    if not ray.is_initialized() or not POOL.idle():
+        return
+    if room_for and fits(room_for):
+        n = POOL.idle()
+        logger.info("kept %d idle engine host%s through %s: the cluster has room for both", n, "" if n == 1 else "s",
+                    what)
+        return
+    if n := POOL.release():
+        logger.info("released %d idle engine host%s%s", n, "" if n == 1 else "s", f" for {what}" if what else "")
+
+
+FIT_TIMEOUT_S = 2.0  # a placement group that fits is ready in milliseconds; one that does not waits this long
+
+
+def fits(bundles: list[dict[str, float]], timeout_s: float = FIT_TIMEOUT_S) -> bool:
+    """Whether ``bundles`` (``{"CPU": 1, "GPU": 1, ...}`` each) can be placed on the cluster now, as Ray Train places
+    its workers ("PACK": on as few nodes as fit them): a placement group reserved and removed at once, so Ray's own
+    scheduler decides, across nodes and resource kinds."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundles = [b for b in ({k: float(v) for k, v in bundle.items() if v} for bundle in bundles) if b]
+    if not bundles:
+        return True
+    group = placement_group(bundles, strategy="PACK")
+    try:
+        return group.wait(timeout_seconds=timeout_s)
+    finally:
+        remove_placement_group(group)

@@ -85,6 +85,12 @@ def worker_resources(cfg: TrainConfig) -> dict[str, float]:
     return {"CPU": cfg.cpus_per_worker, **cfg.custom_resources}
 
 
+def worker_bundle(cfg: TrainConfig) -> dict[str, float]:
+    """Everything one training worker reserves: :func:`worker_resources` and, with ``use_gpu``, one GPU (Ray Train's
+    default when ``resources_per_worker`` names none)."""
+    return {**worker_resources(cfg), **({"GPU": 1.0} if cfg.use_gpu else {})}
+
+
 JOB_METRICS_DIR = "jobs"  # under the run's storage dir: each job's final figures, written by rank 0
 
 # Settings that change how a run is kept or where it runs, not what it computes: changing them resumes the same run.
@@ -147,7 +153,9 @@ def train_sft_many(
 
     if not jobs:
         raise ValueError("train_sft_many needs at least one job")
-    release_engines()  # idle engine hosts hold CPUs/GPUs the tokenization and the worker group need
+    # idle engine hosts hold CPUs/GPUs: kept only when the worker group fits beside them (they leave a CPU for the
+    # tokenization, generation.hosts.MIN_FREE_CPUS), so the next stage that samples swaps its model in
+    release_engines(room_for=[worker_bundle(cfg)] * cfg.num_workers, what="the Ray Train launch")
     tokenized = []
     for job in jobs:
         corpus = tokenize_rows(job.rows, base_model, cfg.max_seq_len, chat_template)

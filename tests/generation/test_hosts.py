@@ -13,8 +13,8 @@ import ray
 
 from ray_distill.config import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig, TeacherConfig
 from ray_distill.generation.actor import VLLM_CPU_ENV_DEFAULTS, engine_key, generate_dataset
-from ray_distill.generation.hosts import (POOL, engine_hosts, host_options, hosted, keep_engines, leaves_room,
-                                         release_engines)
+from ray_distill.generation.hosts import (POOL, actor_bundles, engine_hosts, fits, host_options, hosted,
+                                         keep_engines, leaves_room, release_engines)
 
 
 def _teacher(model: str = "m", **engine) -> TeacherConfig:
@@ -129,3 +129,40 @@ def test_a_failed_stage_kills_its_hosts_and_only_the_outermost_block_releases(ra
                 assert reused == host  # same engine: the idle host is taken, nothing built
                 raise RuntimeError("stage failed")
         assert not POOL._idle and not _alive(host)  # a failed stage's host is never handed to the next one
+
+
+def test_a_placement_group_tried_at_once_says_what_fits(ray_local):
+    assert fits([{"CPU": 1}, {"CPU": 1}])  # the 2-CPU test cluster, nothing else running
+    assert not fits([{"CPU": 1}] * 3, timeout_s=0.5) and not fits([{"CPU": 1, "GPU": 1}], timeout_s=0.5)
+    assert fits([]) and fits([{"CPU": 0, "GPU": 0}])  # nothing to reserve
+    assert _cpus_back(2)  # the tried groups are removed (asynchronously: their CPUs return within moments)
+    teacher = _teacher().model_copy(update={"resources": ResourcesConfig(num_actors=2, num_cpus=0.5)})
+    assert actor_bundles(teacher) == [{"CPU": 0.5, "GPU": 0.0}] * 2 + [{"CPU": 1.0}]  # and a CPU for the stage's tasks
+
+
+def _cpus_back(cpus: float, wait_s: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while ray.available_resources().get("CPU", 0) != cpus:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.slow
+def test_idle_hosts_stay_through_what_fits_beside_them(ray_local, tiny_student_path, caplog):
+    """A Ray Train launch or a teacher's own actors that fit beside the idle host keep it (the next stage swaps its
+    model in); what does not fit releases it first."""
+    caplog.set_level(logging.INFO, logger="ray_distill.generation.hosts")
+    with keep_engines():
+        with engine_hosts(_teacher(tiny_student_path, max_model_len=256)) as (host,):
+            pass
+        release_engines(room_for=[{"CPU": 1}], what="a one-worker launch")  # the host holds 1 of the 2 CPUs
+        assert [h.handle for h in POOL._idle] == [host] and _alive(host, wait_s=0)
+        release_engines(room_for=[{"CPU": 1}] * 2, what="a two-worker launch")
+        assert not POOL._idle and not _alive(host)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "kept 1 idle engine host through a one-worker launch: the cluster has room for both" in messages
+    assert "released 1 idle engine host for a two-worker launch" in messages
