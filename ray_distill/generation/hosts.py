@@ -278,10 +278,9 @@ def release_engines(room_for: list[dict[str, float]] | None = None, what: str = 
     launch or an engine that is not hosted (``what``) unless what it needs, ``room_for`` (Ray resource bundles: one per
     training worker or engine actor), fits on the cluster beside them: the hosts then serve the next stage that samples
     (a model swapped in: ~3-5 s on CPU instead of a new host's ~10-12 s)."""
-    if not ray.is_initialized() or not POOL.idle():
+    if not ray.is_initialized() or not (n := POOL.idle()):
         return
     if room_for and fits(room_for):
-        n = POOL.idle()
         logger.info("kept %d idle engine host%s through %s: the cluster has room for both", n, "" if n == 1 else "s",
                     what)
         return
