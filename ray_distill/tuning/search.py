@@ -35,6 +35,7 @@ from ray_distill import columns as C
 from ray_distill.config import ConfigError, JobConfig, TeacherConfig
 from ray_distill.data.dev import probe_questions
 from ray_distill.data.fs import absolute, join, write_text
+from ray_distill.generation.hosts import keep_engines
 from ray_distill.generation.store import GenerationStore
 from ray_distill.progress import StageRunner
 from ray_distill.tracking import MLflowTracker, Tracker, TrackerHandle
@@ -67,14 +68,17 @@ def run_search(cfg: JobConfig, tracker: Tracker, runner: StageRunner) -> SearchR
     check_space(cfg, METRICS)
     init_ray(cfg)
     raw = cfg  # best_job.yaml keeps the job's own engine settings (not the storage-cache paths they resolve to)
-    cfg, base, inputs, counters = prepare(cfg, runner)
-    tracker.log_metrics(counters)
-    with runner.stage("evaluate_base") as (t, rec):
-        scored = score_dev(cfg, base, inputs["dev"])  # as the trials and the smoke test score
-        rec.student_tokens += int(scored["tokens"])
-        baseline = dev_metrics(scored)
-        t.log_metrics({f"before/{k}": v for k, v in baseline.items()})
-        rec.notes["score"] = baseline["score"]
+    # one engine host samples the base student for its pass rates and its dev-suite score (the model stays loaded),
+    # and any hosted teacher or judge in between (swapped in); shut down before the trials need the cluster
+    with keep_engines():
+        cfg, base, inputs, counters = prepare(cfg, runner)
+        tracker.log_metrics(counters)
+        with runner.stage("evaluate_base") as (t, rec):
+            scored = score_dev(cfg, base, inputs["dev"])  # as the trials and the smoke test score
+            rec.student_tokens += int(scored["tokens"])
+            baseline = dev_metrics(scored)
+            t.log_metrics({f"before/{k}": v for k, v in baseline.items()})
+            rec.notes["score"] = baseline["score"]
     work = join(absolute(cfg.run_dir), "tune")
     with runner.stage("search") as (t, rec):
         trials = run_tuner(cfg, base, inputs, t.handle(), work)
@@ -153,10 +157,10 @@ def teacher_samples(store: GenerationStore, questions: list[dict], teacher: Teac
         if len(held) < want:
             short = len(questions) - int((held.groupby(C.QUESTION_ID).size() >= m).sum())
             raise ConfigError(
-                f"{what or f'selection.samples_per_question: M={m}'} needs {want} samples of teacher {teacher.name!r} for the "
-                f"{len(questions)} questions this search may keep; the generation store {store.root} holds "
-                f"{len(held)} ({short} questions short): set tune.top_up: true to generate them (counted in "
-                "teacher tokens), search a smaller M, or run the job first")
+                f"{what or f'selection.samples_per_question: M={m}'} needs {want} samples of teacher "
+                f"{teacher.name!r} for the {len(questions)} questions this search may keep; the generation store "
+                f"{store.root} holds {len(held)} ({short} questions short): set tune.top_up: true to generate them "
+                "(counted in teacher tokens), search a smaller M, or run the job first")
     samples, counters = store.get_or_generate(questions, teacher, n=m)  # generates only what is missing
     failed = samples[samples[C.ERROR] != ""]
     if len(failed):

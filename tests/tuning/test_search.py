@@ -17,6 +17,7 @@ from ray_distill.config import ConfigError, config_from_dict, load_config
 from ray_distill.data.corpus import corpus_hash
 from ray_distill.data.fs import join
 from ray_distill.data.sources import load_source
+from ray_distill.generation.hosts import POOL
 from ray_distill.generation.store import GenerationStore
 from ray_distill.progress import StageRunner
 from ray_distill.tracking import NullTracker, start_tracker
@@ -103,8 +104,11 @@ def test_optuna_asha_search_records_a_failing_trial(stored, tiny_student_path):
     # The store already holds M=2 samples of every question: the search must not generate any.
     tracker = start_tracker(True, None, "tune-test", cfg.storage, run_name="search")
 
+    loads = POOL.engine_loads["student"]
     result = run_search(cfg, tracker, StageRunner(tracker))
     tracker.end()
+    # the driver built the base student's engine once: one host sampled its pass rates and its dev-suite score
+    assert POOL.engine_loads["student"] - loads == 1
 
     trials = result.trials
     assert len(trials) == 2
