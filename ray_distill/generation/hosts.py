@@ -288,18 +288,30 @@ def release_engines(room_for: list[dict[str, float]] | None = None, what: str = 
         logger.info("released %d idle engine host%s%s", n, "" if n == 1 else "s", f" for {what}" if what else "")
 
 
+def within(bundles: list[dict[str, float]], free: dict[str, float]) -> bool:
+    """Whether the resources ``bundles`` ask for, summed, are at most ``free`` (the cluster's free total, summed over
+    its nodes): what any placement of them needs, though not all it needs (each bundle must fit on one node)."""
+    need: Counter = Counter()
+    for bundle in bundles:
+        need.update(bundle)
+    return all(amount <= free.get(name, 0.0) + 1e-9 for name, amount in need.items())
+
+
 FIT_TIMEOUT_S = 2.0  # a placement group that fits is ready in milliseconds; one that does not waits this long
 
 
 def fits(bundles: list[dict[str, float]], timeout_s: float = FIT_TIMEOUT_S) -> bool:
     """Whether ``bundles`` (``{"CPU": 1, "GPU": 1, ...}`` each) can be placed on the cluster now, as Ray Train places
     its workers ("PACK": on as few nodes as fit them): a placement group reserved and removed at once, so Ray's own
-    scheduler decides, across nodes and resource kinds."""
+    scheduler decides, across nodes and resource kinds. When the cluster's free total cannot hold them (:func:`within`)
+    the answer is no at once: no group is tried (it would wait ``timeout_s``, and an autoscaler could see demand)."""
     from ray.util.placement_group import placement_group, remove_placement_group
 
     bundles = [b for b in ({k: float(v) for k, v in bundle.items() if v} for bundle in bundles) if b]
     if not bundles:
         return True
+    if not within(bundles, ray.available_resources()):  # not even the cluster's free total: no group to try
+        return False
     group = placement_group(bundles, strategy="PACK")
     try:
         return group.wait(timeout_seconds=timeout_s)

@@ -14,7 +14,7 @@ import ray
 from ray_distill.config import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig, TeacherConfig
 from ray_distill.generation.actor import VLLM_CPU_ENV_DEFAULTS, engine_key, generate_dataset
 from ray_distill.generation.hosts import (POOL, actor_bundles, engine_hosts, fits, host_options, hosted,
-                                         keep_engines, leaves_room, release_engines)
+                                         keep_engines, leaves_room, release_engines, within)
 
 
 def _teacher(model: str = "m", **engine) -> TeacherConfig:
@@ -131,9 +131,22 @@ def test_a_failed_stage_kills_its_hosts_and_only_the_outermost_block_releases(ra
         assert not POOL._idle and not _alive(host)  # a failed stage's host is never handed to the next one
 
 
+def test_within_sums_the_bundles_against_the_free_total():
+    assert within([{"CPU": 1.0}, {"CPU": 1.0}], {"CPU": 2.0, "memory": 1e9})
+    assert not within([{"CPU": 1.0}] * 3, {"CPU": 2.0})
+    assert not within([{"CPU": 1.0, "GPU": 1.0}], {"CPU": 2.0})  # a kind the cluster has none of
+    assert within([{"CPU": 0.5, "worker": 1.0}, {"CPU": 0.5}], {"CPU": 1.0, "worker": 1.0})
+
+
 def test_a_placement_group_tried_at_once_says_what_fits(ray_local):
+    from ray.util import placement_group_table
+
+    tried = len(placement_group_table())
     assert fits([{"CPU": 1}, {"CPU": 1}])  # the 2-CPU test cluster, nothing else running
-    assert not fits([{"CPU": 1}] * 3, timeout_s=0.5) and not fits([{"CPU": 1, "GPU": 1}], timeout_s=0.5)
+    assert len(placement_group_table()) == tried + 1
+    # more than the cluster's free total: no at once, no group tried (none would be placed before its timeout)
+    assert not fits([{"CPU": 1}] * 3) and not fits([{"CPU": 1, "GPU": 1}])
+    assert len(placement_group_table()) == tried + 1
     assert fits([]) and fits([{"CPU": 0, "GPU": 0}])  # nothing to reserve
     assert _cpus_back(2)  # the tried groups are removed (asynchronously: their CPUs return within moments)
     teacher = _teacher().model_copy(update={"resources": ResourcesConfig(num_actors=2, num_cpus=0.5)})
