@@ -160,7 +160,7 @@ class HostPool:
         finally:
             with self._lock:
                 keep = ok and self._keep and _job_id() == self._job
-                if keep and not leaves_room(ray.cluster_resources().get("CPU", 0.0),
+                if keep and not leaves_room(ray.cluster_resources().get("CPU", 0.0) - _own_cpus(),
                                             sum(h.num_cpus for h in [*self._idle, *taken])):
                     keep = False
                     logger.info("engine hosts for %s not kept: the cluster would have less than %g CPU for other "
@@ -200,12 +200,15 @@ class HostPool:
 
 HOST_RESTARTS = 3
 # Idle hosts are kept only while this many of the cluster's CPUs stay free for what runs between two leases: graders,
-# Ray Data tasks (a plan whose tasks can never get a CPU hangs).
+# Ray Data tasks (a plan whose tasks can never get a CPU hangs), the tokenization before a Ray Train launch. Counted
+# besides the CPUs the leasing process holds itself (a Tune trial's: a trial that kept a host on the last free CPU
+# waited forever for its tokenization).
 MIN_FREE_CPUS = 1.0
 
 
 def leaves_room(cluster_cpus: float, held_cpus: float) -> bool:
-    """Whether idle hosts holding ``held_cpus`` of the cluster's ``cluster_cpus`` leave :data:`MIN_FREE_CPUS` free."""
+    """Whether idle hosts holding ``held_cpus`` of ``cluster_cpus`` (the cluster's CPUs less those the leasing process
+    holds itself) leave :data:`MIN_FREE_CPUS` free."""
     return cluster_cpus - held_cpus >= MIN_FREE_CPUS
 
 
@@ -231,6 +234,13 @@ def host_options(teacher: TeacherConfig) -> dict:
     if env:
         options["runtime_env"] = env
     return options
+
+
+def _own_cpus() -> float:
+    """The CPUs this process holds itself while it leases hosts: a Tune trial's (``tune.trial_resources``), a task's or
+    an actor's; none for a driver. They stay taken while idle hosts are kept."""
+    context = ray.get_runtime_context()
+    return float(context.get_assigned_resources().get("CPU", 0.0)) if context.worker.mode == ray.WORKER_MODE else 0.0
 
 
 def _job_id() -> str | None:

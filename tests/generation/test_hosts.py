@@ -13,7 +13,7 @@ import ray
 
 from ray_distill.config import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig, TeacherConfig
 from ray_distill.generation.actor import VLLM_CPU_ENV_DEFAULTS, engine_key, generate_dataset
-from ray_distill.generation.hosts import (POOL, actor_bundles, engine_hosts, fits, host_options, hosted,
+from ray_distill.generation.hosts import (POOL, _own_cpus, actor_bundles, engine_hosts, fits, host_options, hosted,
                                          keep_engines, leaves_room, release_engines, within)
 
 
@@ -129,6 +129,30 @@ def test_a_failed_stage_kills_its_hosts_and_only_the_outermost_block_releases(ra
                 assert reused == host  # same engine: the idle host is taken, nothing built
                 raise RuntimeError("stage failed")
         assert not POOL._idle and not _alive(host)  # a failed stage's host is never handed to the next one
+
+
+def test_own_cpus_are_those_the_leasing_process_holds(ray_local):
+    assert _own_cpus() == 0.0  # a driver holds none
+    assert ray.get(ray.remote(num_cpus=0.5)(_own_cpus).remote()) == 0.5  # a task (or a Tune trial) its own
+
+
+@pytest.mark.slow
+def test_a_process_holding_a_cpu_keeps_no_host_on_the_last_free_one(ray_local, tiny_student_path):
+    """A Tune trial holds a CPU of its own: a host it kept on the cluster's last free CPU would leave none for the
+    tokenization before its next Ray Train launch (such a trial waited forever)."""
+
+    @ray.remote(num_cpus=1)
+    def lease_in_a_trial(teacher) -> tuple[int, float]:
+        from ray_distill.generation.hosts import POOL, _own_cpus, engine_hosts, keep_engines  # this process's pool
+
+        with keep_engines():
+            with engine_hosts(teacher):
+                pass
+            return POOL.idle(), _own_cpus()
+
+    teacher = _teacher(tiny_student_path, max_model_len=256)  # its host: 1 CPU, the task's: the other
+    assert ray.get(lease_in_a_trial.remote(teacher), timeout=600) == (0, 1.0)
+    assert _cpus_back(2)  # the host was shut down with the block (asynchronously)
 
 
 def test_within_sums_the_bundles_against_the_free_total():
