@@ -7,14 +7,16 @@ stop it early.
 - :func:`trial_corpus`: the trial's job (``space.trial_job``: what its ``best_job.yaml`` holds) and its
   corpus from the driver's inputs.
 - :func:`trial`: the Tune function trainable. Each rung resumes the same Ray Train run (same
-  ``(storage_path, run_name)``, see ``training.sft``) for more epochs, evaluates, and calls
-  ``tune.report``; a stopped trial simply gets no further rung. The trial's nested MLflow run gets
-  its params, corpus figures and scores per rung (step = epochs); a failing trial marks its run
-  FAILED with the error and re-raises, so Tune records it and the search goes on.
+  ``(storage_path, run_name)``, see ``training.sft``) for more epochs, evaluates (trials that run one at a
+  time keep their engine host from rung to rung, ``generation.hosts``), and calls ``tune.report``; a
+  stopped trial simply gets no further rung. The trial's nested MLflow run gets its params, corpus
+  figures and scores per rung (step = epochs); a failing trial marks its run FAILED with the error and
+  re-raises, so Tune records it and the search goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
@@ -31,6 +33,7 @@ from ray_distill.curation.selection import distance_report, distance_table, sele
 from ray_distill.data.corpus import corpus_hash, to_chat_row
 from ray_distill.data.dev import capped_questions
 from ray_distill.data.fs import absolute, join
+from ray_distill.generation.hosts import keep_engines
 from ray_distill.tracking import MLflowTracker, NullTracker, Tracker, TrackerHandle
 from ray_distill.tuning.space import group_keys, rungs, trial_job, trial_name, variant_id
 
@@ -108,7 +111,8 @@ def trial_corpus(job: dict, params: dict, inputs: dict, tokenize: Callable[[str]
     ``space.trial_job``, the job ``best_job.yaml`` writes out."""
     cfg = trial_job(job, params, inputs.get("probe_lengths"))
     rates = inputs["rates"][variant_id(params, group_keys(cfg, "rates"))]  # this trial's compression.k, ...
-    graded = inputs["graded"][cfg.teachers[0].name][variant_id(params, group_keys(cfg, "verdicts"))]  # format.*, verify.*
+    verdicts = variant_id(params, group_keys(cfg, "verdicts"))  # this trial's format.*, verify.*
+    graded = inputs["graded"][cfg.teachers[0].name][verdicts]
     selected, figures = curate(cfg, inputs["pool"], rates, graded, tokenize)
     return cfg, selected, figures
 
@@ -166,15 +170,19 @@ def run_rungs(job: dict, params: dict, base: str, inputs: dict, name: str, track
     schedule = [cfg.train.epochs] if t.scheduler == "none" else rungs(cfg.train.epochs, t.grace_period,
                                                                       t.reduction_factor)
     start, student_tokens = time.perf_counter(), 0
-    for epochs in schedule:  # cfg.train.schedule_epochs is pinned (trial_job): every rung continues one schedule
-        result = train_sft(rows, base, join(cfg.run_dir, "tune", "students", name),
-                           cfg.train.model_copy(update={"epochs": epochs}),
-                           storage_path=join(absolute(cfg.run_dir), "ray_train"), run_name=name,
-                           tracker_handle=tracker.handle(), log_model=False,
-                           chat_template=cfg.student.chat_template)
-        m = score_dev(cfg, result.model_path, inputs["dev"])
-        student_tokens += int(m["tokens"])
-        # a trial curates the samples the driver read (its teacher tokens: search/teacher_tokens_generated)
-        yield epochs, {**figures, **dev_metrics(m), EPOCHS: epochs, CORPUS_SHA256: digest,
-                       "train_loss": float(result.metrics.get("train_loss", float("nan"))),
-                       "student_tokens": student_tokens, "wall_s": time.perf_counter() - start}
+    # A trial that runs alone keeps its engine host from rung to rung: each rung's student is swapped in where the
+    # rung's Ray Train launch fits beside the idle host (generation.hosts); concurrent trials release theirs, which
+    # could hold the resources another trial's launch waits for.
+    with keep_engines() if t.max_concurrent_trials == 1 else contextlib.nullcontext():
+        for epochs in schedule:  # cfg.train.schedule_epochs is pinned (trial_job): every rung continues one schedule
+            result = train_sft(rows, base, join(cfg.run_dir, "tune", "students", name),
+                               cfg.train.model_copy(update={"epochs": epochs}),
+                               storage_path=join(absolute(cfg.run_dir), "ray_train"), run_name=name,
+                               tracker_handle=tracker.handle(), log_model=False,
+                               chat_template=cfg.student.chat_template)
+            m = score_dev(cfg, result.model_path, inputs["dev"])
+            student_tokens += int(m["tokens"])
+            # a trial curates the samples the driver read (its teacher tokens: search/teacher_tokens_generated)
+            yield epochs, {**figures, **dev_metrics(m), EPOCHS: epochs, CORPUS_SHA256: digest,
+                           "train_loss": float(result.metrics.get("train_loss", float("nan"))),
+                           "student_tokens": student_tokens, "wall_s": time.perf_counter() - start}

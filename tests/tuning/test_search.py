@@ -62,6 +62,13 @@ def stored(tmp_path_factory, ray_local):
     return storage, float(samples.loc[samples["sample_index"] == 0, "num_tokens"].mean())
 
 
+def _engine_hosts() -> set[str]:
+    """Ids of every engine host actor this Ray cluster has started, dead ones included (Ray's actor table)."""
+    from ray._private.state import actors
+
+    return {actor_id for actor_id, a in actors().items() if a["ActorClassName"] == "EngineHost"}
+
+
 def _rebuilt_hash(best_job) -> str:
     """The corpus hash of the best job run by its own path up to the corpus (`ray-distill curate`)."""
     built = P.run_job(best_job, NullTracker(), until="corpus")
@@ -97,18 +104,26 @@ def test_optuna_asha_search_records_a_failing_trial(stored, tiny_student_path):
     # Two trials keep the test near 3 minutes on 2 CPUs (each rung of a trial restarts Ray Train and vLLM).
     points = [{"selection.keep_per_question": 1, "compression.min_pass_rate": 0.9},  # band 0.9..0.5: fails
               {"selection.keep_per_question": 2, "compression.min_pass_rate": 0.0}]
+    # half a CPU each for the trial's own process, its engine host and its training worker: on the 2-CPU test cluster
+    # the idle host leaves a CPU free beside the trial (the tokenization's) and the rung's Ray Train launch fits beside
+    # it, so the host serves both rungs' students
     job = _job(storage, tiny_student_path, search="optuna", scheduler="asha", num_samples=2,
-               grace_period=1, reduction_factor=2, search_space=space, points_to_evaluate=points)
+               grace_period=1, reduction_factor=2, search_space=space, points_to_evaluate=points,
+               trial_resources={"CPU": 0.5})
+    job["train"]["cpus_per_worker"] = 0.5
+    job["student"]["serving"] = {"resources": {"num_cpus": 0.5}}
     # a per-question cap that pays for one of M=2 samples: the job lowers M to 1, so must every trial
     cfg = config_from_dict({**job, "budget": {"max_teacher_tokens_per_question": int(1.5 * length)}})
     # The store already holds M=2 samples of every question: the search must not generate any.
     tracker = start_tracker(True, None, "tune-test", cfg.storage, run_name="search")
 
-    loads = POOL.engine_loads["student"]
+    loads, hosts = POOL.engine_loads["student"], _engine_hosts()
     result = run_search(cfg, tracker, StageRunner(tracker))
     tracker.end()
     # the driver built the base student's engine once: one host sampled its pass rates and its dev-suite score
     assert POOL.engine_loads["student"] - loads == 1
+    # one engine host in the driver, one in the trial that trained (both rungs' students: the second swapped in)
+    assert len(_engine_hosts() - hosts) == 2
 
     trials = result.trials
     assert len(trials) == 2
