@@ -844,6 +844,14 @@ class TuneConfig(_Strict):
     )
     max_failures: int = Field(0, ge=0, description="Retries of a failing trial; a trial that still fails is recorded.")
 
+    @field_validator("trial_resources")
+    @classmethod
+    def _a_trial_asks_for_something(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(v < 0 for v in value.values()) or not any(v > 0 for v in value.values()):
+            raise ValueError(f"{value}: each trial must ask for a positive amount of some resource and none below 0 "
+                             "(e.g. {CPU: 0.5}; Ray Tune cannot place a trial that asks for nothing)")
+        return value
+
     @model_validator(mode="after")
     def _points_need_optuna(self) -> TuneConfig:
         if self.points_to_evaluate and self.search != "optuna":

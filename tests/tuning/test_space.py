@@ -57,6 +57,10 @@ def test_tune_config_validation():
              points_to_evaluate=[{"selection.keep_per_question": 3}])
     with pytest.raises(ConfigError, match="reduction_factor"):
         _job(reduction_factor=1)
+    for nothing in ({"CPU": 0}, {}, {"CPU": 1, "GPU": -1}):
+        with pytest.raises(ConfigError, match=r"tune\.trial_resources: .*positive amount of some resource"):
+            _job(trial_resources=nothing)
+    assert _job(trial_resources={"CPU": 0, "GPU": 0.5}).tune.trial_resources == {"CPU": 0, "GPU": 0.5}
 
 
 def test_trial_config_and_best_job():
