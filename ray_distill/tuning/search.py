@@ -35,7 +35,7 @@ from ray_distill import columns as C
 from ray_distill.config import ConfigError, JobConfig, TeacherConfig
 from ray_distill.data.dev import probe_questions
 from ray_distill.data.fs import absolute, join, write_text
-from ray_distill.generation.hosts import keep_engines
+from ray_distill.generation.hosts import actor_bundles, hosted, keep_engines, release_engines
 from ray_distill.generation.store import GenerationStore
 from ray_distill.progress import StageRunner
 from ray_distill.tracking import MLflowTracker, Tracker, TrackerHandle
@@ -125,6 +125,9 @@ def prepare(cfg: JobConfig, runner: StageRunner) -> tuple[JobConfig, str, dict, 
         rec.teacher_tokens += spent["completion_tokens"]
 
     for teacher in (t for t in cfg.teachers if t.name in names):
+        if cfg.tune.top_up and not hosted(teacher):  # it may generate in its own actors: as in a job, an idle
+            # engine host stays only if they fit beside it
+            release_engines(room_for=actor_bundles(teacher), what=f"teacher {teacher.name}'s actors")
         with runner.stage(f"samples/{teacher.name}", rows_in=len(candidates) * m_max) as (t, rec):
             samples, spent = teacher_samples(store, candidates, teacher, m_max, cfg.tune.top_up)
             spend(spent, rec)
