@@ -170,6 +170,17 @@ class HostPool:
                 else:  # no block keeps them, the stage failed (a broken engine is never reused), or no room
                     _kill(taken)
 
+    def held(self) -> Counter:
+        """The resources the idle hosts of this Ray session hold (Ray's names: CPU, GPU, custom ones)."""
+        with self._lock:
+            self._current()
+            idle = list(self._idle)
+        held: Counter = Counter()
+        for h in idle:
+            options = json.loads(h.shape)
+            held.update({"CPU": options["num_cpus"], "GPU": options["num_gpus"], **options.get("resources", {})})
+        return held
+
     def idle(self) -> int:
         """Idle hosts of this Ray session."""
         with self._lock:
@@ -290,7 +301,13 @@ def release_engines(room_for: list[dict[str, float]] | None = None, what: str = 
     (a model swapped in: ~3-5 s on CPU instead of a new host's ~10-12 s)."""
     if not ray.is_initialized() or not (n := POOL.idle()):
         return
-    if room_for and fits(room_for):
+    # what the cluster could ever give beside the idle hosts and this process: a launch bigger than that is a no at
+    # once, without a placement group (a group waits FIT_TIMEOUT_S, and an autoscaler could read it as demand); the
+    # group then answers for what is free now (another stage's actors may still be ending: it waits for them)
+    room = Counter(ray.cluster_resources())
+    room.subtract(POOL.held())
+    room["CPU"] -= _own_cpus()
+    if room_for and within(room_for, room) and fits(room_for):
         logger.info("kept %d idle engine host%s through %s: the cluster has room for both", n, "" if n == 1 else "s",
                     what)
         return
@@ -299,8 +316,8 @@ def release_engines(room_for: list[dict[str, float]] | None = None, what: str = 
 
 
 def within(bundles: list[dict[str, float]], free: dict[str, float]) -> bool:
-    """Whether the resources ``bundles`` ask for, summed, are at most ``free`` (the cluster's free total, summed over
-    its nodes): what any placement of them needs, though not all it needs (each bundle must fit on one node)."""
+    """Whether the resources ``bundles`` ask for, summed, are at most ``free`` (summed over the cluster's nodes): what
+    any placement of them needs, though not all it needs (each bundle must fit on one node)."""
     need: Counter = Counter()
     for bundle in bundles:
         need.update(bundle)
@@ -313,15 +330,12 @@ FIT_TIMEOUT_S = 2.0  # a placement group that fits is ready in milliseconds; one
 def fits(bundles: list[dict[str, float]], timeout_s: float = FIT_TIMEOUT_S) -> bool:
     """Whether ``bundles`` (``{"CPU": 1, "GPU": 1, ...}`` each) can be placed on the cluster now, as Ray Train places
     its workers ("PACK": on as few nodes as fit them): a placement group reserved and removed at once, so Ray's own
-    scheduler decides, across nodes and resource kinds. When the cluster's free total cannot hold them (:func:`within`)
-    the answer is no at once: no group is tried (it would wait ``timeout_s``, and an autoscaler could see demand)."""
+    scheduler decides, across nodes and resource kinds."""
     from ray.util.placement_group import placement_group, remove_placement_group
 
     bundles = [b for b in ({k: float(v) for k, v in bundle.items() if v} for bundle in bundles) if b]
     if not bundles:
         return True
-    if not within(bundles, ray.available_resources()):  # not even the cluster's free total: no group to try
-        return False
     group = placement_group(bundles, strategy="PACK")
     try:
         return group.wait(timeout_seconds=timeout_s)

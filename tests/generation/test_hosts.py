@@ -163,14 +163,8 @@ def test_within_sums_the_bundles_against_the_free_total():
 
 
 def test_a_placement_group_tried_at_once_says_what_fits(ray_local):
-    from ray.util import placement_group_table
-
-    tried = len(placement_group_table())
     assert fits([{"CPU": 1}, {"CPU": 1}])  # the 2-CPU test cluster, nothing else running
-    assert len(placement_group_table()) == tried + 1
-    # more than the cluster's free total: no at once, no group tried (none would be placed before its timeout)
-    assert not fits([{"CPU": 1}] * 3) and not fits([{"CPU": 1, "GPU": 1}])
-    assert len(placement_group_table()) == tried + 1
+    assert not fits([{"CPU": 1}] * 3, timeout_s=0.5) and not fits([{"CPU": 1, "GPU": 1}], timeout_s=0.5)
     assert fits([]) and fits([{"CPU": 0, "GPU": 0}])  # nothing to reserve
     assert _cpus_back(2)  # the tried groups are removed (asynchronously: their CPUs return within moments)
     teacher = _teacher().model_copy(update={"resources": ResourcesConfig(num_actors=2, num_cpus=0.5)})
@@ -192,14 +186,21 @@ def _cpus_back(cpus: float, wait_s: float = 10.0) -> bool:
 def test_idle_hosts_stay_through_what_fits_beside_them(ray_local, tiny_student_path, caplog):
     """A Ray Train launch or a teacher's own actors that fit beside the idle host keep it (the next stage swaps its
     model in); what does not fit releases it first."""
+    from ray.util import placement_group_table
+
     caplog.set_level(logging.INFO, logger="ray_distill.generation.hosts")
     with keep_engines():
         with engine_hosts(_teacher(tiny_student_path, max_model_len=256)) as (host,):
             pass
+        assert POOL.held() == {"CPU": 1.0, "GPU": 0.0}
+        tried = len(placement_group_table())
         release_engines(room_for=[{"CPU": 1}], what="a one-worker launch")  # the host holds 1 of the 2 CPUs
         assert [h.handle for h in POOL._idle] == [host] and _alive(host, wait_s=0)
+        assert len(placement_group_table()) == tried + 1  # Ray placed a group of the launch's bundles beside it
         release_engines(room_for=[{"CPU": 1}] * 2, what="a two-worker launch")
         assert not POOL._idle and not _alive(host)
+        # 2 CPUs never fit beside a host on 1 of the cluster's 2: released at once, no group tried
+        assert len(placement_group_table()) == tried + 1
     messages = [r.getMessage() for r in caplog.records]
     assert "kept 1 idle engine host through a one-worker launch: the cluster has room for both" in messages
     assert "released 1 idle engine host for a two-worker launch" in messages
