@@ -110,7 +110,11 @@ def two_node_cluster():
     script = str(ROOT / "cluster" / "local_cluster.sh")
     try:
         proc = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        # a start that failed says why in its nodes' logs, which the cleanup below removes: their last lines go
+        # into the failure
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + "".join(
+            f"\n--- {log.name}, last lines:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            for log in sorted(Path(state).glob("*.log")))
         info = {}
         for line in (Path(state) / "cluster.env").read_text().splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
