@@ -17,7 +17,8 @@ ends, so a stage holds an engine's resources only while it runs, as a plain acto
 released before anything else needs their resources: a new host of another shape, lm-evaluation-harness's own engine,
 a Ray Train launch (``training.sft``) or an engine that is not hosted when the cluster has no room for its workers or
 actors beside them (a placement group tried at once, :func:`fits`), and the end of the block; and a host is kept idle
-only while the cluster has a CPU left for the graders and Ray Data tasks that run between two leases.
+only while the cluster has a CPU left, beside the hosts and the CPUs the leasing process holds (a Tune trial's), for
+the graders and Ray Data tasks that run between two leases.
 
 Only ``vllm`` engines with continuous batching (``engine.max_concurrent_batches > 0``) and ``engine.long_lived``
 are hosted; every other engine is built in its stage's actors as before.
@@ -110,7 +111,7 @@ class EngineHost:
 @dataclass
 class _Host:
     shape: str  # the actor options it was created with, as JSON
-    num_cpus: float
+    bundle: dict[str, float]  # the resources it holds (:func:`resource_bundle`)
     handle: object
     key: str | None = None
 
@@ -144,7 +145,8 @@ class HostPool:
                 _kill(self._idle)
                 self._idle = []
         cls = ray.remote(EngineHost)
-        taken += [_Host(shape, options["num_cpus"], cls.options(**options).remote()) for _ in range(n - len(taken))]
+        bundle = resource_bundle(teacher)
+        taken += [_Host(shape, bundle, cls.options(**options).remote()) for _ in range(n - len(taken))]
         ok = False
         try:
             loads = ray.get([h.handle.load.remote(teacher.engine.model_dump()) for h in taken])
@@ -161,7 +163,7 @@ class HostPool:
             with self._lock:
                 keep = ok and self._keep and _job_id() == self._job
                 if keep and not leaves_room(ray.cluster_resources().get("CPU", 0.0) - _own_cpus(),
-                                            sum(h.num_cpus for h in [*self._idle, *taken])):
+                                            sum(h.bundle["CPU"] for h in [*self._idle, *taken])):
                     keep = False
                     logger.info("engine hosts for %s not kept: the cluster would have less than %g CPU for other "
                                 "work", teacher.name, MIN_FREE_CPUS)
@@ -172,13 +174,11 @@ class HostPool:
 
     def held(self) -> Counter:
         """The resources the idle hosts of this Ray session hold (Ray's names: CPU, GPU, custom ones)."""
+        held: Counter = Counter()
         with self._lock:
             self._current()
-            idle = list(self._idle)
-        held: Counter = Counter()
-        for h in idle:
-            options = json.loads(h.shape)
-            held.update({"CPU": options["num_cpus"], "GPU": options["num_gpus"], **options.get("resources", {})})
+            for h in self._idle:
+                held.update(h.bundle)
         return held
 
     def idle(self) -> int:
@@ -226,9 +226,13 @@ def leaves_room(cluster_cpus: float, held_cpus: float) -> bool:
 def actor_bundles(teacher: TeacherConfig) -> list[dict[str, float]]:
     """What a stage running ``teacher``'s engine in its own actor pool needs (:func:`release_engines`' ``room_for``):
     one bundle per actor and :data:`MIN_FREE_CPUS` for the stage's Ray Data tasks and graders."""
+    return [resource_bundle(teacher)] * teacher.resources.num_actors + [{"CPU": MIN_FREE_CPUS}]
+
+
+def resource_bundle(teacher: TeacherConfig) -> dict[str, float]:
+    """The resources one of ``teacher``'s engine actors (or its host) holds, in Ray's names."""
     res = teacher.resources
-    actor = {"CPU": res.num_cpus, "GPU": res.num_gpus, **res.custom_resources}
-    return [actor] * res.num_actors + [{"CPU": MIN_FREE_CPUS}]
+    return {"CPU": res.num_cpus, "GPU": res.num_gpus, **res.custom_resources}
 
 
 def host_options(teacher: TeacherConfig) -> dict:
